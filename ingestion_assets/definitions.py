@@ -1,0 +1,70 @@
+"""Build the Dagster Definitions from the project file: assets, jobs and resources."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from dagster import AssetSelection, Definitions, define_asset_job, definitions
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from ingestion_assets.factory import partitions_definition, source_assets, source_resource_key
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.project import config_value, load_project
+from ingestion_assets.resources import SqlSourceResource
+from ingestion_assets.specs import ProjectSpec, SqlSourceSpec
+
+
+def ingest_job_name(source_name: str) -> str:
+    """The job that materializes every table of a source."""
+    return f"ingest_{source_name}"
+
+
+def source_jobs(source_name: str, spec: SqlSourceSpec) -> list[UnresolvedAssetJobDefinition]:
+    """A job per source (one per distinct partitioning when the tables' start dates differ)."""
+    by_partitioning: dict[str, list[str]] = defaultdict(list)
+    snapshots: list[str] = []
+    for table in spec.tables:
+        partitions_def = partitions_definition(spec, table)
+        if partitions_def is None:
+            snapshots.append(table.key_name)
+        else:
+            by_partitioning[partitions_def.start.strftime("%Y%m%d")].append(table.key_name)
+    groups = list(by_partitioning.items()) or [("", [])]
+    jobs = []
+    for index, (start, names) in enumerate(groups):
+        # snapshot tables refresh with the first job, so a daily run keeps them current too
+        members = names + (snapshots if index == 0 else [])
+        name = ingest_job_name(source_name) + (f"_from_{start}" if len(groups) > 1 else "")
+        jobs.append(
+            define_asset_job(
+                name,
+                selection=AssetSelection.assets(*[[source_name, member] for member in members]),
+                description=f"Ingest the tables of source '{source_name}' into Delta.",
+            )
+        )
+    return jobs
+
+
+def build_definitions(project: ProjectSpec) -> Definitions:
+    """Everything Dagster needs, from validated specs; connects to nothing."""
+    resources: dict[str, object] = {
+        "io_manager": DeltaLakeIOManager(
+            root_uri=project.lake.root,
+            storage_options={
+                key: config_value(value) for key, value in project.lake.storage_options.items()
+            },
+        )
+    }
+    assets = []
+    jobs = []
+    for source_name, spec in project.sources.items():
+        resources[source_resource_key(source_name)] = SqlSourceResource.from_spec(source_name, spec)
+        assets.extend(source_assets(source_name, spec))
+        jobs.extend(source_jobs(source_name, spec))
+    return Definitions(assets=assets, jobs=jobs, resources=resources)
+
+
+@definitions
+def defs() -> Definitions:
+    """The project's definitions, built from INGEST_PROJECT_FILE (the demo file by default)."""
+    return build_definitions(load_project())

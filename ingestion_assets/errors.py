@@ -1,0 +1,29 @@
+"""The project's error hierarchy: every message says what failed, where, and how to fix it."""
+
+from __future__ import annotations
+
+
+class IngestionError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(IngestionError):
+    """The project file is wrong: raised while definitions load, before anything runs."""
+
+
+class SourceError(IngestionError):
+    """A source could not be read: connection, missing table, failed query."""
+
+
+class SchemaDriftError(IngestionError):
+    """The incoming data does not fit the Delta table under the table's schema policy."""
+
+
+class PrecisionLossError(IngestionError):
+    """Writing a value would silently lose digits (e.g. 100 ns timestamps into Delta's microseconds)."""
+
+
+def where(source: str, table: str, partition: str | None) -> str:
+    """The 'where' part of a message: source, table and partition (or the whole table)."""
+    scope = f"partition {partition}" if partition else "the whole table"
+    return f"source '{source}', table '{table}', {scope}"

@@ -1,0 +1,420 @@
+"""Delta Lake IO manager (delta-rs): one atomic replace of exactly the partitions a run covers."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    TableColumn,
+    TableSchema,
+)
+from deltalake import DeltaTable, Schema, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from pydantic import Field
+
+from ingestion_assets.errors import IngestionError, PrecisionLossError, SchemaDriftError
+
+PARTITION_DATE = "_partition_date"
+INGESTED_AT = "_ingested_at"
+RUN_ID = "_run_id"
+LINEAGE_COLUMNS = (PARTITION_DATE, INGESTED_AT, RUN_ID)
+
+# keys of the definition metadata through which an asset tells the IO manager how to write it
+PARTITION_COLUMN_KEY = "ingestion/partition_column"
+SCHEMA_POLICY_KEY = "ingestion/schema_policy"
+NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
+
+PROGRESS_INTERVAL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class SchemaDiff:
+    """How an incoming schema differs from the Delta table's, column by column."""
+
+    added: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.missing or self.changed)
+
+    def describe(self) -> str:
+        """`added X (int), missing Y (string), changed Z: int -> string`."""
+        parts = [f"added column {name} ({kind})" for name, kind in self.added.items()]
+        parts += [f"missing column {name} ({kind})" for name, kind in self.missing.items()]
+        parts += [
+            f"column {name} changed type from {old} to {new}"
+            for name, (old, new) in self.changed.items()
+        ]
+        return "; ".join(parts)
+
+
+def delta_type_names(schema: pa.Schema) -> dict[str, str]:
+    """Each column's Delta type name (`long`, `decimal(19,4)`, `timestamp_ntz`, ...)."""
+    delta = Schema.from_arrow(schema)
+    return {item.name: str(item.type.type if hasattr(item.type, "type") else item.type)
+            for item in delta.fields}
+
+
+def schema_diff(table_types: Mapping[str, str], incoming_types: Mapping[str, str]) -> SchemaDiff:
+    """Compare two {column: Delta type} mappings; lineage columns are the project's own."""
+    return SchemaDiff(
+        added={k: v for k, v in incoming_types.items() if k not in table_types},
+        missing={
+            k: v for k, v in table_types.items() if k not in incoming_types and k not in LINEAGE_COLUMNS
+        },
+        changed={
+            k: (table_types[k], v)
+            for k, v in incoming_types.items()
+            if k in table_types and table_types[k] != v
+        },
+    )
+
+
+def delta_compatible_type(arrow: pa.DataType, nanoseconds: str) -> pa.DataType:
+    """The Arrow type a value is written as: Delta has no unsigned ints, no time, microseconds only."""
+    if pa.types.is_unsigned_integer(arrow):
+        widened = {8: pa.int16(), 16: pa.int32(), 32: pa.int64()}
+        return widened.get(arrow.bit_width, pa.decimal128(20, 0))
+    if pa.types.is_timestamp(arrow) and arrow.unit == "ns":
+        return pa.string() if nanoseconds == "string" else pa.timestamp("us", arrow.tz)
+    if pa.types.is_timestamp(arrow) and arrow.unit in ("s", "ms"):
+        return pa.timestamp("us", arrow.tz)
+    if pa.types.is_time(arrow):
+        return pa.string()
+    if pa.types.is_decimal(arrow) and arrow.precision > 38:
+        return pa.string()
+    if pa.types.is_large_string(arrow) or pa.types.is_string_view(arrow):
+        return pa.string()
+    return arrow
+
+
+def replace_predicate(first_day: datetime.date, last_day: datetime.date) -> str:
+    """The Delta predicate selecting exactly the partitions `first_day..last_day`."""
+    if first_day == last_day:
+        return f"{PARTITION_DATE} = '{first_day.isoformat()}'"
+    return (
+        f"{PARTITION_DATE} >= '{first_day.isoformat()}' AND "
+        f"{PARTITION_DATE} <= '{last_day.isoformat()}'"
+    )
+
+
+def partition_dates(values: pa.Array, zone: str) -> pa.Array:
+    """Each row's partition day from its partition-column value, in the partitions' zone."""
+    if pa.types.is_date(values.type):
+        return values.cast(pa.date32())
+    if pa.types.is_timestamp(values.type):
+        if values.type.tz is not None:
+            values = pc.local_timestamp(values.cast(pa.timestamp(values.type.unit, zone)))
+        return values.cast(pa.date32())
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pc.strptime(pc.utf8_slice_codeunits(values, 0, 10), "%Y-%m-%d", "s").cast(
+            pa.date32()
+        )
+    raise IngestionError(
+        f"the partition column has type {values.type}; it must be a date, a timestamp or "
+        "ISO 8601 text. Fix `partition_column` in the project file."
+    )
+
+
+@dataclass
+class _WritePlan:
+    """Everything that decides how the incoming batches become Delta rows."""
+
+    table_label: str
+    partition_label: str
+    target: pa.Schema
+    partition_column: str | None
+    zone: str
+    first_day: datetime.date
+    last_day: datetime.date
+    ingested_at: datetime.datetime
+    run_id: str
+    nanoseconds: str
+    rows: int = 0
+    source_error: BaseException | None = None
+
+    def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Cast to the Delta-compatible schema and add the lineage columns."""
+        arrays = []
+        for target_field in self.target:
+            name = target_field.name
+            if name == PARTITION_DATE:
+                arrays.append(self._partition_dates(batch))
+            elif name == INGESTED_AT:
+                arrays.append(pa.array([self.ingested_at] * batch.num_rows, target_field.type))
+            elif name == RUN_ID:
+                arrays.append(pa.array([self.run_id] * batch.num_rows, target_field.type))
+            elif name in batch.schema.names:
+                arrays.append(self._cast(batch.column(name), target_field))
+            else:
+                arrays.append(pa.nulls(batch.num_rows, target_field.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.target)
+
+    def _cast(self, values: pa.Array, target_field: pa.Field) -> pa.Array:
+        if values.type == target_field.type:
+            return values
+        if pa.types.is_timestamp(values.type) and values.type.unit == "ns":
+            if self.nanoseconds == "string":
+                return pc.strftime(values, "%Y-%m-%dT%H:%M:%S")
+            if self.nanoseconds == "error":
+                try:
+                    return values.cast(target_field.type, safe=True)
+                except pa.ArrowInvalid:
+                    raise PrecisionLossError(
+                        f"{self.table_label}, {self.partition_label}: column "
+                        f"{target_field.name} has values with 100 ns digits, which Delta "
+                        "(microseconds) cannot hold. Set `timestamp_nanoseconds: string` on the "
+                        "table to keep them as text, or `truncate` to drop them."
+                    ) from None
+            return values.cast(target_field.type, safe=False)
+        return values.cast(target_field.type, safe=True)
+
+    def _partition_dates(self, batch: pa.RecordBatch) -> pa.Array:
+        if self.partition_column is None:
+            return pa.array([self.first_day] * batch.num_rows, pa.date32())
+        days = partition_dates(batch.column(self.partition_column), self.zone)
+        if batch.num_rows and days.null_count:
+            raise IngestionError(
+                f"{self.table_label}, {self.partition_label}: {days.null_count} row(s) have no "
+                f"{self.partition_column}; a partitioned table needs it on every row."
+            )
+        if batch.num_rows:
+            bounds = pc.min_max(days)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            if low < self.first_day or high > self.last_day:
+                raise IngestionError(
+                    f"{self.table_label}, {self.partition_label}: rows for {low}..{high} fall "
+                    f"outside the partition ({self.first_day}..{self.last_day}); the source "
+                    "returned rows it should have filtered out."
+                )
+        return days
+
+    def stream(
+        self, reader: pa.RecordBatchReader, log: Callable[[str], None]
+    ) -> Iterator[pa.RecordBatch]:
+        """Convert batches, count rows, log progress; remember a source error for the caller."""
+        started = last_report = time.monotonic()
+        try:
+            for batch in reader:
+                self.rows += batch.num_rows
+                yield self.convert(batch)
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_INTERVAL_SECONDS:
+                    last_report = now
+                    elapsed = now - started
+                    log(
+                        f"{self.table_label} {self.partition_label}: {self.rows:,} rows in "
+                        f"{elapsed:.0f} s ({self.rows / elapsed:,.0f} rows/s)"
+                    )
+        except BaseException as error:
+            # delta-rs only sees an opaque stream failure: keep the real error to re-raise
+            self.source_error = error
+            raise
+
+
+class DeltaLakeIOManager(ConfigurableIOManager):
+    """Writes each asset to a Delta table `<root>/<source>/<table>`; replaces partitions atomically."""
+
+    root_uri: str = Field(
+        description="Folder or object-store URI (s3://, az://, gs://) holding one Delta table "
+        "per asset, at <root>/<asset key path>."
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="delta-rs storage options (credentials, endpoint); take secrets from EnvVar.",
+    )
+    target_file_size: int | None = Field(
+        None, description="Target Parquet file size in bytes for written files; delta-rs default."
+    )
+
+    def table_uri(self, asset_path: list[str]) -> str:
+        """Where an asset's Delta table lives."""
+        return "/".join([self.root_uri.rstrip("/"), *asset_path])
+
+    def _open(self, uri: str) -> DeltaTable | None:
+        try:
+            return DeltaTable(uri, storage_options=self.storage_options or None)
+        except TableNotFoundError:
+            return None
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """Write the asset's batches: replace its partitions (or the whole snapshot) in one commit."""
+        if obj is None:
+            return
+        reader = obj if isinstance(obj, pa.RecordBatchReader) else pa.table(obj).to_reader()
+        metadata = context.definition_metadata or {}
+        asset_path = list(context.asset_key.path)
+        uri = self.table_uri(asset_path)
+        table_label = f"table {'.'.join(asset_path)}"
+        partition_column = _text(metadata.get(PARTITION_COLUMN_KEY))
+        policy = _text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve"
+        nanoseconds = _text(metadata.get(NANOSECONDS_KEY)) or "error"
+
+        zone = "UTC"
+        if context.has_asset_partitions:
+            window = context.asset_partitions_time_window
+            zone = getattr(context.asset_partitions_def, "timezone", None) or "UTC"
+            first_day = window.start.date()
+            last_day = (window.end - datetime.timedelta(microseconds=1)).date()
+            partition_label = (
+                f"partition {first_day}"
+                if first_day == last_day
+                else f"partitions {first_day}..{last_day}"
+            )
+            predicate: str | None = replace_predicate(first_day, last_day)
+        else:
+            first_day = last_day = datetime.datetime.now(datetime.UTC).date()
+            partition_label, predicate = "full snapshot", None
+
+        target = pa.schema(
+            [
+                pa.field(f.name, delta_compatible_type(f.type, nanoseconds), nullable=True)
+                for f in reader.schema
+                if f.name not in LINEAGE_COLUMNS
+            ]
+            + [
+                pa.field(PARTITION_DATE, pa.date32()),
+                pa.field(INGESTED_AT, pa.timestamp("us", "UTC")),
+                pa.field(RUN_ID, pa.string()),
+            ]
+        )
+        existing = self._open(uri)
+        schema_mode = None
+        if existing is not None:
+            table_types = delta_type_names(pa.schema(existing.schema().to_arrow()))
+            diff = schema_diff(table_types, delta_type_names(target))
+            if diff.changed or (diff and policy == "freeze"):
+                fix = (
+                    "Change the column back at the source, or write to a new table (asset_name)."
+                    if diff.changed
+                    else "The table's schema_policy is `freeze`: set it to `evolve` to accept "
+                    "added columns, or change the source back."
+                )
+                raise SchemaDriftError(
+                    f"{table_label} ({partition_label}): the source schema no longer matches the "
+                    f"Delta table at {uri}: {diff.describe()}. {fix}"
+                )
+            if diff.added:
+                schema_mode = "merge"
+            # keep the table's column order; missing columns are written as nulls
+            table_schema = pa.schema(existing.schema().to_arrow())
+            target = pa.schema(
+                [table_schema.field(name) if name in table_types else target.field(name)
+                 for name in [*table_schema.names, *diff.added]]
+            )
+            files_before = {path for path, _ in _add_actions(existing)}
+        else:
+            files_before = set()
+
+        plan = _WritePlan(
+            table_label=table_label,
+            partition_label=partition_label,
+            target=target,
+            partition_column=partition_column,
+            zone=zone,
+            first_day=first_day,
+            last_day=last_day,
+            ingested_at=datetime.datetime.now(datetime.UTC),
+            run_id=context.run_id,
+            nanoseconds=nanoseconds,
+        )
+        started = time.monotonic()
+        stream = pa.RecordBatchReader.from_batches(target, plan.stream(reader, context.log.info))
+        try:
+            write_deltalake(
+                uri,
+                stream,
+                mode="overwrite" if existing is not None else "append",
+                predicate=predicate if existing is not None else None,
+                partition_by=[PARTITION_DATE],
+                schema_mode=schema_mode,
+                storage_options=self.storage_options or None,
+                target_file_size=self.target_file_size,
+            )
+        except Exception as error:
+            if plan.source_error is not None:
+                raise plan.source_error from None
+            raise IngestionError(
+                f"{table_label} ({partition_label}): writing the Delta table at {uri} failed: "
+                f"{error}. The table is unchanged at its previous version; re-run the partition."
+            ) from error
+        elapsed = time.monotonic() - started
+
+        table = DeltaTable(uri, storage_options=self.storage_options or None)
+        added = [
+            (path, size)
+            for path, size in _add_actions(table)
+            if path not in files_before
+        ]
+        context.add_output_metadata(
+            {
+                "dagster/row_count": plan.rows,
+                "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
+                "dagster/table_name": ".".join(asset_path),
+                "dagster/uri": MetadataValue.path(uri),
+                "partitions": f"{first_day}..{last_day}" if predicate else "full snapshot",
+                "delta_version": table.version(),
+                "files_written": len(added),
+                "bytes_written": sum(size for _, size in added),
+                "seconds": round(elapsed, 3),
+                "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
+            }
+        )
+        context.log.info(
+            f"{table_label} {partition_label}: wrote {plan.rows:,} rows as Delta version "
+            f"{table.version()} in {elapsed:.2f} s"
+        )
+
+    def load_input(self, context: InputContext) -> pa.Table:
+        """The upstream table as Arrow, limited to the partitions this run asks for."""
+        asset_path = list(context.asset_key.path)
+        uri = self.table_uri(asset_path)
+        table = self._open(uri)
+        if table is None:
+            raise IngestionError(
+                f"table {'.'.join(asset_path)}: no Delta table at {uri}; materialize the "
+                "upstream asset first."
+            )
+        if context.has_asset_partitions:
+            window = context.asset_partitions_time_window
+            first_day = window.start.date()
+            last_day = (window.end - datetime.timedelta(microseconds=1)).date()
+            return table.to_pyarrow_table(
+                filters=[
+                    (PARTITION_DATE, ">=", first_day.isoformat()),
+                    (PARTITION_DATE, "<=", last_day.isoformat()),
+                ]
+            )
+        return table.to_pyarrow_table()
+
+
+def _add_actions(table: DeltaTable) -> list[tuple[str, int]]:
+    """(path, size in bytes) of every file in the table's current version."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    return list(
+        zip(
+            actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist(), strict=True
+        )
+    )
+
+
+def column_schema(schema: pa.Schema) -> TableSchema:
+    """Arrow schema -> the `dagster/column_schema` the UI shows."""
+    return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value)) or None

@@ -1,0 +1,160 @@
+"""Load and validate the project file (`ingestion.yaml`) into specs, with errors that point at the key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import pathlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import yaml
+from dagster import EnvVar
+from pydantic import BaseModel, ValidationError
+
+from ingestion_assets.errors import ConfigError
+from ingestion_assets.specs import ProjectSpec, env_reference
+
+PROJECT_FILE_VARIABLE = "INGEST_PROJECT_FILE"
+DEMO_PROJECT_FILE = pathlib.Path(__file__).parent / "demo" / "ingestion.yaml"
+
+
+def project_file_path(environ: Mapping[str, str] | None = None) -> pathlib.Path:
+    """The project file named by INGEST_PROJECT_FILE, or the bundled demo file."""
+    configured = (os.environ if environ is None else environ).get(PROJECT_FILE_VARIABLE)
+    return pathlib.Path(configured) if configured else DEMO_PROJECT_FILE
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,  # type: ignore[arg-type]
+)
+
+
+def format_path(location: tuple[int | str, ...]) -> str:
+    """('sources', 'erp', 'tables', 2, 'name') -> 'sources.erp.tables[2].name'."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The spec model that holds the key at `location`, to suggest the allowed keys."""
+    model: Any = ProjectSpec
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        if part not in model.model_fields:
+            # a dict key such as a source name: the dict's value type comes next
+            continue
+        annotation = model.model_fields[part].annotation
+        model = _innermost_model(annotation)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _innermost_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in getattr(annotation, "__args__", ()):
+        found = _innermost_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    location = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    path = format_path(location) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        key = str(location[-1])
+        model = _model_at(location)
+        allowed = sorted(
+            field.alias or name for name, field in model.model_fields.items()
+        ) if model else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"{path}: unknown key '{key}'; {hint}allowed keys: {', '.join(allowed)}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{path}: required key is missing; add it"
+    if error["type"].startswith("date"):
+        return f"{path}: {message}; write dates as YYYY-MM-DD, e.g. 2024-01-31"
+    return f"{path}: {message}"
+
+
+def _environment_references(value: Any, location: tuple[int | str, ...] = ()) -> Iterator[
+    tuple[tuple[int | str, ...], str]
+]:
+    if isinstance(value, str):
+        name = env_reference(value)
+        if name:
+            yield location, name
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _environment_references(item, (*location, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _environment_references(item, (*location, index))
+
+
+def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = None) -> ProjectSpec:
+    """Validate project-file text; `origin` names the file in error messages."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{origin}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping with `sources:` at the top level")
+    try:
+        project = ProjectSpec.model_validate(raw)
+    except ValidationError as error:
+        problems = "\n  - ".join(_describe(item) for item in error.errors())
+        raise ConfigError(f"{origin}: invalid project file:\n  - {problems}") from None
+    environment = os.environ if environ is None else environ
+    missing = [
+        f"{format_path(location)}: environment variable {name} is not set; "
+        f"export {name}=... before starting Dagster"
+        for location, name in _environment_references(raw)
+        if name not in environment
+    ]
+    if missing:
+        raise ConfigError(f"{origin}: missing secrets:\n  - " + "\n  - ".join(missing))
+    return project
+
+
+def load_project(path: pathlib.Path | None = None) -> ProjectSpec:
+    """Read and validate the project file (INGEST_PROJECT_FILE, or the demo file)."""
+    path = path or project_file_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"{path}: cannot read the project file ({error.strerror}); set "
+            f"{PROJECT_FILE_VARIABLE} to the path of your ingestion.yaml"
+        ) from None
+    return parse_project(text, str(path))
+
+
+def config_value(value: str) -> str | EnvVar:
+    """A spec string as resource config: `${NAME}` becomes `EnvVar('NAME')`, resolved at run time."""
+    name = env_reference(value)
+    return EnvVar(name) if name else value

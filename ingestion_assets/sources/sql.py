@@ -1,0 +1,268 @@
+"""Read a SQL table's partition window as a stream of Arrow record batches, through SQLAlchemy."""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql
+
+from ingestion_assets.errors import SourceError, where
+from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
+from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets.specs import TableSpec
+
+# ODBC type codes whose values pyodbc would otherwise cut to microseconds
+SQL_TYPE_TIMESTAMP = 93
+SQL_SS_TIMESTAMPOFFSET = -155
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _timestamp_nanoseconds(raw: bytes | None) -> int | None:
+    """SQL_TIMESTAMP_STRUCT (year, month, day, hour, minute, second, fraction in ns) -> ns."""
+    if raw is None:
+        return None
+    year, month, day, hour, minute, second, fraction = struct.unpack("<6hI", raw[:16])
+    whole = datetime.datetime(year, month, day, hour, minute, second) - _EPOCH
+    return (whole.days * 86_400 + whole.seconds) * 1_000_000_000 + fraction
+
+
+def _timestamp_offset_nanoseconds(raw: bytes | None) -> int | None:
+    """SQL Server's datetimeoffset struct -> ns since the epoch in UTC."""
+    if raw is None:
+        return None
+    *parts, fraction, offset_hours, offset_minutes = struct.unpack("<6hI2h", raw[:20])
+    local = datetime.datetime(*parts) - _EPOCH
+    offset = (offset_hours * 60 + offset_minutes) * 60
+    seconds = local.days * 86_400 + local.seconds - offset
+    return seconds * 1_000_000_000 + fraction
+
+
+def install_odbc_converters(dbapi_connection: Any) -> None:
+    """Make a pyodbc connection return timestamps as exact nanoseconds (pyodbc keeps only us)."""
+    dbapi_connection.add_output_converter(SQL_TYPE_TIMESTAMP, _timestamp_nanoseconds)
+    dbapi_connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, _timestamp_offset_nanoseconds)
+
+
+def create_source_engine(url: sa.URL, sqlite_attach: Mapping[str, str] | None = None) -> sa.Engine:
+    """An engine for a source: ODBC timestamp converters and SQLite schemas set up on connect."""
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    attachments = dict(sqlite_attach or {})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if type(dbapi_connection).__module__.startswith("pyodbc"):
+            install_odbc_converters(dbapi_connection)
+        if attachments:
+            cursor = dbapi_connection.cursor()
+            for schema, path in attachments.items():
+                cursor.execute("ATTACH DATABASE ? AS " + _sqlite_quote(schema), (path,))
+            cursor.close()
+
+    return engine
+
+
+def _sqlite_quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def window_bounds(
+    column_type: sa.types.TypeEngine[Any], window: PartitionWindow
+) -> tuple[Any, Any]:
+    """The window's bounds as values comparable with the partition column's type."""
+    if isinstance(column_type, sa.DateTime) and not isinstance(column_type, sa.Date):
+        if column_type.timezone or isinstance(column_type, mssql.DATETIMEOFFSET):
+            return window.start, window.end
+        # a naive column holds local times of the source's zone
+        return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+    if isinstance(column_type, sa.Date):
+        return window.start.date(), window.end.date()
+    return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
+
+
+def window_query(
+    table: sa.Table,
+    columns: Sequence[sa.ColumnElement[Any]],
+    partition_column: str | None,
+    window: PartitionWindow | None,
+) -> sa.Select[Any]:
+    """`SELECT columns FROM table WHERE partition >= :start AND partition < :end` (bound values)."""
+    query = sa.select(*columns)
+    if partition_column is None or window is None:
+        return query.select_from(table)
+    column = table.c[partition_column]
+    start, end = window_bounds(column.type, window)
+    return query.where(column >= sa.bindparam("window_start", start, type_=column.type)).where(
+        column < sa.bindparam("window_end", end, type_=column.type)
+    )
+
+
+# SQL Server types SQLAlchemy cannot reflect, read as text through their own conversion
+_MSSQL_TEXT_EXPRESSIONS = {
+    "hierarchyid": "{column}.ToString()",
+    "geography": "{column}.STAsText()",
+    "geometry": "{column}.STAsText()",
+}
+
+
+def mssql_select_expression(
+    table: sa.Table, column: sa.Column[Any], data_type: str
+) -> sa.ColumnElement[Any]:
+    """A select-list expression that turns an unknown SQL Server type into text."""
+    template = _MSSQL_TEXT_EXPRESSIONS.get(data_type.lower())
+    if template is not None:
+        preparer = mssql.dialect().identifier_preparer
+        quoted = f"{preparer.quote(table.name)}.{preparer.quote(column.name)}"
+        return sa.literal_column(template.format(column=quoted), sa.UnicodeText).label(column.name)
+    return sa.cast(column, mssql.NVARCHAR(None)).label(column.name)
+
+
+class SqlTableReader:
+    """Streams one table (or one partition window of it) from a SQL source as Arrow batches."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        source_name: str,
+        table: TableSpec,
+        batch_size: int,
+    ) -> None:
+        self.engine = engine
+        self.source_name = source_name
+        self.table = table
+        self.batch_size = batch_size
+
+    def _where(self, window: PartitionWindow | None) -> str:
+        return where(self.source_name, self.table.qualified_name, window.label if window else None)
+
+    def reflect(self, connection: sa.Connection) -> sa.Table:
+        """The source table's columns, read now (never while definitions load)."""
+        inspector = sa.inspect(connection)
+        schema, name = self.table.schema_name, self.table.name
+        if not inspector.has_table(name, schema=schema):
+            existing = inspector.get_table_names(schema=schema) + inspector.get_view_names(
+                schema=schema
+            )
+            close = difflib.get_close_matches(name, existing, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            listing = ", ".join(sorted(existing)[:30]) or "none"
+            raise SourceError(
+                f"{where(self.source_name, self.table.qualified_name, None)}: the table does "
+                f"not exist at the source. {hint}Tables in schema '{schema or 'default'}': "
+                f"{listing}. Fix `name`/`schema` in the project file."
+            )
+        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=connection)
+
+    def _selected_columns(self, table: sa.Table) -> list[sa.Column[Any]]:
+        wanted = list(self.table.columns) if self.table.columns else [c.name for c in table.c]
+        needed = [*wanted, *([self.table.partition_column] if self.table.partition_column else [])]
+        missing = [name for name in dict.fromkeys(needed) if name not in table.c]
+        if missing:
+            raise SourceError(
+                f"{where(self.source_name, self.table.qualified_name, None)}: column(s) "
+                f"{', '.join(missing)} not found; the table has: "
+                f"{', '.join(c.name for c in table.c)}. Fix `columns`/`partition_column`."
+            )
+        if self.table.partition_column and self.table.partition_column not in wanted:
+            # the IO manager assigns each row to its day from this column
+            wanted.append(self.table.partition_column)
+        return [table.c[name] for name in wanted]
+
+    def _select_expressions(
+        self, connection: sa.Connection, table: sa.Table, columns: list[sa.Column[Any]]
+    ) -> list[sa.ColumnElement[Any]]:
+        unknown = [c for c in columns if isinstance(c.type, sa.types.NullType)]
+        if not unknown or connection.dialect.name != "mssql":
+            return list(columns)
+        rows = connection.execute(
+            sa.text(
+                "SELECT COLUMN_NAME, DATA_TYPE FROM INFORMATION_SCHEMA.COLUMNS "
+                "WHERE TABLE_SCHEMA = :schema AND TABLE_NAME = :name"
+            ),
+            {"schema": self.table.schema_name or "dbo", "name": self.table.name},
+        )
+        data_types = {row[0]: row[1] for row in rows}
+        return [
+            mssql_select_expression(table, c, data_types.get(c.name, ""))
+            if isinstance(c.type, sa.types.NullType)
+            else c
+            for c in columns
+        ]
+
+    def arrow_schema(self, table: sa.Table, dialect: str) -> pa.Schema:
+        """The exact Arrow schema of the selected columns, from the declared source types."""
+        return pa.schema(
+            [
+                pa.field(c.name, arrow_type(c.type, dialect), nullable=bool(c.nullable))
+                for c in self._selected_columns(table)
+            ]
+        )
+
+    def read(self, window: PartitionWindow | None) -> pa.RecordBatchReader:
+        """Reflect the table, then stream `[window.start, window.end)` in bounded batches."""
+        connection = self._connect(window)
+        try:
+            table = self.reflect(connection)
+            columns = self._selected_columns(table)
+            schema = self.arrow_schema(table, connection.dialect.name)
+            expressions = self._select_expressions(connection, table, columns)
+        except BaseException:
+            connection.close()
+            raise
+        query = window_query(table, expressions, self.table.partition_column, window)
+        batches = self._batches(connection, query, schema, window)
+        return pa.RecordBatchReader.from_batches(schema, batches)
+
+    def _connect(self, window: PartitionWindow | None) -> sa.Connection:
+        try:
+            return self.engine.connect()
+        except sa.exc.DBAPIError as error:
+            raise SourceError(
+                f"{self._where(window)}: cannot connect to "
+                f"{self.engine.url.render_as_string(hide_password=True)}: "
+                f"{_first_line(error.orig)}. Check that the database is up and the "
+                "connection settings and credentials in the project file."
+            ) from None
+
+    def _batches(
+        self,
+        connection: sa.Connection,
+        query: sa.Select[Any],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+    ) -> Iterator[pa.RecordBatch]:
+        builders: list[ArrayBuilder] = [array_builder(field.type) for field in schema]
+        try:
+            result = connection.execution_options(
+                stream_results=True, max_row_buffer=self.batch_size
+            ).execute(query)
+            for rows in result.partitions(self.batch_size):
+                columns = list(zip(*rows, strict=True)) if rows else [()] * len(builders)
+                try:
+                    arrays = [
+                        build(values) for build, values in zip(builders, columns, strict=True)
+                    ]
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError) as error:
+                    raise SourceError(
+                        f"{self._where(window)}: a value does not fit its column type: {error}. "
+                        "Check the source column's declared type."
+                    ) from error
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        except sa.exc.DBAPIError as error:
+            raise SourceError(
+                f"{self._where(window)}: the source query failed after it started: "
+                f"{_first_line(error.orig)}. Nothing was written; re-run the partition once "
+                "the source is reachable."
+            ) from None
+        finally:
+            connection.close()
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error).strip() if error is not None else "unknown error"
+    return text.splitlines()[0] if text else type(error).__name__

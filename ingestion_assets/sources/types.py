@@ -1,0 +1,158 @@
+"""Exact mapping of database column types (as SQLAlchemy reflects them) to Arrow types and arrays."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, mysql, postgresql
+from sqlalchemy.types import TypeEngine
+
+# SQL Server reports no precision for its money types; these are their fixed definitions.
+MSSQL_MONEY = pa.decimal128(19, 4)
+MSSQL_SMALLMONEY = pa.decimal128(10, 4)
+# Types SQLAlchemy does not know (hierarchyid, geography, ...) are read as text.
+UNKNOWN_AS_TEXT = pa.string()
+
+
+def _time_unit(precision: int | None) -> str:
+    """Fractional-second digits -> Arrow unit: 7 (SQL Server's 100 ns) needs nanoseconds."""
+    return "ns" if precision is not None and precision > 6 else "us"
+
+
+def _integer_type(column_type: sa.Integer, dialect: str) -> pa.DataType:
+    unsigned = bool(getattr(column_type, "unsigned", False))
+    if isinstance(column_type, mssql.TINYINT):
+        return pa.uint8()
+    if isinstance(column_type, mysql.TINYINT):
+        return pa.uint8() if unsigned else pa.int8()
+    if isinstance(column_type, sa.BigInteger):
+        return pa.uint64() if unsigned else pa.int64()
+    if isinstance(column_type, sa.SmallInteger):
+        return pa.uint16() if unsigned else pa.int16()
+    if dialect == "sqlite":
+        # SQLite's INTEGER holds any 64-bit value whatever the declared name
+        return pa.int64()
+    return pa.uint32() if unsigned else pa.int32()
+
+
+def _numeric_type(column_type: sa.Numeric[Any], dialect: str) -> pa.DataType:
+    if isinstance(column_type, sa.Float):
+        if isinstance(column_type, sa.Double) or dialect == "sqlite":
+            return pa.float64()
+        precision = column_type.precision
+        if isinstance(column_type, sa.REAL) or (precision is not None and precision <= 24):
+            return pa.float32()
+        return pa.float64()
+    if isinstance(column_type, mssql.SMALLMONEY):
+        return MSSQL_SMALLMONEY
+    if isinstance(column_type, mssql.MONEY):
+        return MSSQL_MONEY
+    precision, scale = column_type.precision, column_type.scale
+    if precision is None:
+        # an unconstrained NUMERIC can hold any number of digits: text keeps them all
+        return pa.string()
+    scale = scale or 0
+    return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+
+
+def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
+    """The Arrow type that holds every value of a source column exactly (never a float for a decimal)."""
+    if isinstance(column_type, mssql.MONEY | mssql.SMALLMONEY):
+        return _numeric_type(column_type, dialect)
+    if isinstance(column_type, mssql.BIT) or isinstance(column_type, sa.Boolean):
+        return pa.bool_()
+    if isinstance(column_type, mysql.BIT):
+        return pa.bool_() if (column_type.length or 1) == 1 else pa.uint64()
+    if isinstance(column_type, sa.Integer):
+        return _integer_type(column_type, dialect)
+    if isinstance(column_type, sa.Numeric):
+        return _numeric_type(column_type, dialect)
+    if isinstance(column_type, mssql.DATETIMEOFFSET):
+        return pa.timestamp(_time_unit(column_type.precision), "UTC")
+    if isinstance(column_type, sa.DateTime):
+        precision = getattr(column_type, "precision", None) or getattr(column_type, "fsp", None)
+        zone = "UTC" if column_type.timezone else None
+        return pa.timestamp(_time_unit(precision), zone)
+    if isinstance(column_type, sa.Date):
+        return pa.date32()
+    if isinstance(column_type, sa.Time):
+        precision = getattr(column_type, "precision", None) or getattr(column_type, "fsp", None)
+        return pa.time64(_time_unit(precision))
+    if isinstance(column_type, sa.LargeBinary | sa.types._Binary):
+        return pa.binary()
+    if isinstance(column_type, postgresql.ARRAY):
+        return pa.list_(arrow_type(column_type.item_type, dialect))
+    # strings, uuid, xml, json, enums, intervals, network types, unknown types: text
+    return pa.string()
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def _text_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    return pa.array([None if value is None else _to_text(value) for value in values], arrow)
+
+
+def _timestamp_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    # pyodbc connections hand timestamps over as nanoseconds since the epoch (see
+    # sources/sql.py), so that 100 ns digits survive; other drivers give datetimes
+    if any(isinstance(value, int) for value in values):
+        nanoseconds = pa.array(values, pa.int64()).cast(pa.timestamp("ns", arrow.tz))
+        return nanoseconds.cast(arrow, safe=True)
+    return pa.array(values, arrow)
+
+
+def _date_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    # some drivers return a datetime at midnight for a DATE column
+    return pa.array(
+        [value.date() if isinstance(value, datetime.datetime) else value for value in values],
+        arrow,
+    )
+
+
+def _uint_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    # MySQL's BIT(n) arrives as bytes
+    return pa.array(
+        [int.from_bytes(value, "big") if isinstance(value, bytes) else value for value in values],
+        arrow,
+    )
+
+
+def _bool_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    return pa.array(
+        [
+            None if value is None else (value != b"\x00" if isinstance(value, bytes) else bool(value))
+            for value in values
+        ],
+        arrow,
+    )
+
+
+ArrayBuilder = Callable[[Sequence[Any]], pa.Array]
+
+
+def array_builder(arrow: pa.DataType) -> ArrayBuilder:
+    """A function that turns one column of driver values into an Arrow array of type `arrow`."""
+    if pa.types.is_string(arrow):
+        return lambda values: _text_array(values, arrow)
+    if pa.types.is_timestamp(arrow):
+        return lambda values: _timestamp_array(values, arrow)
+    if pa.types.is_date(arrow):
+        return lambda values: _date_array(values, arrow)
+    if pa.types.is_boolean(arrow):
+        return lambda values: _bool_array(values, arrow)
+    if pa.types.is_uint64(arrow):
+        return lambda values: _uint_array(values, arrow)
+    return lambda values: pa.array(values, arrow)
