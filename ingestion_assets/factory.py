@@ -54,7 +54,9 @@ def partitions_definition(spec: SqlSourceSpec, table: TableSpec) -> DailyPartiti
     if table.partition_column is None:
         return None
     return DailyPartitionsDefinition(
-        start_date=spec.start_date_of(table).isoformat(), timezone=spec.timezone
+        start_date=spec.start_date_of(table).isoformat(),
+        end_date=spec.end_date.isoformat() if spec.end_date else None,
+        timezone=spec.timezone,
     )
 
 

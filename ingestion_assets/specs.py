@@ -164,6 +164,11 @@ class SqlSourceSpec(Spec):
     start_date: datetime.date | None = Field(
         None, description="Default first partition of the source's tables."
     )
+    end_date: datetime.date | None = Field(
+        None,
+        description="Day after the last partition (exclusive), for a source that stopped; "
+        "default: partitions run up to today.",
+    )
     timezone: str = Field("UTC", description="IANA zone in which the source's days begin.")
     batch_size: int = Field(
         50_000, gt=0, le=10_000_000, description="Rows per Arrow record batch (bounds memory)."
@@ -204,7 +209,13 @@ class SqlSourceSpec(Spec):
                     f"asset '{table.key_name}': give one of them an asset_name"
                 )
             asset_names[table.key_name] = index
-            if table.partition_column and not (table.start_date or self.start_date):
+            start = table.start_date or self.start_date
+            if table.partition_column and self.end_date and start and start >= self.end_date:
+                raise ValueError(
+                    f"tables[{index}] ('{table.qualified_name}') starts on {start}, not before "
+                    f"the source's end_date {self.end_date}: move start_date or end_date"
+                )
+            if table.partition_column and not start:
                 raise ValueError(
                     f"tables[{index}] ('{table.qualified_name}') is partitioned but has no "
                     "start_date: set start_date on the table or the source"

@@ -142,6 +142,7 @@ class _WritePlan:
     run_id: str
     nanoseconds: str
     rows: int = 0
+    rows_by_day: dict[datetime.date, int] = field(default_factory=dict)
     source_error: BaseException | None = None
 
     def convert(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -198,6 +199,11 @@ class _WritePlan:
                     f"outside the partition ({self.first_day}..{self.last_day}); the source "
                     "returned rows it should have filtered out."
                 )
+            counts = pc.value_counts(days)
+            for day, count in zip(
+                counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+            ):
+                self.rows_by_day[day] = self.rows_by_day.get(day, 0) + count
         return days
 
     def stream(
@@ -357,9 +363,19 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             for path, size in _add_actions(table)
             if path not in files_before
         ]
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            # a backfill's range: each partition's materialization shows its own row count
+            for key in context.asset_partition_keys:
+                day = datetime.date.fromisoformat(key[:10])
+                context.step_context.add_asset_metadata(
+                    {"dagster/row_count": plan.rows_by_day.get(day, 0)}, partition_key=key
+                )
+            run_rows: dict[str, Any] = {"rows_in_run": plan.rows}
+        else:
+            run_rows = {"dagster/row_count": plan.rows}
         context.add_output_metadata(
             {
-                "dagster/row_count": plan.rows,
+                **run_rows,
                 "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
                 "dagster/table_name": ".".join(asset_path),
                 "dagster/uri": MetadataValue.path(uri),

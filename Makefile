@@ -1,0 +1,61 @@
+# One command each: `make demo` runs the demo end to end, `make test` sets up and runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(PYTHON) -m uv
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
+SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help uv setup setup-dev system-deps demo ui test lint format bench clean
+
+help:
+	@echo "make demo   - set up, generate the demo database, ingest everything into .data/lake"
+	@echo "make ui     - start the Dagster UI on http://127.0.0.1:3000 over the demo instance"
+	@echo "make test   - set up (system ODBC packages, all extras) and run lint, types and tests"
+	@echo "make bench  - run the benchmarks in bench/ and print their figures"
+
+uv:
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
+
+# the demo needs only the core package; --inexact keeps extras a test setup installed
+setup: uv
+	$(UV) sync --frozen --inexact --no-dev
+
+setup-dev: uv system-deps
+	$(UV) sync --frozen --all-extras
+
+system-deps:
+	@missing=""; for package in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m ingestion_assets.demo
+
+ui: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: setup-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest
+
+bench: setup-dev
+	$(BIN)/python bench/sql_extract.py
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
