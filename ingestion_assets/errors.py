@@ -24,6 +24,6 @@ class PrecisionLossError(IngestionError):
 
 
 def where(source: str, table: str, partition: str | None) -> str:
-    """The 'where' part of a message: source, table and partition (or the whole table)."""
-    scope = f"partition {partition}" if partition else "the whole table"
+    """The 'where' of a message: source, table and `partition D` / `partitions A..B` label."""
+    scope = partition or "the whole table"
     return f"source '{source}', table '{table}', {scope}"

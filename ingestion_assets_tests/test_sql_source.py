@@ -1,0 +1,306 @@
+"""SQL tables to Delta, end to end on PostgreSQL, MariaDB and SQLite, read back and compared."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import pathlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance
+
+from ingestion_assets.demo.generate import demo_rows
+from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
+from ingestion_assets.errors import SourceError
+from ingestion_assets.io_managers.delta import LINEAGE_COLUMNS, PARTITION_DATE
+from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
+from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets.specs import TableSpec
+from ingestion_assets_tests.conftest import (
+    POSTGRES_URL,
+    ORDER_TABLE_KEYS,
+    TEST_SCALE,
+    SourceDatabase,
+    build_project,
+    require_service,
+    table_entry,
+)
+
+DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
+
+
+def normalized(value: Any) -> Any:
+    """A value in a form comparable across drivers: uuids as UUID, decimals exact, booleans."""
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value) if len(value) in (32, 36) and value.count("-") in (0, 4) else value
+        except ValueError:
+            return value
+    if isinstance(value, float):
+        raise AssertionError(f"a float reached the lake: {value!r}")
+    return value
+
+
+def expected_rows(logical: str, day: datetime.date) -> list[dict[str, Any]]:
+    """The generated source rows whose ModifiedDate falls in [day, day + 1)."""
+    start = datetime.datetime.combine(day, datetime.time())
+    end = start + datetime.timedelta(days=1)
+    return [
+        row
+        for row in demo_rows(TEST_SCALE)[logical]
+        if start <= row["ModifiedDate"] < end  # type: ignore[operator]
+    ]
+
+
+def assert_same_rows(
+    actual: pa.Table, expected: list[dict[str, Any]], key: list[str], label: str
+) -> None:
+    """Every column of every row equal, after sorting both sides by the primary key."""
+    lake_rows = sorted(actual.drop_columns(list(LINEAGE_COLUMNS)).to_pylist(), key=lambda r: [r[k] for k in key])
+    source_rows = sorted(expected, key=lambda r: [r[k] for k in key])
+    assert len(lake_rows) == len(source_rows), f"{label}: row count"
+    assert len(source_rows) > 0, f"{label}: the test day must have rows"
+    for lake_row, source_row in zip(lake_rows, source_rows, strict=True):
+        assert set(lake_row) == set(source_row), f"{label}: columns"
+        for column, source_value in source_row.items():
+            lake_value = lake_row[column]
+            assert normalized(lake_value) == normalized(source_value), (
+                f"{label} {column}: lake {lake_value!r} != source {source_value!r}"
+            )
+            if isinstance(source_value, decimal.Decimal):
+                # exact digits: the lake keeps the declared scale, never a float
+                assert isinstance(lake_value, decimal.Decimal)
+
+
+def test_one_day_of_each_order_table_equals_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    source_database.load_demo()
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [table_entry(source_database, logical) for logical in ORDER_TABLES],
+    )
+    names = [ORDER_TABLE_KEYS[logical][0] for logical in ORDER_TABLES]
+    result = project.materialize(names, instance, partition=DAY.isoformat())
+    assert result.success
+    for logical in ORDER_TABLES:
+        name, key = ORDER_TABLE_KEYS[logical]
+        table = project.delta(name).to_pyarrow_table()
+        assert set(table.column(PARTITION_DATE).to_pylist()) == {DAY}
+        assert_same_rows(table, expected_rows(logical, DAY), key, f"{source_database.dialect} {logical}")
+        materialization = result.asset_materializations_for_node(f"src__{name}")[0]
+        assert materialization.metadata["dagster/row_count"].value == table.num_rows
+
+
+def test_rematerializing_a_day_replaces_it_and_leaves_other_days_untouched(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    source_database.load_demo()
+    project = build_project(
+        source_database, tmp_path / "lake", [table_entry(source_database, "Sales.SalesOrderHeader")]
+    )
+    other_day = DAY + datetime.timedelta(days=1)
+    project.materialize(["sales_order_header"], instance, partition=DAY.isoformat())
+    project.materialize(["sales_order_header"], instance, partition=other_day.isoformat())
+    other_files_before = _files_of_day(project.delta("sales_order_header"), other_day)
+
+    # change the source for DAY: one row updated, one deleted, one inserted
+    day_rows = expected_rows("Sales.SalesOrderHeader", DAY)
+    updated, deleted = day_rows[0]["SalesOrderID"], day_rows[1]["SalesOrderID"]
+    engine = source_database.engine()
+    header = table_for(
+        demo_metadata(source_database.schemas), "Sales.SalesOrderHeader", source_database.schemas
+    )
+    new_row = dict(day_rows[2], SalesOrderID=999_999, rowguid=uuid.UUID(int=7))
+    with engine.begin() as connection:
+        connection.execute(
+            header.update().where(header.c.SalesOrderID == updated).values(Comment="changed ✓")
+        )
+        connection.execute(header.delete().where(header.c.SalesOrderID == deleted))
+        connection.execute(header.insert().values(**new_row))
+    engine.dispose()
+
+    result = project.materialize(["sales_order_header"], instance, partition=DAY.isoformat())
+    assert result.success
+    table = project.delta("sales_order_header").to_pyarrow_table()
+    day_table = table.filter(pa.compute.equal(table.column(PARTITION_DATE), pa.scalar(DAY)))
+    ids = day_table.column("SalesOrderID").to_pylist()
+    assert len(ids) == len(set(ids)), "no duplicates after a re-run"
+    assert deleted not in ids
+    assert 999_999 in ids
+    assert len(ids) == len(day_rows)  # one deleted, one inserted
+    comments = dict(zip(ids, day_table.column("Comment").to_pylist(), strict=True))
+    assert comments[updated] == "changed ✓"
+    # the other day's files are the very same files
+    assert _files_of_day(project.delta("sales_order_header"), other_day) == other_files_before
+    assert len(other_files_before) > 0
+
+
+def _files_of_day(table: Any, day: datetime.date) -> set[str]:
+    actions = pa.table(table.get_add_actions(flatten=True))
+    paths = actions.column("path").to_pylist()
+    return {path for path in paths if f"{PARTITION_DATE}={day.isoformat()}" in path}
+
+
+def test_a_missing_table_fails_with_the_source_the_table_and_what_exists(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    source_database.load_demo()
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [{"schema": source_database.schema("Sales"), "name": "SalesOrderHeadr", "partition_column": "ModifiedDate"}],
+    )
+    result = project.materialize(
+        ["sales_order_headr"], instance, partition=DAY.isoformat(), raise_on_error=False
+    )
+    assert not result.success
+    message = _failure_message(result)
+    assert "source 'src'" in message
+    assert "SalesOrderHeadr" in message
+    assert "did you mean SalesOrderHeader" in message
+    assert "SalesOrderDetail" in message  # what exists instead
+
+
+def _failure_message(result: Any) -> str:
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert failures, "the run should have failed a step"
+    error = failures[0].step_failure_data.error
+    texts = []
+    while error is not None:
+        texts.append(error.message)
+        error = error.cause
+    return "\n".join(texts)
+
+
+def test_reading_streams_a_million_rows_in_bounded_batches() -> None:
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
+    schema = f"ia_stream_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+            connection.execute(
+                sa.text(
+                    f'CREATE TABLE "{schema}".big AS SELECT i AS id, '
+                    "timestamp '2024-01-01' + (i % 86400) * interval '1 second' AS ts, "
+                    "(i * 1.25)::numeric(12, 2) AS amount, md5(i::text) AS note "
+                    "FROM generate_series(1, 1000000) AS i"
+                )
+            )
+        engine = create_source_engine(sa.make_url(POSTGRES_URL))
+        reader = SqlTableReader(
+            engine, "bench", TableSpec(schema=schema, name="big", partition_column="ts"), 100_000
+        )
+        window = PartitionWindow(
+            datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+            datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC),
+            "partition 2024-01-01",
+        )
+        sizes = [batch.num_rows for batch in reader.read(window)]
+        assert sum(sizes) == 1_000_000
+        assert len(sizes) >= 10
+        assert max(sizes) <= 100_000
+        engine.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_a_source_connection_killed_mid_stream_fails_clearly_and_leaves_the_table(
+    postgres_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    postgres_database.load_demo()
+    engine = postgres_database.engine()
+    # a view that terminates its own connection after the first rows have been sent
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                """
+                CREATE FUNCTION "Sales".kill_after(id integer, last_id integer) RETURNS boolean
+                LANGUAGE plpgsql AS $$
+                BEGIN
+                  IF id > last_id THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                  RETURN true;
+                END $$
+                """
+            )
+        )
+        first_id = connection.execute(
+            sa.text('SELECT min("SalesOrderDetailID") FROM "Sales"."SalesOrderDetail"')
+        ).scalar_one()
+        connection.execute(
+            sa.text(
+                'CREATE VIEW "Sales"."FragileDetail" AS SELECT * FROM "Sales"."SalesOrderDetail" '
+                f'WHERE "Sales".kill_after("SalesOrderDetailID", 2147483647)'
+            )
+        )
+    engine.dispose()
+    project = build_project(
+        postgres_database,
+        tmp_path / "lake",
+        [{"schema": "Sales", "name": "FragileDetail", "partition_column": "ModifiedDate"}],
+        batch_size=10,
+    )
+    first = project.materialize(["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10"))
+    assert first.success
+    before = project.delta("fragile_detail")
+    version, rows = before.version(), before.to_pyarrow_table().num_rows
+
+    engine = postgres_database.engine()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                'CREATE OR REPLACE VIEW "Sales"."FragileDetail" AS SELECT * FROM '
+                '"Sales"."SalesOrderDetail" '
+                f'WHERE "Sales".kill_after("SalesOrderDetailID", {first_id + 40})'
+            )
+        )
+    engine.dispose()
+    failed = project.materialize(
+        ["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10"), raise_on_error=False
+    )
+    assert not failed.success
+    message = _failure_message(failed)
+    assert "source 'src'" in message
+    assert "Sales.FragileDetail" in message
+    assert "partitions 2024-01-01..2024-01-10" in message
+    assert "server closed the connection" in message
+    after = project.delta("fragile_detail")
+    assert after.version() == version
+    assert after.to_pyarrow_table().num_rows == rows
+
+
+def test_window_bounds_are_bound_parameters_not_sql_text(sqlite_database: SourceDatabase) -> None:
+    sqlite_database.load_demo()
+    engine = sqlite_database.engine()
+    statements: list[tuple[str, Mapping[str, Any] | Any]] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    reader = SqlTableReader(
+        engine, "src", TableSpec(schema="Sales", name="SalesOrderHeader", partition_column="ModifiedDate"), 1000
+    )
+    window = PartitionWindow(
+        datetime.datetime(2024, 1, 4, tzinfo=datetime.UTC),
+        datetime.datetime(2024, 1, 5, tzinfo=datetime.UTC),
+        "partition 2024-01-04",
+    )
+    rows = sum(batch.num_rows for batch in reader.read(window))
+    assert rows == len(expected_rows("Sales.SalesOrderHeader", DAY))
+    selects = [(s, p) for s, p in statements if '"SalesOrderHeader"' in s and "SELECT" in s and "ModifiedDate" in s and ">=" in s]
+    assert len(selects) == 1
+    statement, parameters = selects[0]
+    assert "2024-01-04" not in statement
+    assert any("2024-01-04" in str(value) for value in parameters)
+    with pytest.raises(SourceError, match="does not exist"):
+        SqlTableReader(engine, "src", TableSpec(schema="Sales", name="x; DROP TABLE y", partition_column="a"), 10).read(window)
+    engine.dispose()
