@@ -241,6 +241,19 @@ def build_project(
     return IngestProject(spec, build_definitions(spec), lake)
 
 
+def failure_message(result: ExecuteInProcessResult) -> str:
+    """The failed step's error, with its causes, as text."""
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert failures, "the run should have failed a step"
+    data = failures[0].step_failure_data
+    error = data.error if data else None
+    texts = []
+    while error is not None:
+        texts.append(error.message)
+        error = error.cause
+    return "\n".join(texts)
+
+
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
     """A temporary Dagster instance."""

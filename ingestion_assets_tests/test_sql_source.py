@@ -27,6 +27,7 @@ from ingestion_assets_tests.conftest import (
     TEST_SCALE,
     SourceDatabase,
     build_project,
+    failure_message,
     require_service,
     table_entry,
 )
@@ -161,22 +162,11 @@ def test_a_missing_table_fails_with_the_source_the_table_and_what_exists(
         ["sales_order_headr"], instance, partition=DAY.isoformat(), raise_on_error=False
     )
     assert not result.success
-    message = _failure_message(result)
+    message = failure_message(result)
     assert "source 'src'" in message
     assert "SalesOrderHeadr" in message
     assert "did you mean SalesOrderHeader" in message
     assert "SalesOrderDetail" in message  # what exists instead
-
-
-def _failure_message(result: Any) -> str:
-    failures = [event for event in result.all_events if event.is_step_failure]
-    assert failures, "the run should have failed a step"
-    error = failures[0].step_failure_data.error
-    texts = []
-    while error is not None:
-        texts.append(error.message)
-        error = error.cause
-    return "\n".join(texts)
 
 
 def test_reading_streams_a_million_rows_in_bounded_batches() -> None:
@@ -267,7 +257,7 @@ def test_a_source_connection_killed_mid_stream_fails_clearly_and_leaves_the_tabl
         ["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10"), raise_on_error=False
     )
     assert not failed.success
-    message = _failure_message(failed)
+    message = failure_message(failed)
     assert "source 'src'" in message
     assert "Sales.FragileDetail" in message
     assert "partitions 2024-01-01..2024-01-10" in message

@@ -406,11 +406,9 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             window = context.asset_partitions_time_window
             first_day = window.start.date()
             last_day = (window.end - datetime.timedelta(microseconds=1)).date()
-            return table.to_pyarrow_table(
-                filters=[
-                    (PARTITION_DATE, ">=", first_day.isoformat()),
-                    (PARTITION_DATE, "<=", last_day.isoformat()),
-                ]
+            day = pc.field(PARTITION_DATE)
+            return table.to_pyarrow_dataset().to_table(
+                filter=(day >= pa.scalar(first_day)) & (day <= pa.scalar(last_day))
             )
         return table.to_pyarrow_table()
 
