@@ -20,6 +20,8 @@ from ingestion_assets.specs import TableSpec
 # ODBC type codes whose values pyodbc would otherwise cut to microseconds
 SQL_TYPE_TIMESTAMP = 93
 SQL_SS_TIMESTAMPOFFSET = -155
+# SQLGetInfo code of the server product's name (pyodbc.SQL_DBMS_NAME)
+SQL_DBMS_NAME = 17
 _EPOCH = datetime.datetime(1970, 1, 1)
 
 
@@ -45,6 +47,11 @@ def _timestamp_offset_nanoseconds(raw: bytes | None) -> int | None:
 
 def install_odbc_converters(dbapi_connection: Any) -> None:
     """Make a pyodbc connection return timestamps as exact nanoseconds (pyodbc keeps only us)."""
+    # A converter makes pyodbc fetch the column as SQL_C_BINARY. Only SQL Server's drivers answer
+    # with the timestamp structs decoded below (and only SQL Server has 100 ns digits to keep);
+    # MariaDB's driver answers with text, PostgreSQL's refuses the conversion.
+    if dbapi_connection.getinfo(SQL_DBMS_NAME) != "Microsoft SQL Server":
+        return
     dbapi_connection.add_output_converter(SQL_TYPE_TIMESTAMP, _timestamp_nanoseconds)
     dbapi_connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, _timestamp_offset_nanoseconds)
 

@@ -40,7 +40,7 @@ def _integer_type(column_type: sa.Integer, dialect: str) -> pa.DataType:
     return pa.uint32() if unsigned else pa.int32()
 
 
-def _numeric_type(column_type: sa.Numeric[Any], dialect: str) -> pa.DataType:
+def _numeric_type(column_type: sa.Numeric[Any] | sa.Float[Any], dialect: str) -> pa.DataType:
     if isinstance(column_type, sa.Float):
         if isinstance(column_type, sa.Double) or dialect == "sqlite":
             return pa.float64()
@@ -70,7 +70,8 @@ def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
         return pa.bool_() if (column_type.length or 1) == 1 else pa.uint64()
     if isinstance(column_type, sa.Integer):
         return _integer_type(column_type, dialect)
-    if isinstance(column_type, sa.Numeric):
+    # SQLAlchemy 2.1's Float is no longer a Numeric subclass
+    if isinstance(column_type, sa.Numeric | sa.Float):
         return _numeric_type(column_type, dialect)
     if isinstance(column_type, mssql.DATETIMEOFFSET):
         return pa.timestamp(_time_unit(column_type.precision), "UTC")
@@ -105,12 +106,30 @@ def _text_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
     return pa.array([None if value is None else _to_text(value) for value in values], arrow)
 
 
+_NANOSECONDS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
 def _timestamp_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
     # pyodbc connections hand timestamps over as nanoseconds since the epoch (see
     # sources/sql.py), so that 100 ns digits survive; other drivers give datetimes
     if any(isinstance(value, int) for value in values):
-        nanoseconds = pa.array(values, pa.int64()).cast(pa.timestamp("ns", arrow.tz))
-        return nanoseconds.cast(arrow, safe=True)
+        per_unit = _NANOSECONDS_PER_UNIT[arrow.unit]
+        if per_unit == 1:
+            return pa.array(values, arrow)
+        # divided here, not cast from timestamp[ns]: int64 ns ends in 2262, a us column does not
+        units: list[int | None] = []
+        for value in values:
+            if value is None:
+                units.append(None)
+                continue
+            whole, rest = divmod(value, per_unit)
+            if rest:
+                raise ValueError(
+                    f"timestamp {value} ns since the epoch has digits below the column's "
+                    f"unit ({arrow.unit})"
+                )
+            units.append(whole)
+        return pa.array(units, arrow)
     return pa.array(values, arrow)
 
 
@@ -130,14 +149,24 @@ def _uint_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
     )
 
 
+# drivers that hand booleans over as text (psqlODBC's default BoolsAsChar=1 gives '1'/'0')
+_TEXT_BOOLEANS = {"1": True, "0": False, "t": True, "f": False, "true": True, "false": False}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bytes):
+        return value != b"\x00"
+    if isinstance(value, str):
+        # bool("0") is True: text must be read, never tested for emptiness
+        try:
+            return _TEXT_BOOLEANS[value.strip().lower()]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a boolean") from None
+    return bool(value)
+
+
 def _bool_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
-    return pa.array(
-        [
-            None if value is None else (value != b"\x00" if isinstance(value, bytes) else bool(value))
-            for value in values
-        ],
-        arrow,
-    )
+    return pa.array([None if value is None else _to_bool(value) for value in values], arrow)
 
 
 ArrayBuilder = Callable[[Sequence[Any]], pa.Array]

@@ -1,0 +1,173 @@
+"""Project-file validation and the definitions it builds (the graph is pinned; loading does no I/O)."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import textwrap
+
+import pytest
+from dagster import AssetKey, DailyPartitionsDefinition
+from dagster._core.definitions.backfill_policy import BackfillPolicyType
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingestion_assets.definitions import build_definitions
+from ingestion_assets.errors import ConfigError
+from ingestion_assets.project import DEMO_PROJECT_FILE, load_project, parse_project
+from ingestion_assets.specs import snake_case
+
+VALID = """
+lake: {root: /tmp/lake}
+sources:
+  erp:
+    type: sql
+    connection:
+      drivername: mssql+pyodbc
+      host: sql.example.internal
+      username: reader
+      password: ${ERP_PASSWORD}
+      database: AdventureWorks
+      query: {driver: ODBC Driver 18 for SQL Server, Encrypt: "yes", TrustServerCertificate: "no"}
+    start_date: 2024-01-01
+    tables:
+      - {schema: Sales, name: SalesOrderHeader, partition_column: ModifiedDate, primary_key: [SalesOrderID]}
+      - {schema: Sales, name: SalesOrderDetail, partition_column: ModifiedDate}
+      - {schema: Production, name: Product}
+"""
+
+ENV = {"ERP_PASSWORD": "s3cret-value"}
+
+
+def _error(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as raised:
+        parse_project(textwrap.dedent(text), "projects/ingestion.yaml", ENV if environ is None else environ)
+    return str(raised.value)
+
+
+def test_a_valid_file_loads_into_specs() -> None:
+    project = parse_project(VALID, "ingestion.yaml", ENV)
+    source = project.sources["erp"]
+    assert [t.key_name for t in source.tables] == [
+        "sales_order_header",
+        "sales_order_detail",
+        "product",
+    ]
+    assert source.connection.password == "${ERP_PASSWORD}"  # a reference, never the value
+
+
+def test_an_unknown_key_names_the_file_the_path_and_the_fix() -> None:
+    message = _error(VALID.replace("partition_column: ModifiedDate, primary_key", "partition: ModifiedDate, primary_key"))
+    assert "projects/ingestion.yaml" in message
+    assert "sources.erp.tables[0].partition" in message
+    assert "did you mean 'partition_column'?" in message
+
+
+def test_a_bad_date_names_the_path_and_the_expected_form() -> None:
+    message = _error(VALID.replace("start_date: 2024-01-01", "start_date: 2024-13-45"))
+    assert "sources.erp.start_date" in message
+    assert "YYYY-MM-DD" in message
+
+
+def test_a_missing_environment_variable_is_reported_at_load_time() -> None:
+    message = _error(VALID, environ={})
+    assert "sources.erp.connection.password" in message
+    assert "ERP_PASSWORD is not set" in message
+    assert "export ERP_PASSWORD" in message
+
+
+def test_a_duplicate_table_is_reported_with_both_positions() -> None:
+    duplicate = VALID.replace(
+        "      - {schema: Production, name: Product}",
+        "      - {schema: Production, name: Product}\n      - {schema: Sales, name: SalesOrderHeader}",
+    )
+    message = _error(duplicate)
+    assert "sources.erp" in message
+    assert "tables[3] repeats table 'Sales.SalesOrderHeader' of tables[0]" in message
+
+
+def test_a_duplicate_yaml_key_is_an_error_not_a_silent_override() -> None:
+    message = _error(VALID + "  erp:\n    type: sql\n")
+    assert "appears twice" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("password: ${ERP_PASSWORD}", "password: hunter2"),
+        ("drivername: mssql+pyodbc", "drivername: mssql+pyodbc\n      url: sqlite://"),
+    ],
+)
+def test_secrets_must_be_references_and_connections_unambiguous(change: str, expected: str) -> None:
+    message = _error(VALID.replace(change, expected))
+    assert "sources.erp.connection" in message
+
+
+def test_a_partitioned_table_needs_a_start_date_and_sources_need_snake_case_names() -> None:
+    assert "has no start_date" in _error(VALID.replace("    start_date: 2024-01-01\n", ""))
+    assert "snake_case" in _error(VALID.replace("  erp:", "  Erp-Source:"))
+    assert "unknown time zone" in _error(VALID.replace("    start_date:", "    timezone: Mars/Base\n    start_date:"))
+
+
+def test_a_missing_project_file_says_how_to_point_at_one(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError, match="INGEST_PROJECT_FILE"):
+        load_project(tmp_path / "absent.yaml")
+
+
+@given(st.from_regex(r"[A-Z][a-z]{1,8}([A-Z][a-z]{1,8}){0,3}", fullmatch=True))
+def test_snake_case_names_are_valid_asset_names(name: str) -> None:
+    result = snake_case(name)
+    assert result == result.lower()
+    assert result.replace("_", "").isalnum()
+    assert result.replace("_", "") == name.lower()
+
+
+def test_definitions_pin_the_graph_without_touching_the_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_network(*_: object, **__: object) -> None:
+        raise AssertionError("building definitions must not open a connection")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    defs = build_definitions(parse_project(VALID, "ingestion.yaml", ENV))
+    keys = {spec.key for spec in defs.resolve_all_asset_specs()}
+    assert keys == {
+        AssetKey(["erp", "sales_order_header"]),
+        AssetKey(["erp", "sales_order_detail"]),
+        AssetKey(["erp", "product"]),
+    }
+    header = defs.get_assets_def(AssetKey(["erp", "sales_order_header"]))
+    partitions = header.partitions_def
+    assert isinstance(partitions, DailyPartitionsDefinition)
+    assert partitions.start.date().isoformat() == "2024-01-01"
+    assert header.backfill_policy is not None
+    assert header.backfill_policy.policy_type == BackfillPolicyType.SINGLE_RUN
+    spec = header.specs_by_key[AssetKey(["erp", "sales_order_header"])]
+    assert spec.group_name == "erp"
+    assert set(spec.kinds) == {"sqlserver", "delta"}
+    assert "dagster/column_schema" in spec.metadata
+    assert header.get_op_def_for_asset_key(AssetKey(["erp", "sales_order_header"])).pool == "erp"
+    product = defs.get_assets_def(AssetKey(["erp", "product"]))
+    assert product.partitions_def is None
+    assert "snapshot" in (product.specs_by_key[AssetKey(["erp", "product"])].description or "")
+    job = defs.resolve_job_def("ingest_erp")
+    assert {node.name for node in job.graph.node_defs} >= {"erp__sales_order_header", "erp__product"}
+    # the secret stays an environment reference in the resource config
+    resource = defs.resources["erp_source"]
+    assert "s3cret-value" not in repr(resource)
+
+
+def test_the_demo_project_file_loads_and_defines_every_demo_table() -> None:
+    defs = build_definitions(load_project(DEMO_PROJECT_FILE))
+    names = sorted(key.path[1] for key in (s.key for s in defs.resolve_all_asset_specs()))
+    assert names == [
+        "customer",
+        "product",
+        "purchase_order_detail",
+        "purchase_order_header",
+        "sales_order_detail",
+        "sales_order_header",
+        "vendor",
+    ]
+    assert defs.resolve_job_def("ingest_adventureworks") is not None
