@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from dagster import AssetSelection, Definitions, define_asset_job, definitions
+from dagster import AssetsDefinition, AssetSelection, Definitions, define_asset_job, definitions
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ingestion_assets.factory import partitions_definition, source_assets, source_resource_key
@@ -55,8 +55,8 @@ def build_definitions(project: ProjectSpec) -> Definitions:
             },
         )
     }
-    assets = []
-    jobs = []
+    assets: list[AssetsDefinition] = []
+    jobs: list[UnresolvedAssetJobDefinition] = []
     for source_name, spec in project.sources.items():
         resources[source_resource_key(source_name)] = SqlSourceResource.from_spec(source_name, spec)
         assets.extend(source_assets(source_name, spec))

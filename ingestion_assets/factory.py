@@ -49,7 +49,9 @@ def source_kind(spec: SqlSourceSpec) -> str:
     return _KINDS.get(driver.split("+")[0].split(":")[0], "sql")
 
 
-def partitions_definition(spec: SqlSourceSpec, table: TableSpec) -> DailyPartitionsDefinition | None:
+def partitions_definition(
+    spec: SqlSourceSpec, table: TableSpec
+) -> DailyPartitionsDefinition | None:
     """Daily partitions from the table's start date in the source's zone; None for a snapshot."""
     if table.partition_column is None:
         return None

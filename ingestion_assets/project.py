@@ -32,7 +32,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"key '{key}' appears twice in one mapping", key_node.start_mark
@@ -48,7 +48,7 @@ _UniqueKeyLoader.yaml_implicit_resolvers = {
 }
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,  # type: ignore[arg-type]
+    _construct_unique_mapping,
 )
 
 
@@ -92,9 +92,11 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         key = str(location[-1])
         model = _model_at(location)
-        allowed = sorted(
-            field.alias or name for name, field in model.model_fields.items()
-        ) if model else []
+        allowed = (
+            sorted(field.alias or name for name, field in model.model_fields.items())
+            if model
+            else []
+        )
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"{path}: unknown key '{key}'; {hint}allowed keys: {', '.join(allowed)}"
@@ -106,9 +108,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{path}: {message}"
 
 
-def _environment_references(value: Any, location: tuple[int | str, ...] = ()) -> Iterator[
-    tuple[tuple[int | str, ...], str]
-]:
+def _environment_references(
+    value: Any, location: tuple[int | str, ...] = ()
+) -> Iterator[tuple[tuple[int | str, ...], str]]:
     if isinstance(value, str):
         name = env_reference(value)
         if name:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -11,7 +13,7 @@ from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
 from ingestion_assets.specs import SqlSourceSpec, TableSpec
 
 
-class SqlSourceResource(ConfigurableResource):  # type: ignore[misc]
+class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     """One SQL source's connection; the engine is created on first use, never at load time."""
 
     source_name: str = Field(description="The source's name in the project file.")
@@ -37,7 +39,7 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[misc]
         """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
         connection = spec.connection
 
-        def optional(value: str | None) -> object:
+        def optional(value: str | None) -> Any:
             return None if value is None else config_value(value)
 
         return cls(

@@ -89,13 +89,15 @@ class ConnectionSpec(Spec):
     @model_validator(mode="after")
     def _url_or_parts(self) -> ConnectionSpec:
         if (self.url is None) == (self.drivername is None):
-            raise ValueError("give either `url` or `drivername` (with host, database, ...), not both")
-        if self.url is not None and env_reference(self.url) is None:
-            if re.match(r"^[^:/]+://[^/@]*:[^/@]*@", self.url):
-                raise ValueError(
-                    "the url holds a password: remove it from the url and write "
-                    "password: ${DB_PASSWORD}, or put the whole url in ${DB_URL}"
-                )
+            raise ValueError(
+                "give either `url` or `drivername` (with host, database, ...), not both"
+            )
+        literal_url = self.url is not None and env_reference(self.url) is None
+        if literal_url and re.match(r"^[^:/]+://[^/@]*:[^/@]*@", self.url or ""):
+            raise ValueError(
+                "the url holds a password: remove it from the url and write "
+                "password: ${DB_PASSWORD}, or put the whole url in ${DB_URL}"
+            )
         if self.password is not None and self.url is not None and env_reference(self.url):
             raise ValueError("`password` cannot be combined with a url taken from the environment")
         return self
@@ -120,9 +122,7 @@ class TableSpec(Spec):
     start_date: datetime.date | None = Field(
         None, description="First daily partition; defaults to the source's start_date."
     )
-    columns: tuple[str, ...] | None = Field(
-        None, description="Columns to read; default all."
-    )
+    columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
     schema_policy: Literal["evolve", "freeze"] = Field(
         "evolve",
         description="`evolve`: new source columns are added (older rows null); "
@@ -188,7 +188,9 @@ class SqlSourceSpec(Spec):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone '{value}'; use an IANA name such as Europe/Paris")
+            raise ValueError(
+                f"unknown time zone '{value}'; use an IANA name such as Europe/Paris"
+            ) from None
         return value
 
     @model_validator(mode="after")

@@ -165,7 +165,10 @@ ORDER_TABLE_KEYS = {
 
 
 def table_entry(
-    database: SourceDatabase, logical: str, partition_column: str | None = "ModifiedDate", **extra: Any
+    database: SourceDatabase,
+    logical: str,
+    partition_column: str | None = "ModifiedDate",
+    **extra: Any,
 ) -> dict[str, Any]:
     """A `tables:` entry for a demo table on this database."""
     schema, name = logical.split(".")

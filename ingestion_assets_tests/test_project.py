@@ -41,7 +41,9 @@ ENV = {"ERP_PASSWORD": "s3cret-value"}
 
 def _error(text: str, environ: dict[str, str] | None = None) -> str:
     with pytest.raises(ConfigError) as raised:
-        parse_project(textwrap.dedent(text), "projects/ingestion.yaml", ENV if environ is None else environ)
+        parse_project(
+            textwrap.dedent(text), "projects/ingestion.yaml", ENV if environ is None else environ
+        )
     return str(raised.value)
 
 
@@ -57,7 +59,11 @@ def test_a_valid_file_loads_into_specs() -> None:
 
 
 def test_an_unknown_key_names_the_file_the_path_and_the_fix() -> None:
-    message = _error(VALID.replace("partition_column: ModifiedDate, primary_key", "partition: ModifiedDate, primary_key"))
+    message = _error(
+        VALID.replace(
+            "partition_column: ModifiedDate, primary_key", "partition: ModifiedDate, primary_key"
+        )
+    )
     assert "projects/ingestion.yaml" in message
     assert "sources.erp.tables[0].partition" in message
     assert "did you mean 'partition_column'?" in message
@@ -106,7 +112,9 @@ def test_secrets_must_be_references_and_connections_unambiguous(change: str, exp
 def test_a_partitioned_table_needs_a_start_date_and_sources_need_snake_case_names() -> None:
     assert "has no start_date" in _error(VALID.replace("    start_date: 2024-01-01\n", ""))
     assert "snake_case" in _error(VALID.replace("  erp:", "  Erp-Source:"))
-    assert "unknown time zone" in _error(VALID.replace("    start_date:", "    timezone: Mars/Base\n    start_date:"))
+    assert "unknown time zone" in _error(
+        VALID.replace("    start_date:", "    timezone: Mars/Base\n    start_date:")
+    )
 
 
 def test_a_missing_project_file_says_how_to_point_at_one(tmp_path: pathlib.Path) -> None:
@@ -152,7 +160,10 @@ def test_definitions_pin_the_graph_without_touching_the_source(
     assert product.partitions_def is None
     assert "snapshot" in (product.specs_by_key[AssetKey(["erp", "product"])].description or "")
     job = defs.resolve_job_def("ingest_erp")
-    assert {node.name for node in job.graph.node_defs} >= {"erp__sales_order_header", "erp__product"}
+    assert {node.name for node in job.graph.node_defs} >= {
+        "erp__sales_order_header",
+        "erp__product",
+    }
     # the secret stays an environment reference in the resource config
     resource = defs.resources["erp_source"]
     assert "s3cret-value" not in repr(resource)

@@ -22,8 +22,8 @@ from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
-    POSTGRES_URL,
     ORDER_TABLE_KEYS,
+    POSTGRES_URL,
     TEST_SCALE,
     SourceDatabase,
     build_project,
@@ -39,7 +39,9 @@ def normalized(value: Any) -> Any:
     """A value in a form comparable across drivers: uuids as UUID, decimals exact, booleans."""
     if isinstance(value, str):
         try:
-            return uuid.UUID(value) if len(value) in (32, 36) and value.count("-") in (0, 4) else value
+            return (
+                uuid.UUID(value) if len(value) in (32, 36) and value.count("-") in (0, 4) else value
+            )
         except ValueError:
             return value
     if isinstance(value, float):
@@ -62,7 +64,9 @@ def assert_same_rows(
     actual: pa.Table, expected: list[dict[str, Any]], key: list[str], label: str
 ) -> None:
     """Every column of every row equal, after sorting both sides by the primary key."""
-    lake_rows = sorted(actual.drop_columns(list(LINEAGE_COLUMNS)).to_pylist(), key=lambda r: [r[k] for k in key])
+    lake_rows = sorted(
+        actual.drop_columns(list(LINEAGE_COLUMNS)).to_pylist(), key=lambda r: [r[k] for k in key]
+    )
     source_rows = sorted(expected, key=lambda r: [r[k] for k in key])
     assert len(lake_rows) == len(source_rows), f"{label}: row count"
     assert len(source_rows) > 0, f"{label}: the test day must have rows"
@@ -94,7 +98,9 @@ def test_one_day_of_each_order_table_equals_the_source(
         name, key = ORDER_TABLE_KEYS[logical]
         table = project.delta(name).to_pyarrow_table()
         assert set(table.column(PARTITION_DATE).to_pylist()) == {DAY}
-        assert_same_rows(table, expected_rows(logical, DAY), key, f"{source_database.dialect} {logical}")
+        assert_same_rows(
+            table, expected_rows(logical, DAY), key, f"{source_database.dialect} {logical}"
+        )
         materialization = result.asset_materializations_for_node(f"src__{name}")[0]
         assert materialization.metadata["dagster/row_count"].value == table.num_rows
 
@@ -156,7 +162,13 @@ def test_a_missing_table_fails_with_the_source_the_table_and_what_exists(
     project = build_project(
         source_database,
         tmp_path / "lake",
-        [{"schema": source_database.schema("Sales"), "name": "SalesOrderHeadr", "partition_column": "ModifiedDate"}],
+        [
+            {
+                "schema": source_database.schema("Sales"),
+                "name": "SalesOrderHeadr",
+                "partition_column": "ModifiedDate",
+            }
+        ],
     )
     result = project.materialize(
         ["sales_order_headr"], instance, partition=DAY.isoformat(), raise_on_error=False
@@ -228,7 +240,7 @@ def test_a_source_connection_killed_mid_stream_fails_clearly_and_leaves_the_tabl
         connection.execute(
             sa.text(
                 'CREATE VIEW "Sales"."FragileDetail" AS SELECT * FROM "Sales"."SalesOrderDetail" '
-                f'WHERE "Sales".kill_after("SalesOrderDetailID", 2147483647)'
+                'WHERE "Sales".kill_after("SalesOrderDetailID", 2147483647)'
             )
         )
     engine.dispose()
@@ -238,7 +250,9 @@ def test_a_source_connection_killed_mid_stream_fails_clearly_and_leaves_the_tabl
         [{"schema": "Sales", "name": "FragileDetail", "partition_column": "ModifiedDate"}],
         batch_size=10,
     )
-    first = project.materialize(["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10"))
+    first = project.materialize(
+        ["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10")
+    )
     assert first.success
     before = project.delta("fragile_detail")
     version, rows = before.version(), before.to_pyarrow_table().num_rows
@@ -254,7 +268,10 @@ def test_a_source_connection_killed_mid_stream_fails_clearly_and_leaves_the_tabl
         )
     engine.dispose()
     failed = project.materialize(
-        ["fragile_detail"], instance, partition_range=("2024-01-01", "2024-01-10"), raise_on_error=False
+        ["fragile_detail"],
+        instance,
+        partition_range=("2024-01-01", "2024-01-10"),
+        raise_on_error=False,
     )
     assert not failed.success
     message = failure_message(failed)
@@ -277,7 +294,10 @@ def test_window_bounds_are_bound_parameters_not_sql_text(sqlite_database: Source
         statements.append((statement, parameters))
 
     reader = SqlTableReader(
-        engine, "src", TableSpec(schema="Sales", name="SalesOrderHeader", partition_column="ModifiedDate"), 1000
+        engine,
+        "src",
+        TableSpec(schema="Sales", name="SalesOrderHeader", partition_column="ModifiedDate"),
+        1000,
     )
     window = PartitionWindow(
         datetime.datetime(2024, 1, 4, tzinfo=datetime.UTC),
@@ -286,11 +306,20 @@ def test_window_bounds_are_bound_parameters_not_sql_text(sqlite_database: Source
     )
     rows = sum(batch.num_rows for batch in reader.read(window))
     assert rows == len(expected_rows("Sales.SalesOrderHeader", DAY))
-    selects = [(s, p) for s, p in statements if '"SalesOrderHeader"' in s and "SELECT" in s and "ModifiedDate" in s and ">=" in s]
+    selects = [
+        (s, p)
+        for s, p in statements
+        if '"SalesOrderHeader"' in s and "SELECT" in s and "ModifiedDate" in s and ">=" in s
+    ]
     assert len(selects) == 1
     statement, parameters = selects[0]
     assert "2024-01-04" not in statement
     assert any("2024-01-04" in str(value) for value in parameters)
     with pytest.raises(SourceError, match="does not exist"):
-        SqlTableReader(engine, "src", TableSpec(schema="Sales", name="x; DROP TABLE y", partition_column="a"), 10).read(window)
+        SqlTableReader(
+            engine,
+            "src",
+            TableSpec(schema="Sales", name="x; DROP TABLE y", partition_column="a"),
+            10,
+        ).read(window)
     engine.dispose()

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import AssetKey, DagsterInstance, Definitions
 from deltalake import DeltaTable
@@ -50,7 +51,7 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]
         )
         elapsed = time.monotonic() - started
         print(f"job {job.name}: run {result.run_id} succeeded in {elapsed:.1f} s", flush=True)
-        by_asset: dict[AssetKey, list[dict[str, object]]] = {}
+        by_asset: dict[AssetKey, list[dict[str, Any]]] = {}
         for event in result.get_asset_materialization_events():
             materialization = event.materialization
             metadata = {key: value.value for key, value in materialization.metadata.items()}
@@ -100,8 +101,7 @@ def main() -> int:
     data_dir = pathlib.Path(".data")
     counts = create_demo_sqlite(data_dir / "demo", DEFAULT_SCALE)
     print(
-        "demo database: "
-        + ", ".join(f"{name} {count:,} rows" for name, count in counts.items()),
+        "demo database: " + ", ".join(f"{name} {count:,} rows" for name, count in counts.items()),
         flush=True,
     )
     os.environ.setdefault("DAGSTER_HOME", str((data_dir / "dagster").resolve()))

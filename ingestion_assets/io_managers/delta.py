@@ -6,7 +6,7 @@ import datetime
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,8 +62,10 @@ class SchemaDiff:
 def delta_type_names(schema: pa.Schema) -> dict[str, str]:
     """Each column's Delta type name (`long`, `decimal(19,4)`, `timestamp_ntz`, ...)."""
     delta = Schema.from_arrow(schema)
-    return {item.name: str(item.type.type if hasattr(item.type, "type") else item.type)
-            for item in delta.fields}
+    return {
+        item.name: str(item.type.type if hasattr(item.type, "type") else item.type)
+        for item in delta.fields
+    }
 
 
 def schema_diff(table_types: Mapping[str, str], incoming_types: Mapping[str, str]) -> SchemaDiff:
@@ -71,7 +73,9 @@ def schema_diff(table_types: Mapping[str, str], incoming_types: Mapping[str, str
     return SchemaDiff(
         added={k: v for k, v in incoming_types.items() if k not in table_types},
         missing={
-            k: v for k, v in table_types.items() if k not in incoming_types and k not in LINEAGE_COLUMNS
+            k: v
+            for k, v in table_types.items()
+            if k not in incoming_types and k not in LINEAGE_COLUMNS
         },
         changed={
             k: (table_types[k], v)
@@ -241,7 +245,8 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         description="delta-rs storage options (credentials, endpoint); take secrets from EnvVar.",
     )
     target_file_size: int | None = Field(
-        None, description="Target Parquet file size in bytes for written files; delta-rs default."
+        default=None,
+        description="Target Parquet file size in bytes for written files; delta-rs default.",
     )
 
     def table_uri(self, asset_path: list[str]) -> str:
@@ -296,7 +301,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             ]
         )
         existing = self._open(uri)
-        schema_mode = None
+        schema_mode: Literal["merge"] | None = None
         if existing is not None:
             table_types = delta_type_names(pa.schema(existing.schema().to_arrow()))
             diff = schema_diff(table_types, delta_type_names(target))
@@ -316,8 +321,10 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             # keep the table's column order; missing columns are written as nulls
             table_schema = pa.schema(existing.schema().to_arrow())
             target = pa.schema(
-                [table_schema.field(name) if name in table_types else target.field(name)
-                 for name in [*table_schema.names, *diff.added]]
+                [
+                    table_schema.field(name) if name in table_types else target.field(name)
+                    for name in [*table_schema.names, *diff.added]
+                ]
             )
             files_before = {path for path, _ in _add_actions(existing)}
         else:
@@ -338,16 +345,17 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         started = time.monotonic()
         stream = pa.RecordBatchReader.from_batches(target, plan.stream(reader, context.log.info))
         try:
-            write_deltalake(
-                uri,
-                stream,
-                mode="overwrite" if existing is not None else "append",
-                predicate=predicate if existing is not None else None,
-                partition_by=[PARTITION_DATE],
-                schema_mode=schema_mode,
-                storage_options=self.storage_options or None,
-                target_file_size=self.target_file_size,
-            )
+            options: dict[str, Any] = {
+                "partition_by": [PARTITION_DATE],
+                "schema_mode": schema_mode,
+                "storage_options": self.storage_options or None,
+                "target_file_size": self.target_file_size,
+            }
+            if existing is None:
+                write_deltalake(uri, stream, mode="append", **options)
+            else:
+                # replaceWhere: exactly these days are swapped in one commit
+                write_deltalake(uri, stream, mode="overwrite", predicate=predicate, **options)
         except Exception as error:
             if plan.source_error is not None:
                 raise plan.source_error from None
@@ -358,11 +366,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         elapsed = time.monotonic() - started
 
         table = DeltaTable(uri, storage_options=self.storage_options or None)
-        added = [
-            (path, size)
-            for path, size in _add_actions(table)
-            if path not in files_before
-        ]
+        added = [(path, size) for path, size in _add_actions(table) if path not in files_before]
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             # a backfill's range: each partition's materialization shows its own row count
             for key in context.asset_partition_keys:
@@ -418,7 +422,9 @@ def _add_actions(table: DeltaTable) -> list[tuple[str, int]]:
     actions = pa.table(table.get_add_actions(flatten=True))
     return list(
         zip(
-            actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist(), strict=True
+            actions.column("path").to_pylist(),
+            actions.column("size_bytes").to_pylist(),
+            strict=True,
         )
     )
 

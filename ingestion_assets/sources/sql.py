@@ -31,7 +31,7 @@ def _timestamp_nanoseconds(raw: bytes | None) -> int | None:
         return None
     year, month, day, hour, minute, second, fraction = struct.unpack("<6hI", raw[:16])
     whole = datetime.datetime(year, month, day, hour, minute, second) - _EPOCH
-    return (whole.days * 86_400 + whole.seconds) * 1_000_000_000 + fraction
+    return int((whole.days * 86_400 + whole.seconds) * 1_000_000_000 + fraction)
 
 
 def _timestamp_offset_nanoseconds(raw: bytes | None) -> int | None:
@@ -42,7 +42,7 @@ def _timestamp_offset_nanoseconds(raw: bytes | None) -> int | None:
     local = datetime.datetime(*parts) - _EPOCH
     offset = (offset_hours * 60 + offset_minutes) * 60
     seconds = local.days * 86_400 + local.seconds - offset
-    return seconds * 1_000_000_000 + fraction
+    return int(seconds * 1_000_000_000 + fraction)
 
 
 def install_odbc_converters(dbapi_connection: Any) -> None:

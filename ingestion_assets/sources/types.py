@@ -48,10 +48,6 @@ def _numeric_type(column_type: sa.Numeric[Any] | sa.Float[Any], dialect: str) ->
         if isinstance(column_type, sa.REAL) or (precision is not None and precision <= 24):
             return pa.float32()
         return pa.float64()
-    if isinstance(column_type, mssql.SMALLMONEY):
-        return MSSQL_SMALLMONEY
-    if isinstance(column_type, mssql.MONEY):
-        return MSSQL_MONEY
     precision, scale = column_type.precision, column_type.scale
     if precision is None:
         # an unconstrained NUMERIC can hold any number of digits: text keeps them all
@@ -62,9 +58,11 @@ def _numeric_type(column_type: sa.Numeric[Any] | sa.Float[Any], dialect: str) ->
 
 def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
     """The Arrow type that holds every value of a source column exactly (never a float for a decimal)."""
-    if isinstance(column_type, mssql.MONEY | mssql.SMALLMONEY):
-        return _numeric_type(column_type, dialect)
-    if isinstance(column_type, mssql.BIT) or isinstance(column_type, sa.Boolean):
+    if isinstance(column_type, mssql.SMALLMONEY):
+        return MSSQL_SMALLMONEY
+    if isinstance(column_type, mssql.MONEY):
+        return MSSQL_MONEY
+    if isinstance(column_type, mssql.BIT | sa.Boolean):
         return pa.bool_()
     if isinstance(column_type, mysql.BIT):
         return pa.bool_() if (column_type.length or 1) == 1 else pa.uint64()
