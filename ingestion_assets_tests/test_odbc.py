@@ -31,9 +31,11 @@ from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
     MARIADB_URL,
     ORDER_TABLE_KEYS,
+    POSTGRES_URL,
     TEST_SCALE,
     SourceDatabase,
     build_project,
+    require_service,
     table_entry,
 )
 
@@ -289,6 +291,38 @@ def _assert_same_columns(
         assert native.schema.field("TotalDue").type == pa.decimal128(19, 4)
 
 
+@pytest.mark.parametrize(
+    ("service_url", "connection_string", "timestamp_sql"),
+    [
+        (
+            POSTGRES_URL,
+            f"DRIVER={{{POSTGRES_ODBC_DRIVER}}};SERVER=127.0.0.1;PORT=5432;DATABASE=postgres;"
+            "UID=postgres;",
+            "CAST('2024-01-04 10:11:12.123456' AS timestamp(6))",
+        ),
+        (
+            MARIADB_URL,
+            f"DRIVER={{{MARIADB_ODBC_DRIVER}}};SERVER=127.0.0.1;PORT=3306;UID=root;",
+            "CAST('2024-01-04 10:11:12.123456' AS DATETIME(6))",
+        ),
+    ],
+    ids=["postgresql", "mariadb"],
+)
+def test_odbc_converters_leave_other_databases_timestamps_exact(
+    service_url: str, connection_string: str, timestamp_sql: str
+) -> None:
+    # the converters read SQL Server's binary timestamp structs; other drivers send no such struct
+    require_service(service_url, "the database").dispose()
+    connection = pyodbc.connect(connection_string)
+    try:
+        install_odbc_converters(connection)
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT {timestamp_sql}, CAST(NULL AS {timestamp_sql.split(' AS ')[1]}")
+        assert cursor.fetchone() == (datetime.datetime(2024, 1, 4, 10, 11, 12, 123456), None)
+    finally:
+        connection.close()
+
+
 # --- MariaDB through mysql+pyodbc, end to end ---------------------------------------------------
 
 
@@ -334,6 +368,12 @@ def test_mariadb_through_odbc_lands_the_same_delta_tables_as_pymysql(
         assert expected.num_rows > 0, f"{logical}: the test day must have rows"
         for column in expected.column_names:
             assert actual.column(column).equals(expected.column(column)), f"{logical}.{column}"
+    header = native.delta("sales_order_header").to_pyarrow_table()
+    comments = header.column("Comment").to_pylist()
+    # the compared day holds non-ASCII text, NULLs and exact decimals
+    assert any(value is not None and not value.isascii() for value in comments)
+    assert None in comments
+    assert header.schema.field("TotalDue").type == pa.decimal128(19, 4)
 
 
 def _lake_rows(table: pa.Table, key: list[str]) -> pa.Table:

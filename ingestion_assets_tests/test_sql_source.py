@@ -323,3 +323,45 @@ def test_window_bounds_are_bound_parameters_not_sql_text(sqlite_database: Source
             10,
         ).read(window)
     engine.dispose()
+
+
+def test_days_begin_in_the_source_time_zone_across_a_dst_change(
+    postgres_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    engine = postgres_database.engine()
+    with engine.begin() as connection:
+        connection.execute(sa.text('CREATE SCHEMA "Sales"'))
+        connection.execute(sa.text('CREATE TABLE "Sales".aware (id int, at timestamptz)'))
+        connection.execute(sa.text('CREATE TABLE "Sales".naive (id int, at timestamp)'))
+        # 2024-03-10 is a 23-hour day in New York (clocks go forward at 02:00)
+        connection.execute(
+            sa.text(
+                "INSERT INTO \"Sales\".aware VALUES (1, '2024-03-10 04:59:59+00'), "
+                "(2, '2024-03-10 05:00:00+00'), (3, '2024-03-11 03:59:59+00'), "
+                "(4, '2024-03-11 04:00:00+00')"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "INSERT INTO \"Sales\".naive VALUES (1, '2024-03-09 23:59:59'), "
+                "(2, '2024-03-10 00:00:00'), (3, '2024-03-10 23:59:59.999999'), "
+                "(4, '2024-03-11 00:00:00')"
+            )
+        )
+    engine.dispose()
+    project = build_project(
+        postgres_database,
+        tmp_path / "lake",
+        [
+            {"schema": "Sales", "name": "aware", "partition_column": "at"},
+            {"schema": "Sales", "name": "naive", "partition_column": "at"},
+        ],
+        timezone="America/New_York",
+    )
+    assert project.materialize(["aware", "naive"], instance, partition="2024-03-10").success
+    for name in ("aware", "naive"):
+        table = project.delta(name).to_pyarrow_table()
+        assert sorted(table.column("id").to_pylist()) == [2, 3], name
+        assert set(table.column(PARTITION_DATE).to_pylist()) == {datetime.date(2024, 3, 10)}
+    aware = project.delta("aware").to_pyarrow_table()
+    assert str(aware.schema.field("at").type) == "timestamp[us, tz=UTC]"

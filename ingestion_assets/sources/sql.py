@@ -82,13 +82,11 @@ def window_bounds(
     column_type: sa.types.TypeEngine[Any], window: PartitionWindow
 ) -> tuple[Any, Any]:
     """The window's bounds as values comparable with the partition column's type."""
-    if isinstance(column_type, sa.DateTime) and not isinstance(column_type, sa.Date):
-        if column_type.timezone or isinstance(column_type, mssql.DATETIMEOFFSET):
-            return window.start, window.end
-        # a naive column holds local times of the source's zone
-        return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
     if isinstance(column_type, sa.Date):
         return window.start.date(), window.end.date()
+    if isinstance(column_type, mssql.DATETIMEOFFSET) or getattr(column_type, "timezone", False):
+        return window.start, window.end
+    # a naive column holds local times of the source's zone, as the window's bounds are
     return window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)
 
 
