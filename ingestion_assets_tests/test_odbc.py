@@ -318,7 +318,8 @@ def test_odbc_converters_leave_other_databases_timestamps_exact(
         install_odbc_converters(connection)
         cursor = connection.cursor()
         cursor.execute(f"SELECT {timestamp_sql}, CAST(NULL AS {timestamp_sql.split(' AS ')[1]}")
-        assert cursor.fetchone() == (datetime.datetime(2024, 1, 4, 10, 11, 12, 123456), None)
+        row = cursor.fetchone()
+        assert tuple(row) == (datetime.datetime(2024, 1, 4, 10, 11, 12, 123456), None)
     finally:
         connection.close()
 

@@ -210,18 +210,15 @@ class SqlTableReader:
 
     def read(self, window: PartitionWindow | None) -> pa.RecordBatchReader:
         """Reflect the table, then stream `[window.start, window.end)` in bounded batches."""
-        connection = self._connect(window)
-        try:
+        with self._connect(window) as connection:
             table = self.reflect(connection)
             columns = self._selected_columns(table)
             schema = self.arrow_schema(table, connection.dialect.name)
             expressions = self._select_expressions(connection, table, columns)
-        except BaseException:
-            connection.close()
-            raise
         query = window_query(table, expressions, self.table.partition_column, window)
-        batches = self._batches(connection, query, schema, window)
-        return pa.RecordBatchReader.from_batches(schema, batches)
+        # the streaming connection is opened when the first batch is asked for, so a reader
+        # that is never consumed holds no connection
+        return pa.RecordBatchReader.from_batches(schema, self._batches(query, schema, window))
 
     def _connect(self, window: PartitionWindow | None) -> sa.Connection:
         try:
@@ -235,13 +232,10 @@ class SqlTableReader:
             ) from None
 
     def _batches(
-        self,
-        connection: sa.Connection,
-        query: sa.Select[Any],
-        schema: pa.Schema,
-        window: PartitionWindow | None,
+        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
     ) -> Iterator[pa.RecordBatch]:
         builders: list[ArrayBuilder] = [array_builder(field.type) for field in schema]
+        connection = self._connect(window)
         try:
             result = connection.execution_options(
                 stream_results=True, max_row_buffer=self.batch_size
