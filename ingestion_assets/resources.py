@@ -60,6 +60,8 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """The URL to connect with, password included (render it only with hide_password)."""
         if self.url is not None:
             url = sa.make_url(self.url)
+            if self.password is not None:
+                url = url.set(password=self.password)
             return url.update_query_dict(self.query) if self.query else url
         return sa.URL.create(
             drivername=self.drivername or "",

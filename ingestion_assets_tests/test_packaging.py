@@ -46,7 +46,14 @@ def test_every_dependency_has_a_lower_bound() -> None:
     for requirement in requirements:
         assert ">=" in requirement, f"{requirement} has no lower bound"
     names = {re.split(r"[<>=\[]", item)[0] for item in project["dependencies"]}
-    assert {"dagster", "dagster-webserver", "sqlalchemy", "pyodbc", "requests", "deltalake"} <= names
+    assert {
+        "dagster",
+        "dagster-webserver",
+        "sqlalchemy",
+        "pyodbc",
+        "requests",
+        "deltalake",
+    } <= names
 
 
 def test_the_workspace_loads_through_the_dagster_cli() -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import ConfigError
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project, parse_project
+from ingestion_assets.resources import SqlSourceResource
 from ingestion_assets.specs import snake_case
 
 VALID = """
@@ -182,3 +183,12 @@ def test_the_demo_project_file_loads_and_defines_every_demo_table() -> None:
         "vendor",
     ]
     assert defs.resolve_job_def("ingest_adventureworks") is not None
+
+
+def test_a_url_with_a_separate_password_connects_with_that_password() -> None:
+    resource = SqlSourceResource(
+        source_name="erp", url="postgresql+psycopg2://reader@db.internal/erp", password="pw-123"
+    )
+    url = resource.sqlalchemy_url()
+    assert url.password == "pw-123"
+    assert "pw-123" not in url.render_as_string(hide_password=True)

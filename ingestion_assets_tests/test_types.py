@@ -243,11 +243,25 @@ def test_a_numeric_column_round_trips_every_digit(
         assert result.as_tuple().exponent == value.as_tuple().exponent == -scale
 
 
-@given(st.integers(1, 37).flatmap(lambda p: st.tuples(st.just(p), st.integers(0, p - 1))))
-def test_a_decimal_with_more_places_than_the_scale_raises(precision_scale: tuple[int, int]) -> None:
-    precision, scale = precision_scale
-    # one digit past the scale, and room for it in the precision
-    value = decimal.Decimal(1).scaleb(-(scale + 1))
+@st.composite
+def _overlong_decimal(draw: st.DrawFn) -> tuple[int, int, decimal.Decimal]:
+    """A value whose whole part fits, with 1..10 places more than the scale, last one non-zero."""
+    precision = draw(st.integers(1, 38))
+    scale = draw(st.integers(0, precision))
+    places = scale + draw(st.integers(1, 10))
+    coefficient = draw(
+        st.integers(1, 10 ** (precision - scale + places) - 1).filter(lambda n: n % 10 != 0)
+    )
+    digits = tuple(int(digit) for digit in str(coefficient))
+    return precision, scale, decimal.Decimal((draw(st.integers(0, 1)), digits, -places))
+
+
+@given(_overlong_decimal())
+def test_a_decimal_with_more_places_than_the_scale_raises(
+    column: tuple[int, int, decimal.Decimal],
+) -> None:
+    precision, scale, value = column
+    # never rounded to the scale in silence
     with pytest.raises(pa.ArrowInvalid):
         array_builder(pa.decimal128(precision, scale))([value])
 

@@ -121,7 +121,7 @@ def mssql_select_expression(
     """A select-list expression that turns an unknown SQL Server type into text."""
     template = _MSSQL_TEXT_EXPRESSIONS.get(data_type.lower())
     if template is not None:
-        preparer = mssql.dialect().identifier_preparer
+        preparer = mssql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
         quoted = f"{preparer.quote(table.name)}.{preparer.quote(column.name)}"
         return sa.literal_column(template.format(column=quoted), sa.UnicodeText).label(column.name)
     return sa.cast(column, mssql.NVARCHAR(None)).label(column.name)
