@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import subprocess
@@ -56,10 +57,13 @@ def test_every_dependency_has_a_lower_bound() -> None:
     } <= names
 
 
-def test_the_workspace_loads_through_the_dagster_cli() -> None:
+def test_the_workspace_loads_through_the_dagster_cli(tmp_path: pathlib.Path) -> None:
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    environment.pop("INGEST_PROJECT_FILE", None)
     result = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPOSITORY,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
