@@ -60,42 +60,59 @@ def format_path(location: tuple[int | str, ...]) -> str:
     return text
 
 
-def _model_at(location: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The spec model that holds the key at `location`, to suggest the allowed keys."""
-    model: Any = ProjectSpec
-    for part in location[:-1]:
-        if isinstance(part, int):
-            continue
-        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        if part not in model.model_fields:
-            # a dict key such as a source name: the dict's value type comes next
-            continue
-        annotation = model.model_fields[part].annotation
-        model = _innermost_model(annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _innermost_model(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The spec models an annotation can hold (through Annotated, unions, dicts, tuples)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for argument in getattr(annotation, "__args__", ()):
-        found = _innermost_model(argument)
-        if found is not None:
-            return found
+        found.extend(model for model in _models_in(argument) if model not in found)
+    return found
+
+
+def _field_named(model: type[BaseModel], key: str) -> str | None:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return name
     return None
 
 
+def _walk(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], list[type[BaseModel]]]:
+    """The location without union tags, and the models that may hold its last key."""
+    path: list[int | str] = []
+    candidates: list[type[BaseModel]] = [ProjectSpec]
+    for index, part in enumerate(location):
+        if isinstance(part, int):
+            path.append(part)
+            continue
+        tagged = [
+            model
+            for model in candidates
+            if getattr(model.model_fields.get("type"), "default", None) == part
+        ]
+        if len(candidates) > 1 and tagged:
+            # pydantic names the member of a discriminated union it tried; people never write it
+            candidates = tagged
+            continue
+        path.append(part)
+        if index == len(location) - 1:
+            break
+        owner = next((m for m in candidates if _field_named(m, part)), None)
+        if owner is not None:
+            field_name = _field_named(owner, part)
+            assert field_name is not None
+            candidates = _models_in(owner.model_fields[field_name].annotation) or candidates
+    return tuple(path), candidates
+
+
 def _describe(error: Mapping[str, Any]) -> str:
-    location = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    raw = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    location, holders = _walk(raw)
     path = format_path(location) or "(top level)"
     if error["type"] == "extra_forbidden":
         key = str(location[-1])
-        model = _model_at(location)
-        allowed = (
-            sorted(field.alias or name for name, field in model.model_fields.items())
-            if model
-            else []
+        allowed = sorted(
+            {field.alias or name for model in holders for name, field in model.model_fields.items()}
         )
         close = difflib.get_close_matches(key, allowed, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -103,6 +120,8 @@ def _describe(error: Mapping[str, Any]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{path}: required key is missing; add it"
+    if error["type"] == "union_tag_invalid":
+        return f"{path}: {message}"
     if error["type"].startswith("date"):
         return f"{path}: {message}; write dates as YYYY-MM-DD, e.g. 2024-01-31"
     return f"{path}: {message}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -103,26 +103,16 @@ class ConnectionSpec(Spec):
         return self
 
 
-class TableSpec(Spec):
-    """One source table: becomes one asset, partitioned by day on `partition_column`."""
+class DatasetSpec(Spec):
+    """What tables and streams share: the asset they become and how it is written."""
 
-    schema_name: str | None = Field(
-        None, alias="schema", description="Database schema, e.g. `Sales`."
-    )
-    name: str = Field(description="Table (or view) name at the source, e.g. `SalesOrderHeader`.")
     asset_name: str | None = Field(
-        None, description="Asset name (snake_case); default: the table name in snake_case."
-    )
-    partition_column: str | None = Field(
-        None,
-        description="Date/time column that assigns a row to a day, e.g. `ModifiedDate`; "
-        "without it the table is an unpartitioned snapshot, refreshed whole.",
+        None, description="Asset name (snake_case); default: the name in snake_case."
     )
     primary_key: tuple[str, ...] = ()
     start_date: datetime.date | None = Field(
         None, description="First daily partition; defaults to the source's start_date."
     )
-    columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
     schema_policy: Literal["evolve", "freeze"] = Field(
         "evolve",
         description="`evolve`: new source columns are added (older rows null); "
@@ -146,8 +136,44 @@ class TableSpec(Spec):
 
     @property
     def qualified_name(self) -> str:
+        """The name people know the dataset by at the source."""
+        raise NotImplementedError
+
+    @property
+    def partition_column(self) -> str | None:
+        """The column that assigns a record to its day; None for a snapshot."""
+        raise NotImplementedError
+
+    @property
+    def key_name(self) -> str:
+        """The asset name: explicit, or the source name in snake_case."""
+        raise NotImplementedError
+
+
+class TableSpec(DatasetSpec):
+    """One source table: becomes one asset, partitioned by day on `partition_column`."""
+
+    schema_name: str | None = Field(
+        None, alias="schema", description="Database schema, e.g. `Sales`."
+    )
+    name: str = Field(description="Table (or view) name at the source, e.g. `SalesOrderHeader`.")
+    partition_column_name: str | None = Field(
+        None,
+        alias="partition_column",
+        description="Date/time column that assigns a row to a day, e.g. `ModifiedDate`; "
+        "without it the table is an unpartitioned snapshot, refreshed whole.",
+    )
+    columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
+
+    @property
+    def qualified_name(self) -> str:
         """`Schema.Table` as written in the project file."""
         return f"{self.schema_name}.{self.name}" if self.schema_name else self.name
+
+    @property
+    def partition_column(self) -> str | None:
+        """The table's partition column."""
+        return self.partition_column_name
 
     @property
     def key_name(self) -> str:
@@ -155,14 +181,239 @@ class TableSpec(Spec):
         return self.asset_name or snake_case(self.name)
 
 
-class SqlSourceSpec(Spec):
-    """A relational database read through SQLAlchemy; every table becomes an asset."""
+# ---- REST --------------------------------------------------------------------------------------
 
-    type: Literal["sql"] = "sql"
-    connection: ConnectionSpec
-    tables: tuple[TableSpec, ...] = Field(min_length=1)
+FIELD_TYPE = re.compile(
+    r"^(string|json|bool|date|timestamp|timestamp_tz|int8|int16|int32|int64|float32|float64"
+    r"|decimal\((\d{1,2}),\s*(\d{1,2})\))$"
+)
+FIELD_TYPES_HELP = (
+    "string, json, bool, date, timestamp, timestamp_tz, int8, int16, int32, int64, "
+    "float32, float64, decimal(p,s)"
+)
+
+
+def _secret(value: str | None, key: str) -> str | None:
+    if value is not None and env_reference(value) is None:
+        raise ValueError(f"{key} must come from the environment: write {key}: ${{MY_SECRET}}")
+    return value
+
+
+class _PaginationBase(Spec):
+    max_pages: int = Field(
+        10_000, gt=0, description="Stop with an error past this many pages (a runaway API)."
+    )
+
+
+class OffsetPagination(_PaginationBase):
+    """`?offset=&limit=`; the total from a body field or header, else stop at a short page."""
+
+    type: Literal["offset"] = "offset"
+    limit: int = Field(100, gt=0, description="Records per page.")
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    start_offset: int = Field(0, ge=0, description="Offset of the first record (0 or 1).")
+    total_path: str | None = Field(None, description="Body field with the total, e.g. `total`.")
+    total_header: str | None = Field(None, description="Header with the total: X-Total-Count.")
+    has_more_path: str | None = Field(None, description="Body flag that says more pages exist.")
+
+
+class PagePagination(_PaginationBase):
+    """`?page=&page_size=`; stops at the total, the page count, a flag or a short page."""
+
+    type: Literal["page"] = "page"
+    size: int = Field(100, gt=0, description="Records per page.")
+    page_param: str = "page"
+    size_param: str = "page_size"
+    first_page: int = Field(1, ge=0)
+    total_path: str | None = None
+    total_header: str | None = None
+    total_pages_path: str | None = None
+    has_more_path: str | None = None
+
+
+class CursorPagination(_PaginationBase):
+    """A token from each response is sent back as a parameter until it is empty."""
+
+    type: Literal["cursor"] = "cursor"
+    cursor_param: str = "cursor"
+    cursor_path: str = Field("next_cursor", description="Body field with the next token.")
+    has_more_path: str | None = None
+
+
+class LinkHeaderPagination(_PaginationBase):
+    """RFC 8288 `Link: <url>; rel="next"` headers."""
+
+    type: Literal["link_header"] = "link_header"
+    rel: str = "next"
+
+
+class NextUrlPagination(_PaginationBase):
+    """The next page's URL in a body field."""
+
+    type: Literal["next_url"] = "next_url"
+    next_path: str = Field("next", description="Body field with the next page's URL.")
+
+
+PaginationSpec = Annotated[
+    OffsetPagination | PagePagination | CursorPagination | LinkHeaderPagination | NextUrlPagination,
+    Field(discriminator="type"),
+]
+
+
+class BasicAuth(Spec):
+    """HTTP basic authentication."""
+
+    type: Literal["basic"] = "basic"
+    username: str
+    password: str
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str | None:
+        return _secret(value, "password")
+
+
+class BearerAuth(Spec):
+    """`Authorization: Bearer <token>`."""
+
+    type: Literal["bearer"] = "bearer"
+    token: str
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str | None:
+        return _secret(value, "token")
+
+
+class ApiKeyAuth(Spec):
+    """An API key in a header or a query parameter."""
+
+    type: Literal["api_key"] = "api_key"
+    name: str = Field("X-API-Key", description="Header or query parameter name.")
+    value: str
+    location: Literal["header", "query"] = "header"
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str | None:
+        return _secret(value, "value")
+
+
+class OAuth2ClientCredentials(Spec):
+    """OAuth2 client credentials: a token fetched, then refreshed on expiry or a 401."""
+
+    type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+    credentials_in: Literal["body", "basic"] = Field(
+        "body", description="Send the client credentials in the form body or as basic auth."
+    )
+
+    @field_validator("client_secret")
+    @classmethod
+    def _client_secret(cls, value: str) -> str | None:
+        return _secret(value, "client_secret")
+
+
+AuthSpec = Annotated[
+    BasicAuth | BearerAuth | ApiKeyAuth | OAuth2ClientCredentials, Field(discriminator="type")
+]
+
+
+class RetrySpec(Spec):
+    """Retries on 429, 5xx, dropped connections and timeouts: bounded in count and time."""
+
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per request, the first included."
+    )
+    backoff_seconds: float = Field(0.5, gt=0, description="First backoff; doubles each attempt.")
+    max_backoff_seconds: float = Field(30.0, gt=0, description="Longest single wait.")
+    max_elapsed_seconds: float = Field(300.0, gt=0, description="Give up on a request after this.")
+
+
+class TimeoutSpec(Spec):
+    """Per-request timeouts in seconds."""
+
+    connect: float = Field(10.0, gt=0)
+    read: float = Field(60.0, gt=0)
+
+
+class StreamSpec(DatasetSpec):
+    """One API endpoint: becomes one asset, partitioned by day on `partition_field`."""
+
+    name: str = Field(description="Stream name, e.g. `SalesOrderHeader`.")
+    path: str = Field(description="Endpoint path below base_url, e.g. `/api/SalesOrderHeader`.")
+    records_path: str = Field(
+        "", description="Dot path of the record list in the body; empty: the body is the list."
+    )
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Query parameters; `{start}`, `{end}`, `{end_inclusive}` (with an optional "
+        "strftime format, `{start:%Y-%m-%d}`) select the partition window.",
+    )
+    partition_field: str | None = Field(
+        None, description="Record field that assigns a record to its day, e.g. `ModifiedDate`."
+    )
+    pagination: PaginationSpec | None = Field(None, description="Override the source's.")
+    fields: dict[str, str] | None = Field(
+        None,
+        description=f"Declared schema, field -> type ({FIELD_TYPES_HELP}); default: inferred.",
+    )
+    on_invalid: Literal["fail", "quarantine"] = Field(
+        "fail",
+        description="A record that does not fit the schema fails the run, or goes to the "
+        "`<stream>_rejected` table with the reason.",
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _field_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, kind in (value or {}).items():
+            match = FIELD_TYPE.match(kind)
+            if not match:
+                raise ValueError(
+                    f"field {name}: unknown type '{kind}'; use one of {FIELD_TYPES_HELP}"
+                )
+            if match.group(2) and not 0 <= int(match.group(3)) <= int(match.group(2)) <= 38:
+                raise ValueError(f"field {name}: {kind} needs 1 <= p <= 38 and 0 <= s <= p")
+        return value
+
+    @model_validator(mode="after")
+    def _partition_field_declared(self) -> StreamSpec:
+        if (
+            self.fields is not None
+            and self.partition_field
+            and self.partition_field not in self.fields
+        ):
+            raise ValueError(
+                f"partition_field '{self.partition_field}' is not among the declared fields"
+            )
+        return self
+
+    @property
+    def qualified_name(self) -> str:
+        """The stream's name."""
+        return self.name
+
+    @property
+    def partition_column(self) -> str | None:
+        """The record field that assigns the day."""
+        return self.partition_field
+
+    @property
+    def key_name(self) -> str:
+        """The asset name: explicit, or the stream name in snake_case."""
+        return self.asset_name or snake_case(self.name)
+
+
+class _SourceBase(Spec):
+    """What every source has: partition defaults and ownership."""
+
     start_date: datetime.date | None = Field(
-        None, description="Default first partition of the source's tables."
+        None, description="Default first partition of the source's tables or streams."
     )
     end_date: datetime.date | None = Field(
         None,
@@ -170,9 +421,6 @@ class SqlSourceSpec(Spec):
         "default: partitions run up to today.",
     )
     timezone: str = Field("UTC", description="IANA zone in which the source's days begin.")
-    batch_size: int = Field(
-        50_000, gt=0, le=10_000_000, description="Rows per Arrow record batch (bounds memory)."
-    )
     max_partitions_per_run: int | None = Field(
         None,
         gt=0,
@@ -193,43 +441,119 @@ class SqlSourceSpec(Spec):
             ) from None
         return value
 
-    @model_validator(mode="after")
-    def _tables(self) -> SqlSourceSpec:
+    @property
+    def datasets(self) -> tuple[DatasetSpec, ...]:
+        """The source's tables or streams."""
+        raise NotImplementedError
+
+    def _check_datasets(self, kind: str) -> None:
         seen: dict[str, int] = {}
         asset_names: dict[str, int] = {}
-        for index, table in enumerate(self.tables):
-            qualified = table.qualified_name.lower()
+        for index, dataset in enumerate(self.datasets):
+            qualified = dataset.qualified_name.lower()
             if qualified in seen:
                 raise ValueError(
-                    f"tables[{index}] repeats table '{table.qualified_name}' of "
-                    f"tables[{seen[qualified]}]: list each table once"
+                    f"{kind}[{index}] repeats '{dataset.qualified_name}' of "
+                    f"{kind}[{seen[qualified]}]: list each one once"
                 )
             seen[qualified] = index
-            if table.key_name in asset_names:
+            if dataset.key_name in asset_names:
                 raise ValueError(
-                    f"tables[{index}] and tables[{asset_names[table.key_name]}] would both be "
-                    f"asset '{table.key_name}': give one of them an asset_name"
+                    f"{kind}[{index}] and {kind}[{asset_names[dataset.key_name]}] would both be "
+                    f"asset '{dataset.key_name}': give one of them an asset_name"
                 )
-            asset_names[table.key_name] = index
-            start = table.start_date or self.start_date
-            if table.partition_column and self.end_date and start and start >= self.end_date:
+            asset_names[dataset.key_name] = index
+            start = dataset.start_date or self.start_date
+            if dataset.partition_column and self.end_date and start and start >= self.end_date:
                 raise ValueError(
-                    f"tables[{index}] ('{table.qualified_name}') starts on {start}, not before "
+                    f"{kind}[{index}] ('{dataset.qualified_name}') starts on {start}, not before "
                     f"the source's end_date {self.end_date}: move start_date or end_date"
                 )
-            if table.partition_column and not start:
+            if dataset.partition_column and not start:
                 raise ValueError(
-                    f"tables[{index}] ('{table.qualified_name}') is partitioned but has no "
-                    "start_date: set start_date on the table or the source"
+                    f"{kind}[{index}] ('{dataset.qualified_name}') is partitioned but has no "
+                    "start_date: set start_date on it or on the source"
                 )
+
+    def start_date_of(self, dataset: DatasetSpec) -> datetime.date:
+        """The dataset's first partition day."""
+        start = dataset.start_date or self.start_date
+        if start is None:
+            raise ValueError(f"{dataset.qualified_name} has no start_date")
+        return start
+
+
+class SqlSourceSpec(_SourceBase):
+    """A relational database read through SQLAlchemy; every table becomes an asset."""
+
+    type: Literal["sql"] = "sql"
+    connection: ConnectionSpec
+    tables: tuple[TableSpec, ...] = Field(min_length=1)
+    batch_size: int = Field(
+        50_000, gt=0, le=10_000_000, description="Rows per Arrow record batch (bounds memory)."
+    )
+
+    @property
+    def datasets(self) -> tuple[DatasetSpec, ...]:
+        """The source's tables."""
+        return self.tables
+
+    @model_validator(mode="after")
+    def _tables(self) -> SqlSourceSpec:
+        self._check_datasets("tables")
         return self
 
-    def start_date_of(self, table: TableSpec) -> datetime.date:
-        """The table's first partition day."""
-        start = table.start_date or self.start_date
-        if start is None:
-            raise ValueError(f"table {table.qualified_name} has no start_date")
-        return start
+
+class RestSourceSpec(_SourceBase):
+    """A REST API; every stream becomes an asset."""
+
+    type: Literal["rest"] = "rest"
+    base_url: str = Field(description="e.g. https://api.example.com; may be ${VAR}.")
+    auth: AuthSpec | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with every request.")
+    pagination: PaginationSpec = Field(
+        default_factory=OffsetPagination, description="Default pagination of the streams."
+    )
+    timeout: TimeoutSpec = Field(default_factory=TimeoutSpec)
+    retries: RetrySpec = Field(default_factory=RetrySpec)
+    parallel_requests: int = Field(
+        4, ge=1, le=32, description="Pages fetched at once when the total is known."
+    )
+    batch_size: int = Field(10_000, gt=0, description="Records per Arrow record batch.")
+    streams: tuple[StreamSpec, ...] = Field(min_length=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        _check_reference_syntax(value)
+        if env_reference(value) is None and not re.match(r"^https?://", value):
+            raise ValueError(f"base_url '{value}' must start with http:// or https://")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if "${" in item:
+                raise ValueError(
+                    f"header {name}: headers are sent and logged as they are; put credentials "
+                    "in `auth` (bearer, api_key, ...), whose secrets come from the environment"
+                )
+        return value
+
+    @property
+    def datasets(self) -> tuple[DatasetSpec, ...]:
+        """The source's streams."""
+        return self.streams
+
+    @model_validator(mode="after")
+    def _streams(self) -> RestSourceSpec:
+        self._check_datasets("streams")
+        return self
+
+    def pagination_of(self, stream: StreamSpec) -> Pagination:
+        """The stream's pagination, or the source's default."""
+        return stream.pagination or self.pagination
 
 
 class LakeSpec(Spec):
@@ -248,7 +572,7 @@ class LakeSpec(Spec):
         return value
 
 
-SourceSpec = SqlSourceSpec
+SourceSpec = Annotated[SqlSourceSpec | RestSourceSpec, Field(discriminator="type")]
 
 
 class ProjectSpec(Spec):

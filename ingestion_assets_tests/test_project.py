@@ -90,7 +90,7 @@ def test_a_duplicate_table_is_reported_with_both_positions() -> None:
     )
     message = _error(duplicate)
     assert "sources.erp" in message
-    assert "tables[3] repeats table 'Sales.SalesOrderHeader' of tables[0]" in message
+    assert "tables[3] repeats 'Sales.SalesOrderHeader' of tables[0]" in message
 
 
 def test_a_duplicate_yaml_key_is_an_error_not_a_silent_override() -> None:
