@@ -10,8 +10,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from ingestion_assets.factory import partitions_definition, source_assets, source_resource_key
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.project import config_value, load_project
-from ingestion_assets.resources import SqlSourceResource
-from ingestion_assets.specs import ProjectSpec, SqlSourceSpec
+from ingestion_assets.resources import RestSourceResource, SqlSourceResource
+from ingestion_assets.specs import ProjectSpec, RestSourceSpec, SqlSourceSpec
 
 
 def ingest_job_name(source_name: str) -> str:
@@ -19,11 +19,13 @@ def ingest_job_name(source_name: str) -> str:
     return f"ingest_{source_name}"
 
 
-def source_jobs(source_name: str, spec: SqlSourceSpec) -> list[UnresolvedAssetJobDefinition]:
+def source_jobs(
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec
+) -> list[UnresolvedAssetJobDefinition]:
     """A job per source (one per distinct partitioning when the tables' start dates differ)."""
     by_partitioning: dict[str, list[str]] = defaultdict(list)
     snapshots: list[str] = []
-    for table in spec.tables:
+    for table in spec.datasets:
         partitions_def = partitions_definition(spec, table)
         if partitions_def is None:
             snapshots.append(table.key_name)
@@ -39,7 +41,7 @@ def source_jobs(source_name: str, spec: SqlSourceSpec) -> list[UnresolvedAssetJo
             define_asset_job(
                 name,
                 selection=AssetSelection.assets(*[[source_name, member] for member in members]),
-                description=f"Ingest the tables of source '{source_name}' into Delta.",
+                description=f"Ingest every table or stream of source '{source_name}' into Delta.",
             )
         )
     return jobs
@@ -58,7 +60,11 @@ def build_definitions(project: ProjectSpec) -> Definitions:
     assets: list[AssetsDefinition] = []
     jobs: list[UnresolvedAssetJobDefinition] = []
     for source_name, spec in project.sources.items():
-        resources[source_resource_key(source_name)] = SqlSourceResource.from_spec(source_name, spec)
+        resources[source_resource_key(source_name)] = (
+            RestSourceResource.from_spec(source_name, spec)
+            if isinstance(spec, RestSourceSpec)
+            else SqlSourceResource.from_spec(source_name, spec)
+        )
         assets.extend(source_assets(source_name, spec))
         jobs.extend(source_jobs(source_name, spec))
     return Definitions(assets=assets, jobs=jobs, resources=resources)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -25,9 +24,16 @@ from ingestion_assets.io_managers.delta import (
     RUN_ID,
     SCHEMA_POLICY_KEY,
 )
-from ingestion_assets.resources import SqlSourceResource
+from ingestion_assets.resources import RestSourceResource, SqlSourceResource
+from ingestion_assets.sources.rest import arrow_field_type
 from ingestion_assets.sources.window import PartitionWindow
-from ingestion_assets.specs import SqlSourceSpec, TableSpec
+from ingestion_assets.specs import (
+    DatasetSpec,
+    RestSourceSpec,
+    SqlSourceSpec,
+    StreamSpec,
+    TableSpec,
+)
 
 _KINDS = {
     "mssql": "sqlserver",
@@ -43,14 +49,16 @@ def source_resource_key(source_name: str) -> str:
     return f"{source_name}_source"
 
 
-def source_kind(spec: SqlSourceSpec) -> str:
-    """`sqlserver`, `postgres`, ... from the connection's driver (`sql` when it is a secret)."""
+def source_kind(spec: SqlSourceSpec | RestSourceSpec) -> str:
+    """`sqlserver`, `postgres`, `rest`, ... (`sql` when the driver is hidden in a secret)."""
+    if isinstance(spec, RestSourceSpec):
+        return "rest"
     driver = spec.connection.drivername or spec.connection.url or ""
     return _KINDS.get(driver.split("+")[0].split(":")[0], "sql")
 
 
 def partitions_definition(
-    spec: SqlSourceSpec, table: TableSpec
+    spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec
 ) -> DailyPartitionsDefinition | None:
     """Daily partitions from the table's start date in the source's zone; None for a snapshot."""
     if table.partition_column is None:
@@ -62,12 +70,19 @@ def partitions_definition(
     )
 
 
-def _definition_column_schema(table: TableSpec) -> TableSchema:
-    declared = list(dict.fromkeys([*(table.columns or ()), *table.primary_key]))
-    columns = [
-        TableColumn(name=name, type="source type", description="declared in the project file")
-        for name in declared
-    ]
+def _definition_column_schema(dataset: DatasetSpec) -> TableSchema:
+    if isinstance(dataset, StreamSpec) and dataset.fields is not None:
+        columns = [
+            TableColumn(name=name, type=str(arrow_field_type(kind)), description=f"declared {kind}")
+            for name, kind in dataset.fields.items()
+        ]
+    else:
+        listed = dataset.columns if isinstance(dataset, TableSpec) else None
+        declared = list(dict.fromkeys([*(listed or ()), *dataset.primary_key]))
+        columns = [
+            TableColumn(name=name, type="source type", description="declared in the project file")
+            for name in declared
+        ]
     columns += [
         TableColumn(name=PARTITION_DATE, type="date", description="the row's partition day"),
         TableColumn(name=INGESTED_AT, type="timestamp[us, tz=UTC]", description="write time"),
@@ -76,8 +91,11 @@ def _definition_column_schema(table: TableSpec) -> TableSchema:
     return TableSchema(columns=columns)
 
 
-def _description(spec: SqlSourceSpec, table: TableSpec, kind: str) -> str:
-    base = table.description or f"`{table.qualified_name}` from the {kind} source."
+def _description(spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec, kind: str) -> str:
+    what = f"`{table.qualified_name}`"
+    if isinstance(spec, RestSourceSpec) and isinstance(table, StreamSpec):
+        what = f"stream `{table.name}` (GET {table.path})"
+    base = table.description or f"{what} from the {kind} source."
     if table.partition_column is None:
         return (
             f"{base}\n\nUnpartitioned snapshot: there is no partition column, so every run "
@@ -90,8 +108,10 @@ def _description(spec: SqlSourceSpec, table: TableSpec, kind: str) -> str:
     )
 
 
-def table_asset(source_name: str, spec: SqlSourceSpec, table: TableSpec) -> AssetsDefinition:
-    """The asset `[source, table]` that streams one table's days into Delta."""
+def dataset_asset(
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec
+) -> AssetsDefinition:
+    """The asset `[source, table]` that streams one table's (or stream's) days into Delta."""
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
     kind = source_kind(spec)
@@ -125,10 +145,10 @@ def table_asset(source_name: str, spec: SqlSourceSpec, table: TableSpec) -> Asse
         pool=source_name,
         required_resource_keys={resource_key},
     )
-    def _table(context) -> pa.RecordBatchReader:  # type: ignore[no-untyped-def]
-        # unannotated: Dagster checks the annotation at run time and cannot read a postponed one
+    def _table(context) -> Any:  # type: ignore[no-untyped-def]
+        # Dagster reads these annotations at run time: `context` stays bare, the output is an
+        # Arrow RecordBatchReader or a SourceStream (batches plus what the source learned)
         context = cast(AssetExecutionContext, context)
-        resource: SqlSourceResource = getattr(context.resources, resource_key)
         window = None
         if partitions_def is not None:
             time_window = context.partition_time_window
@@ -142,11 +162,17 @@ def table_asset(source_name: str, spec: SqlSourceSpec, table: TableSpec) -> Asse
             f"reading {table.qualified_name} from source '{source_name}'"
             + (f" for [{window.start.isoformat()}, {window.end.isoformat()})" if window else "")
         )
-        return resource.reader(table).read(window)
+        if isinstance(table, StreamSpec) and isinstance(spec, RestSourceSpec):
+            rest_source: RestSourceResource = getattr(context.resources, resource_key)
+            return rest_source.reader(table, spec.pagination_of(table)).read(window)
+        sql_source: SqlSourceResource = getattr(context.resources, resource_key)
+        return sql_source.reader(cast(TableSpec, table)).read(window)
 
     return _table
 
 
-def source_assets(source_name: str, spec: SqlSourceSpec) -> Sequence[AssetsDefinition]:
-    """One asset per table of a SQL source."""
-    return [table_asset(source_name, spec, table) for table in spec.tables]
+def source_assets(
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec
+) -> Sequence[AssetsDefinition]:
+    """One asset per table or stream of a source."""
+    return [dataset_asset(source_name, spec, dataset) for dataset in spec.datasets]

@@ -255,10 +255,10 @@ class NextUrlPagination(_PaginationBase):
     next_path: str = Field("next", description="Body field with the next page's URL.")
 
 
-PaginationSpec = Annotated[
-    OffsetPagination | PagePagination | CursorPagination | LinkHeaderPagination | NextUrlPagination,
-    Field(discriminator="type"),
-]
+Pagination = (
+    OffsetPagination | PagePagination | CursorPagination | LinkHeaderPagination | NextUrlPagination
+)
+PaginationSpec = Annotated[Pagination, Field(discriminator="type")]
 
 
 class BasicAuth(Spec):

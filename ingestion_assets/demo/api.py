@@ -23,10 +23,10 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -55,12 +55,14 @@ WINDOW_COLUMN = "ModifiedDate"
 # A handler thread blocked on a silent client must not outlive the demo forever.
 CLIENT_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
+# How often the serving loop checks for stop(); the default half second slows every stop.
+SHUTDOWN_POLL_SECONDS = 0.05
 
 Record = dict[str, object]
 
 
 class BadRequestError(ValueError):
-    """A query parameter is missing its expected form; the message names it and the valid form."""
+    """A query parameter is malformed or not allowed; the message names it and the valid form."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ class StreamReader:
 class _ServerSettings:
     reader: StreamReader
     username: str
-    password: str
+    password: str = field(repr=False)
     latency_seconds: float
     max_limit: int
 
@@ -238,11 +240,13 @@ class _ServerSettings:
 class _DemoHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
         # A client that hung up (a timed-out benchmark request) is not a server fault.
         if isinstance(sys.exception(), ConnectionError):
             return
-        super().handle_error(request, client_address)  # type: ignore[arg-type]
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -274,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             self._send_json(
                 HTTPStatus.UNAUTHORIZED,
-                {"error": "basic authentication with the demo API's username and password required"},
+                {"error": "basic auth with the demo API's username and password required"},
                 delay=is_api,
                 headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
             )
@@ -405,7 +409,10 @@ class DemoApi:
             engine.dispose()
             raise
         thread = threading.Thread(
-            target=server.serve_forever, name=f"demo-api-{server.server_port}", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
+            name=f"demo-api-{server.server_port}",
+            daemon=True,
         )
         thread.start()
         self._engine, self._server, self._thread = engine, server, thread

@@ -23,6 +23,7 @@ from deltalake.exceptions import TableNotFoundError
 from pydantic import Field
 
 from ingestion_assets.errors import IngestionError, PrecisionLossError, SchemaDriftError
+from ingestion_assets.sources.stream import SourceStream
 
 PARTITION_DATE = "_partition_date"
 INGESTED_AT = "_ingested_at"
@@ -263,7 +264,13 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """Write the asset's batches: replace its partitions (or the whole snapshot) in one commit."""
         if obj is None:
             return
-        reader = obj if isinstance(obj, pa.RecordBatchReader) else pa.table(obj).to_reader()
+        source_stream = obj if isinstance(obj, SourceStream) else None
+        if source_stream is not None:
+            reader = source_stream.reader
+        elif isinstance(obj, pa.RecordBatchReader):
+            reader = obj
+        else:
+            reader = pa.table(obj).to_reader()
         metadata = context.definition_metadata or {}
         asset_path = list(context.asset_key.path)
         uri = self.table_uri(asset_path)
@@ -345,17 +352,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         started = time.monotonic()
         stream = pa.RecordBatchReader.from_batches(target, plan.stream(reader, context.log.info))
         try:
-            options: dict[str, Any] = {
-                "partition_by": [PARTITION_DATE],
-                "schema_mode": schema_mode,
-                "storage_options": self.storage_options or None,
-                "target_file_size": self.target_file_size,
-            }
-            if existing is None:
-                write_deltalake(uri, stream, mode="append", **options)
-            else:
-                # replaceWhere: exactly these days are swapped in one commit
-                write_deltalake(uri, stream, mode="overwrite", predicate=predicate, **options)
+            self._replace(uri, stream, existing is not None, predicate, schema_mode)
         except Exception as error:
             if plan.source_error is not None:
                 raise plan.source_error from None
@@ -395,6 +392,60 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             f"{table_label} {partition_label}: wrote {plan.rows:,} rows as Delta version "
             f"{table.version()} in {elapsed:.2f} s"
         )
+        if source_stream is not None:
+            source_metadata = source_stream.metadata()
+            if source_stream.quarantine:
+                source_metadata.update(
+                    self._write_rejected(uri, source_stream, plan, predicate, context)
+                )
+            context.add_output_metadata(source_metadata)
+
+    def _replace(
+        self,
+        uri: str,
+        data: pa.RecordBatchReader | pa.Table,
+        exists: bool,
+        predicate: str | None,
+        schema_mode: Literal["merge"] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {
+            "partition_by": [PARTITION_DATE],
+            "schema_mode": schema_mode,
+            "storage_options": self.storage_options or None,
+            "target_file_size": self.target_file_size,
+        }
+        if not exists:
+            write_deltalake(uri, data, mode="append", **options)
+        else:
+            # replaceWhere: exactly these days are swapped in one commit
+            write_deltalake(uri, data, mode="overwrite", predicate=predicate, **options)
+
+    def _write_rejected(
+        self,
+        uri: str,
+        source_stream: SourceStream,
+        plan: _WritePlan,
+        predicate: str | None,
+        context: OutputContext,
+    ) -> dict[str, Any]:
+        """Replace the window's rows of `<table>_rejected` with this run's rejected records."""
+        rejected = source_stream.rejected_table()
+        rejected_uri = f"{uri}_rejected"
+        exists = self._open(rejected_uri) is not None
+        if rejected.num_rows == 0 and not exists:
+            return {"rejected_table": "none (no record rejected)"}
+        days = pc.fill_null(rejected.column("day"), pa.scalar(plan.first_day, pa.date32()))
+        table = rejected.drop_columns(["day"]).append_column(PARTITION_DATE, days)
+        table = table.append_column(
+            INGESTED_AT, pa.array([plan.ingested_at] * table.num_rows, pa.timestamp("us", "UTC"))
+        ).append_column(RUN_ID, pa.array([plan.run_id] * table.num_rows, pa.string()))
+        self._replace(rejected_uri, table, exists, predicate)
+        if rejected.num_rows:
+            context.log.warning(
+                f"{plan.table_label} {plan.partition_label}: {rejected.num_rows} record(s) did "
+                f"not fit the schema and were kept in {rejected_uri}"
+            )
+        return {"rejected_table": MetadataValue.path(rejected_uri)}
 
     def load_input(self, context: InputContext) -> pa.Table:
         """The upstream table as Arrow, limited to the partitions this run asks for."""

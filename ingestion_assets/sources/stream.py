@@ -1,0 +1,49 @@
+"""What a source hands the IO manager: Arrow batches plus what it learned while producing them."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("record", pa.string()),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("day", pa.date32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record that did not fit the declared schema, kept with the reason."""
+
+    record: str
+    field: str
+    reason: str
+    day: datetime.date | None
+
+
+@dataclass
+class SourceStream:
+    """A stream of record batches; `metadata()` and `rejected` are complete once it is consumed."""
+
+    reader: pa.RecordBatchReader
+    metadata: Callable[[], dict[str, Any]] = dict
+    rejected: list[RejectedRecord] = field(default_factory=list)
+    quarantine: bool = False
+
+    def rejected_table(self) -> pa.Table:
+        """The rejected records as an Arrow table (`record`, `field`, `reason`, `day`)."""
+        return pa.Table.from_pylist(
+            [
+                {"record": r.record, "field": r.field, "reason": r.reason, "day": r.day}
+                for r in self.rejected
+            ],
+            schema=REJECTED_SCHEMA,
+        )
