@@ -40,7 +40,7 @@ demo: setup
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ingestion_assets.demo ui
 
 lint: setup-dev
 	$(BIN)/ruff check .

@@ -58,7 +58,12 @@ def test_every_dependency_has_a_lower_bound() -> None:
 
 
 def test_the_workspace_loads_through_the_dagster_cli(tmp_path: pathlib.Path) -> None:
-    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "DEMO_API_URL": "http://127.0.0.1:9",
+        "DEMO_API_PASSWORD": "not-used",
+    }
     environment.pop("INGEST_PROJECT_FILE", None)
     result = subprocess.run(
         [str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],

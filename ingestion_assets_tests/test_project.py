@@ -170,19 +170,27 @@ def test_definitions_pin_the_graph_without_touching_the_source(
     assert "s3cret-value" not in repr(resource)
 
 
-def test_the_demo_project_file_loads_and_defines_every_demo_table() -> None:
+def test_the_demo_project_file_loads_and_defines_every_demo_table_and_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match="DEMO_API_PASSWORD is not set"):
+        load_project(DEMO_PROJECT_FILE)
+    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
     defs = build_definitions(load_project(DEMO_PROJECT_FILE))
-    names = sorted(key.path[1] for key in (s.key for s in defs.resolve_all_asset_specs()))
-    assert names == [
-        "customer",
-        "product",
+    keys = sorted(spec.key.to_user_string() for spec in defs.resolve_all_asset_specs())
+    orders = [
         "purchase_order_detail",
         "purchase_order_header",
         "sales_order_detail",
         "sales_order_header",
-        "vendor",
     ]
+    assert keys == sorted(
+        [f"adventureworks/{name}" for name in [*orders, "customer", "product", "vendor"]]
+        + [f"adventureworks_api/{name}" for name in orders]
+    )
     assert defs.resolve_job_def("ingest_adventureworks") is not None
+    assert defs.resolve_job_def("ingest_adventureworks_api") is not None
 
 
 def test_a_url_with_a_separate_password_connects_with_that_password() -> None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import secrets
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, BetaWarning, DagsterInstance, Definitions
 from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
+from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project
 
@@ -95,19 +100,54 @@ def format_summary(summaries: Sequence[AssetSummary]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    """Generate the demo SQLite database under .data/demo and ingest it into .data/lake."""
-    # the demo project file names .data/... relative to the working directory
-    data_dir = pathlib.Path(".data")
-    counts = create_demo_sqlite(data_dir / "demo", DEFAULT_SCALE)
-    print(
-        "demo database: " + ", ".join(f"{name} {count:,} rows" for name, count in counts.items()),
-        flush=True,
-    )
+DEMO_API_USER = "demo"
+
+
+@contextlib.contextmanager
+def demo_api(demo_dir: pathlib.Path) -> Iterator[DemoApi]:
+    """The demo API on a free port with a fresh password, named in the environment for Dagster."""
+    password = secrets.token_urlsafe(16)
+    with DemoApi(demo_dir, DEMO_API_USER, password) as api:
+        os.environ["DEMO_API_URL"] = api.url
+        os.environ["DEMO_API_PASSWORD"] = password
+        yield api
+
+
+def _prepare(data_dir: pathlib.Path, regenerate: bool) -> pathlib.Path:
+    demo_dir = data_dir / "demo"
+    if regenerate or not (demo_dir / "Sales.db").exists():
+        counts = create_demo_sqlite(demo_dir, DEFAULT_SCALE)
+        print(
+            "demo database: "
+            + ", ".join(f"{name} {count:,} rows" for name, count in counts.items()),
+            flush=True,
+        )
     os.environ.setdefault("DAGSTER_HOME", str((data_dir / "dagster").resolve()))
     pathlib.Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    defs = build_definitions(load_project(DEMO_PROJECT_FILE))
-    with DagsterInstance.get() as instance:
+    return demo_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`run` (default): build the demo data and ingest it; `ui`: serve the Dagster UI over it."""
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    command = (list(argv) if argv is not None else sys.argv[1:]) or ["run"]
+    # the demo project file names .data/... relative to the working directory
+    data_dir = pathlib.Path(".data")
+    if command == ["ui"]:
+        demo_dir = _prepare(data_dir, regenerate=False)
+        with demo_api(demo_dir) as api:
+            print(f"demo API at {api.url}; starting the Dagster UI on http://127.0.0.1:3000")
+            ui = subprocess.run(
+                ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+                check=False,
+            )
+        return ui.returncode
+    if command != ["run"]:
+        print("usage: python -m ingestion_assets.demo [run | ui]", file=sys.stderr)
+        return 2
+    demo_dir = _prepare(data_dir, regenerate=True)
+    with demo_api(demo_dir), DagsterInstance.get() as instance:
+        defs = build_definitions(load_project(DEMO_PROJECT_FILE))
         summaries = run_jobs(defs, instance)
     print()
     print(format_summary(summaries))
