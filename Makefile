@@ -56,6 +56,7 @@ test: lint
 
 bench: setup-dev
 	$(BIN)/python bench/sql_extract.py
+	$(BIN)/python bench/rest_pages.py
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
