@@ -1,13 +1,28 @@
-"""Build the Dagster Definitions from the project file: assets, jobs and resources."""
+"""Build the Dagster Definitions from the project file: assets, checks, jobs, automation, resources."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from dagster import AssetsDefinition, AssetSelection, Definitions, define_asset_job, definitions
+from dagster import (
+    AssetChecksDefinition,
+    AssetsDefinition,
+    AssetSelection,
+    Definitions,
+    ScheduleDefinition,
+    SensorDefinition,
+    define_asset_job,
+    definitions,
+)
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from ingestion_assets.factory import partitions_definition, source_assets, source_resource_key
+from ingestion_assets.automation import failure_sensor, source_automation
+from ingestion_assets.factory import (
+    partitions_definition,
+    source_assets,
+    source_checks,
+    source_resource_key,
+)
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.resources import RestSourceResource, SqlSourceResource
@@ -59,6 +74,9 @@ def build_definitions(project: ProjectSpec) -> Definitions:
     }
     assets: list[AssetsDefinition] = []
     jobs: list[UnresolvedAssetJobDefinition] = []
+    checks: list[AssetChecksDefinition] = []
+    schedules: list[ScheduleDefinition] = []
+    sensors: list[SensorDefinition] = [failure_sensor()]
     for source_name, spec in project.sources.items():
         resources[source_resource_key(source_name)] = (
             RestSourceResource.from_spec(source_name, spec)
@@ -66,8 +84,20 @@ def build_definitions(project: ProjectSpec) -> Definitions:
             else SqlSourceResource.from_spec(source_name, spec)
         )
         assets.extend(source_assets(source_name, spec))
-        jobs.extend(source_jobs(source_name, spec))
-    return Definitions(assets=assets, jobs=jobs, resources=resources)
+        checks.extend(source_checks(source_name, spec))
+        source_job_defs = source_jobs(source_name, spec)
+        jobs.extend(source_job_defs)
+        source_schedules, source_sensors = source_automation(source_name, spec, source_job_defs)
+        schedules.extend(source_schedules)
+        sensors.extend(source_sensors)
+    return Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=sensors,
+        resources=resources,
+    )
 
 
 @definitions

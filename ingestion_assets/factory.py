@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from dagster import (
+    AssetChecksDefinition,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -16,6 +17,7 @@ from dagster import (
     asset,
 )
 
+from ingestion_assets.checks import SourceCount, dataset_checks
 from ingestion_assets.io_managers.delta import (
     INGESTED_AT,
     NANOSECONDS_KEY,
@@ -67,6 +69,8 @@ def partitions_definition(
         start_date=spec.start_date_of(table).isoformat(),
         end_date=spec.end_date.isoformat() if spec.end_date else None,
         timezone=spec.timezone,
+        # today is a partition too, so that rows arriving today can be ingested (and re-ingested)
+        end_offset=0 if spec.end_date else 1,
     )
 
 
@@ -176,3 +180,40 @@ def source_assets(
 ) -> Sequence[AssetsDefinition]:
     """One asset per table or stream of a source."""
     return [dataset_asset(source_name, spec, dataset) for dataset in spec.datasets]
+
+
+def _source_count(spec: SqlSourceSpec | RestSourceSpec, dataset: DatasetSpec) -> SourceCount:
+    """How a reconciliation check asks this dataset's source for its row count."""
+    if isinstance(dataset, StreamSpec) and isinstance(spec, RestSourceSpec):
+        stream, pagination = dataset, spec.pagination_of(dataset)
+
+        def rest_count(resource: Any, window: PartitionWindow | None) -> int | None:
+            rest_source: RestSourceResource = resource
+            return rest_source.reader(stream, pagination).count(window)
+
+        return rest_count
+    table = cast(TableSpec, dataset)
+
+    def sql_count(resource: Any, window: PartitionWindow | None) -> int | None:
+        sql_source: SqlSourceResource = resource
+        return sql_source.count(table, window)
+
+    return sql_count
+
+
+def source_checks(
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec
+) -> Sequence[AssetChecksDefinition]:
+    """The data-quality checks of every table or stream of a source."""
+    checks = []
+    for dataset in spec.datasets:
+        definition = dataset_checks(
+            AssetKey([source_name, dataset.key_name]),
+            dataset,
+            partitions_definition(spec, dataset),
+            source_resource_key(source_name),
+            _source_count(spec, dataset),
+        )
+        if definition is not None:
+            checks.append(definition)
+    return checks

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import requests
 import sqlalchemy as sa
@@ -21,6 +23,7 @@ from ingestion_assets.sources.rest import (
     RetryPolicy,
 )
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
+from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
     ApiKeyAuth,
     BasicAuth,
@@ -103,6 +106,16 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     def reader(self, table: TableSpec) -> SqlTableReader:
         """A reader for one of the source's tables."""
         return SqlTableReader(self.engine(), self.source_name, table, self.batch_size)
+
+    def count(self, table: TableSpec, window: PartitionWindow | None) -> int:
+        """The source's row count for a table's window (reconciliation checks)."""
+        return self.reader(table).count(window)
+
+    def changed_days(
+        self, table: TableSpec, change_column: str, since: str | None, zone: str
+    ) -> tuple[list[datetime.date], str | None]:
+        """Days with rows changed since the cursor, and the newest change (new-data sensor)."""
+        return self.reader(table).changed_days(change_column, since, zone)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._engine is not None:
@@ -226,6 +239,35 @@ class RestSourceResource(ConfigurableResource):  # type: ignore[type-arg]
             ),
             session,
         )
+
+    def changed_days(
+        self, stream: StreamSpec, pagination: Pagination, since: str | None
+    ) -> tuple[list[datetime.date], str | None]:
+        """Days with records changed since the cursor, through the API's date filter.
+
+        The stream's window parameters select records by their partition field, so that field is
+        the change field; a first call (no cursor) marks the present moment."""
+        zone = ZoneInfo(self.timezone)
+        now = datetime.datetime.now(zone)
+        if since is None:
+            return [], now.replace(tzinfo=None).isoformat()
+        start = datetime.datetime.fromisoformat(since)
+        start = (start if start.tzinfo else start.replace(tzinfo=zone)) + datetime.timedelta(
+            microseconds=1
+        )
+        window = PartitionWindow(start, now + datetime.timedelta(days=1), f"changes since {since}")
+        stream_data = self.reader(stream, pagination).read(window)
+        values = [
+            value
+            for batch in stream_data.reader
+            for value in batch.column(stream.partition_field or "").to_pylist()
+            if value is not None
+        ]
+        if not values:
+            return [], since
+        newest = max(values)
+        days = sorted({v.astimezone(zone).date() if v.tzinfo else v.date() for v in values})
+        return days, newest.isoformat()
 
     def reader(self, stream: StreamSpec, pagination: Pagination) -> RestStreamReader:
         """A reader for one of the source's streams."""

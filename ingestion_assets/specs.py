@@ -103,6 +103,76 @@ class ConnectionSpec(Spec):
         return self
 
 
+class CheckSpec(Spec):
+    """One data-quality check: on or off, how severe, and whether it blocks downstream assets."""
+
+    enabled: bool = True
+    severity: Literal["ERROR", "WARN"] = "ERROR"
+    blocking: bool = Field(True, description="A failed ERROR check stops downstream assets.")
+
+
+class RowCountCheckSpec(CheckSpec):
+    """At least `min_rows` rows, and (with `reconcile`) exactly as many as the source has."""
+
+    min_rows: int = Field(0, ge=0, description="Fewest rows a partition may have.")
+    reconcile: bool = Field(
+        True, description="Compare with the source's count for the same window."
+    )
+
+
+class FreshnessCheckSpec(CheckSpec):
+    """The newest partition was materialized within `max_age_hours`."""
+
+    enabled: bool = False
+    severity: Literal["ERROR", "WARN"] = "WARN"
+    blocking: bool = False
+    max_age_hours: float = Field(36.0, gt=0)
+
+
+class ChecksSpec(Spec):
+    """The checks generated for a table or stream."""
+
+    schema_contract: CheckSpec = Field(default_factory=CheckSpec)
+    row_count: RowCountCheckSpec = Field(default_factory=RowCountCheckSpec)
+    primary_key: CheckSpec = Field(
+        default_factory=CheckSpec, description="Key unique and not null (needs primary_key)."
+    )
+    freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
+
+
+class ScheduleSpec(Spec):
+    """When a source's daily job runs; it materializes the previous day's partition."""
+
+    enabled: bool = True
+    cron: str = Field("15 2 * * *", description="Cron expression, in the schedule's timezone.")
+    timezone: str | None = Field(None, description="Default: the source's timezone.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"cron '{value}' needs five fields, e.g. '15 2 * * *'")
+        return value
+
+
+class SensorSpec(Spec):
+    """The new-data sensor: asks the source which days changed since its cursor."""
+
+    enabled: bool = False
+    change_column: str | None = Field(
+        None,
+        description="Column (SQL) or field (REST) that moves when a row changes; "
+        "default: the partition column.",
+    )
+    interval_seconds: int = Field(300, ge=30, description="Seconds between ticks.")
+    max_runs_per_tick: int = Field(
+        10,
+        gt=0,
+        description="Runs requested per table and tick at most: more ranges of changed days "
+        "collapse into one range from the first to the last (re-ingesting a day is idempotent).",
+    )
+
+
 class DatasetSpec(Spec):
     """What tables and streams share: the asset they become and how it is written."""
 
@@ -126,6 +196,7 @@ class DatasetSpec(Spec):
     description: str | None = None
     owners: tuple[str, ...] = ()
     tags: dict[str, str] = Field(default_factory=dict)
+    checks: ChecksSpec = Field(default_factory=ChecksSpec)
 
     @field_validator("asset_name")
     @classmethod
@@ -429,6 +500,8 @@ class _SourceBase(Spec):
     owners: tuple[str, ...] = ()
     tags: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    sensor: SensorSpec = Field(default_factory=SensorSpec)
 
     @field_validator("timezone")
     @classmethod

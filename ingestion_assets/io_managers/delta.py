@@ -254,6 +254,10 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """Where an asset's Delta table lives."""
         return "/".join([self.root_uri.rstrip("/"), *asset_path])
 
+    def open_table(self, asset_path: list[str]) -> DeltaTable | None:
+        """An asset's Delta table at its latest version, or None before its first write."""
+        return self._open(self.table_uri(asset_path))
+
     def _open(self, uri: str) -> DeltaTable | None:
         try:
             return DeltaTable(uri, storage_options=self.storage_options or None)

@@ -375,7 +375,12 @@ class RestClient:
                 response = self.session.get(
                     url, params=request_params, headers=headers, timeout=self.timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as error:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                # a body cut off mid-transfer (fewer bytes than Content-Length) is a dropped line too
+                requests.exceptions.ChunkedEncodingError,
+            ) as error:
                 last_problem = _describe_transport_error(error)
             else:
                 if response.status_code == 401 and not refreshed and self.auth.refresh():
@@ -426,6 +431,8 @@ class RestClient:
 def _describe_transport_error(error: requests.RequestException) -> str:
     if isinstance(error, requests.Timeout):
         return f"timed out ({type(error).__name__})"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return f"the connection broke in the middle of the response ({type(error).__name__})"
     return f"connection failed ({type(error).__name__})"
 
 
@@ -501,6 +508,8 @@ class _CountingPaginator(Paginator):
             return
         if self.first_total is None:
             self.first_total = total
+            # an absurd total fails now, not after max_pages requests one by one
+            self._page_count()
         elif total != self.first_total:
             raise PaginationError(
                 f"{self.label}: the API's total changed from {self.first_total} to {total} "
@@ -593,12 +602,23 @@ class PageNumberPaginator(_CountingPaginator):
     def first(self, request: PageRequest) -> PageRequest:
         return self._request(request, self.spec.first_page)
 
+    def check(self, body: Any, response: requests.Response) -> None:
+        self._note_pages(body)
+        super().check(body, response)
+
     def _note_pages(self, body: Any) -> None:
-        if self.spec.total_pages_path and self.total_pages is None:
-            value = json_path(body, self.spec.total_pages_path)
-            self.total_pages = (
-                int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+        if not self.spec.total_pages_path:
+            return
+        value = json_path(body, self.spec.total_pages_path)
+        pages = int(value) if isinstance(value, int | str) and str(value).isdigit() else None
+        if pages is not None and self.total_pages is not None and pages != self.total_pages:
+            raise PaginationError(
+                f"{self.label}: the API's total changed from {self.total_pages} to {pages} "
+                "pages during the run, so pages would overlap or skip records; nothing was "
+                "written. Re-run the partition once the source is quiet for it."
             )
+        if self.total_pages is None:
+            self.total_pages = pages
             if self.total_pages is not None and self.total_pages > self.max_pages:
                 raise PaginationError(
                     f"{self.label}: the API reports {self.total_pages} pages, more than "

@@ -220,6 +220,65 @@ class SqlTableReader:
         # that is never consumed holds no connection
         return pa.RecordBatchReader.from_batches(schema, self._batches(query, schema, window))
 
+    def count(self, window: PartitionWindow | None) -> int:
+        """Rows of the table in the window (or in all), counted by the database."""
+        with self._connect(window) as connection:
+            table = self.reflect(connection)
+            query = window_query(
+                table, [sa.func.count().label("rows")], self.table.partition_column, window
+            )
+            try:
+                return int(connection.execute(query).scalar_one())
+            except sa.exc.DBAPIError as error:
+                raise SourceError(
+                    f"{self._where(window)}: counting rows failed: {_first_line(error.orig)}"
+                ) from None
+
+    def changed_days(
+        self, change_column: str, since: str | None, zone: str, max_days: int = 100_000
+    ) -> tuple[list[datetime.date], str | None]:
+        """Days (of the partition column) with rows whose change column is past `since`, and the
+        newest change value; one grouped query, bounded."""
+        if self.table.partition_column is None:
+            return [], None
+        with self._connect(None) as connection:
+            table = self.reflect(connection)
+            for name in (change_column, self.table.partition_column):
+                if name not in table.c:
+                    raise SourceError(
+                        f"{self._where(None)}: column {name} not found for the new-data sensor; "
+                        "fix `sensor.change_column` or `partition_column`"
+                    )
+            change = table.c[change_column]
+            newest_query = sa.select(sa.func.max(change))
+            if since is not None:
+                newest_query = newest_query.where(change > _bound_value(change.type, since))
+            try:
+                newest = connection.execute(newest_query).scalar()
+                if since is None or newest is None:
+                    return [], _cursor_text(newest) if since is None else since
+                day = _day_expression(
+                    table.c[self.table.partition_column], connection.dialect.name, zone
+                )
+                rows = connection.execute(
+                    sa.select(day.label("day"))
+                    .where(change > _bound_value(change.type, since))
+                    .group_by(day)
+                    .order_by(day)
+                    .limit(max_days)
+                ).all()
+            except sa.exc.DBAPIError as error:
+                raise SourceError(
+                    f"{self._where(None)}: asking for changed days failed: {_first_line(error.orig)}"
+                ) from None
+        days = [
+            row.day
+            if isinstance(row.day, datetime.date)
+            else datetime.date.fromisoformat(str(row.day)[:10])
+            for row in rows
+        ]
+        return days, _cursor_text(newest)
+
     def _connect(self, window: PartitionWindow | None) -> sa.Connection:
         try:
             return self.engine.connect()
@@ -260,6 +319,33 @@ class SqlTableReader:
             ) from None
         finally:
             connection.close()
+
+
+def _cursor_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime.date) else str(value)
+
+
+def _bound_value(column_type: sa.types.TypeEngine[Any], text: str) -> Any:
+    """A cursor (ISO text) as a value comparable with the change column."""
+    if isinstance(column_type, sa.DateTime):
+        return datetime.datetime.fromisoformat(text)
+    if isinstance(column_type, sa.Date):
+        return datetime.date.fromisoformat(text[:10])
+    if isinstance(column_type, sa.Integer):
+        return int(text)
+    return text
+
+
+def _day_expression(column: sa.Column[Any], dialect: str, zone: str) -> sa.ColumnElement[Any]:
+    """The partition day of a row, computed by the database (days begin in `zone`)."""
+    if dialect in ("sqlite", "mysql", "mariadb"):
+        # SQLite's CAST(... AS DATE) yields the year alone; date() is the day in both
+        return sa.func.date(column)
+    if dialect == "postgresql" and getattr(column.type, "timezone", False):
+        return sa.cast(sa.func.timezone(zone, column), sa.Date)
+    return sa.cast(column, sa.Date)
 
 
 def _first_line(error: BaseException | None) -> str:

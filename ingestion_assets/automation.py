@@ -1,0 +1,256 @@
+"""Schedules, new-data sensors and the run-failure sensor, generated from the sources' specs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+from dagster import (
+    AssetKey,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    schedule,
+    sensor,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from ingestion_assets.errors import IngestionError
+from ingestion_assets.factory import partitions_definition, source_resource_key
+from ingestion_assets.resources import RestSourceResource, SqlSourceResource
+from ingestion_assets.specs import (
+    DatasetSpec,
+    RestSourceSpec,
+    SqlSourceSpec,
+    StreamSpec,
+    TableSpec,
+)
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+
+
+def previous_day(moment: datetime.datetime, zone: str) -> datetime.date:
+    """The day before `moment`'s day in `zone`: the last complete partition."""
+    return moment.astimezone(ZoneInfo(zone)).date() - datetime.timedelta(days=1)
+
+
+def daily_schedule(
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec, job: UnresolvedAssetJobDefinition
+) -> ScheduleDefinition:
+    """Runs a source's job for the previous day's partition, at the spec's cron and zone."""
+    zone = spec.schedule.timezone or spec.timezone
+    datasets = [d for d in spec.datasets if d.partition_column is not None]
+    partitions = [p for p in (partitions_definition(spec, d) for d in datasets) if p is not None]
+
+    @schedule(
+        name=f"{job.name}_daily",
+        job=job,
+        cron_schedule=spec.schedule.cron,
+        execution_timezone=zone,
+        description=f"Materializes yesterday's partition ({zone}) of source '{source_name}'.",
+        default_status=DefaultScheduleStatus.RUNNING
+        if spec.schedule.enabled
+        else DefaultScheduleStatus.STOPPED,
+    )
+    def _daily(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        moment = context.scheduled_execution_time or datetime.datetime.now(datetime.UTC)
+        day = previous_day(moment, zone).isoformat()
+        if partitions and not any(day in p.get_partition_keys() for p in partitions):
+            return SkipReason(f"{day} is outside the partitions of source '{source_name}'")
+        return RunRequest(run_key=f"{job.name}:{day}", partition_key=day if partitions else None)
+
+    return _daily
+
+
+@dataclass(frozen=True)
+class ChangedDays:
+    """The days with rows changed since the cursor, and the newest change seen."""
+
+    days: list[datetime.date]
+    newest: str | None
+
+
+def day_ranges(
+    days: Iterable[datetime.date], max_ranges: int
+) -> list[tuple[datetime.date, datetime.date]]:
+    """Contiguous runs of days; more than `max_ranges` collapse into one span (re-runs are idempotent)."""
+    ordered = sorted(set(days))
+    ranges: list[tuple[datetime.date, datetime.date]] = []
+    for day in ordered:
+        if ranges and ranges[-1][1] + datetime.timedelta(days=1) == day:
+            ranges[-1] = (ranges[-1][0], day)
+        else:
+            ranges.append((day, day))
+    if len(ranges) > max_ranges:
+        return [(ordered[0], ordered[-1])]
+    return ranges
+
+
+def run_requests_for(
+    asset_key: AssetKey,
+    changed: ChangedDays,
+    valid_days: set[str],
+    max_ranges: int,
+) -> list[RunRequest]:
+    """One run per contiguous range of changed days (a backfill range is one run)."""
+    days = [day for day in changed.days if day.isoformat() in valid_days]
+    requests = []
+    for first, last in day_ranges(days, max_ranges):
+        key = f"{asset_key.to_user_string()}:{first}..{last}:{changed.newest}"
+        if first == last:
+            requests.append(
+                RunRequest(
+                    run_key=key, asset_selection=[asset_key], partition_key=first.isoformat()
+                )
+            )
+        else:
+            requests.append(
+                RunRequest(
+                    run_key=key,
+                    asset_selection=[asset_key],
+                    tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()},
+                )
+            )
+    return requests
+
+
+# (resource, dataset, cursor value or None) -> the days changed since then
+ChangeFinder = Callable[[Any, DatasetSpec, str | None], ChangedDays]
+
+
+def new_data_sensor(
+    source_name: str,
+    spec: SqlSourceSpec | RestSourceSpec,
+    find_changes: ChangeFinder,
+) -> SensorDefinition:
+    """Each tick: ask the source which days changed since the cursor; request runs for only those."""
+    datasets = [d for d in spec.datasets if d.partition_column is not None]
+    resource_key = source_resource_key(source_name)
+    keys = {d.key_name: AssetKey([source_name, d.key_name]) for d in datasets}
+
+    @sensor(
+        name=f"{source_name}_new_data",
+        asset_selection=list(keys.values()),
+        minimum_interval_seconds=spec.sensor.interval_seconds,
+        required_resource_keys={resource_key},
+        description=f"Requests the partitions of source '{source_name}' whose rows changed since "
+        "the last tick (late-arriving days included).",
+        default_status=DefaultSensorStatus.RUNNING
+        if spec.sensor.enabled
+        else DefaultSensorStatus.STOPPED,
+    )
+    def _new_data(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        resource = getattr(context.resources, resource_key)
+        cursor: dict[str, str | None] = json.loads(context.cursor) if context.cursor else {}
+        requests: list[RunRequest] = []
+        notes = []
+        for dataset in datasets:
+            partitions = partitions_definition(spec, dataset)
+            assert partitions is not None
+            try:
+                changed = find_changes(resource, dataset, cursor.get(dataset.key_name))
+            except IngestionError as error:
+                return SkipReason(f"source '{source_name}' is not reachable: {error}")
+            if dataset.key_name not in cursor:
+                # the first tick only marks where the source is now: nothing has changed yet
+                cursor[dataset.key_name] = changed.newest
+                notes.append(f"{dataset.key_name}: cursor set at {changed.newest}")
+                continue
+            if changed.newest is None or not changed.days:
+                continue
+            valid = set(partitions.get_partition_keys())
+            requests += run_requests_for(
+                keys[dataset.key_name], changed, valid, spec.sensor.max_runs_per_tick
+            )
+            cursor[dataset.key_name] = changed.newest
+        new_cursor = json.dumps(cursor, sort_keys=True)
+        if not requests:
+            return SensorResult(
+                skip_reason=SkipReason("; ".join(notes) or "no rows changed since the last tick"),
+                cursor=new_cursor,
+            )
+        return SensorResult(run_requests=requests, cursor=new_cursor)
+
+    return _new_data
+
+
+def failed_run_partitions(tags: Mapping[str, str]) -> str:
+    """`2024-01-05`, `2024-01-01..2024-01-31` or `unpartitioned`, from a run's tags."""
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    if RANGE_START_TAG in tags:
+        return f"{tags[RANGE_START_TAG]}..{tags.get(RANGE_END_TAG, tags[RANGE_START_TAG])}"
+    return "unpartitioned"
+
+
+def failure_sensor() -> SensorDefinition:
+    """Logs every failed run with its job, partitions and error."""
+
+    @run_failure_sensor(
+        name="ingestion_run_failures",
+        monitor_all_code_locations=False,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Logs each failed run with its partitions, so a night's failures are listed "
+        "in one place.",
+    )
+    def _failures(context: RunFailureSensorContext) -> None:
+        run = context.dagster_run
+        message = context.failure_event.message or "no message"
+        context.log.error(
+            f"run {run.run_id} of job {run.job_name} failed for partitions "
+            f"{failed_run_partitions(run.tags)}: {message}"
+        )
+
+    return _failures
+
+
+def change_finder(spec: SqlSourceSpec | RestSourceSpec) -> ChangeFinder:
+    """How the new-data sensor asks this source for changed days."""
+    if isinstance(spec, RestSourceSpec):
+        rest = spec
+
+        def from_api(resource: Any, dataset: DatasetSpec, since: str | None) -> ChangedDays:
+            rest_source: RestSourceResource = resource
+            stream = cast(StreamSpec, dataset)
+            days, newest = rest_source.changed_days(stream, rest.pagination_of(stream), since)
+            return ChangedDays(days, newest)
+
+        return from_api
+    change_column = spec.sensor.change_column
+    zone = spec.timezone
+
+    def from_database(resource: Any, dataset: DatasetSpec, since: str | None) -> ChangedDays:
+        sql_source: SqlSourceResource = resource
+        table = cast(TableSpec, dataset)
+        column = change_column or table.partition_column or ""
+        days, newest = sql_source.changed_days(table, column, since, zone)
+        return ChangedDays(days, newest)
+
+    return from_database
+
+
+def source_automation(
+    source_name: str,
+    spec: SqlSourceSpec | RestSourceSpec,
+    jobs: Sequence[UnresolvedAssetJobDefinition],
+) -> tuple[list[ScheduleDefinition], list[SensorDefinition]]:
+    """A daily schedule per job of the source, and its new-data sensor."""
+    schedules = [daily_schedule(source_name, spec, job) for job in jobs]
+    sensors = []
+    if any(d.partition_column for d in spec.datasets):
+        sensors.append(new_data_sensor(source_name, spec, change_finder(spec)))
+    return schedules, sensors
