@@ -131,7 +131,8 @@ def redact_url(url: str, secrets: Iterable[str], secret_params: Iterable[str] = 
         [
             (key, "***" if key.lower() in hidden else value)
             for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
+        ],
+        safe="*",  # `api_key=***`, not `api_key=%2A%2A%2A`
     )
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")), secrets)
 
@@ -424,6 +425,7 @@ class RestClient:
         )
 
     def _excerpt(self, response: requests.Response) -> str:
+        # redact before cutting: a secret straddling the cut would otherwise show its first part
         text = " ".join(response.text[:BODY_EXCERPT_CHARACTERS].split())
         return redact(text, self.auth.secrets) or "(empty body)"
 
@@ -830,7 +832,11 @@ def coercer(kind: str, zone: ZoneInfo) -> Callable[[Any], Any]:
         def exact(value: Any) -> decimal.Decimal:
             if isinstance(value, bool):
                 raise ValueError("expected a decimal number")
-            number = decimal.Decimal(str(value).strip())
+            try:
+                number = decimal.Decimal(str(value).strip())
+            except decimal.InvalidOperation:
+                # its own message is `[<class 'decimal.ConversionSyntax'>]`
+                raise ValueError("expected a decimal number") from None
             if not number.is_finite():
                 raise ValueError("not a finite number")
             try:

@@ -1,0 +1,231 @@
+"""Data-quality checks pass on good data and fail, with actionable metadata, on data broken on purpose."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetIn,
+    AssetKey,
+    AssetMaterialization,
+    AssetSelection,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    asset,
+    instance_for_test,
+    materialize,
+)
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from deltalake import DeltaTable, write_deltalake
+
+from ingestion_assets.checks import freshness, key_violations, row_count, schema_contract
+from ingestion_assets.io_managers.delta import PARTITION_DATE
+from ingestion_assets_tests.conftest import (
+    IngestProject,
+    SourceDatabase,
+    build_project,
+    table_entry,
+)
+
+DAY = "2024-01-04"
+KEY = AssetKey(["src", "sales_order_header"])
+
+
+def _project(database: SourceDatabase, lake: pathlib.Path, **checks: Any) -> IngestProject:
+    database.load_demo()
+    entry = table_entry(database, "Sales.SalesOrderHeader")
+    if checks:
+        entry["checks"] = checks
+    return build_project(database, lake, [entry])
+
+
+def _run_checks(project: IngestProject, instance: DagsterInstance) -> dict[str, Any]:
+    """Run every check of the header table for DAY; name -> evaluation."""
+    checks = next(
+        definition
+        for definition in project.defs.asset_checks or []
+        if any(key.asset_key == KEY for key in definition.check_keys)
+    )
+    result = materialize(
+        [project.asset("sales_order_header"), checks],
+        instance=instance,
+        resources=project.defs.resources,
+        # a checks-only selection has no asset to take the partition from: name it by tag
+        tags={"dagster/partition": DAY},
+        selection=AssetSelection.checks_for_assets(KEY),
+        raise_on_error=False,
+    )
+    return {
+        evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()
+    }
+
+
+def _rewrite(project: IngestProject, change: Any) -> None:
+    """Replace the Delta table's content with `change(table)`, as a broken writer would."""
+    uri = project.table_uri("sales_order_header")
+    table = DeltaTable(uri).to_pyarrow_table()
+    write_deltalake(
+        uri, change(table), mode="overwrite", schema_mode="overwrite", partition_by=[PARTITION_DATE]
+    )
+
+
+@pytest.fixture
+def checked(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> IngestProject:
+    project = _project(
+        sqlite_database, tmp_path / "lake", freshness={"enabled": True, "max_age_hours": 1}
+    )
+    assert project.materialize(["sales_order_header"], instance, partition=DAY).success
+    return project
+
+
+def test_every_check_passes_on_good_data(checked: IngestProject, instance: DagsterInstance) -> None:
+    evaluations = _run_checks(checked, instance)
+    assert set(evaluations) == {"schema_contract", "row_count", "primary_key", "freshness"}
+    for name, evaluation in evaluations.items():
+        assert evaluation.passed, (name, evaluation.description)
+    rows = evaluations["row_count"].metadata
+    assert rows["lake_rows"].value == rows["source_rows"].value > 0
+    assert rows["difference"].value == 0
+    assert rows["partitions"].value == DAY
+
+
+def test_a_dropped_column_and_a_changed_type_fail_the_schema_contract(
+    checked: IngestProject, instance: DagsterInstance
+) -> None:
+    def drop_and_retype(table: pa.Table) -> pa.Table:
+        table = table.drop_columns(["Comment"])
+        status = table.schema.get_field_index("Status")
+        return table.set_column(status, "Status", table.column("Status").cast(pa.string()))
+
+    _rewrite(checked, drop_and_retype)
+    evaluation = _run_checks(checked, instance)["schema_contract"]
+    assert not evaluation.passed
+    assert evaluation.metadata["missing_columns"].value == ["Comment"]
+    assert evaluation.metadata["changed_columns"].value == {"Status": "int16 -> string"}
+    assert evaluation.severity.value == "ERROR"
+
+
+def test_deleted_rows_fail_the_reconciliation_with_both_numbers(
+    checked: IngestProject, instance: DagsterInstance
+) -> None:
+    DeltaTable(checked.table_uri("sales_order_header")).delete('"SalesOrderID" % 3 = 0')
+    evaluation = _run_checks(checked, instance)["row_count"]
+    assert not evaluation.passed
+    lake, source = evaluation.metadata["lake_rows"].value, evaluation.metadata["source_rows"].value
+    assert lake < source
+    assert evaluation.metadata["difference"].value == lake - source
+
+
+def test_a_duplicate_and_a_null_key_fail_the_key_check_with_samples(
+    checked: IngestProject, instance: DagsterInstance
+) -> None:
+    def break_keys(table: pa.Table) -> pa.Table:
+        first = table.slice(0, 1)
+        no_key = table.slice(1, 1).set_column(
+            table.schema.get_field_index("SalesOrderID"),
+            "SalesOrderID",
+            pa.nulls(1, table.schema.field("SalesOrderID").type),
+        )
+        return pa.concat_tables([table, first, no_key])
+
+    _rewrite(checked, break_keys)
+    evaluation = _run_checks(checked, instance)["primary_key"]
+    assert not evaluation.passed
+    assert evaluation.metadata["duplicate_keys"].value == 1
+    assert evaluation.metadata["null_keys"].value == 1
+    sample = evaluation.metadata["duplicate_sample"].value
+    assert sample[0]["copies"] == 2
+    assert "SalesOrderID" in sample[0]
+
+
+def test_a_stale_table_fails_freshness(checked: IngestProject) -> None:
+    # an instance whose only record of the asset is a materialization two days old
+    two_days_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
+    with instance_for_test() as stale_instance:
+        stale_instance.store_event(
+            EventLogEntry(
+                error_info=None,
+                level="debug",
+                user_message="",
+                run_id="stale-run",
+                timestamp=two_days_ago.timestamp(),
+                dagster_event=DagsterEvent(
+                    DagsterEventType.ASSET_MATERIALIZATION.value,
+                    job_name="ingest_src",
+                    event_specific_data=StepMaterializationData(
+                        AssetMaterialization(asset_key=KEY, partition=DAY)
+                    ),
+                ),
+            )
+        )
+        evaluation = _run_checks(checked, stale_instance)["freshness"]
+    assert not evaluation.passed
+    assert evaluation.metadata["age_hours"].value >= 47
+    assert evaluation.metadata["max_age_hours"].value == 1
+    assert evaluation.severity.value == "WARN"
+
+
+def test_a_failing_blocking_check_stops_a_downstream_asset(
+    checked: IngestProject, instance: DagsterInstance
+) -> None:
+    DeltaTable(checked.table_uri("sales_order_header")).delete('"SalesOrderID" % 2 = 0')
+    header = checked.asset("sales_order_header")
+
+    @asset(
+        key=["clean", "orders"],
+        partitions_def=header.partitions_def,
+        ins={"orders": AssetIn(key=KEY)},
+        metadata={"ingestion/partition_column": "day"},
+    )
+    def clean_orders(orders: pa.Table) -> pa.Table:
+        return pa.table({"day": orders.column(PARTITION_DATE)})
+
+    checks = next(
+        d
+        for d in checked.defs.asset_checks or []
+        if AssetCheckKey(KEY, "row_count") in d.check_keys
+    )
+    result: ExecuteInProcessResult = materialize(
+        [header, checks, clean_orders],
+        instance=instance,
+        resources=checked.defs.resources,
+        partition_key=DAY,
+        selection=AssetSelection.checks_for_assets(KEY) | AssetSelection.assets(clean_orders),
+        raise_on_error=False,
+    )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["row_count"].passed
+    assert not result.success
+    assert not result.asset_materializations_for_node("clean__orders")
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "src__sales_order_header_checks" in started
+    assert "clean__orders" not in started, "a failed blocking check must hold the step back"
+
+
+def test_check_functions_report_what_a_person_needs() -> None:
+    contract = schema_contract({"a": "int32", "b": "string"}, {"a": "int64", "c": "string"}, True)
+    assert not contract.passed
+    assert contract.metadata["missing_columns"] == ["b"]
+    assert contract.metadata["changed_columns"] == {"a": "int32 -> int64"}
+    assert contract.metadata["added_columns"] == ["c"]
+    frozen = schema_contract({"a": "int32"}, {"a": "int32", "c": "string"}, allow_added=False)
+    assert not frozen.passed
+    days = [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)]
+    counted = row_count({days[0]: 5}, days, min_rows=1, source_rows=5)
+    assert not counted.passed
+    assert counted.metadata["days_below_min_rows"] == ["2024-01-02"]
+    keys = key_violations(pa.table({"k": [1, 1, 2, None], PARTITION_DATE: days * 2}), ["k"])
+    assert keys.metadata["duplicate_keys"] == 1
+    assert keys.metadata["null_keys"] == 1
+    now = datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC)
+    assert freshness(now - datetime.timedelta(hours=2), now, 1).passed is False
+    assert freshness(now - datetime.timedelta(minutes=30), now, 1).passed is True
+    assert freshness(None, now, 1).passed is False

@@ -1,0 +1,1230 @@
+"""REST streams against real HTTP servers on 127.0.0.1: paginators, auth, faults, windows, coercion."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import math
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+from dagster import DagsterInstance, ExecuteInProcessResult
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from ingestion_assets.definitions import build_definitions
+from ingestion_assets.errors import SourceError
+from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID
+from ingestion_assets.project import parse_project
+from ingestion_assets.resources import RestSourceResource
+from ingestion_assets.sources.rest import (
+    BODY_EXCERPT_CHARACTERS,
+    MIN_RETRY_AFTER_SECONDS,
+    PaginationError,
+    RestClient,
+    RestStreamReader,
+    RetryPolicy,
+    redact_url,
+    retry_after_seconds,
+)
+from ingestion_assets.specs import (
+    NextUrlPagination,
+    OffsetPagination,
+    Pagination,
+    PaginationSpec,
+    StreamSpec,
+)
+from ingestion_assets_tests.conftest import SOURCE, IngestProject, failure_message
+
+PAGE_SIZE = 10
+DAY = "2024-01-03"
+NEXT_DAY = "2024-01-04"
+FAST_RETRIES = {"backoff_seconds": 0.01, "max_attempts": 4}
+# bounds every wait on a server thread or on the server's log, so no test can hang
+SERVER_DEADLINE_SECONDS = 10.0
+PAGINATION = TypeAdapter(PaginationSpec)
+
+# ---- the servers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def loopback_server() -> Iterator[HTTPServer]:
+    """One pytest-httpserver for the session, bound to 127.0.0.1 whatever the environment says."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def httpserver(loopback_server: HTTPServer) -> HTTPServer:
+    """The loopback server with no handlers and an empty log."""
+    loopback_server.clear()
+    return loopback_server
+
+
+def wait_for_requests(server: HTTPServer, count: int) -> None:
+    """Poll (with a deadline) until the server has answered `count` requests."""
+    deadline = time.monotonic() + SERVER_DEADLINE_SECONDS
+    while len(server.log) < count:
+        assert time.monotonic() < deadline, f"the server answered {len(server.log)} of {count}"
+        time.sleep(0.01)
+
+
+# the pagination styles the paginators support, with the settings a stream gives each
+STYLES: dict[str, dict[str, Any]] = {
+    "offset_total_body": {"type": "offset", "total_path": "meta.total"},
+    "offset_total_header": {"type": "offset", "total_header": "X-Total-Count"},
+    "offset_short_page": {"type": "offset"},
+    "offset_from_one": {"type": "offset", "start_offset": 1, "total_path": "meta.total"},
+    "page_total_pages": {"type": "page", "total_pages_path": "meta.pages"},
+    "cursor": {"type": "cursor", "cursor_path": "meta.next_cursor"},
+    "has_more": {"type": "page", "has_more_path": "meta.has_more"},
+    "link_header": {"type": "link_header"},
+    "next_url": {"type": "next_url", "next_path": "meta.next"},
+}
+TOTAL_STYLES = ["offset_total_body", "offset_total_header", "offset_from_one", "page_total_pages"]
+OPEN_ENDED_STYLES = ["offset_short_page", "has_more", "cursor", "link_header", "next_url"]
+LINKED_STYLES = ["cursor", "link_header", "next_url"]
+
+
+def pagination_spec(style: str, size: int = PAGE_SIZE, **extra: Any) -> dict[str, Any]:
+    """The `pagination:` block for a style with `size` records per page."""
+    spec = dict(STYLES[style])
+    if spec["type"] == "offset":
+        spec["limit"] = size
+    elif spec["type"] == "page":
+        spec["size"] = size
+    return {**spec, **extra}
+
+
+@dataclass
+class FakeApi:
+    """A paged API over records `{"id": 0..total-1}` in one style; `total` None: it never ends."""
+
+    style: str
+    total: int | None
+    page_size: int = PAGE_SIZE
+    claimed_total: int | None = None
+    grows_after_first_request: bool = False
+    loops_back: bool = False
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    def _asked(self, args: Mapping[str, str]) -> tuple[int, int]:
+        """The first record's index and the page size a request asks for."""
+        kind = STYLES[self.style]["type"]
+        if kind == "offset":
+            start_offset = STYLES[self.style].get("start_offset", 0)
+            return int(args["offset"]) - start_offset, int(args["limit"])
+        if kind == "page":
+            size = int(args["page_size"])
+            return (int(args["page"]) - 1) * size, size
+        if kind == "cursor":
+            cursor = args.get("cursor")
+            return (int(cursor.removeprefix("c")) if cursor else 0), self.page_size
+        return int(args.get("from", "0")), self.page_size
+
+    def __call__(self, request: Request) -> Response:
+        args = dict(request.args)
+        self.requests.append(args)
+        start, size = self._asked(args)
+        if self.total is None:
+            count = start + size + 1
+        else:
+            count = self.total + int(self.grows_after_first_request and len(self.requests) > 1)
+        claimed = self.claimed_total if self.claimed_total is not None else count
+        following: int | None = start + size if start + size < count else None
+        if self.loops_back and following is not None and start >= 2 * size:
+            following = size
+        meta: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        if self.style in ("offset_total_body", "offset_from_one"):
+            meta["total"] = claimed
+        elif self.style == "offset_total_header":
+            headers["X-Total-Count"] = str(claimed)
+        elif self.style == "page_total_pages":
+            meta["pages"] = math.ceil(claimed / size)
+        elif self.style == "has_more":
+            meta["has_more"] = following is not None
+        elif self.style == "cursor":
+            meta["next_cursor"] = None if following is None else f"c{following}"
+        elif self.style == "link_header" and following is not None:
+            headers["Link"] = f'</items?from={following}>; rel="next"'
+        elif self.style == "next_url" and following is not None:
+            meta["next"] = f"{request.host_url}items?from={following}"
+        body = {"data": [{"id": index} for index in range(start, min(start + size, count))]}
+        return Response(
+            json.dumps({**body, "meta": meta}), headers=headers, content_type="application/json"
+        )
+
+
+ITEMS = StreamSpec(name="items", path="/items", records_path="data", fields={"id": "int64"})
+
+
+def stream_reader(
+    server: HTTPServer,
+    pagination: Mapping[str, Any],
+    parallel_requests: int,
+    stream: StreamSpec = ITEMS,
+) -> RestStreamReader:
+    """A reader of `stream` on the server, built directly from a client and specs."""
+    client = RestClient(
+        SOURCE, server.url_for("/"), retry=RetryPolicy(max_attempts=2, backoff_seconds=0.01)
+    )
+    spec: Pagination = PAGINATION.validate_python(dict(pagination))
+    return RestStreamReader(client, stream, spec, parallel_requests=parallel_requests)
+
+
+def read_ids(reader: RestStreamReader) -> list[int]:
+    """Every id the reader yields, in order."""
+    ids: list[int] = reader.read(None).reader.read_all().column("id").to_pylist()
+    return ids
+
+
+def serve(server: HTTPServer, api: FakeApi) -> FakeApi:
+    """Let `api` answer every request to /items."""
+    server.expect_request("/items").respond_with_handler(api)
+    return api
+
+
+# ---- end-to-end projects ---------------------------------------------------------------------------
+
+
+def rest_project(
+    lake: pathlib.Path,
+    base_url: str,
+    streams: Sequence[Mapping[str, Any]],
+    **source_options: Any,
+) -> IngestProject:
+    """Write a project file with one REST source and load it the way Dagster would."""
+    source: dict[str, Any] = {
+        "type": "rest",
+        "base_url": base_url,
+        "start_date": "2024-01-01",
+        "retries": FAST_RETRIES,
+        "pagination": {"type": "offset", "limit": 100},
+        "streams": list(streams),
+    }
+    source.update(source_options)
+    text = yaml.safe_dump({"lake": {"root": str(lake)}, "sources": {SOURCE: source}})
+    spec = parse_project(text, "test-rest-project.yaml")
+    return IngestProject(spec, build_definitions(spec), lake)
+
+
+def orders_stream(**overrides: Any) -> dict[str, Any]:
+    """A partitioned `orders` stream with a declared schema."""
+    stream: dict[str, Any] = {
+        "name": "orders",
+        "path": "/orders",
+        "records_path": "data",
+        "params": {"since": "{start}", "until": "{end}"},
+        "partition_field": "modified",
+        "primary_key": ["id"],
+        "fields": {"id": "int64", "modified": "timestamp_tz", "amount": "decimal(19,4)"},
+    }
+    stream.update(overrides)
+    return stream
+
+
+def orders(day: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Records of `day` as the API sends them."""
+    return [
+        {"id": order, "modified": f"{day}T{order % 24:02d}:30:00Z", "amount": f"{order}.25"}
+        for order in ids
+    ]
+
+
+def expected_orders(day: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The rows `orders(day, ids)` must become in Delta."""
+    moment = datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC)
+    return [
+        {
+            "id": order,
+            "modified": moment + datetime.timedelta(hours=order % 24, minutes=30),
+            "amount": decimal.Decimal(f"{order}.2500"),
+        }
+        for order in ids
+    ]
+
+
+def lake_rows(project: IngestProject, name: str, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """Some columns of a Delta table's rows, ordered by id."""
+    table = project.delta(name).to_pyarrow_table().select(list(columns))
+    return sorted(table.to_pylist(), key=lambda row: row["id"])
+
+
+def run_metadata(result: ExecuteInProcessResult, name: str = "orders") -> dict[str, Any]:
+    """The metadata of the run's materialization of `[src, name]`, as plain values."""
+    materializations = result.asset_materializations_for_node(f"{SOURCE}__{name}")
+    assert len(materializations) == 1
+    return {
+        key: getattr(value, "value", value) for key, value in materializations[0].metadata.items()
+    }
+
+
+def json_body(payload: Any, status: int = 200, **headers: str) -> Response:
+    """A JSON response."""
+    return Response(
+        json.dumps(payload), status=status, headers=headers, content_type="application/json"
+    )
+
+
+# ---- 1. paginators -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("parallel_requests", [1, 4])
+@pytest.mark.parametrize("total", [0, 3 * PAGE_SIZE, 2 * PAGE_SIZE + 3])
+@pytest.mark.parametrize("style", list(STYLES))
+def test_every_paginator_reads_each_record_once(
+    httpserver: HTTPServer, style: str, total: int, parallel_requests: int
+) -> None:
+    api = serve(httpserver, FakeApi(style, total))
+    reader = stream_reader(httpserver, pagination_spec(style), parallel_requests)
+
+    assert read_ids(reader) == list(range(total))
+    # only an API that gives no total nor flag needs one empty page to see the end
+    blind_on_exact_multiple = style == "offset_short_page" and total and total % PAGE_SIZE == 0
+    assert len(api.requests) == max(1, math.ceil(total / PAGE_SIZE)) + int(
+        bool(blind_on_exact_multiple)
+    )
+
+
+@pytest.mark.parametrize("parallel_requests", [1, 4])
+@pytest.mark.parametrize("style", TOTAL_STYLES)
+def test_a_total_that_changes_during_the_run_fails_it_and_writes_nothing(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    style: str,
+    parallel_requests: int,
+) -> None:
+    serve(httpserver, FakeApi(style, 3 * PAGE_SIZE, grows_after_first_request=True))
+    stream = {
+        "name": "items",
+        "path": "/items",
+        "records_path": "data",
+        "fields": {"id": "int64"},
+        "pagination": pagination_spec(style),
+    }
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [stream],
+        parallel_requests=parallel_requests,
+    )
+
+    result = project.materialize(["items"], instance, raise_on_error=False)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "total changed" in message
+    assert "source 'src', table 'items'" in message
+    with pytest.raises(TableNotFoundError):
+        DeltaTable(project.table_uri("items"))
+
+
+@pytest.mark.parametrize("style", LINKED_STYLES)
+def test_a_cursor_or_link_that_loops_is_stopped_naming_the_loop(
+    httpserver: HTTPServer, style: str
+) -> None:
+    api = serve(httpserver, FakeApi(style, 10 * PAGE_SIZE, loops_back=True))
+    reader = stream_reader(httpserver, pagination_spec(style), parallel_requests=4)
+
+    with pytest.raises(PaginationError, match="loops") as caught:
+        read_ids(reader)
+
+    assert "sent the same" in str(caught.value)
+    # pages 1, 2, 3; page 3 points back at page 2
+    assert len(api.requests) == 3
+
+
+@pytest.mark.parametrize("parallel_requests", [1, 4])
+@pytest.mark.parametrize("style", TOTAL_STYLES)
+def test_an_absurd_total_fails_on_max_pages_before_fetching_the_pages(
+    httpserver: HTTPServer, style: str, parallel_requests: int
+) -> None:
+    api = serve(httpserver, FakeApi(style, 10**9, claimed_total=10**9))
+    reader = stream_reader(httpserver, pagination_spec(style), parallel_requests)
+
+    with pytest.raises(PaginationError, match=r"max_pages \(10000\)"):
+        read_ids(reader)
+
+    assert len(api.requests) == 1
+
+
+@pytest.mark.parametrize("style", OPEN_ENDED_STYLES)
+def test_an_api_that_always_has_more_is_stopped_at_max_pages(
+    httpserver: HTTPServer, style: str
+) -> None:
+    api = serve(httpserver, FakeApi(style, None))
+    reader = stream_reader(httpserver, pagination_spec(style, max_pages=5), parallel_requests=4)
+
+    with pytest.raises(PaginationError, match=r"max_pages \(5\)"):
+        read_ids(reader)
+
+    assert len(api.requests) == 5
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(total=st.integers(0, 45), page_size=st.integers(1, 12))
+@pytest.mark.parametrize("style", TOTAL_STYLES)
+def test_parallel_pages_equal_sequential_pages_and_cover_every_record_once(
+    httpserver: HTTPServer, style: str, total: int, page_size: int
+) -> None:
+    spec = pagination_spec(style, page_size)
+    httpserver.clear()
+    serve(httpserver, FakeApi(style, total, page_size))
+    sequential = read_ids(stream_reader(httpserver, spec, parallel_requests=1))
+    httpserver.clear()
+    api = serve(httpserver, FakeApi(style, total, page_size))
+    parallel = read_ids(stream_reader(httpserver, spec, parallel_requests=4))
+
+    assert parallel == sequential == list(range(total))
+    assert len(api.requests) == max(1, math.ceil(total / page_size))
+
+
+# ---- 2. auth ---------------------------------------------------------------------------------------
+
+USERNAME = "reader"
+PASSWORD = "pw-Right-7c3e9a"
+TOKEN = "tok-Right-41f0b2"
+API_KEY = "key-Right-0d8a5c"
+WRONG = "wrong-Secret-93be17"
+
+
+def basic_header(username: str, password: str) -> str:
+    """The Authorization header of HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+@dataclass(frozen=True)
+class AuthCase:
+    """One way to authenticate: resource settings with a secret, and how the server checks it."""
+
+    settings: Callable[[str], dict[str, Any]]
+    accepts: Callable[[Request], bool]
+    right: str
+
+
+AUTH_CASES = {
+    "basic": AuthCase(
+        lambda secret: {"auth_type": "basic", "username": USERNAME, "password": secret},
+        lambda request: request.headers.get("Authorization") == basic_header(USERNAME, PASSWORD),
+        PASSWORD,
+    ),
+    "bearer": AuthCase(
+        lambda secret: {"auth_type": "bearer", "token": secret},
+        lambda request: request.headers.get("Authorization") == f"Bearer {TOKEN}",
+        TOKEN,
+    ),
+    "api_key_header": AuthCase(
+        lambda secret: {"auth_type": "api_key", "api_key_name": "X-API-Key", "api_key": secret},
+        lambda request: request.headers.get("X-API-Key") == API_KEY,
+        API_KEY,
+    ),
+    "api_key_query": AuthCase(
+        lambda secret: {
+            "auth_type": "api_key",
+            "api_key_name": "api_key",
+            "api_key": secret,
+            "api_key_location": "query",
+        },
+        lambda request: request.args.get("api_key") == API_KEY,
+        API_KEY,
+    ),
+}
+
+
+def guarded(accepts: Callable[[Request], bool], pages: int = 2) -> Callable[[Request], Response]:
+    """An API of `pages` pages of one record that answers 401 to bad credentials."""
+
+    def handle(request: Request) -> Response:
+        if not accepts(request):
+            return json_body({"error": "unauthorized"}, status=401)
+        offset = int(request.args.get("offset", "0"))
+        return json_body({"data": [{"id": offset}] if offset < pages else []})
+
+    return handle
+
+
+def resource_reader(
+    server: HTTPServer, pagination: Pagination | None = None, **settings: Any
+) -> RestStreamReader:
+    """A reader of /items through the source resource (one record per page by default)."""
+    resource = RestSourceResource(
+        source_name=SOURCE,
+        base_url=server.url_for("/"),
+        max_attempts=2,
+        backoff_seconds=0.01,
+        parallel_requests=1,
+        **settings,
+    )
+    return resource.reader(ITEMS, pagination or OffsetPagination(limit=1))
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_each_auth_kind_sends_the_credentials_the_server_checks(
+    httpserver: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts))
+
+    assert read_ids(resource_reader(httpserver, **case.settings(case.right))) == [0, 1]
+    assert len(httpserver.log) == 3
+    assert all(response.status_code == 200 for _, response in httpserver.log)
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_wrong_credentials_fail_without_showing_the_secret(
+    httpserver: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts))
+
+    with pytest.raises(SourceError) as caught:
+        read_ids(resource_reader(httpserver, **case.settings(WRONG)))
+
+    message = str(caught.value)
+    assert f"check credentials for source '{SOURCE}'" in message
+    assert "HTTP 401" in message
+    assert WRONG not in message
+    assert basic_header(USERNAME, WRONG).split()[1] not in message
+    # a 401 is not retried: the credentials will not get better
+    assert len(httpserver.log) == 1
+
+
+def test_an_api_key_in_a_next_url_is_masked_in_the_error(httpserver: HTTPServer) -> None:
+    def handle(request: Request) -> Response:
+        if request.args.get("from") == "1":
+            return json_body({"error": "key revoked"}, status=401)
+        # the API echoes the key into its next link, as many do
+        return json_body({"data": [{"id": 0}], "next": f"/items?from=1&api_key={API_KEY}"})
+
+    httpserver.expect_request("/items").respond_with_handler(handle)
+    settings = AUTH_CASES["api_key_query"].settings(API_KEY)
+    reader = resource_reader(httpserver, NextUrlPagination(), **settings)
+
+    with pytest.raises(SourceError) as caught:
+        read_ids(reader)
+
+    message = str(caught.value)
+    assert "check credentials for source" in message
+    assert "api_key=***" in message
+    assert "from=1" in message
+    assert API_KEY not in message
+    assert API_KEY in httpserver.log[1][0].query_string.decode()
+
+
+def test_redact_url_masks_secret_parameters_passwords_and_secret_values() -> None:
+    url = f"https://reader:{PASSWORD}@api.example.com/items?api_key={API_KEY}&page=2&q={TOKEN}"
+
+    shown = redact_url(url, [PASSWORD, TOKEN], ["API_KEY"])
+
+    assert shown == "https://api.example.com/items?api_key=***&page=2&q=***"
+
+
+CLIENT_ID = "ingest-client"
+CLIENT_SECRET = "client-Secret-5a7d21"
+
+
+@dataclass
+class OAuthServer:
+    """A token endpoint and an API that accepts only tokens it has issued and not revoked."""
+
+    expires_in: int = 3600
+    revoke_after_first_api_call: bool = False
+    issued: list[str] = field(default_factory=list)
+    valid: set[str] = field(default_factory=set)
+    api_calls: list[str] = field(default_factory=list)
+    refusals: int = 0
+
+    def token(self, request: Request) -> Response:
+        form = request.form
+        if (
+            form.get("grant_type") != "client_credentials"
+            or form.get("client_id") != CLIENT_ID
+            or form.get("client_secret") != CLIENT_SECRET
+        ):
+            return json_body({"error": "invalid_client"}, status=401)
+        token = f"access-{len(self.issued) + 1}-9f2c"
+        self.issued.append(token)
+        self.valid.add(token)
+        return json_body({"access_token": token, "expires_in": self.expires_in})
+
+    def api(self, request: Request) -> Response:
+        header = request.headers.get("Authorization", "")
+        self.api_calls.append(header)
+        token = header.removeprefix("Bearer ")
+        if token not in self.valid:
+            self.refusals += 1
+            return json_body({"error": "invalid_token"}, status=401)
+        if self.revoke_after_first_api_call and len(self.api_calls) == 1:
+            self.valid.discard(token)
+        offset = int(request.args["offset"])
+        return json_body({"data": [{"id": offset}] if offset < 2 else []})
+
+    def install(self, server: HTTPServer) -> None:
+        server.expect_request("/oauth/token", method="POST").respond_with_handler(self.token)
+        server.expect_request("/items", method="GET").respond_with_handler(self.api)
+
+
+def oauth_reader(server: HTTPServer, client_secret: str = CLIENT_SECRET) -> RestStreamReader:
+    """A reader with OAuth2 client credentials against the server's token endpoint."""
+    return resource_reader(
+        server,
+        auth_type="oauth2_client_credentials",
+        token_url=server.url_for("/oauth/token"),
+        client_id=CLIENT_ID,
+        client_secret=client_secret,
+    )
+
+
+def test_oauth2_token_is_fetched_once_and_sent_as_bearer(httpserver: HTTPServer) -> None:
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+
+    assert read_ids(oauth_reader(httpserver)) == [0, 1]
+    assert oauth.issued == ["access-1-9f2c"]
+    assert oauth.api_calls == ["Bearer access-1-9f2c"] * 3
+    assert oauth.refusals == 0
+
+
+def test_oauth2_token_refused_as_expired_is_refreshed_exactly_once(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer(revoke_after_first_api_call=True)
+    oauth.install(httpserver)
+
+    assert read_ids(oauth_reader(httpserver)) == [0, 1]
+    assert len(oauth.issued) == 2
+    assert oauth.refusals == 1
+    assert oauth.api_calls == [
+        "Bearer access-1-9f2c",
+        "Bearer access-1-9f2c",
+        "Bearer access-2-9f2c",
+        "Bearer access-2-9f2c",
+    ]
+
+
+def test_oauth2_token_expiring_within_the_margin_is_fetched_again_on_the_next_request(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer(expires_in=5)
+    oauth.install(httpserver)
+
+    assert read_ids(oauth_reader(httpserver)) == [0, 1]
+    assert len(oauth.issued) == 3
+    assert oauth.api_calls == [f"Bearer {token}" for token in oauth.issued]
+    assert oauth.refusals == 0
+
+
+def test_oauth2_wrong_client_secret_fails_without_showing_it(httpserver: HTTPServer) -> None:
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+
+    with pytest.raises(SourceError) as caught:
+        read_ids(oauth_reader(httpserver, client_secret=WRONG))
+
+    message = str(caught.value)
+    assert f"source '{SOURCE}'" in message
+    assert "client secret" in message
+    assert WRONG not in message
+    assert oauth.api_calls == []
+
+
+# ---- 3. faults, end to end -----------------------------------------------------------------------
+
+
+def day_project(tmp_path: pathlib.Path, server: HTTPServer, **options: Any) -> IngestProject:
+    """The `orders` stream of a REST source on the server."""
+    return rest_project(tmp_path / "lake", server.url_for("/"), [orders_stream()], **options)
+
+
+ORDER_IDS = [1, 2, 3]
+ORDER_COLUMNS = ["id", "modified", "amount"]
+
+
+def test_429_with_retry_after_zero_is_retried_and_writes_exactly_the_rows(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    httpserver.expect_ordered_request("/orders").respond_with_response(
+        json_body({"error": "slow down"}, status=429, **{"Retry-After": "0"})
+    )
+    httpserver.expect_ordered_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY)
+
+    assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+    assert run_metadata(result)["api_retries"] == 1
+    assert len(httpserver.log) == 2
+    httpserver.check_assertions()
+
+
+def test_503_twice_then_200_writes_the_rows_and_reports_two_retries(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    for _ in range(2):
+        httpserver.expect_ordered_request("/orders").respond_with_response(
+            Response("upstream unavailable", status=503)
+        )
+    httpserver.expect_ordered_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY)
+
+    assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+    metadata = run_metadata(result)
+    assert metadata["api_retries"] == 2
+    assert metadata["api_requests"] == 3
+    assert metadata["dagster/row_count"] == len(ORDER_IDS)
+    httpserver.check_assertions()
+
+
+def hang_up(request: Request) -> Response:
+    """Close the connection without an answer (werkzeug treats ConnectionError as a drop)."""
+    raise ConnectionResetError("the test server hangs up")
+
+
+def test_a_dropped_connection_is_retried(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    httpserver.expect_ordered_request("/orders").respond_with_handler(hang_up)
+    httpserver.expect_ordered_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY)
+
+    assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+    assert run_metadata(result)["api_retries"] == 1
+    assert len(httpserver.handler_errors) == 1
+    httpserver.check_assertions()
+
+
+def test_a_body_cut_off_mid_transfer_is_retried(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    body = json.dumps({"data": orders(DAY, ORDER_IDS)}).encode()
+    # an iterable body keeps the promised Content-Length: the connection closes short of it
+    httpserver.expect_ordered_request("/orders").respond_with_response(
+        Response(
+            iter([body[: len(body) // 2]]),
+            headers={"Content-Length": str(len(body))},
+            content_type="application/json",
+        )
+    )
+    httpserver.expect_ordered_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY)
+
+    assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+    assert run_metadata(result)["api_retries"] == 1
+    httpserver.check_assertions()
+
+
+def test_a_response_slower_than_the_read_timeout_fails_and_leaves_the_table_unchanged(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    project = day_project(tmp_path, httpserver, timeout={"connect": 5, "read": 0.2})
+    httpserver.expect_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project.materialize(["orders"], instance, partition=DAY)
+    version = project.delta("orders").version()
+    before = project.delta("orders").to_pyarrow_table()
+
+    release = threading.Event()
+
+    def stall(request: Request) -> Response:
+        release.wait(timeout=1.0)
+        return json_body({"data": orders(DAY, [99])})
+
+    httpserver.clear()
+    httpserver.expect_request("/orders").respond_with_handler(stall)
+    try:
+        result = project.materialize(["orders"], instance, partition=DAY, raise_on_error=False)
+    finally:
+        release.set()
+    # the stalled handlers finish before the next test's handlers are installed
+    wait_for_requests(httpserver, FAST_RETRIES["max_attempts"])
+
+    assert not result.success
+    message = failure_message(result)
+    assert "timed out" in message
+    assert f"after {FAST_RETRIES['max_attempts']} attempt(s)" in message
+    assert "partition 2024-01-03" in message
+    assert project.delta("orders").version() == version
+    assert project.delta("orders").to_pyarrow_table() == before
+    assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+
+
+def test_truncated_json_is_retried_then_fails_clearly(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    truncated = json.dumps({"data": orders(DAY, ORDER_IDS)})[:40]
+    httpserver.expect_request("/orders").respond_with_data(
+        truncated, content_type="application/json"
+    )
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY, raise_on_error=False)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "not JSON (application/json)" in message
+    assert f"after {FAST_RETRIES['max_attempts']} attempt(s)" in message
+    assert "source 'src', table 'orders', partition 2024-01-03" in message
+    assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+    with pytest.raises(TableNotFoundError):
+        DeltaTable(project.table_uri("orders"))
+
+
+HTML_ERROR_PAGE = "<html><body><h1>Service temporarily unavailable</h1></body></html>"
+
+
+@pytest.mark.parametrize("recovers", [False, True])
+def test_an_html_page_with_status_200_fails_as_not_json_unless_a_retry_is_good(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance, recovers: bool
+) -> None:
+    if recovers:
+        httpserver.expect_ordered_request("/orders").respond_with_data(
+            HTML_ERROR_PAGE, content_type="text/html"
+        )
+        httpserver.expect_ordered_request("/orders").respond_with_json(
+            {"data": orders(DAY, ORDER_IDS)}
+        )
+    else:
+        httpserver.expect_request("/orders").respond_with_data(
+            HTML_ERROR_PAGE, content_type="text/html"
+        )
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY, raise_on_error=recovers)
+
+    if recovers:
+        assert result.success
+        assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+        httpserver.check_assertions()
+    else:
+        message = failure_message(result)
+        assert "not JSON (text/html" in message
+        assert "Service temporarily unavailable" in message
+        assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    now = datetime.datetime(2024, 1, 3, 12, 0, tzinfo=datetime.UTC)
+
+    assert retry_after_seconds("0") == 0.0
+    assert retry_after_seconds(" 7 ") == 7.0
+    assert retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds("Wed, 03 Jan 2024 12:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Wed, 03 Jan 2024 11:00:00 GMT", now) == 0.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("") is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("-5") is None
+
+
+def test_backoff_honours_retry_after_with_a_floor_and_jitters_without_it() -> None:
+    policy = RetryPolicy(backoff_seconds=1.0, max_backoff_seconds=8.0)
+
+    past = retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT")
+    assert policy.backoff(1, past) == MIN_RETRY_AFTER_SECONDS
+    assert policy.backoff(3, 0.0) == MIN_RETRY_AFTER_SECONDS
+    assert policy.backoff(1, 12.0) == 12.0
+    for attempt, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (10, 8.0)]:
+        waits = [policy.backoff(attempt, None) for _ in range(50)]
+        assert all(ceiling / 2 <= wait <= ceiling for wait in waits)
+
+
+# ---- 4. window parameters ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("timezone", "offset"), [("UTC", "+00:00"), ("Europe/Paris", "+01:00")])
+def test_window_placeholders_are_sent_in_the_query_string(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    timezone: str,
+    offset: str,
+) -> None:
+    httpserver.expect_request("/orders").respond_with_json({"data": []})
+    params = {
+        "from": "{start}",
+        "to": "{end}",
+        "to_inclusive": "{end_inclusive}",
+        "day": "{start:%Y-%m-%d}",
+        "compact": "{end:%Y%m%dT%H%M}",
+        "kind": "full",
+    }
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [orders_stream(params=params)],
+        timezone=timezone,
+    )
+
+    project.materialize(["orders"], instance, partition=DAY)
+
+    assert len(httpserver.log) == 1
+    sent = httpserver.log[0][0].args.to_dict()
+    assert sent == {
+        "from": f"2024-01-03T00:00:00{offset}",
+        "to": f"2024-01-04T00:00:00{offset}",
+        "to_inclusive": f"2024-01-03T23:59:59.999999{offset}",
+        "day": "2024-01-03",
+        "compact": "20240104T0000",
+        "kind": "full",
+        "offset": "0",
+        "limit": "100",
+    }
+
+
+def test_records_outside_the_window_are_dropped_counted_and_never_written_to_other_days(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    # an API that ignores the window filter: every day's records, every time
+    records = [
+        {"id": 1, "modified": "2024-01-02T23:59:59.999999Z", "amount": "1"},
+        {"id": 2, "modified": "2024-01-03T00:00:00Z", "amount": "2"},
+        {"id": 3, "modified": "2024-01-03T23:59:59.999999+00:00", "amount": "3"},
+        {"id": 4, "modified": "2024-01-04T00:00:00Z", "amount": "4"},
+        # 23:00 UTC on the 3rd, whatever the date in its own offset says
+        {"id": 5, "modified": "2024-01-04T01:00:00+02:00", "amount": "5"},
+    ]
+    httpserver.expect_request("/orders").respond_with_json({"data": records})
+    project = day_project(tmp_path, httpserver)
+
+    first = project.materialize(["orders"], instance, partition=NEXT_DAY)
+    second = project.materialize(["orders"], instance, partition=DAY)
+
+    assert run_metadata(first)["records_outside_window"] == 4
+    metadata = run_metadata(second)
+    assert metadata["records_outside_window"] == 2
+    assert metadata["records_received"] == 5
+    assert metadata["dagster/row_count"] == 3
+    table = project.delta("orders").to_pyarrow_table()
+    by_day: dict[datetime.date, list[int]] = {}
+    for row in table.select(["id", PARTITION_DATE]).to_pylist():
+        by_day.setdefault(row[PARTITION_DATE], []).append(row["id"])
+    assert {day: sorted(ids) for day, ids in by_day.items()} == {
+        datetime.date(2024, 1, 3): [2, 3, 5],
+        datetime.date(2024, 1, 4): [4],
+    }
+    next_day_runs = {
+        row[RUN_ID] for row in table.to_pylist() if row[PARTITION_DATE] == datetime.date(2024, 1, 4)
+    }
+    assert next_day_runs == {first.run_id}
+
+
+# ---- 5. coercion -------------------------------------------------------------------------------------
+
+TYPED_FIELDS = {
+    "id": "int64",
+    "modified": "timestamp_tz",
+    "amount": "decimal(19,4)",
+    "local_time": "timestamp",
+    "instant": "timestamp_tz",
+    "active": "bool",
+    "note": "string",
+    "details": "json",
+    "quantity": "int32",
+    "ratio": "float64",
+    "due": "date",
+}
+TYPED_RECORDS = [
+    {
+        "id": 1,
+        "modified": "2024-01-03T10:00:00Z",
+        "amount": "123456789012345.6789",
+        "local_time": "2024-01-03T10:00:00Z",
+        "instant": "2024-01-03T10:00:00+02:00",
+        "active": True,
+        "note": "plain",
+        "details": {"b": [1, 2], "a": None},
+        "quantity": 5,
+        "ratio": 0.5,
+        "due": "2024-02-01",
+    },
+    {
+        "id": 2,
+        "modified": "2024-01-03T23:59:59.999999+00:00",
+        "amount": "-0.0001",
+        "local_time": "2024-01-03T12:30:00+05:30",
+        "instant": "2024-01-03T06:00:00.250-03:00",
+        "active": False,
+        "note": None,
+        "details": ["x", 1],
+        "quantity": None,
+        "ratio": None,
+        "due": None,
+    },
+    {
+        "id": 3,
+        "modified": "2024-01-03T00:00:00Z",
+        "amount": 7,
+        "local_time": "2024-01-03T08:15:00",
+        "instant": "2024-01-03T08:15:00Z",
+        "active": "true",
+        "note": 42,
+        "details": "text",
+    },
+]
+UTC = datetime.UTC
+TYPED_ROWS = [
+    {
+        "id": 1,
+        "modified": datetime.datetime(2024, 1, 3, 10, tzinfo=UTC),
+        "amount": decimal.Decimal("123456789012345.6789"),
+        "local_time": datetime.datetime(2024, 1, 3, 10),
+        "instant": datetime.datetime(2024, 1, 3, 8, tzinfo=UTC),
+        "active": True,
+        "note": "plain",
+        "details": '{"a": null, "b": [1, 2]}',
+        "quantity": 5,
+        "ratio": 0.5,
+        "due": datetime.date(2024, 2, 1),
+    },
+    {
+        "id": 2,
+        "modified": datetime.datetime(2024, 1, 3, 23, 59, 59, 999999, tzinfo=UTC),
+        "amount": decimal.Decimal("-0.0001"),
+        "local_time": datetime.datetime(2024, 1, 3, 7),
+        "instant": datetime.datetime(2024, 1, 3, 9, 0, 0, 250000, tzinfo=UTC),
+        "active": False,
+        "note": None,
+        "details": '["x", 1]',
+        "quantity": None,
+        "ratio": None,
+        "due": None,
+    },
+    {
+        "id": 3,
+        "modified": datetime.datetime(2024, 1, 3, tzinfo=UTC),
+        "amount": decimal.Decimal("7.0000"),
+        "local_time": datetime.datetime(2024, 1, 3, 8, 15),
+        "instant": datetime.datetime(2024, 1, 3, 8, 15, tzinfo=UTC),
+        "active": True,
+        "note": "42",
+        "details": '"text"',
+        "quantity": None,
+        "ratio": None,
+        "due": None,
+    },
+]
+
+
+def test_declared_types_are_coerced_and_read_back_from_delta_exactly(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    httpserver.expect_request("/orders").respond_with_json({"data": TYPED_RECORDS})
+    project = rest_project(
+        tmp_path / "lake", httpserver.url_for("/"), [orders_stream(fields=TYPED_FIELDS)]
+    )
+
+    project.materialize(["orders"], instance, partition=DAY)
+
+    table = project.delta("orders").to_pyarrow_table()
+    assert lake_rows(project, "orders", list(TYPED_FIELDS)) == TYPED_ROWS
+    types = {name: table.schema.field(name).type for name in TYPED_FIELDS}
+    assert types == {
+        "id": pa.int64(),
+        "modified": pa.timestamp("us", "UTC"),
+        "amount": pa.decimal128(19, 4),
+        "local_time": pa.timestamp("us"),
+        "instant": pa.timestamp("us", "UTC"),
+        "active": pa.bool_(),
+        "note": pa.string(),
+        "details": pa.string(),
+        "quantity": pa.int32(),
+        "ratio": pa.float64(),
+        "due": pa.date32(),
+    }
+
+
+BAD_RECORD = {"id": 7, "modified": "2024-01-03T05:00:00Z", "amount": "twelve"}
+
+
+def test_a_record_that_cannot_be_coerced_fails_naming_stream_partition_key_and_field(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    httpserver.expect_request("/orders").respond_with_json(
+        {"data": [*orders(DAY, ORDER_IDS), BAD_RECORD]}
+    )
+    project = day_project(tmp_path, httpserver)
+
+    result = project.materialize(["orders"], instance, partition=DAY, raise_on_error=False)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "table 'orders'" in message
+    assert "partition 2024-01-03" in message
+    assert "record id=7" in message
+    assert "field amount" in message
+    assert "value 'twelve' expected a decimal number" in message
+    assert "on_invalid: quarantine" in message
+    with pytest.raises(TableNotFoundError):
+        DeltaTable(project.table_uri("orders"))
+
+
+def test_quarantine_writes_good_records_and_keeps_the_bad_one_with_its_reason(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    httpserver.expect_request("/orders").respond_with_json(
+        {"data": [*orders(DAY, ORDER_IDS), BAD_RECORD]}
+    )
+    project = rest_project(
+        tmp_path / "lake", httpserver.url_for("/"), [orders_stream(on_invalid="quarantine")]
+    )
+
+    result = project.materialize(["orders"], instance, partition=DAY)
+
+    assert lake_rows(project, "orders", ORDER_COLUMNS) == expected_orders(DAY, ORDER_IDS)
+    metadata = run_metadata(result)
+    assert metadata["records_rejected"] == 1
+    assert metadata["dagster/row_count"] == len(ORDER_IDS)
+    rejected = DeltaTable(project.table_uri("orders") + "_rejected").to_pyarrow_table()
+    assert rejected.num_rows == 1
+    row = rejected.to_pylist()[0]
+    assert json.loads(row["record"]) == BAD_RECORD
+    assert row["field"] == "amount"
+    assert row["reason"] == "value 'twelve' expected a decimal number"
+    assert row[PARTITION_DATE] == datetime.date(2024, 1, 3)
+    assert row[RUN_ID] == result.run_id
+
+
+def test_an_inferred_schema_widens_across_pages(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    pages = [
+        [
+            {"id": 1, "score": 1, "modified": "2024-01-03T01:00:00Z"},
+            {"id": 2, "score": 2, "modified": "2024-01-03T02:00:00Z"},
+        ],
+        [{"id": 3, "score": 2.5, "label": "late", "modified": "2024-01-03T03:00:00Z"}],
+    ]
+
+    def handle(request: Request) -> Response:
+        return json_body({"data": pages[int(request.args["offset"]) // 2]})
+
+    httpserver.expect_request("/orders").respond_with_handler(handle)
+    stream = orders_stream(fields=None, pagination={"type": "offset", "limit": 2})
+    project = rest_project(tmp_path / "lake", httpserver.url_for("/"), [stream])
+
+    project.materialize(["orders"], instance, partition=DAY)
+
+    table = project.delta("orders").to_pyarrow_table()
+    assert table.schema.field("score").type == pa.float64()
+    assert table.schema.field("label").type == pa.string()
+    assert lake_rows(project, "orders", ["id", "score", "label", "modified"]) == [
+        {"id": 1, "score": 1.0, "label": None, "modified": datetime.datetime(2024, 1, 3, 1)},
+        {"id": 2, "score": 2.0, "label": None, "modified": datetime.datetime(2024, 1, 3, 2)},
+        {"id": 3, "score": 2.5, "label": "late", "modified": datetime.datetime(2024, 1, 3, 3)},
+    ]
+    assert len(httpserver.log) == 2
+
+
+# ---- 6. secrets never reach the event log --------------------------------------------------------
+
+SECRET_PASSWORD = "pw-Event-Secret-61d3f0"
+SECRET_API_KEY = "key-Event-Secret-a94c7e"
+
+
+def event_log_texts(instance: DagsterInstance, run_id: str) -> list[str]:
+    """Every text of a run's event log: messages, metadata values, errors, whole entries."""
+    texts: list[str] = []
+    for entry in instance.all_logs(run_id):
+        texts += [entry.message or "", entry.user_message or "", entry.to_json()]
+        event = entry.dagster_event
+        if event is None:
+            continue
+        texts.append(event.message or "")
+        if event.is_step_failure and event.step_failure_data is not None:
+            texts.append(event.step_failure_data.error.to_string())
+        if entry.asset_materialization is not None:
+            texts += [str(value) for value in entry.asset_materialization.metadata.values()]
+    return texts
+
+
+@pytest.mark.parametrize("kind", ["basic", "api_key_query"])
+def test_no_secret_reaches_the_event_log_of_a_failing_or_a_succeeding_run(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    monkeypatch.setenv("REST_TEST_PASSWORD", SECRET_PASSWORD)
+    monkeypatch.setenv("REST_TEST_API_KEY", SECRET_API_KEY)
+    if kind == "basic":
+        auth = {"type": "basic", "username": USERNAME, "password": "${REST_TEST_PASSWORD}"}
+        secrets = [SECRET_PASSWORD, basic_header(USERNAME, SECRET_PASSWORD).split()[1]]
+    else:
+        auth = {
+            "type": "api_key",
+            "name": "api_key",
+            "value": "${REST_TEST_API_KEY}",
+            "location": "query",
+        }
+        secrets = [SECRET_API_KEY]
+
+    def echo_credentials(request: Request) -> Response:
+        # a careless API that echoes what it received, the first secret across the excerpt's end
+        received = [
+            request.authorization.password if request.authorization else None,
+            request.args.get("api_key"),
+            request.headers.get("Authorization"),
+            request.query_string.decode(),
+        ]
+        lead = "bad request, received: ".ljust(BODY_EXCERPT_CHARACTERS - 8, ".")
+        echoed = lead + " ".join(item for item in received if item)
+        return Response(echoed, status=400, content_type="text/plain")
+
+    httpserver.expect_ordered_request("/orders").respond_with_handler(echo_credentials)
+    httpserver.expect_ordered_request("/orders").respond_with_json({"data": orders(DAY, ORDER_IDS)})
+    project = day_project(tmp_path, httpserver, auth=auth)
+
+    failed = project.materialize(["orders"], instance, partition=DAY, raise_on_error=False)
+    succeeded = project.materialize(["orders"], instance, partition=DAY)
+
+    assert not failed.success
+    message = failure_message(failed)
+    assert "HTTP 400" in message
+    assert "***" in message
+    assert succeeded.success
+    received = httpserver.log[0][0]
+    assert secrets[0] in (
+        received.headers.get("Authorization", "")
+        + str(received.authorization.password if received.authorization else "")
+        + received.query_string.decode()
+    )
+    runs = instance.get_runs()
+    assert {run.run_id for run in runs} == {failed.run_id, succeeded.run_id}
+    for run in runs:
+        texts = event_log_texts(instance, run.run_id)
+        assert texts
+        for secret in secrets:
+            # a secret cut short is a leak too: look for every 8-character piece of it
+            pieces = {secret[index : index + 8] for index in range(len(secret) - 7)}
+            leaks = [(piece, text) for text in texts for piece in pieces if piece in text]
+            assert not leaks, f"run {run.run_id} logged part of a secret: {leaks[0]}"
