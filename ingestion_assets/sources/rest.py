@@ -426,8 +426,8 @@ class RestClient:
 
     def _excerpt(self, response: requests.Response) -> str:
         # redact before cutting: a secret straddling the cut would otherwise show its first part
-        text = " ".join(response.text[:BODY_EXCERPT_CHARACTERS].split())
-        return redact(text, self.auth.secrets) or "(empty body)"
+        text = " ".join(redact(response.text, self.auth.secrets).split())
+        return text[:BODY_EXCERPT_CHARACTERS] or "(empty body)"
 
 
 def _describe_transport_error(error: requests.RequestException) -> str:
@@ -934,7 +934,6 @@ class RecordConverter:
                     continue
                 if not self._in_window(values[partition_field]):
                     self.statistics.outside_window += 1
-                    continue
             for name, value in values.items():
                 columns[name].append(value)
         return pa.RecordBatch.from_pydict(columns, schema=self.schema)

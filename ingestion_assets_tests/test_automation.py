@@ -1,0 +1,216 @@
+"""Schedules, new-data sensors and the failure sensor, evaluated against real sources and instances."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    DagsterInstance,
+    SensorDefinition,
+    build_schedule_context,
+    build_sensor_context,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ingestion_assets.automation import day_ranges, failed_run_partitions, previous_day
+from ingestion_assets_tests.conftest import (
+    IngestProject,
+    SourceDatabase,
+    build_project,
+    table_entry,
+)
+
+
+def _sensor(project: IngestProject) -> SensorDefinition:
+    return project.defs.get_sensor_def("src_new_data")
+
+
+def _tick(project: IngestProject, instance: DagsterInstance, cursor: str | None) -> Any:
+    with build_sensor_context(
+        instance=instance, cursor=cursor, resources=project.defs.resources, definitions=project.defs
+    ) as context:
+        return _sensor(project).evaluate_tick(context)
+
+
+def _requested(result: Any) -> set[str]:
+    keys = set()
+    for request in result.run_requests:
+        if request.partition_key:
+            keys.add(request.partition_key)
+        else:
+            first = datetime.date.fromisoformat(request.tags["dagster/asset_partition_range_start"])
+            last = datetime.date.fromisoformat(request.tags["dagster/asset_partition_range_end"])
+            while first <= last:
+                keys.add(first.isoformat())
+                first += datetime.timedelta(days=1)
+    return keys
+
+
+def test_the_sql_sensor_requests_exactly_the_changed_days_once(
+    postgres_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    postgres_database.load_demo()
+    engine = postgres_database.engine()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                'ALTER TABLE "Sales"."SalesOrderHeader" ADD COLUMN "LoadedAt" timestamp '
+                "NOT NULL DEFAULT clock_timestamp()"
+            )
+        )
+    project = build_project(
+        postgres_database,
+        tmp_path / "lake",
+        [table_entry(postgres_database, "Sales.SalesOrderHeader")],
+        sensor={"enabled": True, "change_column": "LoadedAt"},
+    )
+
+    first = _tick(project, instance, None)
+    assert not first.run_requests
+    assert "cursor set" in first.skip_message
+    unchanged = _tick(project, instance, first.cursor)
+    assert not unchanged.run_requests
+    assert unchanged.cursor == first.cursor
+
+    today = datetime.datetime.now(datetime.UTC).date()
+    late_days = [datetime.date(2024, 1, 3), datetime.date(2024, 1, 9)]
+    with engine.begin() as connection:
+        for offset, day in enumerate([*late_days, today]):
+            row = (
+                connection.execute(
+                    sa.text(
+                        'SELECT * FROM "Sales"."SalesOrderHeader" ORDER BY "SalesOrderID" LIMIT 1'
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            values = dict(row)
+            values.pop("LoadedAt")
+            values["SalesOrderID"] = 900_000 + offset
+            values["rowguid"] = f"00000000-0000-0000-0000-00000000000{offset}"
+            values["ModifiedDate"] = datetime.datetime.combine(day, datetime.time(12))
+            columns = ", ".join(f'"{name}"' for name in values)
+            placeholders = ", ".join(f":{name}" for name in values)
+            connection.execute(
+                sa.text(
+                    f'INSERT INTO "Sales"."SalesOrderHeader" ({columns}) VALUES ({placeholders})'
+                ),
+                values,
+            )
+    engine.dispose()
+
+    changed = _tick(project, instance, unchanged.cursor)
+    assert _requested(changed) == {day.isoformat() for day in [*late_days, today]}
+    assert len({request.run_key for request in changed.run_requests}) == 3
+    again = _tick(project, instance, changed.cursor)
+    assert not again.run_requests
+
+    # a restart: new definitions, the stored cursor
+    restarted = build_project(
+        postgres_database,
+        tmp_path / "lake",
+        [table_entry(postgres_database, "Sales.SalesOrderHeader")],
+        sensor={"enabled": True, "change_column": "LoadedAt"},
+    )
+    after_restart = _tick(restarted, instance, changed.cursor)
+    assert not after_restart.run_requests
+    assert json.loads(after_restart.cursor) == json.loads(changed.cursor)
+
+
+def test_a_sensor_on_a_source_that_is_down_skips_with_a_reason(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    database = SourceDatabase(
+        "postgresql", "postgresql+psycopg2://postgres@127.0.0.1:1/absent", {"Sales": "Sales"}
+    )
+    project = build_project(
+        database,
+        tmp_path / "lake",
+        [table_entry(database, "Sales.SalesOrderHeader")],
+        sensor={"enabled": True},
+    )
+    result = _tick(project, instance, None)
+    assert not result.run_requests
+    assert "source 'src' is not reachable" in result.skip_message
+    assert "cannot connect" in result.skip_message
+
+
+@pytest.mark.parametrize(
+    ("execution_utc", "zone", "expected"),
+    [
+        # 03:30 on the day New York moves to summer time
+        ("2024-03-10T07:30:00", "America/New_York", "2024-03-09"),
+        # 01:30, the second time, on the day New York moves back
+        ("2024-11-03T06:30:00", "America/New_York", "2024-11-02"),
+        # still the evening before in New York, already the next day in UTC
+        ("2024-03-10T03:00:00", "America/New_York", "2024-03-08"),
+        ("2024-03-31T01:30:00", "Europe/Paris", "2024-03-30"),
+        ("2024-06-01T00:30:00", "UTC", "2024-05-31"),
+    ],
+)
+def test_the_schedule_requests_yesterday_in_its_zone(
+    sqlite_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    execution_utc: str,
+    zone: str,
+    expected: str,
+) -> None:
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [table_entry(sqlite_database, "Sales.SalesOrderHeader")],
+        timezone=zone,
+        schedule={"cron": "30 2 * * *"},
+    )
+    schedule = project.defs.get_schedule_def("ingest_src_daily")
+    assert schedule.cron_schedule == "30 2 * * *"
+    assert schedule.execution_timezone == zone
+    moment = datetime.datetime.fromisoformat(execution_utc).replace(tzinfo=datetime.UTC)
+    context = build_schedule_context(
+        scheduled_execution_time=moment, repository_def=project.defs.get_repository_def()
+    )
+    result = schedule.evaluate_tick(context)
+    assert [request.partition_key for request in result.run_requests] == [expected]
+
+
+@given(st.sets(st.integers(0, 60), max_size=30), st.integers(1, 5))
+def test_changed_days_become_few_contiguous_ranges_covering_each_day(
+    offsets: set[int], max_ranges: int
+) -> None:
+    start = datetime.date(2024, 1, 1)
+    days = {start + datetime.timedelta(days=offset) for offset in offsets}
+    ranges = day_ranges(days, max_ranges)
+    assert len(ranges) <= max_ranges
+    covered = set()
+    for first, last in ranges:
+        assert first <= last
+        while first <= last:
+            covered.add(first)
+            first += datetime.timedelta(days=1)
+    assert days <= covered
+    if len(ranges) > 1:
+        assert covered == days  # exact unless collapsed into one span
+
+
+def test_previous_day_and_failed_run_partitions() -> None:
+    moment = datetime.datetime(2024, 1, 2, 1, 0, tzinfo=datetime.UTC)
+    assert previous_day(moment, "UTC") == datetime.date(2024, 1, 1)
+    assert previous_day(moment, "America/Los_Angeles") == datetime.date(2023, 12, 31)
+    assert failed_run_partitions({"dagster/partition": "2024-01-05"}) == "2024-01-05"
+    assert (
+        failed_run_partitions(
+            {
+                "dagster/asset_partition_range_start": "2024-01-01",
+                "dagster/asset_partition_range_end": "2024-01-31",
+            }
+        )
+        == "2024-01-01..2024-01-31"
+    )
+    assert failed_run_partitions({}) == "unpartitioned"
