@@ -35,6 +35,16 @@ def _check_reference_syntax(value: str) -> str:
     return value
 
 
+def _valid_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone '{value}'; use an IANA name such as Europe/Paris"
+        ) from None
+    return value
+
+
 class Spec(BaseModel):
     """Base of every spec: immutable, and unknown keys are errors."""
 
@@ -146,6 +156,11 @@ class ScheduleSpec(Spec):
     enabled: bool = True
     cron: str = Field("15 2 * * *", description="Cron expression, in the schedule's timezone.")
     timezone: str | None = Field(None, description="Default: the source's timezone.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_zone(value)
 
     @field_validator("cron")
     @classmethod
@@ -506,13 +521,7 @@ class _SourceBase(Spec):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone '{value}'; use an IANA name such as Europe/Paris"
-            ) from None
-        return value
+        return _valid_zone(value)
 
     @property
     def datasets(self) -> tuple[DatasetSpec, ...]:

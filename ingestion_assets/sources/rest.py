@@ -385,7 +385,7 @@ class RestClient:
                 last_problem = _describe_transport_error(error)
             else:
                 if response.status_code == 401 and not refreshed and self.auth.refresh():
-                    refreshed = True
+                    refreshed = False
                     attempt -= 1  # a refreshed token gets a fresh try
                     continue
                 if response.status_code in (401, 403):
@@ -934,6 +934,7 @@ class RecordConverter:
                     continue
                 if not self._in_window(values[partition_field]):
                     self.statistics.outside_window += 1
+                    continue
             for name, value in values.items():
                 columns[name].append(value)
         return pa.RecordBatch.from_pydict(columns, schema=self.schema)
