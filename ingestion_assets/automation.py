@@ -208,14 +208,19 @@ def failure_sensor() -> SensorDefinition:
         "in one place.",
     )
     def _failures(context: RunFailureSensorContext) -> None:
-        run = context.dagster_run
-        message = context.failure_event.message or "no message"
-        context.log.error(
-            f"run {run.run_id} of job {run.job_name} failed for partitions "
-            f"{failed_run_partitions(run.tags)}: {message}"
-        )
+        context.log.error(describe_failed_run(context))
 
     return _failures
+
+
+def describe_failed_run(context: RunFailureSensorContext) -> str:
+    """`run R of job J failed for partitions P: <error>`."""
+    run = context.dagster_run
+    message = context.failure_event.message or "no message"
+    return (
+        f"run {run.run_id} of job {run.job_name} failed for partitions "
+        f"{failed_run_partitions(run.tags)}: {message}"
+    )
 
 
 def change_finder(spec: SqlSourceSpec | RestSourceSpec) -> ChangeFinder:

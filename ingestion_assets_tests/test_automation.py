@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
+import sqlite3
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from dagster import (
     DagsterInstance,
     SensorDefinition,
+    build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingestion_assets.automation import day_ranges, failed_run_partitions, previous_day
+from ingestion_assets.automation import (
+    day_ranges,
+    describe_failed_run,
+    failed_run_partitions,
+    previous_day,
+)
+from ingestion_assets.definitions import build_definitions
+from ingestion_assets.demo.api import DemoApi
+from ingestion_assets.demo.generate import DemoScale, create_demo_sqlite
+from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
     IngestProject,
     SourceDatabase,
@@ -214,3 +227,103 @@ def test_previous_day_and_failed_run_partitions() -> None:
         == "2024-01-01..2024-01-31"
     )
     assert failed_run_partitions({}) == "unpartitioned"
+
+
+def test_the_failure_sensor_names_the_failed_run_and_its_partitions(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    sqlite_database.load_demo()
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [{"schema": "Sales", "name": "Missing", "partition_column": "ModifiedDate"}],
+    )
+    failed = project.materialize(
+        ["missing"], instance, partition_range=("2024-01-02", "2024-01-05"), raise_on_error=False
+    )
+    assert not failed.success
+    run = instance.get_run_by_id(failed.run_id)
+    assert run is not None
+    failure = next(
+        event
+        for event in instance.all_logs(failed.run_id)
+        if event.dagster_event is not None
+        and event.dagster_event.event_type_value == "PIPELINE_FAILURE"
+    )
+    context = build_run_status_sensor_context(
+        sensor_name="ingestion_run_failures",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+    ).for_run_failure()
+    text = describe_failed_run(context)
+    assert failed.run_id in text
+    assert "partitions 2024-01-02..2024-01-05" in text
+    project.defs.get_sensor_def("ingestion_run_failures")(context)
+
+
+def test_the_rest_sensor_finds_new_records_through_the_api_date_filter(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    demo = tmp_path / "demo"
+    create_demo_sqlite(demo, DemoScale(days=5, orders_per_day=5))
+    with DemoApi(demo, "demo", "sensor-secret") as api:
+        text = yaml.safe_dump(
+            {
+                "lake": {"root": str(tmp_path / "lake")},
+                "sources": {
+                    "src": {
+                        "type": "rest",
+                        "base_url": api.url,
+                        "auth": {"type": "basic", "username": "demo", "password": "${SENSOR_PW}"},
+                        "pagination": {
+                            "type": "offset",
+                            "limit": 50,
+                            "total_header": "X-Total-Count",
+                        },
+                        "start_date": "2024-01-01",
+                        "sensor": {"enabled": True},
+                        "streams": [
+                            {
+                                "name": "SalesOrderHeader",
+                                "path": "/api/SalesOrderHeader",
+                                "records_path": "data",
+                                "params": {
+                                    "ModifiedDate_gte": "{start}",
+                                    "ModifiedDate_lt": "{end}",
+                                },
+                                "partition_field": "ModifiedDate",
+                                "fields": {"SalesOrderID": "int32", "ModifiedDate": "timestamp"},
+                            }
+                        ],
+                    }
+                },
+            }
+        )
+        spec = parse_project(text, "rest-sensor.yaml", {"SENSOR_PW": "sensor-secret"})
+        os.environ["SENSOR_PW"] = "sensor-secret"
+        try:
+            project = IngestProject(spec, build_definitions(spec), tmp_path / "lake")
+            first = _tick(project, instance, None)
+            assert not first.run_requests
+            quiet = _tick(project, instance, first.cursor)
+            assert not quiet.run_requests
+
+            # a record changed just after the cursor (the API's clock: naive UTC)
+            cursor_value = datetime.datetime.fromisoformat(
+                json.loads(quiet.cursor)["sales_order_header"]
+            )
+            changed_at = cursor_value + datetime.timedelta(milliseconds=1)
+            connection = sqlite3.connect(demo / "Sales.db")
+            connection.execute(
+                'UPDATE "SalesOrderHeader" SET "ModifiedDate" = ? WHERE "SalesOrderID" = '
+                '(SELECT min("SalesOrderID") FROM "SalesOrderHeader")',
+                (changed_at.isoformat(sep=" "),),
+            )
+            connection.commit()
+            connection.close()
+            changed = _tick(project, instance, quiet.cursor)
+            assert _requested(changed) == {changed_at.date().isoformat()}
+            assert not _tick(project, instance, changed.cursor).run_requests
+        finally:
+            os.environ.pop("SENSOR_PW", None)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import yaml
-from dagster import DagsterInstance, ExecuteInProcessResult
+from dagster import DagsterInstance, ExecuteInProcessResult, serialize_value
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from hypothesis import HealthCheck, given, settings
@@ -53,7 +53,8 @@ from ingestion_assets_tests.conftest import SOURCE, IngestProject, failure_messa
 PAGE_SIZE = 10
 DAY = "2024-01-03"
 NEXT_DAY = "2024-01-04"
-FAST_RETRIES = {"backoff_seconds": 0.01, "max_attempts": 4}
+MAX_ATTEMPTS = 4
+FAST_RETRIES = {"backoff_seconds": 0.01, "max_attempts": MAX_ATTEMPTS}
 # bounds every wait on a server thread or on the server's log, so no test can hang
 SERVER_DEADLINE_SECONDS = 10.0
 PAGINATION = TypeAdapter(PaginationSpec)
@@ -298,10 +299,8 @@ def test_every_paginator_reads_each_record_once(
 
     assert read_ids(reader) == list(range(total))
     # only an API that gives no total nor flag needs one empty page to see the end
-    blind_on_exact_multiple = style == "offset_short_page" and total and total % PAGE_SIZE == 0
-    assert len(api.requests) == max(1, math.ceil(total / PAGE_SIZE)) + int(
-        bool(blind_on_exact_multiple)
-    )
+    empty_last_page = style == "offset_short_page" and total > 0 and total % PAGE_SIZE == 0
+    assert len(api.requests) == max(1, math.ceil(total / PAGE_SIZE)) + int(empty_last_page)
 
 
 @pytest.mark.parametrize("parallel_requests", [1, 4])
@@ -552,6 +551,9 @@ class OAuthServer:
 
     expires_in: int = 3600
     revoke_after_first_api_call: bool = False
+    refuse_every_token: bool = False
+    # past this many tokens the endpoint refuses the client, so a client that keeps asking stops
+    max_tokens: int = 5
     issued: list[str] = field(default_factory=list)
     valid: set[str] = field(default_factory=set)
     api_calls: list[str] = field(default_factory=list)
@@ -563,6 +565,7 @@ class OAuthServer:
             form.get("grant_type") != "client_credentials"
             or form.get("client_id") != CLIENT_ID
             or form.get("client_secret") != CLIENT_SECRET
+            or len(self.issued) >= self.max_tokens
         ):
             return json_body({"error": "invalid_client"}, status=401)
         token = f"access-{len(self.issued) + 1}-9f2c"
@@ -574,7 +577,7 @@ class OAuthServer:
         header = request.headers.get("Authorization", "")
         self.api_calls.append(header)
         token = header.removeprefix("Bearer ")
-        if token not in self.valid:
+        if token not in self.valid or self.refuse_every_token:
             self.refusals += 1
             return json_body({"error": "invalid_token"}, status=401)
         if self.revoke_after_first_api_call and len(self.api_calls) == 1:
@@ -623,6 +626,19 @@ def test_oauth2_token_refused_as_expired_is_refreshed_exactly_once(
         "Bearer access-2-9f2c",
         "Bearer access-2-9f2c",
     ]
+
+
+def test_oauth2_refresh_happens_once_per_request_then_the_401_fails_the_read(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer(refuse_every_token=True)
+    oauth.install(httpserver)
+
+    with pytest.raises(SourceError, match="check credentials for source 'src'"):
+        read_ids(oauth_reader(httpserver))
+
+    assert len(oauth.issued) == 2
+    assert oauth.refusals == 2
 
 
 def test_oauth2_token_expiring_within_the_margin_is_fetched_again_on_the_next_request(
@@ -764,16 +780,16 @@ def test_a_response_slower_than_the_read_timeout_fails_and_leaves_the_table_unch
     finally:
         release.set()
     # the stalled handlers finish before the next test's handlers are installed
-    wait_for_requests(httpserver, FAST_RETRIES["max_attempts"])
+    wait_for_requests(httpserver, MAX_ATTEMPTS)
 
     assert not result.success
     message = failure_message(result)
     assert "timed out" in message
-    assert f"after {FAST_RETRIES['max_attempts']} attempt(s)" in message
+    assert f"after {MAX_ATTEMPTS} attempt(s)" in message
     assert "partition 2024-01-03" in message
     assert project.delta("orders").version() == version
     assert project.delta("orders").to_pyarrow_table() == before
-    assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+    assert len(httpserver.log) == MAX_ATTEMPTS
 
 
 def test_truncated_json_is_retried_then_fails_clearly(
@@ -790,9 +806,9 @@ def test_truncated_json_is_retried_then_fails_clearly(
     assert not result.success
     message = failure_message(result)
     assert "not JSON (application/json)" in message
-    assert f"after {FAST_RETRIES['max_attempts']} attempt(s)" in message
+    assert f"after {MAX_ATTEMPTS} attempt(s)" in message
     assert "source 'src', table 'orders', partition 2024-01-03" in message
-    assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+    assert len(httpserver.log) == MAX_ATTEMPTS
     with pytest.raises(TableNotFoundError):
         DeltaTable(project.table_uri("orders"))
 
@@ -827,7 +843,7 @@ def test_an_html_page_with_status_200_fails_as_not_json_unless_a_retry_is_good(
         message = failure_message(result)
         assert "not JSON (text/html" in message
         assert "Service temporarily unavailable" in message
-        assert len(httpserver.log) == FAST_RETRIES["max_attempts"]
+        assert len(httpserver.log) == MAX_ATTEMPTS
 
 
 def test_retry_after_parses_seconds_and_http_dates() -> None:
@@ -1154,13 +1170,14 @@ def event_log_texts(instance: DagsterInstance, run_id: str) -> list[str]:
     """Every text of a run's event log: messages, metadata values, errors, whole entries."""
     texts: list[str] = []
     for entry in instance.all_logs(run_id):
-        texts += [entry.message or "", entry.user_message or "", entry.to_json()]
+        texts += [entry.message or "", entry.user_message or "", serialize_value(entry)]
         event = entry.dagster_event
         if event is None:
             continue
         texts.append(event.message or "")
-        if event.is_step_failure and event.step_failure_data is not None:
-            texts.append(event.step_failure_data.error.to_string())
+        failure = event.step_failure_data if event.is_step_failure else None
+        if failure is not None and failure.error is not None:
+            texts.append(failure.error.to_string())
         if entry.asset_materialization is not None:
             texts += [str(value) for value in entry.asset_materialization.metadata.values()]
     return texts

@@ -662,7 +662,7 @@ class _LoopGuard:
         self.seen: set[str] = set()
 
     def visit(self, marker: str, what: str) -> None:
-        if marker in self.seen and False:
+        if marker in self.seen:
             raise PaginationError(
                 f"{self.label}: the API sent the same {what} twice ({marker[:120]}); its "
                 "pagination loops, so the run stops instead of reading pages forever"
