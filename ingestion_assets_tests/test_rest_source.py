@@ -1245,3 +1245,76 @@ def test_no_secret_reaches_the_event_log_of_a_failing_or_a_succeeding_run(
             pieces = {secret[index : index + 8] for index in range(len(secret) - 7)}
             leaks = [(piece, text) for text in texts for piece in pieces if piece in text]
             assert not leaks, f"run {run.run_id} logged part of a secret: {leaks[0]}"
+
+
+# ---- fixes found while reviewing: capped pages, inferred windows, counts, token expiry ----------
+
+
+@dataclass
+class CappingApi:
+    """An offset API that serves at most `cap` records a page, whatever limit is asked for."""
+
+    total: int
+    cap: int
+    tells: str  # "total", "flag" (has_more) or "nothing"
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    def __call__(self, request: Request) -> Response:
+        args = dict(request.args)
+        self.requests.append(args)
+        start, asked = int(args["offset"]), int(args["limit"])
+        served = list(range(start, min(start + min(asked, self.cap), self.total)))
+        meta: dict[str, Any] = {}
+        if self.tells == "total":
+            meta["total"] = self.total
+        elif self.tells == "flag":
+            meta["more"] = start + len(served) < self.total
+        return json_body({"data": [{"id": i} for i in served], "meta": meta})
+
+
+@pytest.mark.parametrize("tells", ["total", "flag", "nothing"])
+@pytest.mark.parametrize("parallel_requests", [1, 4])
+def test_an_api_that_caps_the_page_size_loses_and_repeats_nothing(
+    httpserver: HTTPServer, tells: str, parallel_requests: int
+) -> None:
+    api = CappingApi(total=95, cap=20, tells=tells)
+    httpserver.expect_request("/items").respond_with_handler(api)
+    pagination: dict[str, Any] = {"type": "offset", "limit": 50}
+    if tells == "total":
+        pagination["total_path"] = "meta.total"
+    elif tells == "flag":
+        pagination["has_more_path"] = "meta.more"
+    ids = read_ids(stream_reader(httpserver, pagination, parallel_requests))
+    if tells == "nothing":
+        # no total and no flag: a short page is the last page, as documented
+        assert ids == list(range(20))
+    else:
+        assert ids == list(range(95))
+        assert [int(args["offset"]) for args in api.requests] == [0, 20, 40, 60, 80]
+
+
+def test_an_inferred_stream_drops_and_counts_records_outside_the_window(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    records = [
+        {"id": 1, "modified": "2024-01-02T23:00:00", "amount": 1},
+        {"id": 2, "modified": "2024-01-03T08:00:00", "amount": 2.5},
+        {"id": 3, "modified": "2024-01-04T00:00:00", "amount": 3},
+    ]
+    httpserver.expect_request("/orders").respond_with_json({"data": records})
+    stream = orders_stream()
+    stream.pop("fields")
+    project = rest_project(tmp_path / "lake", httpserver.url_for("/"), [stream])
+    result = project.materialize(["orders"], instance, partition=DAY)
+    metadata = run_metadata(result)
+    assert metadata["records_received"] == 3
+    assert metadata["records_outside_window"] == 2
+    assert project.delta("orders").to_pyarrow_table().column("id").to_pylist() == [2]
+
+
+def test_the_api_total_is_the_source_count_for_reconciliation(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/items").respond_with_handler(FakeApi("offset_total_header", 37))
+    assert stream_reader(httpserver, pagination_spec("offset_total_header"), 1).count(None) == 37
+    httpserver.clear()
+    httpserver.expect_request("/items").respond_with_handler(FakeApi("cursor", 37))
+    assert stream_reader(httpserver, pagination_spec("cursor"), 1).count(None) is None

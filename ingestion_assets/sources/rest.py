@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import requests
 
 from ingestion_assets.errors import SourceError, where
@@ -241,8 +242,8 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
         if response.status_code in (400, 401, 403):
             raise SourceError(
                 f"{self._label}: the token endpoint refused the client credentials "
-                f"(HTTP {response.status_code}); check client_id and the client secret for this "
-                "source"
+                f"(HTTP {response.status_code}); check credentials for {self._label} (client_id "
+                "and the client secret's environment variable)"
             )
         if not response.ok:
             raise SourceError(
@@ -257,7 +258,8 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
             ) from None
         self.secrets.append(token)
         self._token = token
-        expires_in = float(body.get("expires_in") or 3600)
+        # no expires_in: an hour, the common default; 0 means already expired
+        expires_in = float(body["expires_in"]) if body.get("expires_in") is not None else 3600.0
         self._expires_at = time.monotonic() + max(0.0, expires_in - TOKEN_EXPIRY_MARGIN_SECONDS)
 
     def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
@@ -354,7 +356,8 @@ class RestClient:
         return urljoin(self.base_url, path.lstrip("/")) if "://" not in path else path
 
     def _shown(self, url: str, params: Mapping[str, str] | None = None) -> str:
-        full = url + ("?" + urlencode(dict(params)) if params else "")
+        separator = "&" if "?" in url else "?"
+        full = url + (separator + urlencode(dict(params)) if params else "")
         return redact_url(full, self.auth.secrets, self.auth.secret_params)
 
     def get_json(
@@ -383,6 +386,12 @@ class RestClient:
                 requests.exceptions.ChunkedEncodingError,
             ) as error:
                 last_problem = _describe_transport_error(error)
+            except requests.RequestException as error:
+                # not a passing fault (a malformed URL, a redirect loop): retrying cannot help
+                raise SourceError(
+                    f"{label}: GET {self._shown(url, params)} failed: {type(error).__name__}; "
+                    "check base_url and the stream's path"
+                ) from None
             else:
                 if response.status_code == 401 and not refreshed and self.auth.refresh():
                     refreshed = True
@@ -521,13 +530,13 @@ class _CountingPaginator(Paginator):
 
     def _ends(self, body: Any, response: requests.Response, records: int, fetched: int) -> bool:
         self.check(body, response)
-        if self.has_more_path is not None and json_path(body, self.has_more_path) is False:
-            return True
-        if records == 0:
+        more = json_path(body, self.has_more_path) if self.has_more_path is not None else None
+        if more is False or records == 0:
             return True
         if self.first_total is not None:
             return fetched >= self.first_total
-        return records < self.page_size
+        # a short page ends the stream, unless the API says there is more
+        return records < self.page_size and more is not True
 
     def _page_count(self) -> int:
         assert self.first_total is not None
@@ -564,7 +573,8 @@ class OffsetPaginator(_CountingPaginator):
     def next(
         self, request: PageRequest, body: Any, response: requests.Response, records: int
     ) -> PageRequest | None:
-        offset = int(request.params[self.spec.offset_param]) + self.spec.limit
+        # advance by what arrived: an API that caps the page size below `limit` loses nothing
+        offset = int(request.params[self.spec.offset_param]) + records
         if self._ends(body, response, records, offset - self.spec.start_offset):
             return None
         return self._request(request, offset)
@@ -572,9 +582,12 @@ class OffsetPaginator(_CountingPaginator):
     def remaining(
         self, request: PageRequest, body: Any, response: requests.Response, records: int
     ) -> list[PageRequest] | None:
-        if self._ends(body, response, records, self.spec.limit):
+        if self._ends(body, response, records, records):
             return []
         if self.first_total is None or self.has_more_path is not None:
+            return None
+        if records < self.spec.limit:
+            # the API capped the page size: the offsets of the other pages are not known
             return None
         start = self.spec.start_offset
         return [
@@ -999,6 +1012,19 @@ def infer_table(
     return table
 
 
+def within_window(
+    table: pa.Table, partition_field: str | None, window: PartitionWindow | None
+) -> pa.Table:
+    """The rows whose (local, naive) partition value falls in the window."""
+    if window is None or not partition_field or partition_field not in table.schema.names:
+        return table
+    values = table.column(partition_field)
+    start = pa.scalar(window.start.replace(tzinfo=None), pa.timestamp("us"))
+    end = pa.scalar(window.end.replace(tzinfo=None), pa.timestamp("us"))
+    keep = pc.and_(pc.greater_equal(values, start), pc.less(values, end))
+    return table.filter(pc.fill_null(keep, True))
+
+
 # ---- the stream reader ---------------------------------------------------------------------------
 
 
@@ -1097,14 +1123,30 @@ class RestStreamReader:
                 for future in pending:
                     future.cancel()
 
+    def count(self, window: PartitionWindow | None) -> int | None:
+        """The total the API reports for the window (first page only), None if it reports none."""
+        if not isinstance(self.pagination, OffsetPagination | PagePagination):
+            return None
+        label = self._label(window)
+        paginator = paginator_for(self.pagination, label)
+        params = window_params(self.stream.params, window, label)
+        request = paginator.first(PageRequest(self.client.url_for(self.stream.path), params))
+        body, response = self.client.get_json(request.url, request.params, label)
+        return _total(body, response, self.pagination.total_path, self.pagination.total_header)
+
     def read(self, window: PartitionWindow | None) -> SourceStream:
         """The window's records as Arrow batches (streamed when the fields are declared)."""
         label = self._label(window)
         if self.stream.fields is None:
-            table = infer_table(list(self.pages_of(window)), self.stream.partition_field, self.zone)
+            received = infer_table(
+                list(self.pages_of(window)), self.stream.partition_field, self.zone
+            )
+            # an API that ignores the date filter cannot pollute other days
+            table = within_window(received, self.stream.partition_field, window)
+            outside = received.num_rows - table.num_rows
             return SourceStream(
                 reader=table.to_reader(),
-                metadata=lambda: self._metadata(table.num_rows, 0, 0),
+                metadata=lambda: self._metadata(received.num_rows, outside, 0),
             )
         converter = RecordConverter(self.stream, self.zone, window, label)
         stream = SourceStream(
