@@ -55,7 +55,19 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]
             instance=instance, tags=tags, run_config=QUIET_LOGS, raise_on_error=True
         )
         elapsed = time.monotonic() - started
-        print(f"job {job.name}: run {result.run_id} succeeded in {elapsed:.1f} s", flush=True)
+        evaluations = result.get_asset_check_evaluations()
+        failed = [e for e in evaluations if not e.passed]
+        print(
+            f"job {job.name}: run {result.run_id} succeeded in {elapsed:.1f} s; checks: "
+            f"{len(evaluations) - len(failed)} passed, {len(failed)} failed",
+            flush=True,
+        )
+        for evaluation in failed:
+            print(
+                f"  check {evaluation.check_name} of {evaluation.asset_key.to_user_string()} "
+                f"failed: {evaluation.description}",
+                flush=True,
+            )
         by_asset: dict[AssetKey, list[dict[str, Any]]] = {}
         for event in result.get_asset_materialization_events():
             materialization = event.materialization
@@ -123,7 +135,10 @@ def _prepare(data_dir: pathlib.Path, regenerate: bool) -> pathlib.Path:
             flush=True,
         )
     os.environ.setdefault("DAGSTER_HOME", str((data_dir / "dagster").resolve()))
-    pathlib.Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = pathlib.Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    # an empty dagster.yaml: the default local instance, without Dagster's notice about it
+    (home / "dagster.yaml").touch()
     return demo_dir
 
 
