@@ -13,6 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql
 
 from ingestion_assets.errors import SourceError, where
+from ingestion_assets.sources.postgres import (
+    copy_batches,
+    copy_columns,
+    copy_statement,
+    copy_supported,
+)
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
@@ -136,11 +142,14 @@ class SqlTableReader:
         source_name: str,
         table: TableSpec,
         batch_size: int,
+        fast_path: bool = True,
     ) -> None:
         self.engine = engine
         self.source_name = source_name
         self.table = table
         self.batch_size = batch_size
+        # PostgreSQL through psycopg2: COPY parsed by Arrow (the same values, several times faster)
+        self.fast_path = fast_path
 
     def _where(self, window: PartitionWindow | None) -> str:
         return where(self.source_name, self.table.qualified_name, window.label if window else None)
@@ -215,10 +224,55 @@ class SqlTableReader:
             columns = self._selected_columns(table)
             schema = self.arrow_schema(table, connection.dialect.name)
             expressions = self._select_expressions(connection, table, columns)
-        query = window_query(table, expressions, self.table.partition_column, window)
+        if self.fast_path and self.engine.dialect.driver == "psycopg2" and copy_supported(schema):
+            query = window_query(
+                table, copy_columns(expressions, schema), self.table.partition_column, window
+            )
+            batches = self._copy_batches(query, schema, window)
+        else:
+            query = window_query(table, expressions, self.table.partition_column, window)
+            batches = self._batches(query, schema, window)
         # the streaming connection is opened when the first batch is asked for, so a reader
         # that is never consumed holds no connection
-        return pa.RecordBatchReader.from_batches(schema, self._batches(query, schema, window))
+        return pa.RecordBatchReader.from_batches(schema, batches)
+
+    def _copy_batches(
+        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
+    ) -> Iterator[pa.RecordBatch]:
+        """PostgreSQL: the window through COPY, parsed by Arrow (see sources/postgres.py)."""
+        connection = self._connect(window)
+        try:
+            dbapi_connection: Any = connection.connection.dbapi_connection
+            cursor = dbapi_connection.cursor()
+            statement = copy_statement(cursor, query, self.engine.dialect)
+            cursor.close()
+            yield from copy_batches(dbapi_connection, statement, schema, self.batch_size)
+        except sa.exc.DBAPIError as error:
+            connection.invalidate()
+            raise SourceError(
+                f"{self._where(window)}: the source query failed after it started: "
+                f"{_first_line(error.orig)}. Nothing was written; re-run the partition once "
+                "the source is reachable."
+            ) from None
+        except self.engine.dialect.loaded_dbapi.Error as error:
+            # a COPY that broke off: the connection is in an unknown state, never reused
+            connection.invalidate()
+            raise SourceError(
+                f"{self._where(window)}: the source query failed after it started: "
+                f"{_first_line(error)}. Nothing was written; re-run the partition once "
+                "the source is reachable."
+            ) from None
+        except (pa.ArrowInvalid, OSError) as error:
+            connection.invalidate()
+            raise SourceError(
+                f"{self._where(window)}: a value from the source does not fit its column type: "
+                f"{error}. Check the source column's declared type."
+            ) from None
+        except GeneratorExit:
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
 
     def count(self, window: PartitionWindow | None) -> int:
         """Rows of the table in the window (or in all), counted by the database."""
