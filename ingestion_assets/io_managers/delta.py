@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import pathlib
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pa_fs
+import pyarrow.parquet as pq
 from dagster import (
     ConfigurableIOManager,
     InputContext,
@@ -20,6 +27,8 @@ from dagster import (
 )
 from deltalake import DeltaTable, Schema, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from deltalake.fs import DeltaStorageHandler
+from deltalake.transaction import AddAction, RemoveAction
 from pydantic import Field
 
 from ingestion_assets.errors import IngestionError, PrecisionLossError, SchemaDriftError
@@ -36,6 +45,8 @@ SCHEMA_POLICY_KEY = "ingestion/schema_policy"
 NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
 
 PROGRESS_INTERVAL_SECONDS = 10.0
+# rows buffered per day before they are written as one Parquet row group
+ROW_GROUP_ROWS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -234,6 +245,128 @@ class _WritePlan:
             raise
 
 
+class DayFileWriter:
+    """Writes batches as Parquet files inside the table, one per day as the days arrive.
+
+    Input ordered by day (as windowed queries return it) keeps one file open at a time, so memory
+    stays flat whatever the number of days; out-of-order days reopen as new files, at most
+    `max_open` at once. Nothing is visible until the files are committed in one transaction."""
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, str] | None,
+        schema: pa.Schema,
+        max_open: int = 16,
+        max_file_bytes: int = 256 << 20,
+    ) -> None:
+        self.filesystem = _table_filesystem(uri, storage_options)
+        self.file_schema = pa.schema([f for f in schema if f.name != PARTITION_DATE])
+        self.max_open, self.max_file_bytes = max_open, max_file_bytes
+        self.open: OrderedDict[datetime.date, _OpenFile] = OrderedDict()
+        self.actions: list[AddAction] = []
+        self.written: list[str] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append a converted batch (with `_partition_date`) to its days' files."""
+        if batch.num_rows == 0:
+            return
+        days = batch.column(PARTITION_DATE)
+        data = batch.drop_columns([PARTITION_DATE])
+        bounds = pc.min_max(days)
+        if bounds["min"] == bounds["max"]:
+            self._append(bounds["min"].as_py(), data)
+            return
+        for day in pc.unique(days).to_pylist():
+            self._append(day, data.filter(pc.equal(days, pa.scalar(day, pa.date32()))))
+
+    def _append(self, day: datetime.date, data: pa.RecordBatch) -> None:
+        current = self.open.get(day)
+        if current is None:
+            current = self._start(day)
+        self.open.move_to_end(day)
+        current.pending.append(data)
+        current.pending_rows += data.num_rows
+        current.rows += data.num_rows
+        if current.pending_rows >= ROW_GROUP_ROWS:
+            current.flush()
+            if current.stream.tell() >= self.max_file_bytes:
+                self._close(day)
+
+    def _start(self, day: datetime.date) -> _OpenFile:
+        while len(self.open) >= self.max_open:
+            self._close(next(iter(self.open)))
+        folder = f"{PARTITION_DATE}={day.isoformat()}"
+        path = f"{folder}/part-{uuid.uuid4()}-c000.zstd.parquet"
+        self.filesystem.create_dir(folder, recursive=True)
+        stream = self.filesystem.open_output_stream(path)
+        self.written.append(path)
+        writer = pq.ParquetWriter(stream, self.file_schema, compression="zstd")
+        opened = _OpenFile(path, stream, writer)
+        self.open[day] = opened
+        return opened
+
+    def _close(self, day: datetime.date) -> None:
+        current = self.open.pop(day)
+        current.flush()
+        current.writer.close()
+        current.stream.close()
+        size = self.filesystem.get_file_info(current.path).size
+        self.actions.append(
+            AddAction(
+                path=current.path,
+                size=int(size or 0),
+                partition_values={PARTITION_DATE: day.isoformat()},
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=json.dumps({"numRecords": current.rows}),
+            )
+        )
+
+    def finish(self) -> list[AddAction]:
+        """Close every file; the add actions to commit."""
+        while self.open:
+            self._close(next(iter(self.open)))
+        return self.actions
+
+    def abort(self) -> None:
+        """Remove what was written (best effort: vacuum removes any leftover)."""
+        for current in list(self.open.values()):
+            with contextlib.suppress(Exception):
+                current.writer.close()
+                current.stream.close()
+        self.open.clear()
+        for path in self.written:
+            with contextlib.suppress(Exception):
+                self.filesystem.delete_file(path)
+
+
+def _table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.FileSystem:
+    """A filesystem rooted at the table: Arrow's native one for a local folder (fast), delta-rs's
+    object-store handler (same credentials as the table) for s3://, az://, gs://."""
+    if "://" not in uri or uri.startswith("file://"):
+        root = uri.removeprefix("file://")
+        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+        return pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
+    return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+
+
+@dataclass
+class _OpenFile:
+    path: str
+    stream: Any
+    writer: pq.ParquetWriter
+    rows: int = 0
+    pending: list[pa.RecordBatch] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def flush(self) -> None:
+        """Write what is buffered as one row group (small slices of a day would make many)."""
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=None)
+            self.pending, self.pending_rows = [], 0
+
+
 class DeltaLakeIOManager(ConfigurableIOManager):
     """Writes each asset to a Delta table `<root>/<source>/<table>`; replaces partitions atomically."""
 
@@ -354,9 +487,21 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             nanoseconds=nanoseconds,
         )
         started = time.monotonic()
-        stream = pa.RecordBatchReader.from_batches(target, plan.stream(reader, context.log.info))
         try:
-            self._replace(uri, stream, existing is not None, predicate, schema_mode)
+            if schema_mode is None:
+                self._replace_by_day_files(
+                    uri,
+                    existing,
+                    plan.stream(reader, context.log.info),
+                    plan,
+                    predicate is not None,
+                )
+            else:
+                # a schema change commits new metadata too: delta-rs's writer does both at once
+                stream = pa.RecordBatchReader.from_batches(
+                    target, plan.stream(reader, context.log.info)
+                )
+                self._replace(uri, stream, existing is not None, predicate, schema_mode)
         except Exception as error:
             if plan.source_error is not None:
                 raise plan.source_error from None
@@ -403,6 +548,53 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                     self._write_rejected(uri, source_stream, plan, predicate, context)
                 )
             context.add_output_metadata(source_metadata)
+
+    def _replace_by_day_files(
+        self,
+        uri: str,
+        existing: DeltaTable | None,
+        batches: Iterator[pa.RecordBatch],
+        plan: _WritePlan,
+        partitioned: bool,
+    ) -> None:
+        """Stream the batches into day files, then swap exactly the window's days in one commit."""
+        options = self.storage_options or None
+        files = DayFileWriter(uri, options, plan.target)
+        try:
+            for batch in batches:
+                files.write(batch)
+            actions = files.finish()
+        except BaseException:
+            files.abort()
+            raise
+        filters = (
+            [
+                (PARTITION_DATE, ">=", plan.first_day.isoformat()),
+                (PARTITION_DATE, "<=", plan.last_day.isoformat()),
+            ]
+            if partitioned
+            else None
+        )
+        try:
+            if existing is None:
+                # created only once the data files are written: a failed first run leaves no table
+                existing = DeltaTable.create(
+                    uri,
+                    plan.target,
+                    mode="ignore",
+                    partition_by=[PARTITION_DATE],
+                    storage_options=options,
+                )
+            existing.create_write_transaction(
+                list[AddAction | RemoveAction](actions),
+                mode="overwrite",
+                schema=plan.target,
+                partition_by=[PARTITION_DATE],
+                partition_filters=filters,
+            )
+        except BaseException:
+            files.abort()
+            raise
 
     def _replace(
         self,

@@ -8,6 +8,7 @@ Python object per value, and reading overlaps with whatever consumes the batches
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,7 +30,7 @@ _PARSEABLE = (
 )
 # bytes of CSV text per parsed block: bounds memory while keeping the parser busy
 MIN_BLOCK_BYTES = 1 << 20
-MAX_BLOCK_BYTES = 64 << 20
+MAX_BLOCK_BYTES = 4 << 20
 BYTES_PER_ROW_GUESS = 160
 
 
@@ -78,7 +79,7 @@ def copy_batches(
     never a silently shortened stream."""
     read_fd, write_fd = os.pipe()
     # each end is closed by its own side: the writer when COPY ends, the reader when done
-    reader_file = open(read_fd, "rb", buffering=0)  # noqa: SIM115
+    reader_file = io.BufferedReader(io.FileIO(read_fd, "rb"), 1 << 16)
     writer_file = open(write_fd, "wb")  # noqa: SIM115
     failure: list[BaseException] = []
 
@@ -98,6 +99,12 @@ def copy_batches(
     producer.start()
     block_bytes = min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, batch_rows * BYTES_PER_ROW_GUESS))
     try:
+        if not reader_file.peek(1):
+            # no rows in the window (an empty day): Arrow refuses an empty CSV, so stop here
+            producer.join(timeout=30)
+            if failure:
+                raise failure[0]
+            return
         csv_reader = pa_csv.open_csv(
             reader_file,
             read_options=pa_csv.ReadOptions(

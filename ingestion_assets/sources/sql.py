@@ -245,6 +245,10 @@ class SqlTableReader:
             dbapi_connection: Any = connection.connection.dbapi_connection
             cursor = dbapi_connection.cursor()
             statement = copy_statement(cursor, query, self.engine.dialect)
+            # COPY bypasses SQLAlchemy's execute: tell its listeners (logging, statement counters)
+            self.engine.dispatch.before_cursor_execute(
+                connection, cursor, statement, {}, None, False
+            )
             cursor.close()
             yield from copy_batches(dbapi_connection, statement, schema, self.batch_size)
         except sa.exc.DBAPIError as error:
