@@ -5,7 +5,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
-SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb
+SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help uv setup setup-dev system-deps demo ui test lint format bench clean
@@ -55,8 +55,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: setup-dev
-	$(BIN)/python bench/sql_extract.py
-	$(BIN)/python bench/rest_pages.py
+	BENCH_UV_PYTHON=$(PYTHON) $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

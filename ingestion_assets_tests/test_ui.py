@@ -1,0 +1,598 @@
+"""The demo end to end through the Dagster UI: `dagster dev`, a GraphQL backfill, headless Chromium.
+
+Everything is real: the demo SQLite database, the demo REST API, `dagster dev` (webserver and
+daemon) in its own process group, and Debian's Chromium driven by Playwright. The screenshots the
+README shows are saved into `docs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import pathlib
+import re
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+from deltalake import DeltaTable
+from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+
+from ingestion_assets.demo.api import DemoApi
+from ingestion_assets.demo.generate import create_demo_sqlite
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+# ../shared/SERVICES.md; Playwright gives every launch a new empty --user-data-dir itself
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
+UI_TIMEOUT_MS = 30_000
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+
+STARTUP_SECONDS = 180
+BACKFILL_SECONDS = 300
+RUN_SECONDS = 180
+
+ASSET_GROUPS = {
+    "adventureworks": [
+        "customer",
+        "product",
+        "vendor",
+        "sales_order_header",
+        "sales_order_detail",
+        "purchase_order_header",
+        "purchase_order_detail",
+    ],
+    "adventureworks_api": [
+        "sales_order_header",
+        "sales_order_detail",
+        "purchase_order_header",
+        "purchase_order_detail",
+    ],
+}
+ASSET_PATH = ["adventureworks", "sales_order_header"]
+BACKFILL_DAYS = [
+    (datetime.date(2024, 1, 1) + datetime.timedelta(days=offset)).isoformat()
+    for offset in range(30)
+]
+UI_PARTITION = "2024-02-15"
+CHECK_NAMES = {
+    # each check with a metadata entry only its own result carries
+    "schema_contract": "expected_columns",
+    "row_count": "source_rows",
+    "primary_key": "duplicate_keys",
+}
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS"}
+BACKFILL_BROKEN = {"FAILED", "COMPLETED_FAILED", "CANCELED", "CANCELING", "FAILING"}
+RUN_BROKEN = {"FAILURE", "CANCELED", "CANCELING"}
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout_seconds: float, describe: Callable[[], str]
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail with `describe()` at the deadline."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout_seconds:.0f} s: {describe()}")
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class DagsterUi:
+    """A running `dagster dev` over the demo project, and where its data lands."""
+
+    url: str
+    workdir: pathlib.Path
+    log: pathlib.Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def demo_dir(self) -> pathlib.Path:
+        """The demo SQLite database the SQL source reads."""
+        return self.workdir / ".data" / "demo"
+
+    @property
+    def lake_table(self) -> pathlib.Path:
+        """The Delta table of `adventureworks/sales_order_header`."""
+        return self.workdir / ".data" / "lake" / pathlib.Path(*ASSET_PATH)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the `dagster dev` output, for failure messages."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST a query to the webserver; GraphQL errors fail the test."""
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=60
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        if body.get("errors"):
+            pytest.fail(f"GraphQL errors: {body['errors']}\n{self.log_tail()}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def runs(self, run_filter: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runs matching a `RunsFilter` (`{"tags": [...]}`, `{"runIds": [...]}`)."""
+        data = self.graphql(
+            """
+            query Runs($filter: RunsFilter) {
+              runsOrError(filter: $filter) {
+                __typename
+                ... on Runs { results { runId status tags { key value } } }
+                ... on PythonError { message }
+              }
+            }
+            """,
+            {"filter": run_filter},
+        )["runsOrError"]
+        assert data["__typename"] == "Runs", data
+        runs: list[dict[str, Any]] = data["results"]
+        return runs
+
+    def runs_tagged(self, tags: dict[str, str]) -> list[dict[str, Any]]:
+        """Runs carrying all of `tags`."""
+        return self.runs({"tags": [{"key": key, "value": value} for key, value in tags.items()]})
+
+    def partition_stats(self) -> dict[str, int]:
+        """How many partitions of `adventureworks/sales_order_header` are materialized, failed."""
+        node: dict[str, Any] = self.graphql(
+            """
+            query Asset($key: AssetKeyInput!) {
+              assetNodeOrError(assetKey: $key) {
+                ... on AssetNode { partitionStats { numMaterialized numPartitions numFailed } }
+              }
+            }
+            """,
+            {"key": {"path": ASSET_PATH}},
+        )["assetNodeOrError"]
+        stats: dict[str, int] = node["partitionStats"]
+        return stats
+
+    def check_executions(self, check_name: str) -> list[dict[str, Any]]:
+        """The latest executions of a check of `adventureworks/sales_order_header`."""
+        executions: list[dict[str, Any]] = self.graphql(
+            """
+            query Check($key: AssetKeyInput!, $name: String!) {
+              assetCheckExecutions(assetKey: $key, checkName: $name, limit: 200) {
+                runId status partition evaluation { success }
+              }
+            }
+            """,
+            {"key": {"path": ASSET_PATH}, "name": check_name},
+        )["assetCheckExecutions"]
+        return executions
+
+    def wait_for_run(self, run_id: str) -> None:
+        """Wait until the run succeeds; fail at once if it fails."""
+
+        def succeeded() -> bool:
+            [run] = self.runs({"runIds": [run_id]})
+            if run["status"] in RUN_BROKEN:
+                pytest.fail(f"run {run_id} ended {run['status']}\n{self.log_tail()}")
+            return bool(run["status"] == "SUCCESS")
+
+        wait_until(succeeded, RUN_SECONDS, lambda: f"run {run_id} not done\n{self.log_tail()}")
+
+
+def _server_answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/server_info", timeout=5).ok
+    except requests.ConnectionError:
+        return False
+
+
+def _location_loaded(ui: DagsterUi) -> bool:
+    entries = ui.graphql(
+        """
+        {
+          workspaceOrError {
+            ... on Workspace {
+              locationEntries {
+                name loadStatus
+                locationOrLoadError { __typename ... on PythonError { message } }
+              }
+            }
+          }
+        }
+        """
+    )["workspaceOrError"]["locationEntries"]
+    for entry in entries:
+        error = entry["locationOrLoadError"]
+        if error and error["__typename"] == "PythonError":
+            pytest.fail(f"code location {entry['name']} failed to load: {error['message']}")
+    return bool(entries) and all(
+        entry["loadStatus"] == "LOADED" and entry["locationOrLoadError"] for entry in entries
+    )
+
+
+@contextlib.contextmanager
+def _sigint_inheritable() -> Iterator[None]:
+    """Let a child start with SIGINT at its default even when pytest was started with it ignored.
+
+    A shell starts background jobs with SIGINT ignored, and children inherit that; `dagster dev`
+    stops its webserver and daemon with SIGINT, so they would then hang on SIGTERM.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    # dagster dev runs in its own session: the group holds the webserver, daemon and code server
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
+    """The demo database and API, and `dagster dev` over the demo project in a temporary folder."""
+    dagster = pathlib.Path(sys.executable).parent / "dagster"
+    if not dagster.exists():
+        pytest.fail(f"{dagster} is missing: install the project (`make setup`) in this venv")
+    workdir = tmp_path_factory.mktemp("ui")
+    create_demo_sqlite(workdir / ".data" / "demo")
+    dagster_home = workdir / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (workdir / "workspace.yaml").write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: ingestion_assets\n"
+        f"      working_directory: {workdir}\n"
+    )
+    password = secrets.token_urlsafe(16)
+    port = free_port()
+    log = workdir / "dagster-dev.log"
+    with DemoApi(workdir / ".data" / "demo", "demo", password) as api:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(dagster_home),
+            "DEMO_API_URL": api.url,
+            "DEMO_API_PASSWORD": password,
+        }
+        env.pop("INGEST_PROJECT_FILE", None)  # the bundled demo project file
+        with log.open("wb") as output, _sigint_inheritable():
+            process = subprocess.Popen(
+                [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                cwd=workdir,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ui = DagsterUi(f"http://127.0.0.1:{port}", workdir, log, process)
+        try:
+
+            def up() -> bool:
+                if process.poll() is not None:
+                    pytest.fail(f"dagster dev exited with {process.returncode}\n{ui.log_tail()}")
+                return _server_answers(ui.url)
+
+            wait_until(up, STARTUP_SECONDS, lambda: f"no webserver at {ui.url}\n{ui.log_tail()}")
+            wait_until(
+                lambda: _location_loaded(ui),
+                STARTUP_SECONDS,
+                lambda: f"code location not loaded\n{ui.log_tail()}",
+            )
+            ui.graphql("mutation { setNuxSeen }")  # no community pop-up over the pages
+            yield ui
+        finally:
+            _stop(process)
+
+
+@dataclass
+class Backfill:
+    """The finished 30-day backfill and its runs."""
+
+    backfill_id: str
+    runs: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def backfill(dagster_ui: DagsterUi) -> Backfill:
+    """Backfill 2024-01-01..2024-01-30 of `adventureworks/sales_order_header` through GraphQL."""
+    launched = dagster_ui.graphql(
+        """
+        mutation Backfill($params: LaunchBackfillParams!) {
+          launchPartitionBackfill(backfillParams: $params) {
+            __typename
+            ... on LaunchBackfillSuccess { backfillId }
+            ... on PythonError { message }
+            ... on PartitionKeysNotFoundError { message }
+            ... on InvalidSubsetError { message }
+          }
+        }
+        """,
+        {"params": {"assetSelection": [{"path": ASSET_PATH}], "partitionNames": BACKFILL_DAYS}},
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id: str = launched["backfillId"]
+    last: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal last
+        last = dagster_ui.graphql(
+            """
+            query Backfill($id: String!) {
+              partitionBackfillOrError(backfillId: $id) {
+                ... on PartitionBackfill { status numPartitions error { message } }
+                ... on PythonError { message }
+              }
+            }
+            """,
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]
+        if last.get("status") in BACKFILL_BROKEN:
+            pytest.fail(f"backfill {backfill_id} ended {last}\n{dagster_ui.log_tail()}")
+        return last.get("status") in BACKFILL_DONE
+
+    wait_until(
+        finished,
+        BACKFILL_SECONDS,
+        lambda: f"backfill {backfill_id} is {last}\n{dagster_ui.log_tail()}",
+    )
+    return Backfill(backfill_id, dagster_ui.runs_tagged({"dagster/backfill": backfill_id}))
+
+
+def source_rows_per_day(demo_dir: pathlib.Path) -> dict[str, int]:
+    """Rows of Sales.SalesOrderHeader per ModifiedDate day, read from the demo SQLite file."""
+    connection = sqlite3.connect(demo_dir / "Sales.db")
+    try:
+        rows = connection.execute(
+            "SELECT substr(ModifiedDate, 1, 10), count(*) FROM SalesOrderHeader GROUP BY 1"
+        ).fetchall()
+    finally:
+        connection.close()
+    return {day: count for day, count in rows}
+
+
+def lake_rows_per_day(table: pathlib.Path) -> dict[str, int]:
+    """Rows of the Delta table per `_partition_date`."""
+    days = DeltaTable(str(table)).to_pyarrow_table(columns=["_partition_date"])
+    return {
+        day.isoformat(): count
+        for day, count in Counter(days["_partition_date"].to_pylist()).items()
+    }
+
+
+def test_backfill_of_30_days_is_one_run_that_lands_every_day(
+    dagster_ui: DagsterUi, backfill: Backfill
+) -> None:
+    """The single-run backfill policy turns 30 days into one run; the lake matches the source."""
+    assert len(backfill.runs) == 1, backfill.runs
+    [run] = backfill.runs
+    assert run["status"] == "SUCCESS"
+    tags = {tag["key"]: tag["value"] for tag in run["tags"]}
+    assert tags["dagster/asset_partition_range_start"] == BACKFILL_DAYS[0]
+    assert tags["dagster/asset_partition_range_end"] == BACKFILL_DAYS[-1]
+
+    source = source_rows_per_day(dagster_ui.demo_dir)
+    expected = {day: source[day] for day in BACKFILL_DAYS if day in source}
+    # the generated data has a day without orders, so a day may have no rows at all
+    assert len(expected) >= 25
+    landed = lake_rows_per_day(dagster_ui.lake_table)
+    landed.pop(UI_PARTITION, None)  # the UI test's day, should it have run first
+    assert landed == expected
+
+    stats = dagster_ui.partition_stats()
+    assert stats["numPartitions"] == 120
+    assert stats["numMaterialized"] >= len(BACKFILL_DAYS)
+    assert stats["numFailed"] == 0
+    # the backfill's run selects the asset's checks too, and they pass
+    for name in CHECK_NAMES:
+        in_run = [
+            execution
+            for execution in dagster_ui.check_executions(name)
+            if execution["runId"] == run["runId"]
+        ]
+        evaluated = [execution for execution in in_run if execution["evaluation"]]
+        assert evaluated, (name, in_run)
+        for execution in evaluated:
+            assert execution["status"] == "SUCCEEDED", (name, execution)
+            assert execution["evaluation"]["success"], (name, execution)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright (never `playwright install`)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM}: run `apt-get install -y chromium` "
+            "(see ../shared/SERVICES.md)"
+        )
+    expect.set_options(timeout=UI_TIMEOUT_MS)  # assertions wait as long as actions (default 5 s)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, timeout=60_000
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (no stored UI settings) with one 1440x900 page."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    context.set_default_navigation_timeout(60_000)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Save the viewport into docs/ for the README."""
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=DOCS / name)
+
+
+def label_shows(label: str, name: str) -> bool:
+    """Whether a graph node label shows `name`, whole or middle-truncated (`purchase_o…_header`)."""
+    if "…" not in label:
+        return label == name
+    head, _, tail = label.partition("…")
+    return len(name) > len(label) - 1 and name.startswith(head) and name.endswith(tail)
+
+
+def test_asset_graph_shows_every_demo_asset(dagster_ui: DagsterUi, page: Page) -> None:
+    """The global lineage, groups expanded, shows all 11 assets in the graph and the sidebar."""
+    page.goto(f"{dagster_ui.url}/asset-groups")
+    expect(page.get_by_text("adventureworks_api", exact=True).last).to_be_visible()
+    # the graph's own settings menu (its gear is the only button named just "settings" while the
+    # navigation is shown)
+    page.get_by_role("button", name="settings", exact=True).click()
+    page.get_by_role("menuitem", name="Expand all groups").click()
+    # vertical: assets without edges between them sit side by side, so all 11 fit the width
+    page.get_by_role("menuitem", name="Change graph to vertical orientation").click()
+    # the menu stays open and its items now offer the opposite
+    expect(page.get_by_role("menuitem", name="Collapse all groups")).to_be_visible()
+    expect(
+        page.get_by_role("menuitem", name="Change graph to horizontal orientation")
+    ).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("menu")).to_have_count(0)
+    page.get_by_role("button", name="Hide navigation").click()
+    for group in ASSET_GROUPS:
+        page.get_by_role("button", name=re.compile(rf"^asset_group {group}( {group})?$")).click()
+        page.keyboard.press("ArrowRight")  # opens the group in the sidebar tree
+    # the layout, direction and open groups are kept; a reload zooms the whole graph to fit
+    page.reload()
+
+    graph = page.get_by_role("img").filter(has_text="adventureworks_api")
+    expected = [name for names in ASSET_GROUPS.values() for name in names]
+
+    def node_labels() -> list[str]:
+        labels = graph.locator("foreignObject").all_text_contents()
+        return [label for label in labels if label and label not in ASSET_GROUPS]
+
+    def all_nodes_shown() -> bool:
+        unmatched = list(expected)
+        for label in node_labels():
+            match = next((name for name in unmatched if label_shows(label, name)), None)
+            if match is None:
+                return False
+            unmatched.remove(match)
+        return not unmatched
+
+    wait_until(all_nodes_shown, 30, lambda: f"graph nodes: {node_labels()}, want {expected}")
+    for group, names in ASSET_GROUPS.items():
+        expect(graph.get_by_text(group, exact=True)).to_be_visible()
+        for name in names:
+            rows = page.get_by_role("button", name=re.compile(rf"(^|\s){name}(\s|$)"))
+            in_groups = sum(name in members for members in ASSET_GROUPS.values())
+            expect(rows).to_have_count(in_groups)
+            for index in range(in_groups):
+                expect(rows.nth(index)).to_be_visible()
+    # let the asset statuses load (live data is polled every 2 s) and keep the pointer off the graph
+    page.wait_for_load_state("networkidle")
+    page.mouse.move(VIEWPORT["width"] / 2, 10)
+    screenshot(page, "asset-graph.png")
+
+
+def test_asset_page_shows_partitions_and_checks(
+    dagster_ui: DagsterUi, backfill: Backfill, page: Page
+) -> None:
+    """The asset page: materialized partitions with their metadata, and the checks' results."""
+    materialized = dagster_ui.partition_stats()["numMaterialized"]
+    asset_url = f"{dagster_ui.url}/assets/{'/'.join(ASSET_PATH)}"
+    page.goto(f"{asset_url}?view=partitions")
+    expect(page.get_by_role("tab", name="Partitions")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_text(f"Materialized ({materialized})", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Missing ({120 - materialized})", exact=True)).to_be_visible()
+    page.get_by_role("textbox", name="Filter by name…").fill("2024-01")
+    day = "2024-01-15"
+    page.get_by_text(day, exact=True).first.click()
+    rows = source_rows_per_day(dagster_ui.demo_dir)[day]
+    expect(page.get_by_role("row", name=f"dagster/row_count {rows}", exact=True)).to_be_visible()
+    expect(
+        page.get_by_role("row", name=f"partitions {BACKFILL_DAYS[0]}..{BACKFILL_DAYS[-1]}")
+    ).to_be_visible()
+    screenshot(page, "asset-partitions.png")
+
+    page.goto(f"{asset_url}?view=checks")
+    expect(page.get_by_text(f"Checks ({len(CHECK_NAMES)})", exact=True)).to_be_visible()
+    # row_count last: its result (lake rows = source rows) makes the screenshot
+    for name in ["schema_contract", "primary_key", "row_count"]:
+        page.get_by_text(name, exact=True).first.click()
+        expect(page).to_have_url(re.compile(rf"checkDetail={name}\b"))
+        metadata = page.get_by_role("row", name=re.compile(rf"^{CHECK_NAMES[name]}\b"))
+        expect(metadata).to_be_visible()
+        expect(page.get_by_text("Passed", exact=True)).to_be_visible()
+    screenshot(page, "asset-checks.png")
+
+
+def test_materialize_one_partition_from_the_ui(
+    dagster_ui: DagsterUi, backfill: Backfill, page: Page
+) -> None:
+    """The launch dialog with one partition launches one run that lands exactly that day."""
+    before = lake_rows_per_day(dagster_ui.lake_table)
+    assert UI_PARTITION not in before
+    page.goto(f"{dagster_ui.url}/assets/{'/'.join(ASSET_PATH)}")
+    page.get_by_role("button", name="Materialize…").click()
+    dialog = page.get_by_role("dialog")
+    partitions = dialog.get_by_role("textbox", name="ex: 2024-01-01")
+    partitions.fill(UI_PARTITION)
+    partitions.press("Enter")
+    expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+    launch = dialog.get_by_role("button", name="Launch 1 run")
+    expect(launch).to_be_enabled()
+    screenshot(page, "materialize-partition.png")
+    launch.click()
+
+    toast = page.get_by_text(re.compile(r"^Launched run [0-9a-f]{8}$"))
+    expect(toast).to_be_visible()
+    short_id = toast.inner_text().split()[-1]
+    ui_runs = dagster_ui.runs_tagged({"dagster/partition": UI_PARTITION, "dagster/from_ui": "true"})
+    assert [run["runId"][:8] for run in ui_runs] == [short_id], ui_runs
+    dagster_ui.wait_for_run(ui_runs[0]["runId"])
+
+    after = lake_rows_per_day(dagster_ui.lake_table)
+    source = source_rows_per_day(dagster_ui.demo_dir)
+    assert after == {**before, UI_PARTITION: source[UI_PARTITION]}
