@@ -706,42 +706,54 @@ class CursorPaginator(Paginator):
         return PageRequest(request.url, {**request.params, self.spec.cursor_param: str(cursor)})
 
 
-class LinkHeaderPaginator(Paginator):
+class _FollowingPaginator(Paginator):
+    """Follows a URL the API gives for the next page, refusing to visit one twice."""
+
+    what = "next link"
+
+    def __init__(self, max_pages: int, label: str) -> None:
+        super().__init__(max_pages, label)
+        self.guard = _LoopGuard(label)
+
+    @abstractmethod
+    def link(self, body: Any, response: requests.Response) -> str | None:
+        """The next page's URL (absolute or relative), or None after the last page."""
+
+    def next(
+        self, request: PageRequest, body: Any, response: requests.Response, records: int
+    ) -> PageRequest | None:
+        link = self.link(body, response)
+        if not link:
+            return None
+        url = urljoin(response.url, link)
+        self.guard.visit(url, self.what)
+        return PageRequest(url, {})
+
+
+class LinkHeaderPaginator(_FollowingPaginator):
     """RFC 8288 `Link` headers."""
 
     def __init__(self, spec: LinkHeaderPagination, label: str) -> None:
         super().__init__(spec.max_pages, label)
         self.spec = spec
-        self.guard = _LoopGuard(label)
 
-    def next(
-        self, request: PageRequest, body: Any, response: requests.Response, records: int
-    ) -> PageRequest | None:
+    def link(self, body: Any, response: requests.Response) -> str | None:
         link = response.links.get(self.spec.rel, {}).get("url")
-        if not link:
-            return None
-        url = urljoin(response.url, link)
-        self.guard.visit(url, "next link")
-        return PageRequest(url, {})
+        return str(link) if link else None
 
 
-class NextUrlPaginator(Paginator):
+class NextUrlPaginator(_FollowingPaginator):
     """The next page's URL in the body."""
+
+    what = "next URL"
 
     def __init__(self, spec: NextUrlPagination, label: str) -> None:
         super().__init__(spec.max_pages, label)
         self.spec = spec
-        self.guard = _LoopGuard(label)
 
-    def next(
-        self, request: PageRequest, body: Any, response: requests.Response, records: int
-    ) -> PageRequest | None:
+    def link(self, body: Any, response: requests.Response) -> str | None:
         link = json_path(body, self.spec.next_path)
-        if not link:
-            return None
-        url = urljoin(response.url, str(link))
-        self.guard.visit(url, "next URL")
-        return PageRequest(url, {})
+        return str(link) if link else None
 
 
 def paginator_for(spec: Pagination, label: str) -> Paginator:
