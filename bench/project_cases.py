@@ -1,0 +1,385 @@
+"""The benchmark cases that run in this project's virtualenv, one per process.
+
+`python bench/project_cases.py CASE SETTINGS.json` runs one case and prints one JSON line:
+`rows` landed, `seconds` of the timed part, `bytes_written` (Parquet bytes of the Delta table) and
+`note` (empty, or what a person should know, such as a failed check). `bench/run.py` starts these
+processes and measures their peak RSS; nothing here is meant to be run by hand except to debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from peers.landed import delta_landed
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+SQL_SOURCE = "bench"
+REST_SOURCE = "bench_api"
+API_USER = "demo"
+API_URL_VARIABLE = "BENCH_API_URL"
+API_PASSWORD_VARIABLE = "BENCH_API_PASSWORD"  # noqa: S105 - a variable name
+# the demo API's SalesOrderDetail, typed as the demo project declares it
+REST_FIELDS = {
+    "SalesOrderID": "int32",
+    "SalesOrderDetailID": "int32",
+    "CarrierTrackingNumber": "string",
+    "OrderQty": "int16",
+    "ProductID": "int32",
+    "SpecialOfferID": "int32",
+    "UnitPrice": "decimal(19,4)",
+    "UnitPriceDiscount": "decimal(19,4)",
+    "LineTotal": "decimal(38,6)",
+    "rowguid": "string",
+    "ModifiedDate": "timestamp",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseSettings:
+    """Everything a case needs to know, written by the harness as JSON."""
+
+    work_dir: str
+    postgres_url: str = ""
+    schema: str = ""
+    table: str = "SalesOrderDetail"
+    first_day: str = ""
+    last_day: str = ""
+    one_day: str = ""
+    parquet_path: str = ""
+    sqlite_dir: str = ""
+    sqlite_attach: dict[str, str] = dataclasses.field(default_factory=dict)
+    api_url: str = ""
+    api_path: str = "/api/SalesOrderDetail"
+    page_size: int = 1000
+    parallel_requests: int = 4
+
+    def save(self, path: pathlib.Path) -> None:
+        """Write the settings for a case process."""
+        path.write_text(json.dumps(dataclasses.asdict(self)), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> CaseSettings:
+        """Read the settings the harness wrote."""
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+    """What one run of a case reports."""
+
+    rows: int
+    seconds: float
+    bytes_written: int = 0
+    note: str = ""
+
+
+def _day_after(day: str) -> str:
+    return (datetime.date.fromisoformat(day) + datetime.timedelta(days=1)).isoformat()
+
+
+def _sql_project(settings: CaseSettings, lake: pathlib.Path, sqlite: bool) -> str:
+    """The project file of the SQL cases: one partitioned table, as the README documents."""
+    import yaml
+
+    connection: dict[str, Any] = {"url": settings.postgres_url}
+    table: dict[str, Any] = {
+        "schema": settings.schema,
+        "name": settings.table,
+        "partition_column": "ModifiedDate",
+        "primary_key": ["SalesOrderID", "SalesOrderDetailID"],
+    }
+    if sqlite:
+        connection = {
+            "url": f"sqlite:///{pathlib.Path(settings.sqlite_dir) / 'main.db'}",
+            "sqlite_attach": settings.sqlite_attach,
+        }
+        table["schema"] = "Sales"
+    source = {
+        "type": "sql",
+        "connection": connection,
+        "start_date": settings.first_day,
+        "end_date": _day_after(settings.last_day),
+        "timezone": "UTC",
+        "tables": [table],
+    }
+    return yaml.safe_dump({"lake": {"root": str(lake)}, "sources": {SQL_SOURCE: source}})
+
+
+def _rest_project(settings: CaseSettings, lake: pathlib.Path) -> str:
+    """The project file of the REST case: the demo API's SalesOrderDetail stream."""
+    import yaml
+
+    source = {
+        "type": "rest",
+        "base_url": "${" + API_URL_VARIABLE + "}",
+        "auth": {
+            "type": "basic",
+            "username": API_USER,
+            "password": "${" + API_PASSWORD_VARIABLE + "}",
+        },
+        "pagination": {
+            "type": "offset",
+            "limit": settings.page_size,
+            "total_header": "X-Total-Count",
+        },
+        "parallel_requests": settings.parallel_requests,
+        "start_date": settings.first_day,
+        "end_date": _day_after(settings.last_day),
+        "timezone": "UTC",
+        "streams": [
+            {
+                "name": "SalesOrderDetail",
+                "path": settings.api_path,
+                "records_path": "data",
+                "params": {"ModifiedDate_gte": "{start}", "ModifiedDate_lt": "{end}"},
+                "partition_field": "ModifiedDate",
+                "primary_key": ["SalesOrderID", "SalesOrderDetailID"],
+                "fields": REST_FIELDS,
+            }
+        ],
+    }
+    return yaml.safe_dump({"lake": {"root": str(lake)}, "sources": {REST_SOURCE: source}})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """How one Dagster run is made: the whole job (assets and checks) or the asset alone, on an
+    in-memory instance or on one storing runs and events in SQLite files (`dagster dev`'s)."""
+
+    source: str
+    with_checks: bool
+    partition_range: tuple[str, str] | None = None
+    partition_key: str | None = None
+    sqlite_storage: bool = False
+
+
+def _dagster_run(settings: CaseSettings, project_text: str, run: _Run) -> CaseResult:
+    """Build definitions from the project text and run them once in this process, timed."""
+    from dagster import AssetKey, BetaWarning, DagsterInstance, PreviewWarning, materialize
+
+    from ingestion_assets.definitions import build_definitions, ingest_job_name
+    from ingestion_assets.project import parse_project
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+    tags = (
+        {RANGE_START_TAG: run.partition_range[0], RANGE_END_TAG: run.partition_range[1]}
+        if run.partition_range
+        else {}
+    )
+    no_telemetry = {"telemetry": {"enabled": False}}
+    if run.sqlite_storage:
+        home = pathlib.Path(settings.work_dir) / "dagster"
+        home.mkdir(parents=True, exist_ok=True)
+        instance = DagsterInstance.local_temp(str(home), overrides=no_telemetry)
+    else:
+        instance = DagsterInstance.ephemeral(settings=no_telemetry)
+    try:
+        started = time.perf_counter()
+        spec = parse_project(project_text, "bench-project.yaml")
+        defs = build_definitions(spec)
+        if run.with_checks:
+            result = defs.resolve_job_def(ingest_job_name(run.source)).execute_in_process(
+                instance=instance, tags=tags, partition_key=run.partition_key
+            )
+        else:
+            dataset = next(iter(spec.sources[run.source].datasets))
+            asset = defs.get_assets_def(AssetKey([run.source, dataset.key_name]))
+            result = materialize(
+                [asset],
+                instance=instance,
+                resources=defs.resources,
+                tags=tags,
+                partition_key=run.partition_key,
+            )
+        seconds = time.perf_counter() - started
+    finally:
+        instance.dispose()
+    if not result.success:
+        raise RuntimeError(f"the Dagster run {result.run_id} failed")
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    note = "; ".join(f"check {e.check_name} failed: {e.description}" for e in failed)
+    materializations = result.get_asset_materialization_events()
+    uri = str(materializations[0].materialization.metadata["dagster/uri"].value)
+    rows, written = delta_landed(pathlib.Path(uri))
+    return CaseResult(rows, seconds, written, note)
+
+
+def project_backfill(settings: CaseSettings) -> CaseResult:
+    """Every partition as one single-run backfill of the source's job (asset and checks)."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, True, (settings.first_day, settings.last_day))
+    return _dagster_run(settings, _sql_project(settings, lake, sqlite=False), run)
+
+
+def project_backfill_sqlite_storage(settings: CaseSettings) -> CaseResult:
+    """The full backfill of the source's job on an instance that stores events in SQLite."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, True, (settings.first_day, settings.last_day), sqlite_storage=True)
+    return _dagster_run(settings, _sql_project(settings, lake, sqlite=False), run)
+
+
+def project_backfill_asset(settings: CaseSettings) -> CaseResult:
+    """Every partition as one run of the asset alone (`materialize([asset])`, no checks)."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, False, (settings.first_day, settings.last_day))
+    return _dagster_run(settings, _sql_project(settings, lake, sqlite=False), run)
+
+
+def project_one_day(settings: CaseSettings) -> CaseResult:
+    """One day's partition through the source's job (asset and checks)."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, True, partition_key=settings.one_day)
+    return _dagster_run(settings, _sql_project(settings, lake, sqlite=False), run)
+
+
+def project_sqlite(settings: CaseSettings) -> CaseResult:
+    """The full backfill of the source's job, reading the SQLite copy of the table."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, True, (settings.first_day, settings.last_day))
+    return _dagster_run(settings, _sql_project(settings, lake, sqlite=True), run)
+
+
+def project_rest(settings: CaseSettings) -> CaseResult:
+    """Every partition of the REST stream as one run of the source's job (asset and checks)."""
+    os.environ[API_URL_VARIABLE] = settings.api_url
+    os.environ[API_PASSWORD_VARIABLE] = sys.stdin.readline().strip()
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(REST_SOURCE, True, (settings.first_day, settings.last_day))
+    return _dagster_run(settings, _rest_project(settings, lake), run)
+
+
+def project_extract(settings: CaseSettings) -> CaseResult:
+    """The SQL source's reader alone: every partition's rows into Arrow, no Dagster, no Delta."""
+    from ingestion_assets.project import parse_project
+    from ingestion_assets.resources import SqlSourceResource
+    from ingestion_assets.sources.window import PartitionWindow
+    from ingestion_assets.specs import SqlSourceSpec, TableSpec
+
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    spec = parse_project(_sql_project(settings, lake, sqlite=False), "bench-project.yaml")
+    source = spec.sources[SQL_SOURCE]
+    assert isinstance(source, SqlSourceSpec)
+    table = source.tables[0]
+    assert isinstance(table, TableSpec)
+    start = datetime.datetime.fromisoformat(settings.first_day).replace(tzinfo=datetime.UTC)
+    end = datetime.datetime.fromisoformat(_day_after(settings.last_day)).replace(
+        tzinfo=datetime.UTC
+    )
+    started = time.perf_counter()
+    resource = SqlSourceResource.from_spec(SQL_SOURCE, source)
+    reader = resource.reader(table).read(PartitionWindow(start, end, "every partition"))
+    rows = sum(batch.num_rows for batch in reader)
+    seconds = time.perf_counter() - started
+    resource.engine().dispose()
+    return CaseResult(rows, seconds)
+
+
+def _write_delta(settings: CaseSettings, partitioned: bool, day: str | None) -> CaseResult:
+    """write_deltalake of the exported rows, loaded from Parquet before the clock starts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    table = pq.read_table(settings.parquet_path)
+    if day is not None:
+        start = pa.scalar(datetime.datetime.fromisoformat(day), pa.timestamp("us"))
+        end = pa.scalar(datetime.datetime.fromisoformat(_day_after(day)), pa.timestamp("us"))
+        modified = table["ModifiedDate"]
+        table = table.filter(pc.and_(pc.greater_equal(modified, start), pc.less(modified, end)))
+    partition_by = None
+    if partitioned:
+        table = table.append_column("_partition_date", pc.cast(table["ModifiedDate"], pa.date32()))
+        partition_by = ["_partition_date"]
+    uri = pathlib.Path(settings.work_dir) / "delta"
+    started = time.perf_counter()
+    write_deltalake(str(uri), table, partition_by=partition_by)
+    seconds = time.perf_counter() - started
+    rows, written = delta_landed(uri)
+    return CaseResult(rows, seconds, written)
+
+
+def limit_write(settings: CaseSettings) -> CaseResult:
+    """Delta write of the whole table from memory, one unpartitioned table."""
+    return _write_delta(settings, partitioned=False, day=None)
+
+
+def limit_write_partitioned(settings: CaseSettings) -> CaseResult:
+    """Delta write of the whole table from memory, partitioned by day as this project writes."""
+    return _write_delta(settings, partitioned=True, day=None)
+
+
+def limit_write_day(settings: CaseSettings) -> CaseResult:
+    """Delta write of one day's rows from memory."""
+    return _write_delta(settings, partitioned=False, day=settings.one_day)
+
+
+def limit_api(settings: CaseSettings) -> CaseResult:
+    """Every page of the stream fetched `parallel_requests` at a time and JSON-decoded, no more."""
+    import requests
+
+    password = sys.stdin.readline().strip()
+    url = settings.api_url.rstrip("/") + settings.api_path
+    session = requests.Session()
+    session.auth = (API_USER, password)
+
+    def fetch(offset: int) -> list[Any]:
+        response = session.get(
+            url, params={"offset": offset, "limit": settings.page_size}, timeout=(10, 60)
+        )
+        response.raise_for_status()
+        records: list[Any] = response.json()["data"]
+        return records
+
+    started = time.perf_counter()
+    first = session.get(url, params={"offset": 0, "limit": settings.page_size}, timeout=(10, 60))
+    first.raise_for_status()
+    total = int(first.headers["X-Total-Count"])
+    rows = len(first.json()["data"])
+    offsets: Iterator[int] = iter(range(settings.page_size, total, settings.page_size))
+    with ThreadPoolExecutor(max_workers=settings.parallel_requests) as executor:
+        rows += sum(len(records) for records in executor.map(fetch, offsets))
+    seconds = time.perf_counter() - started
+    return CaseResult(rows, seconds)
+
+
+CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
+    "project-backfill": project_backfill,
+    "project-backfill-sqlite-storage": project_backfill_sqlite_storage,
+    "project-backfill-asset": project_backfill_asset,
+    "project-one-day": project_one_day,
+    "project-sqlite": project_sqlite,
+    "project-extract": project_extract,
+    "project-rest": project_rest,
+    "limit-write": limit_write,
+    "limit-write-partitioned": limit_write_partitioned,
+    "limit-write-day": limit_write_day,
+    "limit-api": limit_api,
+}
+
+
+def main() -> None:
+    """Run the case named on the command line and print its result as one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("settings", type=pathlib.Path)
+    args = parser.parse_args()
+    result = CASES[args.case](CaseSettings.load(args.settings))
+    print(json.dumps(dataclasses.asdict(result)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
