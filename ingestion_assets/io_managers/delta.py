@@ -470,9 +470,6 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                     for name in [*table_schema.names, *diff.added]
                 ]
             )
-            files_before = {path for path, _ in _add_actions(existing)}
-        else:
-            files_before = set()
 
         plan = _WritePlan(
             table_label=table_label,
@@ -489,7 +486,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         started = time.monotonic()
         try:
             if schema_mode is None:
-                self._replace_by_day_files(
+                written = self._replace_by_day_files(
                     uri,
                     existing,
                     plan.stream(reader, context.log.info),
@@ -498,10 +495,14 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 )
             else:
                 # a schema change commits new metadata too: delta-rs's writer does both at once
+                assert existing is not None  # schema_mode is only set against an existing table
+                files_before = {path for path, _ in _add_actions(existing)}
                 stream = pa.RecordBatchReader.from_batches(
                     target, plan.stream(reader, context.log.info)
                 )
-                self._replace(uri, stream, existing is not None, predicate, schema_mode)
+                self._replace(uri, stream, True, predicate, schema_mode)
+                after = DeltaTable(uri, storage_options=self.storage_options or None)
+                written = [(p, size) for p, size in _add_actions(after) if p not in files_before]
         except Exception as error:
             if plan.source_error is not None:
                 raise plan.source_error from None
@@ -512,7 +513,6 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         elapsed = time.monotonic() - started
 
         table = DeltaTable(uri, storage_options=self.storage_options or None)
-        added = [(path, size) for path, size in _add_actions(table) if path not in files_before]
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
             # a backfill's range: each partition's materialization shows its own row count
             for key in context.asset_partition_keys:
@@ -531,8 +531,8 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 "dagster/uri": MetadataValue.path(uri),
                 "partitions": f"{first_day}..{last_day}" if predicate else "full snapshot",
                 "delta_version": table.version(),
-                "files_written": len(added),
-                "bytes_written": sum(size for _, size in added),
+                "files_written": len(written),
+                "bytes_written": sum(size for _, size in written),
                 "seconds": round(elapsed, 3),
                 "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
             }
@@ -556,8 +556,9 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         batches: Iterator[pa.RecordBatch],
         plan: _WritePlan,
         partitioned: bool,
-    ) -> None:
-        """Stream the batches into day files, then swap exactly the window's days in one commit."""
+    ) -> list[tuple[str, int]]:
+        """Stream the batches into day files, then swap exactly the window's days in one commit;
+        the (path, bytes) of the files written."""
         options = self.storage_options or None
         files = DayFileWriter(uri, options, plan.target)
         try:
@@ -595,6 +596,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         except BaseException:
             files.abort()
             raise
+        return [(action.path, action.size) for action in actions]
 
     def _replace(
         self,
