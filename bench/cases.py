@@ -7,6 +7,7 @@ virtualenv) is prepared once in a `Bench` before any case runs."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -29,7 +30,15 @@ PEER_SCRIPTS = BENCH_DIR / "peers"
 TAP_POSTGRES_PASSWORD = "unused-with-trust-auth"  # noqa: S105
 
 Group = Literal["sql", "day", "rest"]
-Kind = Literal["limit", "project", "peer"]
+# "driver": a SQL driver read alone into Arrow, in a peer's venv but never a group's best peer
+# (bench/report.py picks that among the "peer" cases, the full pipelines)
+Kind = Literal["limit", "project", "peer", "driver"]
+# the benchmark's PostgreSQL for the drivers: a libpq URI (ADBC, ConnectorX) and an ODBC
+# connection string through the Debian psqlODBC driver (arrow-odbc)
+POSTGRES_URI = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES_ODBC = (
+    "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=postgres;Uid=postgres;"
+)
 
 
 @dataclass
@@ -225,6 +234,26 @@ def _dagster_deltalake_sql(bench: Bench, run_dir: pathlib.Path) -> Invocation:
     return Invocation(commands=[command], read=_json_reader("peer-dagster-deltalake"))
 
 
+def _driver(case: str) -> Callable[[Bench, pathlib.Path], Invocation]:
+    """A case of bench/peers/drivers_sql.py: the query `project-extract` runs, read into Arrow."""
+
+    def build(bench: Bench, _run_dir: pathlib.Path) -> Invocation:
+        source = bench.require_postgres()
+        first, last = source.first_day, source.last_day
+        # every partition's window, as the project's reader bounds it
+        query = (
+            f"SELECT * FROM {source.qualified_table} "
+            f"""WHERE "ModifiedDate" >= '{first.isoformat()}' """
+            f"""AND "ModifiedDate" < '{(last + datetime.timedelta(days=1)).isoformat()}'"""
+        )
+        arguments = [case, "--query", query, "--uri", POSTGRES_URI]
+        arguments += ["--odbc", POSTGRES_ODBC]
+        command = _peer_script("drivers", "drivers_sql.py", arguments)
+        return Invocation(commands=[command], read=_json_reader(case))
+
+    return build
+
+
 def _dlt_rest(bench: Bench, run_dir: pathlib.Path) -> Invocation:
     bench.require_rest()
     arguments = ["--url", bench.api_url, "--username", "demo", "--path", "/api/SalesOrderDetail"]
@@ -380,6 +409,46 @@ CASES: tuple[Case, ...] = (
         "project",
         _all("postgres"),
         _project("project-extract"),
+    ),
+    Case(
+        "project-extract-batches",
+        "  same, COPY fast path off (SQLAlchemy + psycopg2 rows)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-extract-batches"),
+    ),
+    Case(
+        "project-extract-odbc",
+        "  same, over ODBC (pyodbc + psqlODBC rows)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-extract-odbc"),
+    ),
+    Case(
+        "driver-adbc",
+        "driver: ADBC PostgreSQL to Arrow only (record batches)",
+        "sql",
+        "driver",
+        _all("postgres", "peer:drivers"),
+        _driver("driver-adbc"),
+    ),
+    Case(
+        "driver-connectorx",
+        "driver: ConnectorX to Arrow only (arrow_stream)",
+        "sql",
+        "driver",
+        _all("postgres", "peer:drivers"),
+        _driver("driver-connectorx"),
+    ),
+    Case(
+        "driver-arrow-odbc",
+        "driver: arrow-odbc (psqlODBC) to Arrow only",
+        "sql",
+        "driver",
+        _all("postgres", "peer:drivers"),
+        _driver("driver-arrow-odbc"),
     ),
     Case(
         "project-sqlite",

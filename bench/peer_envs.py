@@ -74,6 +74,16 @@ ENVIRONMENTS: dict[str, PeerEnvironment] = {
             "dagster-deltalake",
             ("dagster-deltalake", "pandas", "psycopg2-binary", "sqlalchemy"),
         ),
+        PeerEnvironment(
+            "drivers",
+            (
+                "adbc-driver-postgresql",
+                "adbc-driver-manager",
+                "connectorx",
+                "arrow-odbc",
+                "pyarrow",
+            ),
+        ),
     )
 }
 

@@ -30,6 +30,14 @@ REST_SOURCE = "bench_api"
 API_USER = "demo"
 API_URL_VARIABLE = "BENCH_API_URL"
 API_PASSWORD_VARIABLE = "BENCH_API_PASSWORD"  # noqa: S105 - a variable name
+# the benchmark's PostgreSQL through the Debian psqlODBC driver (odbc-postgresql), for the
+# reflection of PostgreSQL's dialect: parameters bound by the driver (the server cannot type the
+# untyped ones of `json_build_object(?, ...)`), booleans as booleans (not as '0'/'1' text, which
+# would make every column NOT NULL)
+POSTGRES_ODBC_URL = (
+    "postgresql+pyodbc://postgres@127.0.0.1:5432/postgres"
+    "?driver=PostgreSQL+Unicode&UseServerSidePrepare=0&BoolsAsChar=0"
+)
 # the demo API's SalesOrderDetail, typed as the demo project declares it
 REST_FIELDS = {
     "SalesOrderID": "int32",
@@ -261,10 +269,53 @@ def project_rest(settings: CaseSettings) -> CaseResult:
     return _dagster_run(settings, _rest_project(settings, lake), run)
 
 
-def project_extract(settings: CaseSettings) -> CaseResult:
+def _register_postgres_odbc() -> None:
+    """Make `postgresql+pyodbc://` URLs work: PostgreSQL's dialect on a pyodbc connection.
+
+    SQLAlchemy ships no pyodbc driver for PostgreSQL; this one is the benchmark's own, so that the
+    project's reader can be timed on the ODBC path (pyodbc row batches, the path SQL Server
+    sources take) against a PostgreSQL server."""
+    from sqlalchemy.connectors.pyodbc import PyODBCConnector
+    from sqlalchemy.dialects import registry
+    from sqlalchemy.dialects.postgresql.base import PGDialect
+
+    class PostgresPyodbcDialect(PyODBCConnector, PGDialect):  # type: ignore[misc]
+        supports_statement_cache = True
+
+        def create_connect_args(self, url: Any) -> Any:
+            # PyODBCConnector writes SQL Server's `Server=host,port`; psqlODBC wants `Port=`
+            parts = [
+                f"DRIVER={{{url.query['driver']}}}",
+                f"Server={url.host}",
+                f"Port={url.port or 5432}",
+                f"Database={url.database}",
+                f"UID={url.username}",
+            ]
+            if url.password:
+                parts.append(f"PWD={url.password}")
+            # the URL's other query items are psqlODBC settings
+            parts += [f"{key}={value}" for key, value in url.query.items() if key != "driver"]
+            return [";".join(parts)], {}
+
+        def _get_server_version_info(self, connection: Any) -> Any:
+            return PGDialect._get_server_version_info(self, connection)
+
+        # PostgreSQL's reflection reads these as arrays, which psqlODBC returns as text; the
+        # reader uses a table's columns alone, so they are left out
+        def get_multi_indexes(self, *args: Any, **kwargs: Any) -> Any:
+            return {}
+
+        def get_multi_unique_constraints(self, *args: Any, **kwargs: Any) -> Any:
+            return {}
+
+    registry.impls["postgresql.pyodbc"] = lambda: PostgresPyodbcDialect
+
+
+def _extract(settings: CaseSettings, fast_path: bool = True) -> CaseResult:
     """The SQL source's reader alone: every partition's rows into Arrow, no Dagster, no Delta."""
     from ingestion_assets.project import parse_project
     from ingestion_assets.resources import SqlSourceResource
+    from ingestion_assets.sources.sql import SqlTableReader
     from ingestion_assets.sources.window import PartitionWindow
     from ingestion_assets.specs import SqlSourceSpec, TableSpec
 
@@ -280,11 +331,35 @@ def project_extract(settings: CaseSettings) -> CaseResult:
     )
     started = time.perf_counter()
     resource = SqlSourceResource.from_spec(SQL_SOURCE, source)
-    reader = resource.reader(table).read(PartitionWindow(start, end, "every partition"))
-    rows = sum(batch.num_rows for batch in reader)
+    reader = (
+        resource.reader(table)
+        if fast_path
+        # what `resource.reader(table)` builds, the COPY fast path off
+        else SqlTableReader(
+            resource.engine(), resource.source_name, table, resource.batch_size, fast_path=False
+        )
+    )
+    batches = reader.read(PartitionWindow(start, end, "every partition"))
+    rows = sum(batch.num_rows for batch in batches)
     seconds = time.perf_counter() - started
     resource.engine().dispose()
     return CaseResult(rows, seconds)
+
+
+def project_extract(settings: CaseSettings) -> CaseResult:
+    """The reader alone, as the project reads PostgreSQL: COPY parsed by Arrow (psycopg2)."""
+    return _extract(settings)
+
+
+def project_extract_batches(settings: CaseSettings) -> CaseResult:
+    """The reader alone without the COPY fast path: SQLAlchemy + psycopg2 row batches."""
+    return _extract(settings, fast_path=False)
+
+
+def project_extract_odbc(settings: CaseSettings) -> CaseResult:
+    """The reader alone over ODBC (psqlODBC through pyodbc): pyodbc row batches."""
+    _register_postgres_odbc()
+    return _extract(dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL))
 
 
 def _write_delta(settings: CaseSettings, partitioned: bool, day: str | None) -> CaseResult:
@@ -363,6 +438,8 @@ CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
     "project-one-day": project_one_day,
     "project-sqlite": project_sqlite,
     "project-extract": project_extract,
+    "project-extract-batches": project_extract_batches,
+    "project-extract-odbc": project_extract_odbc,
     "project-rest": project_rest,
     "limit-write": limit_write,
     "limit-write-partitioned": limit_write_partitioned,

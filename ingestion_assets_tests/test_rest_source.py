@@ -1318,3 +1318,69 @@ def test_the_api_total_is_the_source_count_for_reconciliation(httpserver: HTTPSe
     httpserver.clear()
     httpserver.expect_request("/items").respond_with_handler(FakeApi("cursor", 37))
     assert stream_reader(httpserver, pagination_spec("cursor"), 1).count(None) is None
+
+
+CONVERTED = StreamSpec(
+    name="lines",
+    path="/lines",
+    partition_field="day",
+    fields={
+        "id": "int16",
+        "name": "string",
+        "price": "decimal(9,2)",
+        "day": "timestamp",
+        "flag": "bool",
+    },
+)
+# plain values and values only the record-by-record path accepts or rejects
+JSON_VALUES = {
+    "id": st.one_of(st.integers(-40_000, 40_000), st.just("12"), st.just(True), st.just(3.0)),
+    "name": st.one_of(st.text(max_size=5), st.just(7), st.just({"a": 1})),
+    "price": st.one_of(
+        st.decimals(min_value=-(10**7), max_value=10**7, places=3).map(str),
+        st.sampled_from(["1e3", " 2.50", "NaN", "0.005", "1_000", "x", "12345678.9"]),
+        st.just(3),
+    ),
+    "day": st.one_of(
+        st.sampled_from(["2024-01-03T10:00:00", "2024-01-02T23:59:59", "2024-01-04T00:00:00"]),
+        st.just("not a date"),
+    ),
+    "flag": st.one_of(st.booleans(), st.just("true"), st.just(2)),
+}
+pages = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={name: st.one_of(st.none(), values) for name, values in JSON_VALUES.items()},
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=pages)
+def test_column_conversion_equals_record_conversion_whenever_it_applies(
+    records: list[dict[str, Any]],
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from ingestion_assets.sources.rest import RecordConverter
+    from ingestion_assets.sources.window import PartitionWindow
+
+    window = PartitionWindow(
+        datetime.datetime(2024, 1, 3, tzinfo=datetime.UTC),
+        datetime.datetime(2024, 1, 4, tzinfo=datetime.UTC),
+        "partition 2024-01-03",
+    )
+    stream = CONVERTED.model_copy(update={"on_invalid": "quarantine"})
+    by_columns = RecordConverter(stream, ZoneInfo("UTC"), window, "lines")
+    by_records = RecordConverter(stream, ZoneInfo("UTC"), window, "lines")
+    fast = by_columns._convert_columns(records)
+    slow = by_records._convert_records(records)
+    if fast is None:
+        # the page goes the record-by-record way: only then can a record be rejected
+        return
+    assert not by_records.statistics.rejected
+    assert fast.to_pylist() == slow.to_pylist()
+    assert fast.schema == slow.schema
+    assert by_columns.statistics.records == by_records.statistics.records
+    assert by_columns.statistics.outside_window == by_records.statistics.outside_window

@@ -150,9 +150,18 @@ def test_rematerializing_a_day_replaces_it_and_leaves_other_days_untouched(
 
 
 def _files_of_day(table: Any, day: datetime.date) -> set[str]:
+    """The files whose `_partition_date` statistics cover `day`."""
     actions = pa.table(table.get_add_actions(flatten=True))
-    paths = actions.column("path").to_pylist()
-    return {path for path in paths if f"{PARTITION_DATE}={day.isoformat()}" in path}
+    return {
+        path
+        for path, low, high in zip(
+            actions.column("path").to_pylist(),
+            actions.column(f"min.{PARTITION_DATE}").to_pylist(),
+            actions.column(f"max.{PARTITION_DATE}").to_pylist(),
+            strict=True,
+        )
+        if low <= day <= high
+    }
 
 
 def test_a_missing_table_fails_with_the_source_the_table_and_what_exists(

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
-import pathlib
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,14 +22,21 @@ from dagster import (
 )
 from deltalake import DeltaTable, Schema, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-from deltalake.fs import DeltaStorageHandler
-from deltalake.transaction import AddAction, RemoveAction
+from deltalake.transaction import RemoveAction
 from pydantic import Field
 
 from ingestion_assets.errors import IngestionError, PrecisionLossError, SchemaDriftError
+from ingestion_assets.io_managers.files import (
+    DEFAULT_MAX_FILE_BYTES,
+    ClusteredFileWriter,
+    read_ahead,
+    table_filesystem,
+)
+from ingestion_assets.io_managers.files import (
+    PARTITION_DATE as PARTITION_DATE,
+)
 from ingestion_assets.sources.stream import SourceStream
 
-PARTITION_DATE = "_partition_date"
 INGESTED_AT = "_ingested_at"
 RUN_ID = "_run_id"
 LINEAGE_COLUMNS = (PARTITION_DATE, INGESTED_AT, RUN_ID)
@@ -45,8 +47,6 @@ SCHEMA_POLICY_KEY = "ingestion/schema_policy"
 NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
 
 PROGRESS_INTERVAL_SECONDS = 10.0
-# rows buffered per day before they are written as one Parquet row group
-ROW_GROUP_ROWS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,9 @@ class _WritePlan:
             if name == PARTITION_DATE:
                 arrays.append(self._partition_dates(batch))
             elif name == INGESTED_AT:
-                arrays.append(pa.array([self.ingested_at] * batch.num_rows, target_field.type))
+                arrays.append(_repeat(self.ingested_at, target_field.type, batch.num_rows))
             elif name == RUN_ID:
-                arrays.append(pa.array([self.run_id] * batch.num_rows, target_field.type))
+                arrays.append(_repeat(self.run_id, target_field.type, batch.num_rows))
             elif name in batch.schema.names:
                 arrays.append(self._cast(batch.column(name), target_field))
             else:
@@ -199,7 +199,7 @@ class _WritePlan:
 
     def _partition_dates(self, batch: pa.RecordBatch) -> pa.Array:
         if self.partition_column is None:
-            return pa.array([self.first_day] * batch.num_rows, pa.date32())
+            return _repeat(self.first_day, pa.date32(), batch.num_rows)
         days = partition_dates(batch.column(self.partition_column), self.zone)
         if batch.num_rows and days.null_count:
             raise IngestionError(
@@ -243,128 +243,6 @@ class _WritePlan:
             # delta-rs only sees an opaque stream failure: keep the real error to re-raise
             self.source_error = error
             raise
-
-
-class DayFileWriter:
-    """Writes batches as Parquet files inside the table, one per day as the days arrive.
-
-    Input ordered by day (as windowed queries return it) keeps one file open at a time, so memory
-    stays flat whatever the number of days; out-of-order days reopen as new files, at most
-    `max_open` at once. Nothing is visible until the files are committed in one transaction."""
-
-    def __init__(
-        self,
-        uri: str,
-        storage_options: dict[str, str] | None,
-        schema: pa.Schema,
-        max_open: int = 16,
-        max_file_bytes: int = 256 << 20,
-    ) -> None:
-        self.filesystem = _table_filesystem(uri, storage_options)
-        self.file_schema = pa.schema([f for f in schema if f.name != PARTITION_DATE])
-        self.max_open, self.max_file_bytes = max_open, max_file_bytes
-        self.open: OrderedDict[datetime.date, _OpenFile] = OrderedDict()
-        self.actions: list[AddAction] = []
-        self.written: list[str] = []
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        """Append a converted batch (with `_partition_date`) to its days' files."""
-        if batch.num_rows == 0:
-            return
-        days = batch.column(PARTITION_DATE)
-        data = batch.drop_columns([PARTITION_DATE])
-        bounds = pc.min_max(days)
-        if bounds["min"] == bounds["max"]:
-            self._append(bounds["min"].as_py(), data)
-            return
-        for day in pc.unique(days).to_pylist():
-            self._append(day, data.filter(pc.equal(days, pa.scalar(day, pa.date32()))))
-
-    def _append(self, day: datetime.date, data: pa.RecordBatch) -> None:
-        current = self.open.get(day)
-        if current is None:
-            current = self._start(day)
-        self.open.move_to_end(day)
-        current.pending.append(data)
-        current.pending_rows += data.num_rows
-        current.rows += data.num_rows
-        if current.pending_rows >= ROW_GROUP_ROWS:
-            current.flush()
-            if current.stream.tell() >= self.max_file_bytes:
-                self._close(day)
-
-    def _start(self, day: datetime.date) -> _OpenFile:
-        while len(self.open) >= self.max_open:
-            self._close(next(iter(self.open)))
-        folder = f"{PARTITION_DATE}={day.isoformat()}"
-        path = f"{folder}/part-{uuid.uuid4()}-c000.zstd.parquet"
-        self.filesystem.create_dir(folder, recursive=True)
-        stream = self.filesystem.open_output_stream(path)
-        self.written.append(path)
-        writer = pq.ParquetWriter(stream, self.file_schema, compression="zstd")
-        opened = _OpenFile(path, stream, writer)
-        self.open[day] = opened
-        return opened
-
-    def _close(self, day: datetime.date) -> None:
-        current = self.open.pop(day)
-        current.flush()
-        current.writer.close()
-        current.stream.close()
-        size = self.filesystem.get_file_info(current.path).size
-        self.actions.append(
-            AddAction(
-                path=current.path,
-                size=int(size or 0),
-                partition_values={PARTITION_DATE: day.isoformat()},
-                modification_time=int(time.time() * 1000),
-                data_change=True,
-                stats=json.dumps({"numRecords": current.rows}),
-            )
-        )
-
-    def finish(self) -> list[AddAction]:
-        """Close every file; the add actions to commit."""
-        while self.open:
-            self._close(next(iter(self.open)))
-        return self.actions
-
-    def abort(self) -> None:
-        """Remove what was written (best effort: vacuum removes any leftover)."""
-        for current in list(self.open.values()):
-            with contextlib.suppress(Exception):
-                current.writer.close()
-                current.stream.close()
-        self.open.clear()
-        for path in self.written:
-            with contextlib.suppress(Exception):
-                self.filesystem.delete_file(path)
-
-
-def _table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.FileSystem:
-    """A filesystem rooted at the table: Arrow's native one for a local folder (fast), delta-rs's
-    object-store handler (same credentials as the table) for s3://, az://, gs://."""
-    if "://" not in uri or uri.startswith("file://"):
-        root = uri.removeprefix("file://")
-        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
-        return pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
-    return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
-
-
-@dataclass
-class _OpenFile:
-    path: str
-    stream: Any
-    writer: pq.ParquetWriter
-    rows: int = 0
-    pending: list[pa.RecordBatch] = field(default_factory=list)
-    pending_rows: int = 0
-
-    def flush(self) -> None:
-        """Write what is buffered as one row group (small slices of a day would make many)."""
-        if self.pending:
-            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=None)
-            self.pending, self.pending_rows = [], 0
 
 
 class DeltaLakeIOManager(ConfigurableIOManager):
@@ -484,23 +362,20 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             nanoseconds=nanoseconds,
         )
         started = time.monotonic()
+        batches = plan.stream(read_ahead(reader), context.log.info)
+        legacy = existing is not None and bool(existing.metadata().partition_columns)
         try:
-            if schema_mode is None:
-                written = self._replace_by_day_files(
-                    uri,
-                    existing,
-                    plan.stream(reader, context.log.info),
-                    plan,
-                    predicate is not None,
+            if schema_mode is None and not legacy:
+                written = self._replace_with_files(
+                    uri, existing, batches, plan, predicate is not None
                 )
             else:
-                # a schema change commits new metadata too: delta-rs's writer does both at once
-                assert existing is not None  # schema_mode is only set against an existing table
+                # a schema change commits new metadata too, and a table written Hive-partitioned
+                # by an earlier version keeps its layout: delta-rs's writer does both
+                assert existing is not None  # only set against an existing table
                 files_before = {path for path, _ in _add_actions(existing)}
-                stream = pa.RecordBatchReader.from_batches(
-                    target, plan.stream(reader, context.log.info)
-                )
-                self._replace(uri, stream, True, predicate, schema_mode)
+                stream = pa.RecordBatchReader.from_batches(target, batches)
+                self._replace(uri, stream, existing, predicate, schema_mode)
                 after = DeltaTable(uri, storage_options=self.storage_options or None)
                 written = [(p, size) for p, size in _add_actions(after) if p not in files_before]
         except Exception as error:
@@ -549,70 +424,59 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 )
             context.add_output_metadata(source_metadata)
 
-    def _replace_by_day_files(
+    def _replace_with_files(
         self,
         uri: str,
         existing: DeltaTable | None,
         batches: Iterator[pa.RecordBatch],
         plan: _WritePlan,
-        partitioned: bool,
+        windowed: bool,
     ) -> list[tuple[str, int]]:
-        """Stream the batches into day files, then swap exactly the window's days in one commit;
-        the (path, bytes) of the files written."""
+        """Stream the batches into files clustered by day, then swap exactly the window's rows
+        in one commit; the (path, bytes) of the files written."""
         options = self.storage_options or None
-        files = DayFileWriter(uri, options, plan.target)
+        filesystem = table_filesystem(uri, options)
+        files = ClusteredFileWriter(
+            filesystem,
+            plan.target,
+            max_file_bytes=self.target_file_size or DEFAULT_MAX_FILE_BYTES,
+        )
         try:
             for batch in batches:
                 files.write(batch)
-            actions = files.finish()
-        except BaseException:
-            files.abort()
-            raise
-        filters = (
-            [
-                (PARTITION_DATE, ">=", plan.first_day.isoformat()),
-                (PARTITION_DATE, "<=", plan.last_day.isoformat()),
-            ]
-            if partitioned
-            else None
-        )
-        try:
+            removes: list[RemoveAction] = []
+            if existing is not None:
+                window = (plan.first_day, plan.last_day) if windowed else None
+                removes = _replace_window(existing, filesystem, files, plan.target, window)
+            adds = files.finish()
             if existing is None:
                 # created only once the data files are written: a failed first run leaves no table
                 existing = DeltaTable.create(
-                    uri,
-                    plan.target,
-                    mode="ignore",
-                    partition_by=[PARTITION_DATE],
-                    storage_options=options,
+                    uri, plan.target, mode="ignore", storage_options=options
                 )
-            existing.create_write_transaction(
-                list[AddAction | RemoveAction](actions),
-                mode="overwrite",
-                schema=plan.target,
-                partition_by=[PARTITION_DATE],
-                partition_filters=filters,
-            )
+            existing.create_write_transaction([*adds, *removes], mode="append", schema=plan.target)
         except BaseException:
             files.abort()
             raise
-        return [(action.path, action.size) for action in actions]
+        return [(action.path, action.size) for action in adds]
 
     def _replace(
         self,
         uri: str,
         data: pa.RecordBatchReader | pa.Table,
-        exists: bool,
+        existing: DeltaTable | None,
         predicate: str | None,
         schema_mode: Literal["merge"] | None = None,
     ) -> None:
+        """delta-rs's own writer, for schema changes, tables of an earlier layout and the small
+        rejected-records tables."""
         options: dict[str, Any] = {
-            "partition_by": [PARTITION_DATE],
+            "partition_by": (existing.metadata().partition_columns or None) if existing else None,
             "schema_mode": schema_mode,
             "storage_options": self.storage_options or None,
             "target_file_size": self.target_file_size,
         }
-        if not exists:
+        if existing is None:
             write_deltalake(uri, data, mode="append", **options)
         else:
             # replaceWhere: exactly these days are swapped in one commit
@@ -629,15 +493,15 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """Replace the window's rows of `<table>_rejected` with this run's rejected records."""
         rejected = source_stream.rejected_table()
         rejected_uri = f"{uri}_rejected"
-        exists = self._open(rejected_uri) is not None
-        if rejected.num_rows == 0 and not exists:
+        existing = self._open(rejected_uri)
+        if rejected.num_rows == 0 and existing is None:
             return {"rejected_table": "none (no record rejected)"}
         days = pc.fill_null(rejected.column("day"), pa.scalar(plan.first_day, pa.date32()))
         table = rejected.drop_columns(["day"]).append_column(PARTITION_DATE, days)
         table = table.append_column(
-            INGESTED_AT, pa.array([plan.ingested_at] * table.num_rows, pa.timestamp("us", "UTC"))
-        ).append_column(RUN_ID, pa.array([plan.run_id] * table.num_rows, pa.string()))
-        self._replace(rejected_uri, table, exists, predicate)
+            INGESTED_AT, _repeat(plan.ingested_at, pa.timestamp("us", "UTC"), table.num_rows)
+        ).append_column(RUN_ID, _repeat(plan.run_id, pa.string(), table.num_rows))
+        self._replace(rejected_uri, table, existing, predicate)
         if rejected.num_rows:
             context.log.warning(
                 f"{plan.table_label} {plan.partition_label}: {rejected.num_rows} record(s) did "
@@ -666,6 +530,54 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         return table.to_pyarrow_table()
 
 
+def _replace_window(
+    table: DeltaTable,
+    filesystem: pa_fs.FileSystem,
+    files: ClusteredFileWriter,
+    schema: pa.Schema,
+    window: tuple[datetime.date, datetime.date] | None,
+) -> list[RemoveAction]:
+    """Remove actions for the table's rows in `window` (every row when None).
+
+    A file wholly inside the window is removed; a file that straddles its edges (or has no
+    statistics) is read, and its rows outside the window are written again through `files`."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = actions.column_names
+    count = actions.num_rows
+    lows = (
+        actions.column(f"min.{PARTITION_DATE}").to_pylist()
+        if f"min.{PARTITION_DATE}" in names
+        else [None] * count
+    )
+    highs = (
+        actions.column(f"max.{PARTITION_DATE}").to_pylist()
+        if f"max.{PARTITION_DATE}" in names
+        else [None] * count
+    )
+    now = int(time.time() * 1000)
+    removes = []
+    for path, size, low, high in zip(
+        actions.column("path").to_pylist(),
+        actions.column("size_bytes").to_pylist(),
+        lows,
+        highs,
+        strict=True,
+    ):
+        if window is not None:
+            first, last = window
+            if low is not None and high is not None and (high < first or low > last):
+                continue  # another part of the table: untouched
+            if low is None or high is None or low < first or high > last:
+                with filesystem.open_input_file(path) as handle:
+                    rows = pq.read_table(handle)
+                day = pc.field(PARTITION_DATE)
+                outside = rows.filter((day < pa.scalar(first)) | (day > pa.scalar(last)))
+                if outside.num_rows:
+                    files.write(outside.select(schema.names).cast(schema))
+        removes.append(RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=size))
+    return removes
+
+
 def _add_actions(table: DeltaTable) -> list[tuple[str, int]]:
     """(path, size in bytes) of every file in the table's current version."""
     actions = pa.table(table.get_add_actions(flatten=True))
@@ -681,6 +593,11 @@ def _add_actions(table: DeltaTable) -> list[tuple[str, int]]:
 def column_schema(schema: pa.Schema) -> TableSchema:
     """Arrow schema -> the `dagster/column_schema` the UI shows."""
     return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _repeat(value: Any, kind: pa.DataType, count: int) -> pa.Array:
+    """`count` copies of one value, built by Arrow (no Python list per batch)."""
+    return pa.repeat(pa.scalar(value, kind), count)
 
 
 def _text(value: Any) -> str | None:

@@ -906,6 +906,25 @@ class ConversionStatistics:
     rejected: list[RejectedRecord] = field(default_factory=list)
 
 
+def _plain_column(
+    raw: list[Any], kind: pa.DataType, coerce: Callable[[Any], Any]
+) -> pa.Array | None:
+    """A column whose values all have the JSON form the declared type expects (integers as
+    numbers, text and decimals as strings), converted by Arrow: exact or an error, never rounded.
+    Other kinds go value by value through the same coercer the record path uses."""
+    present = [value for value in raw if value is not None]
+    try:
+        if pa.types.is_integer(kind) and all(type(value) is int for value in present):
+            return pa.array(raw, kind)
+        if pa.types.is_string(kind) and all(type(value) is str for value in present):
+            return pa.array(raw, kind)
+        if pa.types.is_decimal(kind) and all(type(value) is str for value in present):
+            return pa.array(raw, pa.string()).cast(kind)
+        return pa.array([None if value is None else coerce(value) for value in raw], kind)
+    except (ValueError, TypeError, ArithmeticError, OverflowError, pa.ArrowException):
+        return None
+
+
 class RecordConverter:
     """Records (dicts) -> Arrow batches of the declared schema; bad records fail or are rejected."""
 
@@ -941,6 +960,45 @@ class RecordConverter:
 
     def convert(self, records: Sequence[Any]) -> pa.RecordBatch:
         """One page's records as a batch; records outside the window are dropped and counted."""
+        batch = self._convert_columns(records)
+        if batch is not None:
+            return batch
+        return self._convert_records(records)
+
+    def _convert_columns(self, records: Sequence[Any]) -> pa.RecordBatch | None:
+        """The page converted column by column, or None when any value is not in its plain JSON
+        form (or fails), so the record-by-record path names the record and field."""
+        if not all(type(record) is dict for record in records):
+            return None
+        arrays = []
+        partition_values: list[Any] | None = None
+        for field_spec in self.schema:
+            name = field_spec.name
+            raw = [record.get(name) for record in records]
+            if name == self.stream.partition_field:
+                if any(value is None for value in raw):
+                    return None
+                try:
+                    partition_values = [self.coercers[name](value) for value in raw]
+                except (ValueError, TypeError, ArithmeticError):
+                    return None
+                arrays.append(pa.array(partition_values, field_spec.type))
+                continue
+            array = _plain_column(raw, field_spec.type, self.coercers[name])
+            if array is None:
+                return None
+            arrays.append(array)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self.statistics.records += len(records)
+        if partition_values is not None and self.window is not None:
+            inside = [self._in_window(value) for value in partition_values]
+            outside = inside.count(False)
+            if outside:
+                self.statistics.outside_window += outside
+                batch = batch.filter(pa.array(inside))
+        return batch
+
+    def _convert_records(self, records: Sequence[Any]) -> pa.RecordBatch:
         columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         partition_field = self.stream.partition_field
         for record in records:

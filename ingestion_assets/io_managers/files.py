@@ -1,0 +1,257 @@
+"""Parquet data files inside a Delta table, clustered by day, and reading ahead of the writer.
+
+The Delta tables are not Hive-partitioned: a day of a typical operational table is a few hundred
+kilobytes, and one folder per day would leave thousands of tiny files after a backfill. Instead
+rows carry `_partition_date` as a column and land in files that each hold the days of one month
+(rolled at a size limit), with the column's min/max in the add action's statistics. Replacing a
+window removes the files that lie inside it and rewrites the few rows of files that straddle its
+edges, all in one commit."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import pathlib
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pa_fs
+import pyarrow.parquet as pq
+from deltalake.fs import DeltaStorageHandler
+from deltalake.transaction import AddAction
+
+PARTITION_DATE = "_partition_date"
+# rows buffered per file before they are written as one Parquet row group
+ROW_GROUP_ROWS = 64 * 1024
+# rows buffered across all open files: rows of many months interleaved (no ORDER BY at the
+# source) make smaller row groups instead of more memory
+PENDING_ROWS = 128 * 1024
+# a file is closed once it reaches this size, whatever month it holds
+DEFAULT_MAX_FILE_BYTES = 128 << 20
+# batches read ahead of the writer: the source keeps sending while files are encoded
+READ_AHEAD_BATCHES = 4
+
+
+def month_of(day: datetime.date) -> tuple[int, int]:
+    """The file bucket a day belongs to."""
+    return day.year, day.month
+
+
+class ClusteredFileWriter:
+    """Writes batches as Parquet files inside the table, one month of days per file.
+
+    Input in day order (as windowed queries return it) keeps one file open at a time, so memory
+    stays flat whatever the number of days; out-of-order input keeps at most `max_open` files
+    open, closing the least recently used. Nothing is visible until the add actions are
+    committed."""
+
+    def __init__(
+        self,
+        filesystem: pa_fs.FileSystem,
+        schema: pa.Schema,
+        max_open: int = 16,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        self.filesystem = filesystem
+        self.schema = schema
+        self.max_open, self.max_file_bytes = max_open, max_file_bytes
+        self.open: OrderedDict[tuple[int, int], _OpenFile] = OrderedDict()
+        self.actions: list[AddAction] = []
+        self.written: list[str] = []
+        self.pending_rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append rows (with `_partition_date`, in the table's schema) to their months' files."""
+        if batch.num_rows == 0:
+            return
+        days = batch.column(PARTITION_DATE)
+        bounds = pc.min_max(days)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+        if month_of(low) == month_of(high):
+            self._append(month_of(low), batch, low, high)
+            return
+        months = pc.add(pc.multiply(pc.year(days), 100), pc.month(days))
+        for value in pc.unique(months).to_pylist():
+            rows = batch.filter(pc.equal(months, value))
+            part = pc.min_max(rows.column(PARTITION_DATE))
+            self._append(divmod(value, 100), rows, part["min"].as_py(), part["max"].as_py())
+
+    def _append(
+        self,
+        month: tuple[int, int],
+        rows: pa.RecordBatch | pa.Table,
+        low: datetime.date,
+        high: datetime.date,
+    ) -> None:
+        current = self.open.get(month)
+        if current is None:
+            current = self._start(month)
+        self.open.move_to_end(month)
+        current.add(rows, low, high)
+        self.pending_rows += rows.num_rows
+        if current.pending_rows >= ROW_GROUP_ROWS:
+            self._flush(current)
+            if current.stream.tell() >= self.max_file_bytes:
+                self._close(month)
+        while self.pending_rows > PENDING_ROWS:
+            self._flush(max(self.open.values(), key=lambda item: item.pending_rows))
+
+    def _flush(self, current: _OpenFile) -> None:
+        self.pending_rows -= current.pending_rows
+        current.flush()
+
+    def _start(self, month: tuple[int, int]) -> _OpenFile:
+        while len(self.open) >= self.max_open:
+            self._close(next(iter(self.open)))
+        path = f"part-{uuid.uuid4()}-c000.zstd.parquet"
+        stream = self.filesystem.open_output_stream(path)
+        self.written.append(path)
+        writer = pq.ParquetWriter(stream, self.schema, compression="zstd")
+        opened = _OpenFile(path, stream, writer)
+        self.open[month] = opened
+        return opened
+
+    def _close(self, month: tuple[int, int]) -> None:
+        current = self.open.pop(month)
+        self._flush(current)
+        current.writer.close()
+        current.stream.close()
+        size = self.filesystem.get_file_info(current.path).size
+        assert current.low is not None
+        assert current.high is not None
+        stats = {
+            "numRecords": current.rows,
+            "minValues": {PARTITION_DATE: current.low.isoformat()},
+            "maxValues": {PARTITION_DATE: current.high.isoformat()},
+            "nullCount": {PARTITION_DATE: 0},
+        }
+        self.actions.append(
+            AddAction(
+                path=current.path,
+                size=int(size or 0),
+                partition_values={},
+                modification_time=int(time.time() * 1000),
+                data_change=True,
+                stats=json.dumps(stats),
+            )
+        )
+
+    def finish(self) -> list[AddAction]:
+        """Close every file; the add actions to commit."""
+        while self.open:
+            self._close(next(iter(self.open)))
+        return self.actions
+
+    def abort(self) -> None:
+        """Remove what was written (best effort: a vacuum removes any leftover)."""
+        for current in list(self.open.values()):
+            with contextlib.suppress(Exception):
+                current.writer.close()
+                current.stream.close()
+        self.open.clear()
+        for path in self.written:
+            with contextlib.suppress(Exception):
+                self.filesystem.delete_file(path)
+
+
+@dataclass
+class _OpenFile:
+    path: str
+    stream: Any
+    writer: pq.ParquetWriter
+    rows: int = 0
+    low: datetime.date | None = None
+    high: datetime.date | None = None
+    pending: list[pa.RecordBatch] = field(default_factory=list)
+    pending_rows: int = 0
+
+    def add(self, rows: pa.RecordBatch | pa.Table, low: datetime.date, high: datetime.date) -> None:
+        self.pending.extend(rows.to_batches() if isinstance(rows, pa.Table) else [rows])
+        self.pending_rows += rows.num_rows
+        self.rows += rows.num_rows
+        self.low = low if self.low is None else min(self.low, low)
+        self.high = high if self.high is None else max(self.high, high)
+
+    def flush(self) -> None:
+        """Write what is buffered as one row group (small batches would make many)."""
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=None)
+            self.pending, self.pending_rows = [], 0
+
+
+def table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.FileSystem:
+    """A filesystem rooted at the table: Arrow's native one for a local folder (fast), delta-rs's
+    object-store handler (same credentials as the table) for s3://, az://, gs://."""
+    if "://" not in uri or uri.startswith("file://"):
+        root = uri.removeprefix("file://")
+        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+        return pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
+    return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+
+
+_END = object()
+
+
+def read_ahead(
+    batches: Iterable[pa.RecordBatch], depth: int = READ_AHEAD_BATCHES
+) -> Iterator[pa.RecordBatch]:
+    """Yield `batches`, read by a background thread at most `depth` batches ahead.
+
+    The source (a database cursor, HTTP pages) keeps producing while the caller encodes and
+    writes files, so reading and writing overlap on two cores; the bounded queue keeps memory
+    flat. The source is opened, read and closed only in the background thread. An error there
+    is re-raised here as it was; stopping early (an error while writing) stops the thread."""
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(batches)
+        try:
+            for batch in iterator:
+                if not put(batch):
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            put(_Failure(error))
+        finally:
+            close = getattr(iterator, "close", None) or getattr(batches, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+    thread = threading.Thread(target=produce, name="ingestion-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
