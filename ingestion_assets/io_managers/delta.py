@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,8 +223,8 @@ class _WritePlan:
         return days
 
     def stream(
-        self, reader: pa.RecordBatchReader, log: Callable[[str], None]
-    ) -> Iterator[pa.RecordBatch]:
+        self, reader: Iterable[pa.RecordBatch], log: Callable[[str], None]
+    ) -> Generator[pa.RecordBatch]:
         """Convert batches, count rows, log progress; remember a source error for the caller."""
         started = last_report = time.monotonic()
         try:
@@ -385,6 +385,9 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 f"{table_label} ({partition_label}): writing the Delta table at {uri} failed: "
                 f"{error}. The table is unchanged at its previous version; re-run the partition."
             ) from error
+        finally:
+            # a write that failed stops the reader thread now, not when the generator is collected
+            batches.close()
         elapsed = time.monotonic() - started
 
         table = DeltaTable(uri, storage_options=self.storage_options or None)
