@@ -393,7 +393,7 @@ def limit_write(settings: CaseSettings) -> CaseResult:
 
 
 def limit_write_partitioned(settings: CaseSettings) -> CaseResult:
-    """Delta write of the whole table from memory, partitioned by day as this project writes."""
+    """Delta write of the whole table from memory, Hive-partitioned by day (reference only)."""
     return _write_delta(settings, partitioned=True, day=None)
 
 
