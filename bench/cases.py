@@ -420,11 +420,19 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "project-extract-odbc",
-        "  same, over ODBC (pyodbc + psqlODBC rows)",
+        "  same, over ODBC (arrow-odbc bulk fetch, psqlODBC)",
         "sql",
         "project",
         _all("postgres"),
         _project("project-extract-odbc"),
+    ),
+    Case(
+        "project-extract-odbc-rows",
+        "  same, over ODBC, bulk path off (pyodbc rows)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-extract-odbc-rows"),
     ),
     Case(
         "driver-adbc",

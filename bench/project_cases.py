@@ -273,8 +273,8 @@ def _register_postgres_odbc() -> None:
     """Make `postgresql+pyodbc://` URLs work: PostgreSQL's dialect on a pyodbc connection.
 
     SQLAlchemy ships no pyodbc driver for PostgreSQL; this one is the benchmark's own, so that the
-    project's reader can be timed on the ODBC path (pyodbc row batches, the path SQL Server
-    sources take) against a PostgreSQL server."""
+    project's reader can be timed on the ODBC paths SQL Server sources take (arrow-odbc bulk
+    fetches, pyodbc row batches) against a PostgreSQL server."""
     from sqlalchemy.connectors.pyodbc import PyODBCConnector
     from sqlalchemy.dialects import registry
     from sqlalchemy.dialects.postgresql.base import PGDialect
@@ -357,9 +357,17 @@ def project_extract_batches(settings: CaseSettings) -> CaseResult:
 
 
 def project_extract_odbc(settings: CaseSettings) -> CaseResult:
-    """The reader alone over ODBC (psqlODBC through pyodbc): pyodbc row batches."""
+    """The reader alone over ODBC (psqlODBC), as ODBC sources read: arrow-odbc bulk fetches."""
     _register_postgres_odbc()
     return _extract(dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL))
+
+
+def project_extract_odbc_rows(settings: CaseSettings) -> CaseResult:
+    """The reader alone over ODBC with the bulk path off: pyodbc row batches."""
+    _register_postgres_odbc()
+    return _extract(
+        dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL), fast_path=False
+    )
 
 
 def _write_delta(settings: CaseSettings, partitioned: bool, day: str | None) -> CaseResult:
@@ -440,6 +448,7 @@ CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
     "project-extract": project_extract,
     "project-extract-batches": project_extract_batches,
     "project-extract-odbc": project_extract_odbc,
+    "project-extract-odbc-rows": project_extract_odbc_rows,
     "project-rest": project_rest,
     "limit-write": limit_write,
     "limit-write-partitioned": limit_write_partitioned,

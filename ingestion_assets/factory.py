@@ -170,7 +170,10 @@ def dataset_asset(
             rest_source: RestSourceResource = getattr(context.resources, resource_key)
             return rest_source.reader(table, spec.pagination_of(table)).read(window)
         sql_source: SqlSourceResource = getattr(context.resources, resource_key)
-        return sql_source.reader(cast(TableSpec, table)).read(window)
+        reader = sql_source.reader(cast(TableSpec, table))
+        batches = reader.read(window)
+        context.log.info(f"fetching {table.qualified_name} through {reader.path}")
+        return batches
 
     return _table
 

@@ -55,6 +55,9 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
         default_factory=dict, description="SQLite: schema name -> database file to attach."
     )
     batch_size: int = Field(50_000, description="Rows per Arrow record batch.")
+    fast_path: bool = Field(
+        True, description="Use the driver's exact bulk path (PostgreSQL COPY, arrow-odbc)."
+    )
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
@@ -78,6 +81,7 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
             query={key: config_value(value) for key, value in connection.query.items()},
             sqlite_attach=dict(connection.sqlite_attach),
             batch_size=spec.batch_size,
+            fast_path=spec.fast_path,
         )
 
     def sqlalchemy_url(self) -> sa.URL:
@@ -105,7 +109,9 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
 
     def reader(self, table: TableSpec) -> SqlTableReader:
         """A reader for one of the source's tables."""
-        return SqlTableReader(self.engine(), self.source_name, table, self.batch_size)
+        return SqlTableReader(
+            self.engine(), self.source_name, table, self.batch_size, fast_path=self.fast_path
+        )
 
     def count(self, table: TableSpec, window: PartitionWindow | None) -> int:
         """The source's row count for a table's window (reconciliation checks)."""

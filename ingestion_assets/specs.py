@@ -574,6 +574,11 @@ class SqlSourceSpec(_SourceBase):
     batch_size: int = Field(
         50_000, gt=0, le=10_000_000, description="Rows per Arrow record batch (bounds memory)."
     )
+    fast_path: bool = Field(
+        True,
+        description="Read through the driver's bulk path where it is exact (PostgreSQL COPY, "
+        "ODBC bulk fetch through arrow-odbc); false reads row batches through SQLAlchemy.",
+    )
 
     @property
     def datasets(self) -> tuple[DatasetSpec, ...]:

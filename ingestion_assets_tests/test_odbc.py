@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import pathlib
 import subprocess
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,19 +14,28 @@ import pyodbc
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
-from sqlalchemy.dialects import mssql, postgresql
+from sqlalchemy.dialects import mssql, mysql, postgresql
 from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 
 from ingestion_assets.demo.schema import ORDER_TABLES
+from ingestion_assets.errors import SourceError
 from ingestion_assets.io_managers.delta import INGESTED_AT, RUN_ID
 from ingestion_assets.resources import SqlSourceResource
+from ingestion_assets.sources.odbc import (
+    odbc_batches,
+    odbc_connection_string,
+    odbc_statement,
+    odbc_supported,
+    redact_connection_string,
+)
 from ingestion_assets.sources.sql import (
     SqlTableReader,
+    create_source_engine,
     install_odbc_converters,
     mssql_select_expression,
     window_query,
 )
-from ingestion_assets.sources.types import array_builder
+from ingestion_assets.sources.types import array_builder, arrow_type
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
@@ -233,13 +243,16 @@ def _odbc_table(
 def test_postgres_through_odbc_equals_the_native_driver(
     postgres_database: SourceDatabase,
 ) -> None:
+    # both ODBC paths, pyodbc rows and arrow-odbc bulk fetches, through psqlODBC
     postgres_database.load_demo()
     database = sa.make_url(postgres_database.url).database
-    odbc = pyodbc.connect(
+    connection_string = (
         f"DRIVER={{{POSTGRES_ODBC_DRIVER}}};SERVER=127.0.0.1;PORT=5432;"
         f"DATABASE={database};UID=postgres;"
     )
+    odbc = pyodbc.connect(connection_string)
     engine = postgres_database.engine()
+    dialect = postgresql.psycopg2.dialect(paramstyle="qmark")
     try:
         install_odbc_converters(odbc)
         for logical in ORDER_TABLES:
@@ -250,13 +263,20 @@ def test_postgres_through_odbc_equals_the_native_driver(
             with engine.connect() as connection:
                 table = reader.reflect(connection)
             schema = reader.arrow_schema(table, "postgresql")
-            query = window_query(
-                table, [table.c[field.name] for field in schema], "ModifiedDate", WINDOW
-            )
-            through_odbc = _odbc_table(odbc, query, schema, batch_size=5)
-            _assert_same_columns(
-                native, through_odbc, logical, ORDER_TABLE_KEYS[logical][1], _uuid_columns(table)
-            )
+            columns = [table.c[field.name] for field in schema]
+            query = window_query(table, columns, "ModifiedDate", WINDOW)
+            key, uuids = ORDER_TABLE_KEYS[logical][1], _uuid_columns(table)
+            through_pyodbc = _odbc_table(odbc, query, schema, batch_size=5)
+            _assert_same_columns(native, through_pyodbc, logical, key, uuids)
+            assert odbc_supported(schema, [c.type for c in columns]), logical
+            statement, parameters = odbc_statement(query, dialect)
+            assert parameters == [
+                WINDOW.start.replace(tzinfo=None).isoformat(),
+                WINDOW.end.replace(tzinfo=None).isoformat(),
+            ]
+            batches = odbc_batches(connection_string, statement, parameters, schema, 5)
+            through_arrow_odbc = pa.Table.from_batches(list(batches), schema=schema)
+            _assert_same_columns(native, through_arrow_odbc, logical, key, uuids)
     finally:
         odbc.close()
         engine.dispose()
@@ -360,7 +380,15 @@ def test_mariadb_through_odbc_lands_the_same_delta_tables_as_pymysql(
     )
     assert str(odbc.spec.sources["src"].connection.url).startswith("mysql+pyodbc://")
     assert native.materialize(names, instance, partition=DAY.isoformat()).success
-    assert odbc.materialize(names, instance, partition=DAY.isoformat()).success
+    through_odbc = odbc.materialize(names, instance, partition=DAY.isoformat())
+    assert through_odbc.success
+    messages = [event.user_message for event in instance.all_logs(through_odbc.run_id)]
+    for logical in ORDER_TABLES:
+        name = logical.split(".")[1]
+        assert any(
+            message.startswith("fetching ") and name in message and "odbc bulk fetch" in message
+            for message in messages
+        ), logical
     for logical in ORDER_TABLES:
         name, key = ORDER_TABLE_KEYS[logical]
         expected = _lake_rows(native.delta(name).to_pyarrow_table(), key)
@@ -379,3 +407,266 @@ def test_mariadb_through_odbc_lands_the_same_delta_tables_as_pymysql(
 
 def _lake_rows(table: pa.Table, key: list[str]) -> pa.Table:
     return table.drop_columns([INGESTED_AT, RUN_ID]).sort_by([(k, "ascending") for k in key])
+
+
+# --- the arrow-odbc bulk path ------------------------------------------------------------------
+
+
+def _mariadb_odbc_engine(database: SourceDatabase, **query: str) -> sa.Engine:
+    url = sa.make_url(_mariadb_odbc_url(database)).update_query_dict(query)
+    return create_source_engine(url)
+
+
+def test_odbc_sources_read_through_arrow_odbc_the_same_rows_as_pyodbc_and_pymysql(
+    mariadb_database: SourceDatabase,
+) -> None:
+    mariadb_database.load_demo()
+    native_engine = mariadb_database.engine()
+    odbc_engine = _mariadb_odbc_engine(mariadb_database)
+    try:
+        for logical in ORDER_TABLES:
+            schema_name, name = logical.split(".")
+            spec = TableSpec(
+                schema=mariadb_database.schema(schema_name),
+                name=name,
+                partition_column="ModifiedDate",
+            )
+            bulk = SqlTableReader(odbc_engine, "src", spec, batch_size=7)
+            rows = SqlTableReader(odbc_engine, "src", spec, batch_size=7, fast_path=False)
+            native = SqlTableReader(native_engine, "src", spec, batch_size=7)
+            from_bulk = bulk.read(WINDOW).read_all()
+            from_rows = rows.read(WINDOW).read_all()
+            expected = native.read(WINDOW).read_all()
+            assert (bulk.path, rows.path, native.path) == ("odbc bulk fetch", "rows", "rows")
+            key = ORDER_TABLE_KEYS[logical][1]
+            _assert_same_columns(expected, from_bulk, logical, key, set())
+            _assert_same_columns(expected, from_rows, logical, key, set())
+            # bounded batches, NOT NULL kept from the declared schema
+            assert max(len(batch) for batch in from_bulk.to_batches()) <= 7
+            assert from_bulk.schema.field(key[0]).nullable is False
+    finally:
+        native_engine.dispose()
+        odbc_engine.dispose()
+
+
+EDGE_COLUMNS = {
+    "id": "INT NOT NULL PRIMARY KEY",
+    "ModifiedDate": "DATETIME(6) NOT NULL",
+    "tiny": "TINYINT",
+    "tiny_unsigned": "TINYINT UNSIGNED",
+    "small": "SMALLINT",
+    "big": "BIGINT",
+    "amount": "DECIMAL(38, 10)",
+    "ratio": "DOUBLE",
+    "single": "FLOAT",
+    "code": "VARCHAR(3)",
+    "fixed": "CHAR(2)",
+    "day": "DATE",
+    "moment": "DATETIME(6)",
+    "flag": "BIT(1)",
+    "raw": "VARBINARY(16)",
+}
+EDGE_ROWS = [
+    {
+        "id": 1,
+        "tiny": -128,
+        "tiny_unsigned": 255,
+        "small": -32768,
+        "big": -(2**63),
+        "amount": "-9999999999999999999999999999.9999999999",
+        "ratio": -1.7976931348623157e308,
+        "single": 1.5,
+        "code": "😀é✓",
+        "fixed": "é😀",
+        "day": "1000-01-01",
+        "moment": "1000-01-01 00:00:00.000000",
+        "flag": 1,
+        "raw": b"\x00\xff" * 8,
+    },
+    {
+        "id": 2,
+        "tiny": 127,
+        "tiny_unsigned": 0,
+        "small": 32767,
+        "big": 2**63 - 1,
+        "amount": "0.0000000001",
+        "ratio": 5e-324,
+        "single": -0.0,
+        "code": "",
+        "fixed": "a",
+        "day": "9999-12-31",
+        "moment": "9999-12-31 23:59:59.999999",
+        "flag": 0,
+        "raw": b"",
+    },
+    {"id": 3},
+]
+
+
+@pytest.mark.parametrize("with_bit", [False, True], ids=["bulk", "bit-column"])
+def test_arrow_odbc_keeps_edge_values_exact(
+    mariadb_database: SourceDatabase, with_bit: bool
+) -> None:
+    # MariaDB's driver bulk-fetches BIT(1) as NULLs: a table with one keeps the row path
+    edge_columns = {name: ddl for name, ddl in EDGE_COLUMNS.items() if with_bit or name != "flag"}
+    schema = mariadb_database.schema("Sales")
+    native_engine = mariadb_database.engine()
+    columns = ", ".join(f"`{name}` {ddl}" for name, ddl in edge_columns.items())
+    with native_engine.begin() as connection:
+        connection.execute(sa.text(f"CREATE TABLE `{schema}`.edges ({columns})"))
+        for row in EDGE_ROWS:
+            values = {name: row.get(name) for name in edge_columns}
+            values["ModifiedDate"] = datetime.datetime.combine(DAY, datetime.time(1))
+            names = ", ".join(f"`{name}`" for name in values)
+            markers = ", ".join(f":{name}" for name in values)
+            connection.execute(
+                sa.text(f"INSERT INTO `{schema}`.edges ({names}) VALUES ({markers})"), values
+            )
+    odbc_engine = _mariadb_odbc_engine(mariadb_database)
+    spec = TableSpec(schema=schema, name="edges", partition_column="ModifiedDate")
+    try:
+        bulk = SqlTableReader(odbc_engine, "src", spec, batch_size=2)
+        from_bulk = bulk.read(WINDOW).read_all().sort_by("id")
+        expected = SqlTableReader(native_engine, "src", spec, 2).read(WINDOW).read_all()
+    finally:
+        native_engine.dispose()
+        odbc_engine.dispose()
+    assert bulk.path == ("rows" if with_bit else "odbc bulk fetch")
+    assert from_bulk.num_rows == len(EDGE_ROWS)
+    assert from_bulk.schema == expected.schema
+    expected = expected.sort_by("id")
+    for name in expected.column_names:
+        assert from_bulk.column(name).to_pylist() == expected.column(name).to_pylist(), name
+    first = from_bulk.slice(0, 1).to_pylist()[0]
+    assert first["code"] == "😀é✓"
+    assert first["big"] == -(2**63)
+    assert str(first["amount"]) == "-9999999999999999999999999999.9999999999"
+    assert first["moment"] == datetime.datetime(1000, 1, 1)
+    assert from_bulk.slice(1, 1).to_pylist()[0]["moment"] == datetime.datetime(
+        9999, 12, 31, 23, 59, 59, 999999
+    )
+    assert all(
+        value is None
+        for key, value in from_bulk.slice(2, 1).to_pylist()[0].items()
+        if key not in ("id", "ModifiedDate")
+    )
+
+
+def test_an_odbc_failure_names_the_table_and_partition_and_hides_the_password(
+    mariadb_database: SourceDatabase,
+) -> None:
+    mariadb_database.load_demo()
+    secret = "odbc-Secret-7f3a"
+    user = f"u{uuid.uuid4().hex[:8]}"
+    admin = require_service(MARIADB_URL, "MariaDB")
+    sales = mariadb_database.schema("Sales")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{secret}'"))
+        connection.execute(sa.text(f"GRANT ALL ON `{sales}`.* TO '{user}'@'%'"))
+    url = sa.make_url(_mariadb_odbc_url(mariadb_database)).set(username=user, password=secret)
+    engine = create_source_engine(url)
+    spec = TableSpec(schema=sales, name="SalesOrderHeader", partition_column="ModifiedDate")
+    try:
+        reader = SqlTableReader(engine, "src", spec, batch_size=5)
+        batches = reader.read(WINDOW)
+        assert reader.path == "odbc bulk fetch"
+        # the table goes away between planning the read and fetching it
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP TABLE `{sales}`.`SalesOrderHeader`"))
+        with pytest.raises(SourceError) as raised:
+            batches.read_all()
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP USER '{user}'@'%'"))
+        admin.dispose()
+    message = str(raised.value)
+    assert f"source 'src', table '{sales}.SalesOrderHeader', partition {DAY.isoformat()}" in message
+    assert "doesn't exist" in message
+    assert "fast_path: false" in message
+    assert secret not in message
+    assert secret not in repr(raised.value.__cause__) + repr(raised.value.__context__)
+
+
+def _mssql_column(type_: sa.types.TypeEngine[Any]) -> tuple[pa.Schema, list[Any]]:
+    field = pa.field("c", arrow_type(type_, "mssql"))
+    return pa.schema([field]), [type_]
+
+
+@pytest.mark.parametrize(
+    ("column_type", "bulk"),
+    [
+        (mssql.DATETIME(), True),
+        (mssql.MONEY(), True),
+        (mssql.TINYINT(), True),
+        (mssql.BIT(), True),
+        (mssql.NVARCHAR(25), True),
+        (mssql.UNIQUEIDENTIFIER(), True),
+        (sa.Numeric(19, 4), True),
+        (mssql.DATETIME2(precision=7), False),
+        (mssql.DATETIMEOFFSET(precision=7), False),
+        (mssql.TIME(precision=7), False),
+        (mssql.NVARCHAR(None), False),
+        (mssql.VARBINARY(None), False),
+        (mssql.XML(), False),
+        (sa.types.NullType(), False),
+        (sa.Numeric(None, None), False),
+        (sa.Numeric(60, 2), False),
+    ],
+    ids=repr,
+)
+def test_only_columns_arrow_odbc_fetches_exactly_take_the_bulk_path(
+    column_type: sa.types.TypeEngine[Any], bulk: bool
+) -> None:
+    assert odbc_supported(*_mssql_column(column_type)) is bulk
+
+
+def test_unsigned_mysql_integers_above_a_byte_keep_the_row_path() -> None:
+    for column_type, bulk in [
+        (mysql.TINYINT(unsigned=True), True),
+        (mysql.INTEGER(unsigned=True), False),
+        (mysql.BIGINT(unsigned=True), False),
+        (mysql.BIGINT(), True),
+    ]:
+        schema = pa.schema([pa.field("c", arrow_type(column_type, "mysql"))])
+        assert odbc_supported(schema, [column_type]) is bulk, column_type
+
+
+def test_the_sql_server_statement_binds_window_bounds_as_iso_text(sql_server: sa.Dialect) -> None:
+    table = sa.Table(
+        "SalesOrderHeader",
+        sa.MetaData(),
+        sa.Column("SalesOrderID", mssql.INTEGER),
+        sa.Column("ModifiedDate", mssql.DATETIME),
+        schema="Sales",
+    )
+    statement, parameters = odbc_statement(
+        window_query(table, list(table.c), "ModifiedDate", WINDOW), sql_server
+    )
+    assert statement.count("?") == 2
+    assert "[Sales].[SalesOrderHeader].[ModifiedDate] >= ?" in statement
+    # no fractional digits: SQL Server's datetime rejects text with more than three
+    assert parameters == [
+        f"{DAY.isoformat()}T00:00:00",
+        f"{(DAY + datetime.timedelta(days=1)).isoformat()}T00:00:00",
+    ]
+
+
+def test_a_url_becomes_the_odbc_connection_string_and_its_password_is_redacted() -> None:
+    engine = sa.create_engine(
+        sa.URL.create(
+            "mssql+pyodbc",
+            username="ingest",
+            password="p;w}d",
+            host="sql.example.com",
+            database="AdventureWorks2022",
+            query={"driver": "ODBC Driver 18 for SQL Server"},
+        )
+    )
+    connection_string = odbc_connection_string(engine)
+    engine.dispose()
+    assert "DRIVER={ODBC Driver 18 for SQL Server}" in connection_string
+    assert "Server=sql.example.com" in connection_string
+    redacted = redact_connection_string(f"login failed: {connection_string}", connection_string)
+    assert "p;w}d" not in redacted
+    assert "p;w" not in redacted
