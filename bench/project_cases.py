@@ -365,9 +365,7 @@ def project_extract_odbc(settings: CaseSettings) -> CaseResult:
 def project_extract_odbc_rows(settings: CaseSettings) -> CaseResult:
     """The reader alone over ODBC with the bulk path off: pyodbc row batches."""
     _register_postgres_odbc()
-    return _extract(
-        dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL), fast_path=False
-    )
+    return _extract(dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL), fast_path=False)
 
 
 def _write_delta(settings: CaseSettings, partitioned: bool, day: str | None) -> CaseResult:
