@@ -9,6 +9,7 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     Definitions,
+    JobDefinition,
     ScheduleDefinition,
     SensorDefinition,
     define_asset_job,
@@ -24,6 +25,7 @@ from ingestion_assets.factory import (
     source_resource_key,
 )
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.maintenance import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.resources import RestSourceResource, SqlSourceResource
 from ingestion_assets.specs import ProjectSpec, RestSourceSpec, SqlSourceSpec
@@ -73,7 +75,7 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         )
     }
     assets: list[AssetsDefinition] = []
-    jobs: list[UnresolvedAssetJobDefinition] = []
+    jobs: list[UnresolvedAssetJobDefinition | JobDefinition] = []
     checks: list[AssetChecksDefinition] = []
     schedules: list[ScheduleDefinition] = []
     sensors: list[SensorDefinition] = [failure_sensor()]
@@ -90,6 +92,11 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         source_schedules, source_sensors = source_automation(source_name, spec, source_job_defs)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
+    maintenance = maintenance_job(project)
+    jobs.append(maintenance)
+    schedule = maintenance_schedule(project, maintenance)
+    if schedule is not None:
+        schedules.append(schedule)
     return Definitions(
         assets=assets,
         asset_checks=checks,

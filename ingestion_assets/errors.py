@@ -23,6 +23,10 @@ class PrecisionLossError(IngestionError):
     """Writing a value would silently lose digits (e.g. 100 ns timestamps into Delta's microseconds)."""
 
 
+class WriteConflictError(IngestionError):
+    """Other runs changed the Delta table while this one wrote, more often than it retries."""
+
+
 def where(source: str, table: str, partition: str | None) -> str:
     """The 'where' of a message: source, table and `partition D` / `partitions A..B` label."""
     scope = partition or "the whole table"

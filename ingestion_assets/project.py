@@ -81,8 +81,14 @@ def _walk(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], list[
     """The location without union tags, and the models that may hold its last key."""
     path: list[int | str] = []
     candidates: list[type[BaseModel]] = [ProjectSpec]
+    dict_key_next = False
     for index, part in enumerate(location):
         if isinstance(part, int):
+            path.append(part)
+            continue
+        if dict_key_next:
+            # a key of a dict of specs (a source's name) is a name, even one that spells a tag
+            dict_key_next = False
             path.append(part)
             continue
         tagged = [
@@ -101,7 +107,9 @@ def _walk(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], list[
         if owner is not None:
             field_name = _field_named(owner, part)
             assert field_name is not None
-            candidates = _models_in(owner.model_fields[field_name].annotation) or candidates
+            annotation = owner.model_fields[field_name].annotation
+            candidates = _models_in(annotation) or candidates
+            dict_key_next = getattr(annotation, "__origin__", None) is dict
     return tuple(path), candidates
 
 

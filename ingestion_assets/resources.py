@@ -41,15 +41,20 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     """One SQL source's connection; the engine is created on first use, never at load time."""
 
     source_name: str = Field(description="The source's name in the project file.")
-    url: str | None = Field(None, description="SQLAlchemy URL (no password in it).")
+    # repr=False: once a run reads the EnvVars these hold secrets, and a repr ends up in logs
+    url: str | None = Field(None, description="SQLAlchemy URL (no password in it).", repr=False)
     drivername: str | None = Field(None, description="SQLAlchemy driver, e.g. mssql+pyodbc.")
     host: str | None = Field(None, description="Database host.")
     port: int | None = Field(None, description="Database port.")
     username: str | None = Field(None, description="User name.")
-    password: str | None = Field(None, description="Password, from an environment variable.")
+    password: str | None = Field(
+        None, description="Password, from an environment variable.", repr=False
+    )
     database: str | None = Field(None, description="Database name.")
     query: dict[str, str] = Field(
-        default_factory=dict, description="URL query options (ODBC driver, Encrypt, ...)."
+        default_factory=dict,
+        description="URL query options (ODBC driver, Encrypt, ...).",
+        repr=False,
     )
     sqlite_attach: dict[str, str] = Field(
         default_factory=dict, description="SQLite: schema name -> database file to attach."
@@ -133,20 +138,23 @@ class RestSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     """One REST source's connection settings; the HTTP session is created on first use."""
 
     source_name: str = Field(description="The source's name in the project file.")
-    base_url: str = Field(description="Base URL of the API.")
+    # repr=False: once a run reads the EnvVars these hold secrets (a URL may carry credentials)
+    base_url: str = Field(description="Base URL of the API.", repr=False)
     auth_type: str | None = Field(
         None, description="basic, bearer, api_key or oauth2_client_credentials."
     )
     username: str | None = Field(None, description="Basic auth user name.")
-    password: str | None = Field(None, description="Basic auth password, from the environment.")
-    token: str | None = Field(None, description="Bearer token, from the environment.")
+    password: str | None = Field(
+        None, description="Basic auth password, from the environment.", repr=False
+    )
+    token: str | None = Field(None, description="Bearer token, from the environment.", repr=False)
     api_key_name: str | None = Field(None, description="API key header or parameter name.")
-    api_key: str | None = Field(None, description="API key, from the environment.")
+    api_key: str | None = Field(None, description="API key, from the environment.", repr=False)
     api_key_location: str = Field("header", description="header or query.")
-    token_url: str | None = Field(None, description="OAuth2 token endpoint.")
+    token_url: str | None = Field(None, description="OAuth2 token endpoint.", repr=False)
     client_id: str | None = Field(None, description="OAuth2 client id.")
     client_secret: str | None = Field(
-        None, description="OAuth2 client secret, from the environment."
+        None, description="OAuth2 client secret, from the environment.", repr=False
     )
     scope: str | None = Field(None, description="OAuth2 scope.")
     credentials_in: str = Field("body", description="OAuth2 client credentials in body or basic.")

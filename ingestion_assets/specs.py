@@ -10,6 +10,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9_]*$")
+# headers that carry credentials: a literal value would put a secret in the project file
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-auth-token"}
+)
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _ANY_REFERENCE = re.compile(r"\$\{")
 
@@ -219,6 +223,18 @@ class DatasetSpec(Spec):
         if value is not None and not SNAKE_CASE.match(value):
             raise ValueError(f"asset_name '{value}' must be snake_case, e.g. sales_order_header")
         return value
+
+    @model_validator(mode="after")
+    def _key_name_is_a_folder_name(self) -> DatasetSpec:
+        # the asset name is also the Delta table's folder under <lake root>/<source>/: a name
+        # with no ASCII letter or digit (`..`, `/`) would leave the table no folder of its own
+        if not self.key_name:
+            raise ValueError(
+                f"'{self.qualified_name}' has no ASCII letter or digit in its name to make the "
+                "asset name (the table's folder in the lake) from: set asset_name, e.g. "
+                "asset_name: orders"
+            )
+        return self
 
     @property
     def qualified_name(self) -> str:
@@ -621,7 +637,7 @@ class RestSourceSpec(_SourceBase):
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, item in value.items():
-            if "${" in item:
+            if "${" in item or name.lower() in CREDENTIAL_HEADERS:
                 raise ValueError(
                     f"header {name}: headers are sent and logged as they are; put credentials "
                     "in `auth` (bearer, api_key, ...), whose secrets come from the environment"
@@ -643,6 +659,37 @@ class RestSourceSpec(_SourceBase):
         return stream.pagination or self.pagination
 
 
+class MaintenanceSpec(Spec):
+    """Table maintenance: compaction, vacuum and checkpoint of every table, on a schedule."""
+
+    enabled: bool = True
+    cron: str = Field(
+        "30 4 * * 0", description="When the maintenance job runs (cron, in `timezone`)."
+    )
+    timezone: str = Field("UTC", description="IANA zone of the cron expression.")
+    compact: bool = Field(
+        True, description="Merge each month's small files into files of `target_file_size`."
+    )
+    vacuum_retention_hours: int = Field(
+        168,
+        ge=0,
+        description="Delete files unreferenced for longer than this (replaced files, and files "
+        "a killed run left behind). Keep it above the longest run: a running write's files are "
+        "unreferenced until it commits.",
+    )
+    checkpoint: bool = Field(True, description="Write a checkpoint of the table's log.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return _valid_zone(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return ScheduleSpec._cron(value)
+
+
 class LakeSpec(Spec):
     """Where Delta tables live: a local folder or an object-store URI."""
 
@@ -650,6 +697,7 @@ class LakeSpec(Spec):
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="delta-rs storage options; values may be ${VAR}."
     )
+    maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
 
     @field_validator("storage_options")
     @classmethod

@@ -21,6 +21,7 @@ from dagster import (
     materialize,
 )
 from deltalake import DeltaTable
+from pytest_httpserver import HTTPServer
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.generate import DemoScale, create_demo_database, create_demo_sqlite
@@ -229,6 +230,7 @@ def build_project(
     database: SourceDatabase,
     lake: pathlib.Path,
     tables: Sequence[Mapping[str, Any]],
+    lake_options: Mapping[str, Any] | None = None,
     **source_options: Any,
 ) -> IngestProject:
     """Write a project file for `database` and load it the way Dagster would."""
@@ -239,7 +241,9 @@ def build_project(
         "tables": list(tables),
     }
     source.update(source_options)
-    text = yaml.safe_dump({"lake": {"root": str(lake)}, "sources": {SOURCE: source}})
+    text = yaml.safe_dump(
+        {"lake": {"root": str(lake), **(lake_options or {})}, "sources": {SOURCE: source}}
+    )
     spec = parse_project(text, "test-project.yaml")
     return IngestProject(spec, build_definitions(spec), lake)
 
@@ -262,3 +266,20 @@ def instance() -> Iterator[DagsterInstance]:
     """A temporary Dagster instance."""
     with instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture(scope="session")
+def loopback_server() -> Iterator[HTTPServer]:
+    """One pytest-httpserver for the session, bound to 127.0.0.1 whatever the environment says."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+@pytest.fixture
+def httpserver(loopback_server: HTTPServer) -> HTTPServer:
+    """The loopback server with no handlers and an empty log."""
+    loopback_server.clear()
+    return loopback_server

@@ -31,6 +31,7 @@ from ingestion_assets.automation import (
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import DemoScale, create_demo_sqlite
+from ingestion_assets.errors import ConfigError
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
     IngestProject,
@@ -327,3 +328,54 @@ def test_the_rest_sensor_finds_new_records_through_the_api_date_filter(
             assert not _tick(project, instance, changed.cursor).run_requests
         finally:
             os.environ.pop("SENSOR_PW", None)
+
+
+def test_the_maintenance_job_has_an_op_per_table_and_its_own_schedule(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    tables = [
+        table_entry(sqlite_database, "Sales.SalesOrderHeader"),
+        table_entry(sqlite_database, "Sales.Customer", partition_column=None),
+    ]
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        tables,
+        lake_options={"maintenance": {"cron": "0 5 * * 6", "timezone": "Europe/Paris"}},
+    )
+    job = project.defs.resolve_job_def("maintain_tables")
+    assert sorted(node.name for node in job.graph.nodes) == [
+        "maintain__src__customer",
+        "maintain__src__sales_order_header",
+    ]
+    schedule = project.defs.resolve_schedule_def("maintain_tables_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 5 * * 6", "Europe/Paris")
+    assert schedule.job_name == "maintain_tables"
+    assert schedule.default_status.value == "RUNNING"
+
+    off = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        tables,
+        lake_options={"maintenance": {"enabled": False}},
+    )
+    assert "maintain_tables_schedule" not in {s.name for s in off.defs.schedules or []}
+    with pytest.raises(
+        ConfigError, match=r"lake\.maintenance\.cron: cron 'weekly' needs five fields"
+    ):
+        parse_project(
+            yaml.safe_dump(
+                {
+                    "lake": {"maintenance": {"cron": "weekly"}},
+                    "sources": {
+                        "src": {
+                            "type": "sql",
+                            "connection": {"url": "sqlite://"},
+                            "start_date": "2024-01-01",
+                            "tables": [{"name": "t", "partition_column": "d"}],
+                        }
+                    },
+                }
+            ),
+            "bad.yaml",
+        )

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from ingestion_assets.io_managers.delta import PARTITION_DATE, DeltaLakeIOManager
 from ingestion_assets.io_managers.files import read_ahead
+from ingestion_assets.io_managers.maintenance import maintain_table
 from ingestion_assets_tests.conftest import RANGE_END_TAG, RANGE_START_TAG
 
 FIRST_DAY = datetime.date(2024, 1, 1)
@@ -90,7 +91,7 @@ def _content(uri: pathlib.Path) -> list[tuple[datetime.date, int, str]]:
     )
 
 
-def test_a_four_month_backfill_makes_one_file_per_month_and_a_day_rerun_keeps_it_so(
+def test_a_four_month_backfill_makes_one_file_per_month_and_maintenance_keeps_it_so(
     tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:
     lake = tmp_path / "lake"
@@ -108,7 +109,8 @@ def test_a_four_month_backfill_makes_one_file_per_month_and_a_day_rerun_keeps_it
     day = datetime.date(2024, 2, 14)
     _write_window(lake, instance, [{"day": day, "id": 1, "value": "rerun"}], day, day)
     table = DeltaTable(str(uri))
-    assert len(_files(table)) == 4  # February's file rewritten with the new day, not a fifth
+    # February's other days rewritten to a file of their own, beside the new day's
+    assert len(_files(table)) == 5
     _assert_files_are_months_with_true_statistics(uri)
     content = _content(uri)
     assert [row for row in content if row[0] == day] == [(day, 1, "rerun")]
@@ -117,6 +119,21 @@ def test_a_four_month_backfill_makes_one_file_per_month_and_a_day_rerun_keeps_it
     history = table.history()
     assert history[0]["operation"] == "WRITE"  # one commit for the rerun
     assert len([entry for entry in history if entry["operation"] != "CREATE TABLE"]) == 2
+
+    report = maintain_table(str(uri), None, compact=True, vacuum_retention_hours=0, checkpoint=True)
+    assert (report.files_before, report.files_after) == (5, 4)
+    assert (report.months_compacted, report.files_compacted) == (1, 2)
+    # the replaced files (the backfill's February, the rerun's two) are gone from storage
+    assert report.files_vacuumed == 3
+    assert len(list(uri.glob("*.parquet"))) == 4
+    assert _content(uri) == content
+    _assert_files_are_months_with_true_statistics(uri)
+    assert (
+        uri / "_delta_log" / f"{DeltaTable(str(uri)).version():020}.checkpoint.parquet"
+    ).exists()
+    # nothing left to merge: a second pass changes nothing
+    again = maintain_table(str(uri), None, compact=True, vacuum_retention_hours=0, checkpoint=False)
+    assert (again.files_compacted, again.files_vacuumed, again.files_after) == (0, 0, 4)
 
 
 windows = st.tuples(

@@ -7,6 +7,7 @@ import socket
 import textwrap
 
 import pytest
+import yaml
 from dagster import AssetKey, DailyPartitionsDefinition
 from dagster._core.definitions.backfill_policy import BackfillPolicyType
 from hypothesis import given
@@ -200,3 +201,30 @@ def test_a_url_with_a_separate_password_connects_with_that_password() -> None:
     url = resource.sqlalchemy_url()
     assert url.password == "pw-123"
     assert "pw-123" not in url.render_as_string(hide_password=True)
+
+
+@pytest.mark.parametrize(
+    "header", ["Authorization: Bearer abc123", "X-API-Key: abc123", "Cookie: session=abc123"]
+)
+def test_a_credential_in_a_literal_header_is_refused(header: str) -> None:
+    text = yaml.safe_dump(
+        {
+            "sources": {
+                "shop": {
+                    "type": "rest",
+                    "base_url": "http://127.0.0.1:9",
+                    "headers": dict([header.split(": ")]),
+                    "start_date": "2024-01-01",
+                    "streams": [{"name": "orders", "path": "/orders"}],
+                }
+            }
+        }
+    )
+    with pytest.raises(ConfigError) as raised:
+        parse_project(text, "shop.yaml")
+    message = str(raised.value)
+    assert "sources.shop.headers" in message
+    assert "put credentials in `auth`" in message
+    assert "abc123" not in message
+    # a header without credentials stays allowed
+    parse_project(text.replace(header.split(": ")[0], "X-Client"), "shop.yaml")

@@ -10,7 +10,7 @@ import math
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,23 +60,6 @@ SERVER_DEADLINE_SECONDS = 10.0
 PAGINATION = TypeAdapter(PaginationSpec)
 
 # ---- the servers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def loopback_server() -> Iterator[HTTPServer]:
-    """One pytest-httpserver for the session, bound to 127.0.0.1 whatever the environment says."""
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
-
-
-@pytest.fixture
-def httpserver(loopback_server: HTTPServer) -> HTTPServer:
-    """The loopback server with no handlers and an empty log."""
-    loopback_server.clear()
-    return loopback_server
 
 
 def wait_for_requests(server: HTTPServer, count: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import random
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +21,17 @@ from dagster import (
     TableColumn,
     TableSchema,
 )
-from deltalake import DeltaTable, Schema, write_deltalake
-from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import RemoveAction
+from deltalake import CommitProperties, DeltaTable, Schema, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.transaction import AddAction, RemoveAction
 from pydantic import Field
 
-from ingestion_assets.errors import IngestionError, PrecisionLossError, SchemaDriftError
+from ingestion_assets.errors import (
+    IngestionError,
+    PrecisionLossError,
+    SchemaDriftError,
+    WriteConflictError,
+)
 from ingestion_assets.io_managers.files import (
     DEFAULT_MAX_FILE_BYTES,
     ClusteredFileWriter,
@@ -47,6 +53,8 @@ SCHEMA_POLICY_KEY = "ingestion/schema_policy"
 NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
 
 PROGRESS_INTERVAL_SECONDS = 10.0
+# commits planned again after another run committed first (each waits a little longer)
+MAX_COMMIT_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -252,8 +260,10 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         description="Folder or object-store URI (s3://, az://, gs://) holding one Delta table "
         "per asset, at <root>/<asset key path>."
     )
+    # repr=False: once a run resolved the ${VAR}s, the values are credentials
     storage_options: dict[str, str] = Field(
         default_factory=dict,
+        repr=False,
         description="delta-rs storage options (credentials, endpoint); take secrets from EnvVar.",
     )
     target_file_size: int | None = Field(
@@ -268,6 +278,10 @@ class DeltaLakeIOManager(ConfigurableIOManager):
     def open_table(self, asset_path: list[str]) -> DeltaTable | None:
         """An asset's Delta table at its latest version, or None before its first write."""
         return self._open(self.table_uri(asset_path))
+
+    def open_uri(self, uri: str) -> DeltaTable | None:
+        """The Delta table at `uri` (in this lake's storage), None if there is none yet."""
+        return self._open(uri)
 
     def _open(self, uri: str) -> DeltaTable | None:
         try:
@@ -367,7 +381,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         try:
             if schema_mode is None and not legacy:
                 written = self._replace_with_files(
-                    uri, existing, batches, plan, predicate is not None
+                    uri, existing, batches, plan, predicate is not None, context.log.info
                 )
             else:
                 # a schema change commits new metadata too, and a table written Hive-partitioned
@@ -381,6 +395,8 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         except Exception as error:
             if plan.source_error is not None:
                 raise plan.source_error from None
+            if isinstance(error, IngestionError):
+                raise
             raise IngestionError(
                 f"{table_label} ({partition_label}): writing the Delta table at {uri} failed: "
                 f"{error}. The table is unchanged at its previous version; re-run the partition."
@@ -434,34 +450,62 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         batches: Iterator[pa.RecordBatch],
         plan: _WritePlan,
         windowed: bool,
+        log: Callable[[str], None],
     ) -> list[tuple[str, int]]:
         """Stream the batches into files clustered by day, then swap exactly the window's rows
-        in one commit; the (path, bytes) of the files written."""
+        in one commit; the (path, bytes) of the files written.
+
+        The commit is made against the table version the swap was planned on, never rebased:
+        if another run committed first, the swap is planned again on the new version (its
+        files for this window removed in turn) and retried, so concurrent runs of one window
+        leave exactly one copy and runs of different windows all land."""
         options = self.storage_options or None
         filesystem = table_filesystem(uri, options)
-        files = ClusteredFileWriter(
-            filesystem,
-            plan.target,
-            max_file_bytes=self.target_file_size or DEFAULT_MAX_FILE_BYTES,
-        )
+        max_file_bytes = self.target_file_size or DEFAULT_MAX_FILE_BYTES
+        files = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=max_file_bytes)
+        window = (plan.first_day, plan.last_day) if windowed else None
+        written: list[AddAction] = []
         try:
             for batch in batches:
                 files.write(batch)
-            removes: list[RemoveAction] = []
-            if existing is not None:
-                window = (plan.first_day, plan.last_day) if windowed else None
-                removes = _replace_window(existing, filesystem, files, plan.target, window)
             adds = files.finish()
-            if existing is None:
-                # created only once the data files are written: a failed first run leaves no table
-                existing = DeltaTable.create(
-                    uri, plan.target, mode="ignore", storage_options=options
-                )
-            existing.create_write_transaction([*adds, *removes], mode="append", schema=plan.target)
+            for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+                if existing is None:
+                    # created once the data files are written: a failed first run leaves no
+                    # table; a run that created it at the same moment is as good
+                    existing = _create_table(uri, plan.target, options)
+                # rows of files straddling the window's edges go to files of their own, so a
+                # retry can drop them and plan again without touching this run's data
+                kept = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=max_file_bytes)
+                try:
+                    removes = _replace_window(existing, filesystem, kept, plan.target, window)
+                    written = [*adds, *kept.finish()]
+                    _check_schema(existing, plan)
+                    existing.create_write_transaction(
+                        [*written, *removes],
+                        mode="append",
+                        schema=plan.target,
+                        commit_properties=CommitProperties(max_commit_retries=0),
+                    )
+                    return [(action.path, action.size) for action in written]
+                except CommitFailedError:
+                    kept.abort()
+                    if attempt == MAX_COMMIT_ATTEMPTS:
+                        raise _conflict_error(plan, attempt) from None
+                    log(
+                        f"{plan.table_label} {plan.partition_label}: another run committed to "
+                        f"the table first; planning the swap again on its version (attempt "
+                        f"{attempt + 1} of {MAX_COMMIT_ATTEMPTS})"
+                    )
+                    time.sleep(random.uniform(0.05, 0.25) * attempt)
+                    existing = DeltaTable(uri, storage_options=options)
+                except BaseException:
+                    kept.abort()
+                    raise
         except BaseException:
             files.abort()
             raise
-        return [(action.path, action.size) for action in adds]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _replace(
         self,
@@ -579,6 +623,32 @@ def _replace_window(
                     files.write(outside.select(schema.names).cast(schema))
         removes.append(RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=size))
     return removes
+
+
+def _create_table(uri: str, schema: pa.Schema, options: dict[str, str] | None) -> DeltaTable:
+    """A new table, or the one a concurrent run created a moment earlier."""
+    try:
+        return DeltaTable.create(uri, schema, mode="ignore", storage_options=options)
+    except (CommitFailedError, DeltaError):
+        # both runs saw no table and raced for version 0; the other one won
+        return DeltaTable(uri, storage_options=options)
+
+
+def _check_schema(table: DeltaTable, plan: _WritePlan) -> None:
+    """The table (possibly changed by another run since planning) still has the plan's columns."""
+    if pa.schema(table.schema().to_arrow()).names != plan.target.names:
+        raise WriteConflictError(
+            f"{plan.table_label} {plan.partition_label}: another run changed the table's columns "
+            "while this one was writing; nothing was written. Re-run the partition."
+        )
+
+
+def _conflict_error(plan: _WritePlan, attempts: int) -> WriteConflictError:
+    return WriteConflictError(
+        f"{plan.table_label} {plan.partition_label}: other runs kept committing to the table "
+        f"while this one tried to ({attempts} attempts); nothing was written. Re-run the "
+        "partition when fewer runs write the table at once."
+    )
 
 
 def _add_actions(table: DeltaTable) -> list[tuple[str, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
+
+from ingestion_assets.sources.types import NOT_A_NUMBER_FIX
 
 # Arrow types the CSV reader parses exactly from PostgreSQL's text output
 _PARSEABLE = (
@@ -99,36 +102,18 @@ def copy_batches(
     producer.start()
     block_bytes = min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, batch_rows * BYTES_PER_ROW_GUESS))
     try:
-        if not reader_file.peek(1):
-            # no rows in the window (an empty day): Arrow refuses an empty CSV, so stop here
-            producer.join(timeout=30)
-            if failure:
-                raise failure[0]
-            return
-        csv_reader = pa_csv.open_csv(
-            reader_file,
-            read_options=pa_csv.ReadOptions(
-                column_names=schema.names, block_size=block_bytes, use_threads=True
-            ),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types=_parse_types(schema),
-                null_values=[""],
-                strings_can_be_null=True,
-                # COPY writes NULL as an empty field and an empty string as ""
-                quoted_strings_can_be_null=False,
-                true_values=["t"],
-                false_values=["f"],
-            ),
-        )
-        for block in csv_reader:
+        for batch in csv_blocks(reader_file, schema, block_bytes):
             if failure:
                 break
-            batch = _conform(block, schema)
             # blocks are sized in bytes; batches keep the configured row bound
             for offset in range(0, batch.num_rows, batch_rows):
                 yield batch.slice(offset, batch_rows)
-    except (pa.ArrowInvalid, OSError):
+    except pa.ArrowInvalid as error:
+        producer.join(timeout=30)
+        if failure:
+            raise failure[0] from None
+        raise _with_column_names(error, schema) from None
+    except OSError:
         producer.join(timeout=30)
         if failure:
             raise failure[0] from None
@@ -138,6 +123,140 @@ def copy_batches(
         producer.join(timeout=30)
     if failure:
         raise failure[0]
+
+
+def csv_blocks(
+    text: io.BufferedIOBase, schema: pa.Schema, block_bytes: int
+) -> Iterator[pa.RecordBatch]:
+    """COPY's CSV text as record batches of `schema`, parsed a block of text at a time; a record
+    longer than a block is parsed on its own (see WholeRecords). No batch for no text."""
+    for section, section_block_bytes in WholeRecords(text, block_bytes).sections():
+        for block in _parse_csv(section, schema, section_block_bytes):
+            yield _conform(block, schema)
+
+
+def _parse_csv(text: io.IOBase, schema: pa.Schema, block_bytes: int) -> pa_csv.CSVStreamingReader:
+    return pa_csv.open_csv(
+        text,
+        read_options=pa_csv.ReadOptions(
+            column_names=schema.names, block_size=block_bytes, use_threads=True
+        ),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=_parse_types(schema),
+            null_values=[""],
+            strings_can_be_null=True,
+            # COPY writes NULL as an empty field and an empty string as ""
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+
+
+def records_end(text: bytes, in_quotes: bool = False) -> int:
+    """Offset just past the last newline of `text` that ends a CSV record, 0 if none does.
+
+    A newline ends a record when an even number of quotes precede it since the record began:
+    COPY quotes every value holding a quote, a comma or a newline, and doubles inner quotes.
+    `in_quotes`: `text` begins inside a quoted value."""
+    quotes = text.count(b'"') + in_quotes
+    position = len(text)
+    while (newline := text.rfind(b"\n", 0, position)) >= 0:
+        quotes -= text.count(b'"', newline, position)
+        if quotes % 2 == 0:
+            return newline + 1
+        position = newline
+    return 0
+
+
+class WholeRecords(io.RawIOBase):
+    """COPY's CSV text for Arrow's reader, in reads of whole records.
+
+    Arrow's streaming reader fails on a record longer than its block ("straddling object
+    straddles two block boundaries"), and its block size is fixed when it opens. So the text is
+    cut into sections: runs of records read with the normal block size, and each record longer
+    than a block on its own, read in one block of its size. Memory stays bounded by the block
+    size, or by the longest record when that is longer."""
+
+    def __init__(self, raw: io.BufferedIOBase, block_bytes: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._block_bytes = block_bytes
+        # the beginning of a record whose end has not been read yet
+        self._rest = b""
+        # whole records read ahead, to hand out next
+        self._ahead = b""
+        self._oversized: bytes | None = None
+
+    def sections(self) -> Iterator[tuple[io.IOBase, int]]:
+        """The text as inputs for Arrow's reader, each with the block size it needs."""
+        while True:
+            if self._oversized is None and not self._ahead:
+                self._ahead = self._take()
+            if self._oversized is not None:
+                oversized, self._oversized = self._oversized, None
+                yield io.BytesIO(oversized), len(oversized) + 1
+            elif self._ahead:
+                yield self, self._block_bytes
+            else:
+                return
+
+    def readable(self) -> bool:
+        """A stream to read from (Arrow asks)."""
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        """A block of whole records (Arrow reads its block size); empty when the section ends."""
+        if self._oversized is not None:
+            return b""
+        text, self._ahead = self._ahead or self._take(), b""
+        return text
+
+    def _take(self) -> bytes:
+        """At most a block of whole records; empty at the end of the text, or when the next
+        record is longer than a block (then kept in `_oversized`)."""
+        chunk = self._raw.read(max(1, self._block_bytes - len(self._rest)))
+        text, self._rest = self._rest + chunk, b""
+        if len(text) < self._block_bytes:
+            # the end of COPY's output: what is left are whole records
+            return text
+        end = records_end(text)
+        if end == 0:
+            self._oversized = self._read_to_record_end(text)
+            return b""
+        self._rest = text[end:]
+        return text[:end]
+
+    def _read_to_record_end(self, start: bytes) -> bytes:
+        parts = [start]
+        in_quotes = start.count(b'"') % 2 == 1
+        while chunk := self._raw.read(self._block_bytes):
+            end = records_end(chunk, in_quotes)
+            if end:
+                parts.append(chunk[:end])
+                self._rest = chunk[end:]
+                break
+            parts.append(chunk)
+            in_quotes ^= chunk.count(b'"') % 2 == 1
+        return b"".join(parts)
+
+
+_CSV_COLUMN = re.compile(r"CSV column #(\d+)")
+_NOT_A_NUMBER = re.compile(r"'NaN' is not a valid decimal")
+
+
+def _with_column_names(error: pa.ArrowInvalid, schema: pa.Schema) -> pa.ArrowInvalid:
+    """Arrow's parse error with the column's name instead of its index, and the fix for
+    PostgreSQL's numeric NaN, which no decimal holds."""
+    text = str(error)
+    match = _CSV_COLUMN.search(text)
+    if match and int(match.group(1)) < len(schema):
+        field = schema.field(int(match.group(1)))
+        text = text.replace(match.group(0), f"column {field.name} ({field.type})")
+    if _NOT_A_NUMBER.search(text):
+        text += f". {NOT_A_NUMBER_FIX}"
+    return pa.ArrowInvalid(text)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import email.message
 import email.utils
 import json
 import random
@@ -413,7 +414,7 @@ class RestClient:
                     )
                 else:
                     try:
-                        return response.json(), response
+                        return self._json(response, label, url, params), response
                     except ValueError:
                         kind = response.headers.get("Content-Type", "no content type")
                         last_problem = (
@@ -433,10 +434,57 @@ class RestClient:
             f"(retries: source '{self.source_name}' `retries`)."
         )
 
+    def _json(
+        self, response: requests.Response, label: str, url: str, params: Mapping[str, str]
+    ) -> Any:
+        """The body parsed as JSON (ValueError if it is not): JSON whose bytes are not valid text
+        in its charset fails here, never replaced by U+FFFD or guessed in another encoding."""
+        charset = _declared_charset(response) or "utf-8"
+        try:
+            text = response.content.decode(charset)
+        except LookupError:
+            raise SourceError(
+                f"{label}: GET {self._shown(url, params)} declares the unknown charset "
+                f"'{charset}' in its Content-Type; nothing was written. Fix the API's Content-Type "
+                "(JSON is UTF-8)."
+            ) from None
+        except UnicodeDecodeError as error:
+            # a body that is no JSON at all (an error page, a body cut off) is retried as such
+            json.loads(response.content.decode(charset, "surrogateescape"))
+            bad = response.content[error.start : error.end]
+            raise SourceError(
+                f"{label}: GET {self._shown(url, params)} answered bytes that are not {charset} "
+                f"text ({bad!r} at byte {error.start}); nothing was written. JSON must be UTF-8 "
+                "(RFC 8259): fix the text at the API, or have the API declare its real encoding "
+                "in Content-Type (`application/json; charset=...`)."
+            ) from None
+        body = json.loads(text)
+        if _ESCAPED_SURROGATE.search(text):
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise SourceError(
+                    f"{label}: GET {self._shown(url, params)} answered a JSON string with the "
+                    f"escape of a lone surrogate ({error.object[error.start]!r}), which is no "
+                    "Unicode text and cannot be stored; nothing was written. Fix the text at the "
+                    "API (a surrogate escape must be half of a pair, e.g. \\ud83d\\ude00)."
+                ) from None
+        return body
+
     def _excerpt(self, response: requests.Response) -> str:
         # redact before cutting: a secret straddling the cut would otherwise show its first part
         text = " ".join(redact(response.text, self.auth.secrets).split())
         return text[:BODY_EXCERPT_CHARACTERS] or "(empty body)"
+
+
+# `\ud800`..`\udfff` in JSON text: half of a surrogate pair, or a lone one
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _declared_charset(response: requests.Response) -> str | None:
+    message = email.message.Message()
+    message["Content-Type"] = response.headers.get("Content-Type", "")
+    return message.get_content_charset()
 
 
 def _describe_transport_error(error: requests.RequestException) -> str:

@@ -77,8 +77,16 @@ def create_source_engine(url: sa.URL, sqlite_attach: Mapping[str, str] | None = 
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        if type(dbapi_connection).__module__.startswith("pyodbc"):
+        module = type(dbapi_connection).__module__
+        if module.startswith("pyodbc"):
             install_odbc_converters(dbapi_connection)
+        if module.startswith("psycopg2"):
+            # zone-aware values in UTC whatever the server's default: a value near the end of
+            # time stays a valid datetime (9999-12-31 23:59+00 is year 10000 in Tokyo)
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.close()
+            dbapi_connection.commit()
         if attachments:
             cursor = dbapi_connection.cursor()
             for schema, path in attachments.items():
@@ -109,15 +117,39 @@ def window_query(
     columns: Sequence[sa.ColumnElement[Any]],
     partition_column: str | None,
     window: PartitionWindow | None,
+    dialect: str = "",
 ) -> sa.Select[Any]:
     """`SELECT columns FROM table WHERE partition >= :start AND partition < :end` (bound values)."""
     query = sa.select(*columns)
     if partition_column is None or window is None:
         return query.select_from(table)
     column = table.c[partition_column]
+    if dialect == "sqlite" and isinstance(column.type, sa.Date | sa.DateTime):
+        return query.where(*_sqlite_window(column, window))
     start, end = window_bounds(column.type, window)
     return query.where(column >= sa.bindparam("window_start", start, type_=column.type)).where(
         column < sa.bindparam("window_end", end, type_=column.type)
+    )
+
+
+def _sqlite_window(
+    column: sa.Column[Any], window: PartitionWindow
+) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]:
+    """SQLite keeps dates and times as text in whatever form they were written
+    (`2024-01-04 00:00:00`, `2024-01-04T00:00:00.000000`, ...), and text compares character by
+    character: `'2024-01-04 00:00:00' < '2024-01-04 00:00:00.000000'` is true. Both sides are put
+    in SQLite's own form first; the bounds are whole seconds, so the fraction that `datetime()`
+    drops cannot move a row across them."""
+    if isinstance(column.type, sa.DateTime):
+        normalized: sa.ColumnElement[Any] = sa.func.datetime(column)
+        start = window.start.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+        end = window.end.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+    else:
+        normalized = sa.func.date(column)
+        start, end = window.start.date().isoformat(), window.end.date().isoformat()
+    return (
+        normalized >= sa.bindparam("window_start", start, type_=sa.String()),
+        normalized < sa.bindparam("window_end", end, type_=sa.String()),
     )
 
 
@@ -165,23 +197,48 @@ class SqlTableReader:
     def _where(self, window: PartitionWindow | None) -> str:
         return where(self.source_name, self.table.qualified_name, window.label if window else None)
 
-    def reflect(self, connection: sa.Connection) -> sa.Table:
+    def reflect(self, connection: sa.Connection, window: PartitionWindow | None = None) -> sa.Table:
         """The source table's columns, read now (never while definitions load)."""
         inspector = sa.inspect(connection)
         schema, name = self.table.schema_name, self.table.name
-        if not inspector.has_table(name, schema=schema):
-            existing = inspector.get_table_names(schema=schema) + inspector.get_view_names(
-                schema=schema
-            )
-            close = difflib.get_close_matches(name, existing, n=3)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            listing = ", ".join(sorted(existing)[:30]) or "none"
+        try:
+            if schema is not None and schema not in inspector.get_schema_names():
+                listing = ", ".join(sorted(inspector.get_schema_names())[:30]) or "none"
+                raise SourceError(
+                    f"{self._where(window)}: the table does not exist at the source: there is no "
+                    f"schema '{schema}'. Tables in schema '{schema}': none. Schemas: {listing}. "
+                    "Fix `schema` in the project file."
+                )
+            if not inspector.has_table(name, schema=schema):
+                existing = inspector.get_table_names(schema=schema) + inspector.get_view_names(
+                    schema=schema
+                )
+                close = difflib.get_close_matches(name, existing, n=3)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                listing = ", ".join(sorted(existing)[:30]) or "none"
+                raise SourceError(
+                    f"{self._where(window)}: the table does not exist at the source. {hint}"
+                    f"Tables in schema '{schema or 'default'}': {listing}. Fix `name`/`schema` "
+                    "in the project file."
+                )
+            table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=connection)
+        except sa.exc.DBAPIError as error:
             raise SourceError(
-                f"{where(self.source_name, self.table.qualified_name, None)}: the table does "
-                f"not exist at the source. {hint}Tables in schema '{schema or 'default'}': "
-                f"{listing}. Fix `name`/`schema` in the project file."
+                f"{self._where(window)}: reading the table's columns failed: "
+                f"{_first_line(error.orig)}. Check `schema`/`name` and the user's rights."
+            ) from None
+        if connection.dialect.name in ("mysql", "mariadb") and any("``" in c.name for c in table.c):
+            # MySQL reflection keeps SHOW CREATE TABLE's doubled backtick in a column's name
+            table = sa.Table(
+                name,
+                sa.MetaData(),
+                *[
+                    sa.Column(c.name.replace("``", "`"), c.type, nullable=c.nullable)
+                    for c in table.c
+                ],
+                schema=schema,
             )
-        return sa.Table(name, sa.MetaData(), schema=schema, autoload_with=connection)
+        return table
 
     def _selected_columns(self, table: sa.Table) -> list[sa.Column[Any]]:
         wanted = list(self.table.columns) if self.table.columns else [c.name for c in table.c]
@@ -231,7 +288,7 @@ class SqlTableReader:
     def read(self, window: PartitionWindow | None) -> pa.RecordBatchReader:
         """Reflect the table, then stream `[window.start, window.end)` in bounded batches."""
         with self._connect(window) as connection:
-            table = self.reflect(connection)
+            table = self.reflect(connection, window)
             columns = self._selected_columns(table)
             schema = self.arrow_schema(table, connection.dialect.name)
             expressions = self._select_expressions(connection, table, columns)
@@ -239,7 +296,11 @@ class SqlTableReader:
         batches: Iterator[pa.RecordBatch] | None = None
         if self.fast_path and driver == "psycopg2" and copy_supported(schema):
             query = window_query(
-                table, copy_columns(expressions, schema), self.table.partition_column, window
+                table,
+                copy_columns(expressions, schema),
+                self.table.partition_column,
+                window,
+                self.engine.dialect.name,
             )
             batches, self.path = self._copy_batches(query, schema, window), "copy"
         elif (
@@ -247,13 +308,17 @@ class SqlTableReader:
             and driver == "pyodbc"
             and odbc_supported(schema, [c.type for c in columns])
         ):
-            query = window_query(table, expressions, self.table.partition_column, window)
+            query = window_query(
+                table, expressions, self.table.partition_column, window, self.engine.dialect.name
+            )
             statement, parameters = odbc_statement(query, self.engine.dialect)
             if ascii_statement(statement):
                 batches = self._odbc_batches(statement, parameters, schema, window)
                 self.path = "odbc bulk fetch"
         if batches is None:
-            query = window_query(table, expressions, self.table.partition_column, window)
+            query = window_query(
+                table, expressions, self.table.partition_column, window, self.engine.dialect.name
+            )
             batches, self.path = self._batches(query, schema, window), "rows"
         # the streaming connection is opened when the first batch is asked for, so a reader
         # that is never consumed holds no connection
@@ -329,9 +394,13 @@ class SqlTableReader:
     def count(self, window: PartitionWindow | None) -> int:
         """Rows of the table in the window (or in all), counted by the database."""
         with self._connect(window) as connection:
-            table = self.reflect(connection)
+            table = self.reflect(connection, window)
             query = window_query(
-                table, [sa.func.count().label("rows")], self.table.partition_column, window
+                table,
+                [sa.func.count().label("rows")],
+                self.table.partition_column,
+                window,
+                connection.dialect.name,
             )
             try:
                 return int(connection.execute(query).scalar_one())
@@ -418,10 +487,23 @@ class SqlTableReader:
                     ) from error
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         except sa.exc.DBAPIError as error:
+            reason = _first_line(error.orig)
+            if "decode to UTF-8" in reason or "codec can't decode" in reason:
+                raise SourceError(
+                    f"{self._where(window)}: the source holds text that is not valid UTF-8: "
+                    f"{reason}. Nothing was written; repair those rows at the source (or declare "
+                    "the column as binary), then re-run the partition."
+                ) from None
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error.orig)}. Nothing was written; re-run the partition once "
-                "the source is reachable."
+                f"{reason}. Nothing was written; re-run the partition once the source is "
+                "reachable."
+            ) from None
+        except (OverflowError, ValueError) as error:
+            # a driver that cannot turn a value into a Python object (a date past year 9999)
+            raise SourceError(
+                f"{self._where(window)}: the driver could not read a value: {error}. Nothing was "
+                "written; check the source column's values and declared type."
             ) from None
         finally:
             connection.close()

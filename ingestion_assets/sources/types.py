@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +18,14 @@ MSSQL_MONEY = pa.decimal128(19, 4)
 MSSQL_SMALLMONEY = pa.decimal128(10, 4)
 # Types SQLAlchemy does not know (hierarchyid, geography, ...) are read as text.
 UNKNOWN_AS_TEXT = pa.string()
+# the widest Arrow decimal (decimal256)
+MAX_DECIMAL_DIGITS = 76
+# PostgreSQL's numeric(p, s) holds NaN, which no decimal does (Infinity it refuses)
+NOT_A_NUMBER_FIX = (
+    "PostgreSQL's numeric NaN is no number a decimal can hold: replace it at the source (e.g. a "
+    "view with NULLIF(column, 'NaN')), or read the column as numeric without (precision, scale) "
+    "(e.g. a view with column::numeric), which lands as text, NaN included"
+)
 
 
 def _time_unit(precision: int | None) -> str:
@@ -48,12 +57,18 @@ def _numeric_type(column_type: sa.Numeric[Any] | sa.Float[Any], dialect: str) ->
         if isinstance(column_type, sa.REAL) or (precision is not None and precision <= 24):
             return pa.float32()
         return pa.float64()
-    precision, scale = column_type.precision, column_type.scale
+    precision, scale = column_type.precision, column_type.scale or 0
     if precision is None:
         # an unconstrained NUMERIC can hold any number of digits: text keeps them all
         return pa.string()
-    scale = scale or 0
-    return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+    # PostgreSQL also takes a scale above the precision (numeric(2,5) holds at most 0.00099) and
+    # a negative one (numeric(3,-2) holds 99900): the digits a decimal needs for every value
+    digits = max(precision, scale) - min(scale, 0)
+    scale = max(scale, 0)
+    if digits > MAX_DECIMAL_DIGITS:
+        # PostgreSQL's numeric(1000, s): more digits than any Arrow decimal, text keeps them all
+        return pa.string()
+    return pa.decimal128(digits, scale) if digits <= 38 else pa.decimal256(digits, scale)
 
 
 def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
@@ -93,6 +108,9 @@ def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
 def _to_text(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if isinstance(value, decimal.Decimal):
+        # the way databases print numbers (0.0000001, not Python's 1E-7)
+        return format(value, "f")
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False, sort_keys=True)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -167,6 +185,17 @@ def _bool_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
     return pa.array([None if value is None else _to_bool(value) for value in values], arrow)
 
 
+def _decimal_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, arrow)
+    except pa.ArrowInvalid:
+        # Arrow's own message ("The string 'NaN' is not a valid decimal128 number") gives no fix
+        for value in values:
+            if isinstance(value, decimal.Decimal) and not value.is_finite():
+                raise ValueError(f"{value} has no {arrow} value. {NOT_A_NUMBER_FIX}") from None
+        raise
+
+
 ArrayBuilder = Callable[[Sequence[Any]], pa.Array]
 
 
@@ -182,4 +211,6 @@ def array_builder(arrow: pa.DataType) -> ArrayBuilder:
         return lambda values: _bool_array(values, arrow)
     if pa.types.is_uint64(arrow):
         return lambda values: _uint_array(values, arrow)
+    if pa.types.is_decimal(arrow):
+        return lambda values: _decimal_array(values, arrow)
     return lambda values: pa.array(values, arrow)
