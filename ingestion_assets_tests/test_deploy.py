@@ -1,0 +1,126 @@
+"""Deployment files: the compose file's services, and dagster.yaml storing runs and events in
+PostgreSQL (the local server stands in for the compose file's)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
+
+from ingestion_assets_tests.conftest import (
+    POSTGRES_URL,
+    SourceDatabase,
+    build_project,
+    require_service,
+    table_entry,
+)
+
+REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
+DAGSTER_SERVICES = ("user-code", "webserver", "daemon")
+
+
+def _compose() -> dict[str, object]:
+    loaded = yaml.safe_load((REPOSITORY / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_the_compose_file_names_its_services_and_takes_secrets_from_the_env_file() -> None:
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    assert set(services) == {"dagster-postgres", *DAGSTER_SERVICES}
+    for name in DAGSTER_SERVICES:
+        service = services[name]
+        assert service["env_file"] == ".env", name
+        assert "./dagster.yaml:/opt/dagster/home/dagster.yaml:ro" in service["volumes"], name
+        assert service["depends_on"]["dagster-postgres"]["condition"] == "service_healthy", name
+        # no secret value in the file itself: only the variables' names
+        assert "DAGSTER_PG_PASSWORD" not in service["environment"], name
+    assert services["user-code"]["command"][:3] == ["dagster", "code-server", "start"]
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
+    postgres = services["dagster-postgres"]
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${DAGSTER_PG_PASSWORD")
+    workspace = yaml.safe_load((REPOSITORY / "workspace.docker.yaml").read_text())
+    assert workspace["load_from"][0]["grpc_server"]["host"] == "user-code"
+    example = (REPOSITORY / ".env.example").read_text()
+    assert "DAGSTER_PG_PASSWORD=" in example
+
+
+@pytest.fixture
+def dagster_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
+    """A DAGSTER_HOME with the repository's dagster.yaml over a new local PostgreSQL database."""
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
+    name = f"ia_dagster_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(POSTGRES_URL)
+    monkeypatch.setenv("DAGSTER_PG_HOST", url.host or "127.0.0.1")
+    monkeypatch.setenv("DAGSTER_PG_PORT", str(url.port or 5432))
+    monkeypatch.setenv("DAGSTER_PG_DB", name)
+    monkeypatch.setenv("DAGSTER_PG_USER", url.username or "postgres")
+    # trust authentication here: the value is only carried, as a real password would be
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "local-trust")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    try:
+        yield home
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_dagster_yaml_keeps_runs_events_and_asset_records_in_postgres(
+    dagster_home: pathlib.Path, sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    sqlite_database.load_demo()
+    project = build_project(
+        sqlite_database, tmp_path / "lake", [table_entry(sqlite_database, "Sales.SalesOrderHeader")]
+    )
+    day = "2024-01-04"
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        result = project.materialize(["sales_order_header"], instance, partition=day)
+        assert result.success
+        run_id = result.run_id
+
+    # a new instance (as the webserver would open) reads it all back from PostgreSQL
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert run.tags["dagster/partition"] == day
+        kinds = {event.dagster_event_type for event in instance.all_logs(run_id)}
+        assert DagsterEventType.ASSET_MATERIALIZATION in kinds
+        assert DagsterEventType.RUN_SUCCESS in kinds
+        key = AssetKey(["src", "sales_order_header"])
+        latest = instance.get_latest_materialization_event(key)
+        assert latest is not None
+        assert latest.run_id == run_id
+        assert latest.asset_materialization is not None
+        assert latest.asset_materialization.partition == day
+        assert instance.get_materialized_partitions(key) == {day}
+
+    # and the rows are in that database's tables
+    engine = sa.create_engine(sa.make_url(POSTGRES_URL).set(database=os.environ["DAGSTER_PG_DB"]))
+    try:
+        with engine.connect() as connection:
+            runs = connection.execute(sa.text("SELECT run_id FROM runs")).scalars().all()
+            events = connection.execute(
+                sa.text("SELECT count(*) FROM event_logs WHERE run_id = :run"), {"run": run_id}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert runs == [run_id]
+    assert events > 10
