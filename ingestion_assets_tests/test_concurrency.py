@@ -24,7 +24,7 @@ RACE_DAYS = [datetime.date(2024, 2, day) for day in (3, 10, 17, 24, 28)]
 
 
 def _writer(
-    lake: pathlib.Path,
+    lake: pathlib.Path | str,
     first: datetime.date,
     last: datetime.date,
     tag: str,
@@ -51,7 +51,9 @@ def _writer(
     )
 
 
-def _race(lake: pathlib.Path, work: pathlib.Path, windows: list[tuple[datetime.date, str]]) -> None:
+def _race(
+    lake: pathlib.Path | str, work: pathlib.Path, windows: list[tuple[datetime.date, str]]
+) -> None:
     """Start one process per (day, tag), release them at the same moment, wait for all."""
     go = work / "go"
     go.unlink(missing_ok=True)
@@ -89,15 +91,19 @@ def _race(lake: pathlib.Path, work: pathlib.Path, windows: list[tuple[datetime.d
         assert process.returncode == 0, f"writer {tag} failed:\n{errors[-3000:]}"
 
 
-def _rows(lake: pathlib.Path) -> pa.Table:
-    return DeltaTable(str(lake / "t" / "events")).to_pyarrow_table(
+def _rows(lake: pathlib.Path | str, storage_options: dict[str, str] | None = None) -> pa.Table:
+    return DeltaTable(f"{lake}/t/events", storage_options=storage_options).to_pyarrow_table(
         columns=[PARTITION_DATE, "id", "value"]
     )
 
 
-def _assert_table_is(lake: pathlib.Path, expected: dict[datetime.date, set[str]]) -> None:
+def _assert_table_is(
+    lake: pathlib.Path | str,
+    expected: dict[datetime.date, set[str]],
+    storage_options: dict[str, str] | None = None,
+) -> None:
     """Each day holds ids 0..N-1 exactly once, all from one of the writers allowed for it."""
-    table = _rows(lake)
+    table = _rows(lake, storage_options)
     keys = Counter(
         zip(table.column(PARTITION_DATE).to_pylist(), table.column("id").to_pylist(), strict=True)
     )

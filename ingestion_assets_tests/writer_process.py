@@ -5,12 +5,15 @@ writers against each other and to kill one in the middle of a write).
         [--rows-per-day N] [--delay-per-day S]
 
 Each day gets ids 0..N-1 with `value` = TAG, one batch per day. With --ready/--go the process
-imports everything, creates the ready file, and starts only once the go file exists."""
+imports everything, creates the ready file, and starts only once the go file exists. LAKE may be
+an s3:// URI, with the delta-rs storage options as JSON in INGEST_TEST_STORAGE_OPTIONS."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import pathlib
 import sys
 import time
@@ -25,6 +28,7 @@ FIRST_DAY = datetime.date(2024, 1, 1)
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-05-01")
 SCHEMA = pa.schema([("day", pa.date32()), ("id", pa.int64()), ("value", pa.string())])
 BARRIER_SECONDS = 60.0
+STORAGE_OPTIONS_VARIABLE = "INGEST_TEST_STORAGE_OPTIONS"
 
 
 def rows_of(day: datetime.date, tag: str, rows_per_day: int) -> pa.RecordBatch:
@@ -75,7 +79,12 @@ def main(argv: list[str]) -> int:
     result = materialize(
         [events],
         instance=DagsterInstance.ephemeral(),
-        resources={"io_manager": DeltaLakeIOManager(root_uri=args.lake)},
+        resources={
+            "io_manager": DeltaLakeIOManager(
+                root_uri=args.lake,
+                storage_options=json.loads(os.environ.get(STORAGE_OPTIONS_VARIABLE, "{}")),
+            )
+        },
         tags={
             "dagster/asset_partition_range_start": args.first.isoformat(),
             "dagster/asset_partition_range_end": args.last.isoformat(),
