@@ -202,8 +202,10 @@ class SqlTableReader:
         inspector = sa.inspect(connection)
         schema, name = self.table.schema_name, self.table.name
         try:
-            if schema is not None and schema not in inspector.get_schema_names():
-                listing = ", ".join(sorted(inspector.get_schema_names())[:30]) or "none"
+            schemas = inspector.get_schema_names() if schema is not None else []
+            # a first check for a clearer message; case-blind, as some servers are
+            if schema is not None and schema.lower() not in {s.lower() for s in schemas}:
+                listing = ", ".join(sorted(schemas)[:30]) or "none"
                 raise SourceError(
                     f"{self._where(window)}: the table does not exist at the source: there is no "
                     f"schema '{schema}'. Tables in schema '{schema}': none. Schemas: {listing}. "

@@ -1,0 +1,1 @@
+"""Downstream transforms over the ingested Delta tables (Spark locally or on Databricks)."""
