@@ -24,11 +24,14 @@ from ingestion_assets.factory import (
     source_checks,
     source_resource_key,
 )
+from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.resources import RestSourceResource, SqlSourceResource
-from ingestion_assets.specs import ProjectSpec, RestSourceSpec, SqlSourceSpec
+from ingestion_assets.specs import DatabricksSpec, ProjectSpec, RestSourceSpec, SqlSourceSpec
+
+DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
 
 
 def ingest_job_name(source_name: str) -> str:
@@ -64,6 +67,20 @@ def source_jobs(
     return jobs
 
 
+def databricks_io_manager(settings: DatabricksSpec) -> DatabricksIOManager:
+    """The Unity Catalog IO manager; `${VAR}`s become EnvVars, read when a run starts."""
+    return DatabricksIOManager(
+        host=config_value(settings.host),
+        token=config_value(settings.token),
+        warehouse_id=config_value(settings.warehouse_id),
+        catalog=settings.catalog,
+        schema_name=settings.schema_name,
+        volume=settings.volume,
+        rows_per_file=settings.rows_per_file,
+        poll_interval_seconds=settings.poll_interval_seconds,
+    )
+
+
 def build_definitions(project: ProjectSpec) -> Definitions:
     """Everything Dagster needs, from validated specs; connects to nothing."""
     resources: dict[str, object] = {
@@ -85,16 +102,24 @@ def build_definitions(project: ProjectSpec) -> Definitions:
             if isinstance(spec, RestSourceSpec)
             else SqlSourceResource.from_spec(source_name, spec)
         )
-        assets.extend(source_assets(source_name, spec))
-        checks.extend(source_checks(source_name, spec))
+        if project.io_manager_of(source_name) == "databricks":
+            assert project.lake.databricks is not None  # ProjectSpec validates it
+            resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)
+            assets.extend(source_assets(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
+        else:
+            assets.extend(source_assets(source_name, spec))
+            # the checks read the delta-rs table; Unity Catalog tables are checked in Databricks
+            checks.extend(source_checks(source_name, spec))
         source_job_defs = source_jobs(source_name, spec)
         jobs.extend(source_job_defs)
         source_schedules, source_sensors = source_automation(source_name, spec, source_job_defs)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
     maintenance = maintenance_job(project)
-    jobs.append(maintenance)
-    schedule = maintenance_schedule(project, maintenance)
+    schedule = None
+    if maintenance is not None:
+        jobs.append(maintenance)
+        schedule = maintenance_schedule(project, maintenance)
     if schedule is not None:
         schedules.append(schedule)
     return Definitions(

@@ -113,9 +113,13 @@ def _description(spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec, kind:
 
 
 def dataset_asset(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec
+    source_name: str,
+    spec: SqlSourceSpec | RestSourceSpec,
+    table: DatasetSpec,
+    io_manager_key: str = "io_manager",
 ) -> AssetsDefinition:
-    """The asset `[source, table]` that streams one table's (or stream's) days into Delta."""
+    """The asset `[source, table]` that streams one table's (or stream's) days into Delta
+    (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's)."""
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
     kind = source_kind(spec)
@@ -142,12 +146,13 @@ def dataset_asset(
         description=_description(spec, table, kind),
         partitions_def=partitions_def,
         backfill_policy=backfill_policy,
-        kinds={kind, "delta"},
+        kinds={kind, "delta", *(["databricks"] if io_manager_key != "io_manager" else [])},
         owners=list(table.owners or spec.owners),
         tags={**spec.tags, **table.tags},
         metadata=metadata,
         pool=source_name,
         required_resource_keys={resource_key},
+        io_manager_key=io_manager_key,
     )
     def _table(context) -> Any:  # type: ignore[no-untyped-def]
         # Dagster reads these annotations at run time: `context` stays bare, the output is an
@@ -179,10 +184,10 @@ def dataset_asset(
 
 
 def source_assets(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec
+    source_name: str, spec: SqlSourceSpec | RestSourceSpec, io_manager_key: str = "io_manager"
 ) -> Sequence[AssetsDefinition]:
-    """One asset per table or stream of a source."""
-    return [dataset_asset(source_name, spec, dataset) for dataset in spec.datasets]
+    """One asset per table or stream of a source, written by the IO manager `io_manager_key`."""
+    return [dataset_asset(source_name, spec, dataset, io_manager_key) for dataset in spec.datasets]
 
 
 def _source_count(spec: SqlSourceSpec | RestSourceSpec, dataset: DatasetSpec) -> SourceCount:

@@ -68,14 +68,18 @@ def _table_op(source_name: str, key_name: str, settings: MaintenanceSpec) -> OpD
     return _maintain
 
 
-def maintenance_job(project: ProjectSpec) -> JobDefinition:
-    """A job with one independent op per table of every source."""
+def maintenance_job(project: ProjectSpec) -> JobDefinition | None:
+    """A job with one independent op per Delta table of every source (tables written to
+    Databricks are maintained by Unity Catalog, e.g. predictive optimization)."""
     settings = project.lake.maintenance
     ops = [
         _table_op(source_name, dataset.key_name, settings)
         for source_name, spec in project.sources.items()
+        if project.io_manager_of(source_name) == "delta"
         for dataset in spec.datasets
     ]
+    if not ops:
+        return None
     graph = GraphDefinition(
         name=MAINTENANCE_JOB,
         node_defs=ops,

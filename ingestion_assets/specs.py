@@ -533,6 +533,9 @@ class _SourceBase(Spec):
     description: str | None = None
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     sensor: SensorSpec = Field(default_factory=SensorSpec)
+    io_manager: IoManagerName | None = Field(
+        None, description="`delta` or `databricks`; default: the lake's `io_manager`."
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -690,14 +693,60 @@ class MaintenanceSpec(Spec):
         return ScheduleSpec._cron(value)
 
 
+IoManagerName = Literal["delta", "databricks"]
+UC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class DatabricksSpec(Spec):
+    """Unity Catalog target: a SQL warehouse commits what is staged on a volume."""
+
+    host: str = Field(
+        description="Workspace URL, e.g. https://adb-123.azuredatabricks.net; may be ${VAR}."
+    )
+    token: str = Field(description="Personal access token: always a `${VAR}` reference.")
+    warehouse_id: str = Field(description="SQL warehouse that runs the commit statements.")
+    catalog: str = Field(description="Unity Catalog catalog of the tables and the volume.")
+    schema_name: str = Field(alias="schema", description="Schema of the tables and the volume.")
+    volume: str = Field(description="Volume where Parquet files are staged during a run.")
+    rows_per_file: int = Field(500_000, gt=0, description="Rows per staged Parquet file.")
+    poll_interval_seconds: float = Field(
+        2.0, gt=0, description="Pause between polls of a running SQL statement."
+    )
+
+    @field_validator("host", "warehouse_id")
+    @classmethod
+    def _references(cls, value: str) -> str:
+        return _check_reference_syntax(value)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str | None:
+        return _secret(value, "token")
+
+    @field_validator("catalog", "schema_name", "volume")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        if not UC_NAME.match(value):
+            raise ValueError(
+                f"'{value}' is not a plain Unity Catalog name: use letters, digits, _ and -"
+            )
+        return value
+
+
 class LakeSpec(Spec):
-    """Where Delta tables live: a local folder or an object-store URI."""
+    """Where Delta tables live: a local folder or an object-store URI, or Unity Catalog."""
 
     root: str = Field(".data/lake", description="Folder or s3:// / az:// / gs:// URI.")
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="delta-rs storage options; values may be ${VAR}."
     )
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
+    io_manager: IoManagerName = Field(
+        "delta", description="Default writer: `delta` (delta-rs, under root) or `databricks`."
+    )
+    databricks: DatabricksSpec | None = Field(
+        None, description="Unity Catalog settings, needed when any source writes to databricks."
+    )
 
     @field_validator("storage_options")
     @classmethod
@@ -726,3 +775,18 @@ class ProjectSpec(Spec):
                     f"and folder), e.g. '{snake_case(name) or 'erp'}'"
                 )
         return value
+
+    def io_manager_of(self, source_name: str) -> IoManagerName:
+        """The writer of a source's tables: its own `io_manager`, else the lake's."""
+        return self.sources[source_name].io_manager or self.lake.io_manager
+
+    @model_validator(mode="after")
+    def _databricks_settings(self) -> ProjectSpec:
+        users = [name for name in self.sources if self.io_manager_of(name) == "databricks"]
+        if users and self.lake.databricks is None:
+            raise ValueError(
+                f"source(s) {', '.join(users)} write to databricks but lake.databricks is not "
+                "set: add lake: {databricks: {host: ${DATABRICKS_HOST}, token: "
+                "${DATABRICKS_TOKEN}, warehouse_id: ..., catalog: ..., schema: ..., volume: ...}}"
+            )
+        return self

@@ -152,7 +152,7 @@ def partition_dates(values: pa.Array, zone: str) -> pa.Array:
 
 
 @dataclass
-class _WritePlan:
+class WritePlan:
     """Everything that decides how the incoming batches become Delta rows."""
 
     table_label: str
@@ -253,6 +253,75 @@ class _WritePlan:
             raise
 
 
+@dataclass(frozen=True)
+class OutputWindow:
+    """The days an output covers (today for a snapshot) and how messages name them."""
+
+    first_day: datetime.date
+    last_day: datetime.date
+    zone: str
+    partition_label: str
+    windowed: bool
+
+    @property
+    def predicate(self) -> str | None:
+        """The replace predicate of a partitioned output; None for a full snapshot."""
+        return replace_predicate(self.first_day, self.last_day) if self.windowed else None
+
+
+def output_window(context: OutputContext) -> OutputWindow:
+    """The partition window (one day or a backfill's range) an asset's output replaces."""
+    if not context.has_asset_partitions:
+        today = datetime.datetime.now(datetime.UTC).date()
+        return OutputWindow(today, today, "UTC", "full snapshot", windowed=False)
+    window = context.asset_partitions_time_window
+    zone = getattr(context.asset_partitions_def, "timezone", None) or "UTC"
+    first_day = window.start.date()
+    last_day = (window.end - datetime.timedelta(microseconds=1)).date()
+    label = (
+        f"partition {first_day}" if first_day == last_day else f"partitions {first_day}..{last_day}"
+    )
+    return OutputWindow(first_day, last_day, zone, label, windowed=True)
+
+
+def output_reader(obj: Any) -> tuple[pa.RecordBatchReader, SourceStream | None]:
+    """The batches an asset returned, and its SourceStream when it returned one."""
+    if isinstance(obj, SourceStream):
+        return obj.reader, obj
+    if isinstance(obj, pa.RecordBatchReader):
+        return obj, None
+    return pa.table(obj).to_reader(), None
+
+
+def lake_schema(schema: pa.Schema, nanoseconds: str) -> pa.Schema:
+    """The schema rows are written with: Delta-compatible types, then the lineage columns."""
+    return pa.schema(
+        [
+            pa.field(f.name, delta_compatible_type(f.type, nanoseconds), nullable=True)
+            for f in schema
+            if f.name not in LINEAGE_COLUMNS
+        ]
+        + [
+            pa.field(PARTITION_DATE, pa.date32()),
+            pa.field(INGESTED_AT, pa.timestamp("us", "UTC")),
+            pa.field(RUN_ID, pa.string()),
+        ]
+    )
+
+
+def row_count_metadata(context: OutputContext, plan: WritePlan) -> dict[str, Any]:
+    """`dagster/row_count` for one partition; for a backfill's range, each partition's own count
+    (added to its materialization) and the run's total as `rows_in_run`."""
+    if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+        for key in context.asset_partition_keys:
+            day = datetime.date.fromisoformat(key[:10])
+            context.step_context.add_asset_metadata(
+                {"dagster/row_count": plan.rows_by_day.get(day, 0)}, partition_key=key
+            )
+        return {"rows_in_run": plan.rows}
+    return {"dagster/row_count": plan.rows}
+
+
 class DeltaLakeIOManager(ConfigurableIOManager):
     """Writes each asset to a Delta table `<root>/<source>/<table>`; replaces partitions atomically."""
 
@@ -293,49 +362,18 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """Write the asset's batches: replace its partitions (or the whole snapshot) in one commit."""
         if obj is None:
             return
-        source_stream = obj if isinstance(obj, SourceStream) else None
-        if source_stream is not None:
-            reader = source_stream.reader
-        elif isinstance(obj, pa.RecordBatchReader):
-            reader = obj
-        else:
-            reader = pa.table(obj).to_reader()
+        reader, source_stream = output_reader(obj)
         metadata = context.definition_metadata or {}
         asset_path = list(context.asset_key.path)
         uri = self.table_uri(asset_path)
         table_label = f"table {'.'.join(asset_path)}"
-        partition_column = _text(metadata.get(PARTITION_COLUMN_KEY))
-        policy = _text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve"
-        nanoseconds = _text(metadata.get(NANOSECONDS_KEY)) or "error"
-
-        zone = "UTC"
-        if context.has_asset_partitions:
-            window = context.asset_partitions_time_window
-            zone = getattr(context.asset_partitions_def, "timezone", None) or "UTC"
-            first_day = window.start.date()
-            last_day = (window.end - datetime.timedelta(microseconds=1)).date()
-            partition_label = (
-                f"partition {first_day}"
-                if first_day == last_day
-                else f"partitions {first_day}..{last_day}"
-            )
-            predicate: str | None = replace_predicate(first_day, last_day)
-        else:
-            first_day = last_day = datetime.datetime.now(datetime.UTC).date()
-            partition_label, predicate = "full snapshot", None
-
-        target = pa.schema(
-            [
-                pa.field(f.name, delta_compatible_type(f.type, nanoseconds), nullable=True)
-                for f in reader.schema
-                if f.name not in LINEAGE_COLUMNS
-            ]
-            + [
-                pa.field(PARTITION_DATE, pa.date32()),
-                pa.field(INGESTED_AT, pa.timestamp("us", "UTC")),
-                pa.field(RUN_ID, pa.string()),
-            ]
-        )
+        partition_column = metadata_text(metadata.get(PARTITION_COLUMN_KEY))
+        policy = metadata_text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve"
+        nanoseconds = metadata_text(metadata.get(NANOSECONDS_KEY)) or "error"
+        window = output_window(context)
+        first_day, last_day, zone = window.first_day, window.last_day, window.zone
+        partition_label, predicate = window.partition_label, window.predicate
+        target = lake_schema(reader.schema, nanoseconds)
         existing = self._open(uri)
         schema_mode: Literal["merge"] | None = None
         if existing is not None:
@@ -363,7 +401,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 ]
             )
 
-        plan = _WritePlan(
+        plan = WritePlan(
             table_label=table_label,
             partition_label=partition_label,
             target=target,
@@ -407,16 +445,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         elapsed = time.monotonic() - started
 
         table = DeltaTable(uri, storage_options=self.storage_options or None)
-        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
-            # a backfill's range: each partition's materialization shows its own row count
-            for key in context.asset_partition_keys:
-                day = datetime.date.fromisoformat(key[:10])
-                context.step_context.add_asset_metadata(
-                    {"dagster/row_count": plan.rows_by_day.get(day, 0)}, partition_key=key
-                )
-            run_rows: dict[str, Any] = {"rows_in_run": plan.rows}
-        else:
-            run_rows = {"dagster/row_count": plan.rows}
+        run_rows = row_count_metadata(context, plan)
         context.add_output_metadata(
             {
                 **run_rows,
@@ -448,7 +477,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         uri: str,
         existing: DeltaTable | None,
         batches: Iterator[pa.RecordBatch],
-        plan: _WritePlan,
+        plan: WritePlan,
         windowed: bool,
         log: Callable[[str], None],
     ) -> list[tuple[str, int]]:
@@ -533,7 +562,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         self,
         uri: str,
         source_stream: SourceStream,
-        plan: _WritePlan,
+        plan: WritePlan,
         predicate: str | None,
         context: OutputContext,
     ) -> dict[str, Any]:
@@ -634,7 +663,7 @@ def _create_table(uri: str, schema: pa.Schema, options: dict[str, str] | None) -
         return DeltaTable(uri, storage_options=options)
 
 
-def _check_schema(table: DeltaTable, plan: _WritePlan) -> None:
+def _check_schema(table: DeltaTable, plan: WritePlan) -> None:
     """The table (possibly changed by another run since planning) still has the plan's columns."""
     if pa.schema(table.schema().to_arrow()).names != plan.target.names:
         raise WriteConflictError(
@@ -643,7 +672,7 @@ def _check_schema(table: DeltaTable, plan: _WritePlan) -> None:
         )
 
 
-def _conflict_error(plan: _WritePlan, attempts: int) -> WriteConflictError:
+def _conflict_error(plan: WritePlan, attempts: int) -> WriteConflictError:
     return WriteConflictError(
         f"{plan.table_label} {plan.partition_label}: other runs kept committing to the table "
         f"while this one tried to ({attempts} attempts); nothing was written. Re-run the "
@@ -673,7 +702,8 @@ def _repeat(value: Any, kind: pa.DataType, count: int) -> pa.Array:
     return pa.repeat(pa.scalar(value, kind), count)
 
 
-def _text(value: Any) -> str | None:
+def metadata_text(value: Any) -> str | None:
+    """A definition-metadata value as text (None when absent or empty)."""
     if value is None:
         return None
     return str(getattr(value, "value", value)) or None

@@ -1,0 +1,363 @@
+"""Unity Catalog IO manager: stage Parquet on a volume, commit with one SQL statement."""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import ConfigurableIOManager, InputContext, OutputContext
+from pydantic import Field
+
+from ingestion_assets.errors import IngestionError
+from ingestion_assets.io_managers.delta import (
+    NANOSECONDS_KEY,
+    PARTITION_COLUMN_KEY,
+    PARTITION_DATE,
+    OutputWindow,
+    WritePlan,
+    column_schema,
+    lake_schema,
+    metadata_text,
+    output_reader,
+    output_window,
+    row_count_metadata,
+)
+from ingestion_assets.io_managers.files import read_ahead
+
+if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
+
+# states in which a statement may still change; anything else is final
+_UNFINISHED = frozenset({"PENDING", "RUNNING"})
+
+
+def databricks_type(arrow: pa.DataType) -> str:
+    """The Databricks SQL type of a (Delta-compatible) Arrow type."""
+    simple = {
+        pa.bool_(): "BOOLEAN",
+        pa.int8(): "TINYINT",
+        pa.int16(): "SMALLINT",
+        pa.int32(): "INT",
+        pa.int64(): "BIGINT",
+        pa.float16(): "FLOAT",
+        pa.float32(): "FLOAT",
+        pa.float64(): "DOUBLE",
+        pa.date32(): "DATE",
+        pa.date64(): "DATE",
+    }
+    if arrow in simple:
+        return simple[arrow]
+    if pa.types.is_decimal(arrow):
+        return f"DECIMAL({arrow.precision},{arrow.scale})"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMP" if arrow.tz is not None else "TIMESTAMP_NTZ"
+    if pa.types.is_string(arrow) or pa.types.is_large_string(arrow):
+        return "STRING"
+    if pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow):
+        return "BINARY"
+    if pa.types.is_fixed_size_binary(arrow):
+        return "BINARY"
+    if pa.types.is_null(arrow):
+        # a column with no declared type: STRING rather than VOID, which readers refuse
+        return "STRING"
+    raise IngestionError(
+        f"Arrow type {arrow} has no Databricks SQL column type here; cast the column at the "
+        "source (e.g. to text) or declare its type in the project file."
+    )
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as a Databricks SQL identifier: in backticks, inner backticks doubled."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    """`value` as a Databricks SQL string literal (backslash is an escape character there)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def create_table_sql(table_name: str, schema: pa.Schema) -> str:
+    """`CREATE TABLE IF NOT EXISTS` with the columns of `schema`, as a Delta table."""
+    columns = ", ".join(f"{quote_identifier(f.name)} {databricks_type(f.type)}" for f in schema)
+    return f"CREATE TABLE IF NOT EXISTS {table_name} ({columns}) USING DELTA"
+
+
+def replace_sql(
+    table_name: str,
+    staging_directory: str,
+    columns: list[str],
+    window: tuple[datetime.date, datetime.date] | None,
+) -> str:
+    """The one statement that swaps the window's rows (the whole table when None) for the staged
+    files: `INSERT INTO ... REPLACE WHERE` or `INSERT OVERWRITE`."""
+    # named columns, not `*`: read_files may add a `_rescued_data` column, and inserts are
+    # positional
+    selected = ", ".join(quote_identifier(name) for name in columns)
+    source = (
+        f"SELECT {selected} FROM read_files({sql_string(staging_directory)}, format => 'parquet')"
+    )
+    if window is None:
+        return f"INSERT OVERWRITE {table_name} {source}"
+    first, last = window
+    column = quote_identifier(PARTITION_DATE)
+    predicate = f"{column} >= DATE'{first.isoformat()}' AND {column} <= DATE'{last.isoformat()}'"
+    return f"INSERT INTO {table_name} REPLACE WHERE {predicate} {source}"
+
+
+def table_name_of(asset_path: list[str]) -> str:
+    """The Unity Catalog table of an asset `[source, table]`: `source__table`."""
+    return "__".join(asset_path)
+
+
+@dataclass
+class StagedFiles:
+    """Parquet files written from batches, each uploaded to the volume once it is full."""
+
+    client: WorkspaceClient
+    directory: str
+    schema: pa.Schema
+    rows_per_file: int
+    paths: list[str] = field(default_factory=list)
+    bytes_staged: int = 0
+    _writer: pq.ParquetWriter | None = None
+    _buffer: IO[bytes] | None = None
+    _rows: int = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Add a batch; a file holding `rows_per_file` rows is uploaded and its space freed."""
+        offset = 0
+        while offset < batch.num_rows:
+            if self._writer is None:
+                self._buffer = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _upload
+                self._writer = pq.ParquetWriter(self._buffer, self.schema)
+                self._rows = 0
+            piece = batch.slice(offset, self.rows_per_file - self._rows)
+            self._writer.write_batch(piece)
+            self._rows += piece.num_rows
+            offset += piece.num_rows
+            if self._rows >= self.rows_per_file:
+                self._upload()
+
+    def finish(self) -> None:
+        """Upload the last file; with no rows at all, one empty file so the window is replaced."""
+        if self._writer is None and not self.paths:
+            self._buffer = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _upload
+            self._writer = pq.ParquetWriter(self._buffer, self.schema)
+        if self._writer is not None:
+            self._upload()
+
+    def _upload(self) -> None:
+        assert self._writer is not None
+        assert self._buffer is not None
+        self._writer.close()
+        path = f"{self.directory}/part-{len(self.paths):05d}.parquet"
+        try:
+            self.bytes_staged += self._buffer.tell()
+            self._buffer.seek(0)
+            # recorded first: a half-finished upload is deleted too
+            self.paths.append(path)
+            self.client.files.upload(path, cast(BinaryIO, self._buffer), overwrite=True)
+        finally:
+            self._buffer.close()
+            self._writer, self._buffer = None, None
+
+    def delete(self) -> None:
+        """Remove every staged file and the run's staging folder."""
+        if self._buffer is not None:
+            self._buffer.close()
+        for path in self.paths:
+            self.client.files.delete(path)
+        if self.paths:
+            self.client.files.delete_directory(self.directory)
+
+
+class DatabricksIOManager(ConfigurableIOManager):
+    """Writes each asset to a Unity Catalog Delta table `<catalog>.<schema>.<source>__<table>`."""
+
+    host: str = Field(description="Workspace URL, e.g. https://adb-123.azuredatabricks.net.")
+    # repr=False: once a run resolved the EnvVar, the value is a credential
+    token: str = Field(repr=False, description="Personal access token; take it from EnvVar.")
+    warehouse_id: str = Field(description="SQL warehouse that runs the commit statements.")
+    catalog: str = Field(description="Unity Catalog catalog of the tables and the volume.")
+    schema_name: str = Field(description="Schema holding the tables and the staging volume.")
+    volume: str = Field(description="Volume where a run stages its Parquet files.")
+    rows_per_file: int = Field(
+        default=500_000, gt=0, description="Rows per staged Parquet file: bounds memory and disk."
+    )
+    statement_timeout_seconds: float = Field(
+        default=3600.0, gt=0, description="How long to wait for a statement before cancelling it."
+    )
+    poll_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Pause between polls of a running statement."
+    )
+
+    def full_table_name(self, asset_path: list[str]) -> str:
+        """`catalog`.`schema`.`source__table`, quoted."""
+        return ".".join(
+            quote_identifier(part)
+            for part in (self.catalog, self.schema_name, table_name_of(asset_path))
+        )
+
+    def staging_directory(self, asset_path: list[str], run_id: str) -> str:
+        """The run's folder on the volume: `/Volumes/<c>/<s>/<v>/_staging/<table>/<run>`."""
+        return (
+            f"/Volumes/{self.catalog}/{self.schema_name}/{self.volume}/_staging/"
+            f"{table_name_of(asset_path)}/{run_id}"
+        )
+
+    def client(self) -> WorkspaceClient:
+        """A workspace client; created in a run, never while definitions load."""
+        from databricks.sdk import WorkspaceClient
+
+        return WorkspaceClient(host=self.host, token=self.token, auth_type="pat")
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """Stage the batches on the volume, create the table if needed, swap the window in."""
+        if obj is None:
+            return
+        reader, source_stream = output_reader(obj)
+        metadata = context.definition_metadata or {}
+        asset_path = list(context.asset_key.path)
+        table_name = self.full_table_name(asset_path)
+        window = output_window(context)
+        nanoseconds = metadata_text(metadata.get(NANOSECONDS_KEY)) or "error"
+        target = lake_schema(reader.schema, nanoseconds)
+        plan = WritePlan(
+            table_label=f"table {table_name}",
+            partition_label=window.partition_label,
+            target=target,
+            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+            zone=window.zone,
+            first_day=window.first_day,
+            last_day=window.last_day,
+            ingested_at=datetime.datetime.now(datetime.UTC),
+            run_id=context.run_id,
+            nanoseconds=nanoseconds,
+        )
+        client = self.client()
+        staged = StagedFiles(
+            client, self.staging_directory(asset_path, context.run_id), target, self.rows_per_file
+        )
+        started = time.monotonic()
+        statement_ids: list[str] = []
+        try:
+            batches = plan.stream(read_ahead(reader), context.log.info)
+            try:
+                self._stage(staged, batches)
+            finally:
+                batches.close()
+            span = (window.first_day, window.last_day) if window.windowed else None
+            for statement in (
+                create_table_sql(table_name, target),
+                replace_sql(table_name, staged.directory, target.names, span),
+            ):
+                statement_ids.append(self._execute(client, statement, plan, window))
+        except BaseException as error:
+            try:
+                staged.delete()
+            except Exception as cleanup_error:
+                error.add_note(
+                    f"the staged files under {staged.directory} could not be deleted "
+                    f"({self._hide_token(cleanup_error)}); delete them from the volume."
+                )
+            if plan.source_error is not None:
+                raise plan.source_error from None
+            if isinstance(error, IngestionError) or not isinstance(error, Exception):
+                raise
+            raise IngestionError(
+                f"{plan.table_label} ({plan.partition_label}): writing to Databricks failed: "
+                f"{self._hide_token(error)}. The table is unchanged; staged files were removed. "
+                "Re-run the partition."
+            ) from None
+        try:
+            staged.delete()
+        except Exception as cleanup_error:
+            raise IngestionError(
+                f"{plan.table_label} ({plan.partition_label}): the rows were committed, but the "
+                f"staged files under {staged.directory} could not be deleted "
+                f"({self._hide_token(cleanup_error)}); delete them from the volume."
+            ) from None
+        elapsed = time.monotonic() - started
+        context.add_output_metadata(
+            {
+                **row_count_metadata(context, plan),
+                "dagster/column_schema": column_schema(target),
+                "dagster/table_name": ".".join(
+                    (self.catalog, self.schema_name, table_name_of(asset_path))
+                ),
+                "partitions": (
+                    f"{window.first_day}..{window.last_day}" if window.windowed else "full snapshot"
+                ),
+                "statement_id": statement_ids[-1],
+                "files_staged": len(staged.paths),
+                "bytes_staged": staged.bytes_staged,
+                "seconds": round(elapsed, 3),
+                "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
+            }
+        )
+        context.log.info(
+            f"{plan.table_label} {plan.partition_label}: committed {plan.rows:,} rows from "
+            f"{len(staged.paths)} staged file(s) in {elapsed:.2f} s"
+        )
+        if source_stream is not None:
+            context.add_output_metadata(source_stream.metadata())
+
+    def _stage(self, staged: StagedFiles, batches: Iterable[pa.RecordBatch]) -> None:
+        for batch in batches:
+            staged.write(batch)
+        staged.finish()
+
+    def _execute(
+        self, client: WorkspaceClient, statement: str, plan: WritePlan, window: OutputWindow
+    ) -> str:
+        """Run one statement on the warehouse and wait for it; its id once it succeeded."""
+        deadline = time.monotonic() + self.statement_timeout_seconds
+        response = client.statement_execution.execute_statement(
+            statement=statement, warehouse_id=self.warehouse_id, wait_timeout="30s"
+        )
+        statement_id = response.statement_id or ""
+        status = response.status
+        max_polls = int(self.statement_timeout_seconds / self.poll_interval_seconds) + 1
+        for _ in range(max_polls):
+            state = status.state.value if status and status.state else "PENDING"
+            if state not in _UNFINISHED:
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval_seconds)
+            status = client.statement_execution.get_statement(statement_id).status
+        state = status.state.value if status and status.state else "PENDING"
+        if state == "SUCCEEDED":
+            return statement_id
+        where = f"{plan.table_label} ({window.partition_label})"
+        if state in _UNFINISHED:
+            client.statement_execution.cancel_execution(statement_id)
+            raise IngestionError(
+                f"{where}: statement {statement_id} on SQL warehouse {self.warehouse_id} did not "
+                f"finish within {self.statement_timeout_seconds:.0f} s and was cancelled; the "
+                "table is unchanged. Raise statement_timeout_seconds or size the warehouse up."
+            )
+        error = status.error if status else None
+        message = (error.message if error else None) or "no message"
+        code = error.error_code.value if error and error.error_code else state
+        raise IngestionError(
+            f"{where}: SQL warehouse {self.warehouse_id} reported statement {statement_id} "
+            f"{state} ({code}): {message}. The table is unchanged and the staged files were "
+            f"removed. Statement: {statement[:300]}"
+        )
+
+    def _hide_token(self, error: BaseException) -> str:
+        return str(error).replace(self.token, "***") if self.token else str(error)
+
+    def load_input(self, context: InputContext) -> pa.Table:
+        """Downstream reads happen in Databricks: this IO manager only writes."""
+        raise IngestionError(
+            f"table {self.full_table_name(list(context.asset_key.path))} lives in Unity Catalog; "
+            "read it with a Databricks SQL warehouse or job, not as a Dagster input."
+        )
