@@ -5,7 +5,7 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
-SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless
+SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help uv setup setup-dev system-deps demo ui test lint format bench clean

@@ -18,6 +18,7 @@ from dagster import (
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ingestion_assets.automation import failure_sensor, source_automation
+from ingestion_assets.errors import ConfigError
 from ingestion_assets.factory import (
     partitions_definition,
     source_assets,
@@ -29,7 +30,13 @@ from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.resources import RestSourceResource, SqlSourceResource
-from ingestion_assets.specs import DatabricksSpec, ProjectSpec, RestSourceSpec, SqlSourceSpec
+from ingestion_assets.specs import (
+    DailySalesSpec,
+    DatabricksSpec,
+    ProjectSpec,
+    RestSourceSpec,
+    SqlSourceSpec,
+)
 
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
 
@@ -81,6 +88,29 @@ def databricks_io_manager(settings: DatabricksSpec) -> DatabricksIOManager:
     )
 
 
+def _daily_sales(
+    project: ProjectSpec, settings: DailySalesSpec
+) -> tuple[list[AssetsDefinition], object]:
+    """The Spark transform's assets and its PySpark resource (imported only when configured)."""
+    try:
+        from ingestion_assets.transforms.daily_sales import (
+            daily_sales_assets,
+            local_spark_resource,
+        )
+    except ImportError as error:
+        raise ConfigError(
+            f"transforms.daily_sales_by_product needs PySpark ({error.name} is missing): install "
+            "the project with its `databricks` extra"
+        ) from None
+    spec = project.sources[settings.source]
+    header = next(t for t in spec.datasets if t.key_name == "sales_order_header")
+    partitions_def = partitions_definition(spec, header)
+    assert partitions_def is not None  # the order tables are partitioned
+    return daily_sales_assets(settings.source, partitions_def), local_spark_resource(
+        **settings.spark_config
+    )
+
+
 def build_definitions(project: ProjectSpec) -> Definitions:
     """Everything Dagster needs, from validated specs; connects to nothing."""
     resources: dict[str, object] = {
@@ -115,6 +145,10 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         source_schedules, source_sensors = source_automation(source_name, spec, source_job_defs)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
+    daily_sales = project.transforms.daily_sales_by_product
+    if daily_sales is not None:
+        transform_assets, resources["pyspark"] = _daily_sales(project, daily_sales)
+        assets.extend(transform_assets)
     maintenance = maintenance_job(project)
     schedule = None
     if maintenance is not None:

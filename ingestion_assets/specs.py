@@ -759,11 +759,31 @@ class LakeSpec(Spec):
 SourceSpec = Annotated[SqlSourceSpec | RestSourceSpec, Field(discriminator="type")]
 
 
+class DailySalesSpec(Spec):
+    """The example Spark transform: daily sales by product from a source's order tables."""
+
+    source: str = Field(
+        description="The SQL source whose sales_order_header and sales_order_detail it reads."
+    )
+    spark_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings over the local defaults (local[2], 2 shuffle partitions); "
+        "Databricks Connect settings run it on a cluster.",
+    )
+
+
+class TransformsSpec(Spec):
+    """Downstream assets computed from the ingested tables (need the `databricks` extra)."""
+
+    daily_sales_by_product: DailySalesSpec | None = None
+
+
 class ProjectSpec(Spec):
     """The whole project file."""
 
     lake: LakeSpec = Field(default_factory=LakeSpec)
     sources: dict[str, SourceSpec] = Field(min_length=1)
+    transforms: TransformsSpec = Field(default_factory=TransformsSpec)
 
     @field_validator("sources")
     @classmethod
@@ -779,6 +799,22 @@ class ProjectSpec(Spec):
     def io_manager_of(self, source_name: str) -> IoManagerName:
         """The writer of a source's tables: its own `io_manager`, else the lake's."""
         return self.sources[source_name].io_manager or self.lake.io_manager
+
+    @model_validator(mode="after")
+    def _transform_inputs(self) -> ProjectSpec:
+        daily_sales = self.transforms.daily_sales_by_product
+        if daily_sales is None:
+            return self
+        source = self.sources.get(daily_sales.source)
+        tables = {dataset.key_name for dataset in source.datasets} if source else set()
+        missing = {"sales_order_header", "sales_order_detail"} - tables
+        if source is None or missing:
+            raise ValueError(
+                f"transforms.daily_sales_by_product reads source '{daily_sales.source}', which "
+                f"{'does not exist' if source is None else 'lacks ' + ', '.join(sorted(missing))}"
+                f"; sources: {', '.join(self.sources)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _databricks_settings(self) -> ProjectSpec:

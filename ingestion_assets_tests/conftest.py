@@ -231,6 +231,7 @@ def build_project(
     lake: pathlib.Path,
     tables: Sequence[Mapping[str, Any]],
     lake_options: Mapping[str, Any] | None = None,
+    project_options: Mapping[str, Any] | None = None,
     **source_options: Any,
 ) -> IngestProject:
     """Write a project file for `database` and load it the way Dagster would."""
@@ -242,7 +243,11 @@ def build_project(
     }
     source.update(source_options)
     text = yaml.safe_dump(
-        {"lake": {"root": str(lake), **(lake_options or {})}, "sources": {SOURCE: source}}
+        {
+            "lake": {"root": str(lake), **(lake_options or {})},
+            "sources": {SOURCE: source},
+            **(project_options or {}),
+        }
     )
     spec = parse_project(text, "test-project.yaml")
     return IngestProject(spec, build_definitions(spec), lake)

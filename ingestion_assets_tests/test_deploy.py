@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -53,6 +54,28 @@ def test_the_compose_file_names_its_services_and_takes_secrets_from_the_env_file
     assert workspace["load_from"][0]["grpc_server"]["host"] == "user-code"
     example = (REPOSITORY / ".env.example").read_text()
     assert "DAGSTER_PG_PASSWORD=" in example
+
+
+def test_docker_compose_config_accepts_the_file(tmp_path: pathlib.Path) -> None:
+    # Docker Compose's own validation (Debian's docker-compose; no Docker daemon needed)
+    for name in ("docker-compose.yml", "dagster.yaml", "workspace.docker.yaml"):
+        shutil.copy(REPOSITORY / name, tmp_path / name)
+    shutil.copy(REPOSITORY / ".env.example", tmp_path / ".env")
+    command = shutil.which("docker-compose")
+    assert command, "docker-compose is missing: `make test` installs it (Debian package)"
+    result = subprocess.run(
+        [command, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) == {"dagster-postgres", *DAGSTER_SERVICES}
+    assert resolved["services"]["webserver"]["ports"] == ["127.0.0.1:3000:3000/tcp"]
+    # a broken file is refused: the check is real
+    (tmp_path / "docker-compose.yml").write_text("services:\n  web:\n    image: [unclosed\n")
+    broken = subprocess.run(
+        [command, "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert broken.returncode != 0
 
 
 @pytest.fixture

@@ -14,12 +14,14 @@ from collections.abc import Iterator
 import boto3
 import pyarrow as pa
 import pytest
+from dagster import AssetIn, AssetSpec, DagsterInstance, asset, materialize
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.io_managers.maintenance import maintain_table
 from ingestion_assets_tests.test_concurrency import RACE_DAYS, _assert_table_is, _race
-from ingestion_assets_tests.writer_process import STORAGE_OPTIONS_VARIABLE, main
+from ingestion_assets_tests.writer_process import DAYS, STORAGE_OPTIONS_VARIABLE, main
 
 BUCKET = "lake"
 START_SECONDS = 30
@@ -151,3 +153,29 @@ def test_two_commits_planned_on_one_version_cannot_both_land_on_s3(
     with pytest.raises(CommitFailedError):
         second.create_write_transaction([], mode="append", schema=schema, commit_properties=strict)
     assert DeltaTable(uri, storage_options=options).version() == second.version() + 1
+
+
+def test_a_downstream_asset_loads_its_days_from_s3(s3_lake: tuple[str, dict[str, str]]) -> None:
+    lake, options = s3_lake
+    _write(lake, RACE_DAYS[0], "first", RACE_DAYS[1])
+    received: list[pa.Table] = []
+
+    @asset(
+        key=["t", "downstream"], partitions_def=DAYS, ins={"events": AssetIn(key=["t", "events"])}
+    )
+    def downstream(events: pa.Table) -> None:
+        received.append(events)
+
+    upstream = AssetSpec(key=["t", "events"], partitions_def=DAYS)
+    result = materialize(
+        [upstream, downstream],
+        selection=[downstream],
+        instance=DagsterInstance.ephemeral(),
+        resources={"io_manager": DeltaLakeIOManager(root_uri=lake, storage_options=options)},
+        partition_key=RACE_DAYS[1].isoformat(),
+    )
+    assert result.success
+    (table,) = received
+    # the IO manager read exactly the run's day from S3
+    assert set(table.column("_partition_date").to_pylist()) == {RACE_DAYS[1]}
+    assert sorted(table.column("id").to_pylist()) == list(range(500))

@@ -17,15 +17,14 @@ from dagster import AssetKey, DagsterInstance, Definitions, materialize
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
+from ingestion_assets.errors import ConfigError
 from ingestion_assets.io_managers.delta import PARTITION_DATE
 from ingestion_assets.transforms import daily_sales_job
 from ingestion_assets.transforms.daily_sales import (
     DAILY_SALES_ASSET,
     LOCAL_SPARK_CONFIG,
     PYSPARK_RESOURCE_KEY,
-    daily_sales_assets,
     daily_sales_table,
-    local_spark_resource,
 )
 from ingestion_assets.transforms.daily_sales_databricks import (
     DATABRICKS_RESOURCE_KEY,
@@ -71,12 +70,12 @@ def _partitions_def(project: IngestProject) -> Any:
 def _materialize_sales(
     project: IngestProject, instance: DagsterInstance, first: datetime.date, last: datetime.date
 ) -> Any:
-    sales = daily_sales_assets(SOURCE, _partitions_def(project))
+    # the transform as the project file wires it (transforms.daily_sales_by_product)
     return materialize(
-        [*(project.asset(name) for name in ORDER_TABLES), *sales],
+        [*(project.asset(name) for name in [*ORDER_TABLES, DAILY_SALES_ASSET])],
         selection=[AssetKey([SOURCE, DAILY_SALES_ASSET])],
         instance=instance,
-        resources={**project.defs.resources, PYSPARK_RESOURCE_KEY: local_spark_resource()},
+        resources=project.defs.resources,
         tags={RANGE_START_TAG: first.isoformat(), RANGE_END_TAG: last.isoformat()},
     )
 
@@ -173,7 +172,9 @@ def test_daily_sales_matches_pyarrow_exactly(
             table_entry(sqlite_database, "Sales.SalesOrderHeader"),
             table_entry(sqlite_database, "Sales.SalesOrderDetail"),
         ],
+        project_options={"transforms": {"daily_sales_by_product": {"source": SOURCE}}},
     )
+    assert PYSPARK_RESOURCE_KEY in project.defs.resources
     project.materialize(
         ORDER_TABLES, instance, partition_range=(FIRST_DAY.isoformat(), LAST_DAY.isoformat())
     )
@@ -260,3 +261,19 @@ def test_job_script_compiles_and_imports_without_running(tmp_path: pathlib.Path)
 
     assert callable(daily_sales_job.main)
     assert daily_sales_job.OUTPUT_COLUMNS[0] == daily_sales_job.ORDER_DAY
+
+
+def test_the_transform_must_read_a_source_with_both_order_tables(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    for transform, reason in [
+        ({"source": "shop"}, "reads source 'shop', which does not exist; sources: src"),
+        ({"source": SOURCE}, "lacks sales_order_detail"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            build_project(
+                sqlite_database,
+                tmp_path / "lake",
+                [table_entry(sqlite_database, "Sales.SalesOrderHeader")],
+                project_options={"transforms": {"daily_sales_by_product": transform}},
+            )
