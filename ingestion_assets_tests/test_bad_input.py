@@ -267,10 +267,16 @@ def test_an_injection_shaped_schema_is_a_missing_table_and_drops_nothing(
     assert f"Tables in schema '{schema}': none" in message
 
 
-def odd_columns(dialect: str) -> list[str]:
-    """Column names with quotes, brackets, percent signs and SQL in them."""
-    names = ['we"ird', "br]acket [x]", "semi;colon -- x", "per%cent %s %(x)s", "q'uote", "spa ce"]
-    return [*names, "back`tick"]
+# column names with quotes, brackets, backticks, percent signs and SQL in them
+ODD_COLUMNS = [
+    'we"ird',
+    "br]acket [x]",
+    "semi;colon -- x",
+    "per%cent %s %(x)s",
+    "q'uote",
+    "spa ce",
+    "back`tick",
+]
 
 
 def test_a_table_whose_names_look_like_injections_is_read_exactly(
@@ -278,7 +284,7 @@ def test_a_table_whose_names_look_like_injections_is_read_exactly(
 ) -> None:
     victim = create_victim(source_database)
     name = 'x`]"; DROP TABLE y; --'
-    columns = odd_columns(source_database.dialect)
+    columns = ODD_COLUMNS
     rows = [
         {"id": index, "at": AT, **{column: f"{column} {index} '\";" for column in columns}}
         for index in range(3)
