@@ -39,4 +39,4 @@ USER 10001
 EXPOSE 3000 4000
 
 # the user-code server by default; the webserver and daemon override the command
-CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "ingestion_assets"]
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", "-m", "ingestion_assets.definitions"]

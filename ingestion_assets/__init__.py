@@ -1,5 +1,4 @@
-"""ingestion_assets: source tables and API streams as daily-partitioned Delta Lake assets."""
+"""ingestion_assets: source tables and API streams as daily-partitioned Delta Lake assets.
 
-from ingestion_assets.definitions import defs
-
-__all__ = ["defs"]
+Empty on purpose, so importing a submodule (`ingestion_assets.sources`, `ingestion_assets.lake`)
+stays cheap; Dagster loads `ingestion_assets.definitions`."""

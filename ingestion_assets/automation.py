@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from dagster import (
@@ -25,18 +23,12 @@ from dagster import (
     schedule,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.factory import partitions_definition, source_resource_key
-from ingestion_assets.resources import RestSourceResource, SqlSourceResource
-from ingestion_assets.specs import (
-    DatasetSpec,
-    RestSourceSpec,
-    SqlSourceSpec,
-    StreamSpec,
-    TableSpec,
-)
+from ingestion_assets.resources import SourceResource
+from ingestion_assets.sources.base import ChangedDays
+from ingestion_assets.specs import SourceSpecBase
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -48,17 +40,15 @@ def previous_day(moment: datetime.datetime, zone: str) -> datetime.date:
     return moment.astimezone(ZoneInfo(zone)).date() - datetime.timedelta(days=1)
 
 
-def daily_schedule(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec, job: UnresolvedAssetJobDefinition
-) -> ScheduleDefinition:
+def daily_schedule(source_name: str, spec: SourceSpecBase, job_name: str) -> ScheduleDefinition:
     """Runs a source's job for the previous day's partition, at the spec's cron and zone."""
     zone = spec.schedule.timezone or spec.timezone
     datasets = [d for d in spec.datasets if d.partition_column is not None]
     partitions = [p for p in (partitions_definition(spec, d) for d in datasets) if p is not None]
 
     @schedule(
-        name=f"{job.name}_daily",
-        job=job,
+        name=f"{job_name}_daily",
+        job_name=job_name,
         cron_schedule=spec.schedule.cron,
         execution_timezone=zone,
         description=f"Materializes yesterday's partition ({zone}) of source '{source_name}'.",
@@ -71,17 +61,9 @@ def daily_schedule(
         day = previous_day(moment, zone).isoformat()
         if partitions and not any(day in p.get_partition_keys() for p in partitions):
             return SkipReason(f"{day} is outside the partitions of source '{source_name}'")
-        return RunRequest(run_key=f"{job.name}:{day}", partition_key=day if partitions else None)
+        return RunRequest(run_key=f"{job_name}:{day}", partition_key=day if partitions else None)
 
     return _daily
-
-
-@dataclass(frozen=True)
-class ChangedDays:
-    """The days with rows changed since the cursor, and the newest change seen."""
-
-    days: list[datetime.date]
-    newest: str | None
 
 
 def day_ranges(
@@ -128,15 +110,7 @@ def run_requests_for(
     return requests
 
 
-# (resource, dataset, cursor value or None) -> the days changed since then
-ChangeFinder = Callable[[Any, DatasetSpec, str | None], ChangedDays]
-
-
-def new_data_sensor(
-    source_name: str,
-    spec: SqlSourceSpec | RestSourceSpec,
-    find_changes: ChangeFinder,
-) -> SensorDefinition:
+def new_data_sensor(source_name: str, spec: SourceSpecBase) -> SensorDefinition:
     """Each tick: ask the source which days changed since the cursor; request runs for only those."""
     datasets = [d for d in spec.datasets if d.partition_column is not None]
     resource_key = source_resource_key(source_name)
@@ -154,7 +128,7 @@ def new_data_sensor(
         else DefaultSensorStatus.STOPPED,
     )
     def _new_data(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        resource = getattr(context.resources, resource_key)
+        resource: SourceResource = getattr(context.resources, resource_key)
         cursor: dict[str, str | None] = json.loads(context.cursor) if context.cursor else {}
         requests: list[RunRequest] = []
         notes = []
@@ -162,7 +136,7 @@ def new_data_sensor(
             partitions = partitions_definition(spec, dataset)
             assert partitions is not None
             try:
-                changed = find_changes(resource, dataset, cursor.get(dataset.key_name))
+                changed = resource.changed_days(dataset, cursor.get(dataset.key_name))
             except IngestionError as error:
                 return SkipReason(f"source '{source_name}' is not reachable: {error}")
             if dataset.key_name not in cursor:
@@ -223,39 +197,12 @@ def describe_failed_run(context: RunFailureSensorContext) -> str:
     )
 
 
-def change_finder(spec: SqlSourceSpec | RestSourceSpec) -> ChangeFinder:
-    """How the new-data sensor asks this source for changed days."""
-    if isinstance(spec, RestSourceSpec):
-        rest = spec
-
-        def from_api(resource: Any, dataset: DatasetSpec, since: str | None) -> ChangedDays:
-            rest_source: RestSourceResource = resource
-            stream = cast(StreamSpec, dataset)
-            days, newest = rest_source.changed_days(stream, rest.pagination_of(stream), since)
-            return ChangedDays(days, newest)
-
-        return from_api
-    change_column = spec.sensor.change_column
-    zone = spec.timezone
-
-    def from_database(resource: Any, dataset: DatasetSpec, since: str | None) -> ChangedDays:
-        sql_source: SqlSourceResource = resource
-        table = cast(TableSpec, dataset)
-        column = change_column or table.partition_column or ""
-        days, newest = sql_source.changed_days(table, column, since, zone)
-        return ChangedDays(days, newest)
-
-    return from_database
-
-
 def source_automation(
-    source_name: str,
-    spec: SqlSourceSpec | RestSourceSpec,
-    jobs: Sequence[UnresolvedAssetJobDefinition],
+    source_name: str, spec: SourceSpecBase, job_names: Sequence[str]
 ) -> tuple[list[ScheduleDefinition], list[SensorDefinition]]:
     """A daily schedule per job of the source, and its new-data sensor."""
-    schedules = [daily_schedule(source_name, spec, job) for job in jobs]
+    schedules = [daily_schedule(source_name, spec, name) for name in job_names]
     sensors = []
     if any(d.partition_column for d in spec.datasets):
-        sensors.append(new_data_sensor(source_name, spec, change_finder(spec)))
+        sensors.append(new_data_sensor(source_name, spec))
     return schedules, sensors

@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from ingestion_assets.io_managers.delta import LINEAGE_COLUMNS, PARTITION_DATE, DeltaLakeIOManager
+from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import CheckSpec, DatasetSpec
 
@@ -167,24 +168,11 @@ def _severity(spec: CheckSpec) -> AssetCheckSeverity:
     return AssetCheckSeverity.ERROR if spec.severity == "ERROR" else AssetCheckSeverity.WARN
 
 
-# (source resource, window) -> the source's row count for the window, None if it cannot tell
-SourceCount = Callable[[Any, PartitionWindow | None], int | None]
-
-
-def _window_days(window: PartitionWindow) -> list[datetime.date]:
-    days, day = [], window.first_day
-    while day <= window.last_day:
-        days.append(day)
-        day += datetime.timedelta(days=1)
-    return days
-
-
 def dataset_checks(
     asset_key: AssetKey,
     dataset: DatasetSpec,
     partitions_def: DailyPartitionsDefinition | None,
     source_resource_key: str,
-    source_count: SourceCount,
 ) -> AssetChecksDefinition | None:
     """One check op for an asset, with the checks its spec enables."""
     checks = dataset.checks
@@ -238,16 +226,11 @@ def dataset_checks(
         window = None
         if partitions_def is not None:
             time_window = context.partition_time_window
-            first, last = context.partition_key_range.start, context.partition_key_range.end
-            window = PartitionWindow(
-                time_window.start,
-                time_window.end,
-                f"partition {first}" if first == last else f"partitions {first}..{last}",
-            )
-        source = getattr(context.resources, source_resource_key)
+            window = PartitionWindow(time_window.start, time_window.end)
+        source: SourceResource = getattr(context.resources, source_resource_key)
 
         def count_at_source() -> int | None:
-            return source_count(source, window)
+            return source.count(dataset, window)
 
         for name, spec in enabled.items():
             if name not in selected:
@@ -259,9 +242,7 @@ def dataset_checks(
                     name, context, asset_key, dataset, table, window, count_at_source
                 )
             if window is not None:
-                verdict.metadata["partitions"] = window.label.removeprefix(
-                    "partitions "
-                ).removeprefix("partition ")
+                verdict.metadata["partitions"] = window.days_text
             yield AssetCheckResult(
                 check_name=name,
                 asset_key=asset_key,
@@ -300,7 +281,7 @@ def _evaluate(
     rows_by_day = dict(
         zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)
     )
-    days = _window_days(window) if window is not None else list(rows_by_day)
+    days = window.days() if window is not None else list(rows_by_day)
     source_rows = None
     if dataset.checks.row_count.reconcile:
         source_rows = count_at_source()

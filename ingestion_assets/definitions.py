@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 from collections import defaultdict
+from typing import Any
 
 from dagster import (
     AssetChecksDefinition,
+    AssetKey,
     AssetsDefinition,
     AssetSelection,
     Definitions,
-    JobDefinition,
     ScheduleDefinition,
     SensorDefinition,
     define_asset_job,
     definitions,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ingestion_assets.automation import failure_sensor, source_automation
 from ingestion_assets.errors import ConfigError
@@ -23,22 +24,21 @@ from ingestion_assets.factory import (
     partitions_definition,
     source_assets,
     source_checks,
+    source_resource,
     source_resource_key,
 )
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
-from ingestion_assets.resources import RestSourceResource, SqlSourceResource
-from ingestion_assets.specs import (
-    DailySalesSpec,
-    DatabricksSpec,
-    ProjectSpec,
-    RestSourceSpec,
-    SqlSourceSpec,
-)
+from ingestion_assets.specs import DatabricksSpec, ProjectSpec, SourceSpecBase
 
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
+# extension modules: a `transforms.<name>` entry of the project file -> the function
+# (project, settings, partitions of its inputs) -> Definitions that builds it
+TRANSFORMS = {
+    "daily_sales_by_product": "ingestion_assets.demo.transforms.extension:daily_sales_by_product",
+}
 
 
 def ingest_job_name(source_name: str) -> str:
@@ -46,10 +46,9 @@ def ingest_job_name(source_name: str) -> str:
     return f"ingest_{source_name}"
 
 
-def source_jobs(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec
-) -> list[UnresolvedAssetJobDefinition]:
-    """A job per source (one per distinct partitioning when the tables' start dates differ)."""
+def source_job_selections(source_name: str, spec: SourceSpecBase) -> dict[str, list[AssetKey]]:
+    """A job per source (one per distinct partitioning when the tables' start dates differ):
+    its name and its assets."""
     by_partitioning: dict[str, list[str]] = defaultdict(list)
     snapshots: list[str] = []
     for table in spec.datasets:
@@ -59,18 +58,12 @@ def source_jobs(
         else:
             by_partitioning[partitions_def.start.strftime("%Y%m%d")].append(table.key_name)
     groups = list(by_partitioning.items()) or [("", [])]
-    jobs = []
+    jobs = {}
     for index, (start, names) in enumerate(groups):
         # snapshot tables refresh with the first job, so a daily run keeps them current too
         members = names + (snapshots if index == 0 else [])
         name = ingest_job_name(source_name) + (f"_from_{start}" if len(groups) > 1 else "")
-        jobs.append(
-            define_asset_job(
-                name,
-                selection=AssetSelection.assets(*[[source_name, member] for member in members]),
-                description=f"Ingest every table or stream of source '{source_name}' into Delta.",
-            )
-        )
+        jobs[name] = [AssetKey([source_name, member]) for member in members]
     return jobs
 
 
@@ -88,27 +81,25 @@ def databricks_io_manager(settings: DatabricksSpec) -> DatabricksIOManager:
     )
 
 
-def _daily_sales(
-    project: ProjectSpec, settings: DailySalesSpec
-) -> tuple[list[AssetsDefinition], object]:
-    """The Spark transform's assets and its PySpark resource (imported only when configured)."""
-    try:
-        from ingestion_assets.transforms.daily_sales import (
-            daily_sales_assets,
-            local_spark_resource,
-        )
-    except ImportError as error:
+def transform_definitions(project: ProjectSpec, name: str, settings: Any) -> Definitions:
+    """The definitions of one `transforms.<name>` entry, from its extension module."""
+    target = TRANSFORMS.get(name)
+    if target is None:
         raise ConfigError(
-            f"transforms.daily_sales_by_product needs PySpark ({error.name} is missing): install "
-            "the project with its `databricks` extra"
-        ) from None
-    spec = project.sources[settings.source]
-    header = next(t for t in spec.datasets if t.key_name == "sales_order_header")
-    partitions_def = partitions_definition(spec, header)
-    assert partitions_def is not None  # the order tables are partitioned
-    return daily_sales_assets(settings.source, partitions_def), local_spark_resource(
-        **settings.spark_config
-    )
+            f"invalid project file: transforms.{name}: unknown transform; known: "
+            f"{', '.join(sorted(TRANSFORMS)) or 'none'}"
+        )
+    module, _, function = target.partition(":")
+    build = getattr(importlib.import_module(module), function)
+    # a transform's days are those of the first partitioned table of the source it reads
+    source = project.sources.get(str(settings.get("source", "")))
+    partitions = None
+    if source is not None:
+        partitions = next(
+            (p for p in (partitions_definition(source, d) for d in source.datasets) if p), None
+        )
+    result: Definitions = build(project, settings, partitions)
+    return result
 
 
 def build_definitions(project: ProjectSpec) -> Definitions:
@@ -122,16 +113,12 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         )
     }
     assets: list[AssetsDefinition] = []
-    jobs: list[UnresolvedAssetJobDefinition | JobDefinition] = []
+    jobs: list[Any] = []
     checks: list[AssetChecksDefinition] = []
     schedules: list[ScheduleDefinition] = []
     sensors: list[SensorDefinition] = [failure_sensor()]
     for source_name, spec in project.sources.items():
-        resources[source_resource_key(source_name)] = (
-            RestSourceResource.from_spec(source_name, spec)
-            if isinstance(spec, RestSourceSpec)
-            else SqlSourceResource.from_spec(source_name, spec)
-        )
+        resources[source_resource_key(source_name)] = source_resource(source_name, spec)
         if project.io_manager_of(source_name) == "databricks":
             assert project.lake.databricks is not None  # ProjectSpec validates it
             resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)
@@ -140,23 +127,25 @@ def build_definitions(project: ProjectSpec) -> Definitions:
             assets.extend(source_assets(source_name, spec))
             # the checks read the delta-rs table; Unity Catalog tables are checked in Databricks
             checks.extend(source_checks(source_name, spec))
-        source_job_defs = source_jobs(source_name, spec)
-        jobs.extend(source_job_defs)
-        source_schedules, source_sensors = source_automation(source_name, spec, source_job_defs)
+        selections = source_job_selections(source_name, spec)
+        jobs.extend(
+            define_asset_job(
+                name,
+                selection=AssetSelection.assets(*keys),
+                description=f"Ingest every table or stream of source '{source_name}' into Delta.",
+            )
+            for name, keys in selections.items()
+        )
+        source_schedules, source_sensors = source_automation(source_name, spec, list(selections))
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
-    daily_sales = project.transforms.daily_sales_by_product
-    if daily_sales is not None:
-        transform_assets, resources["pyspark"] = _daily_sales(project, daily_sales)
-        assets.extend(transform_assets)
     maintenance = maintenance_job(project)
-    schedule = None
     if maintenance is not None:
         jobs.append(maintenance)
         schedule = maintenance_schedule(project, maintenance)
-    if schedule is not None:
-        schedules.append(schedule)
-    return Definitions(
+        if schedule is not None:
+            schedules.append(schedule)
+    core = Definitions(
         assets=assets,
         asset_checks=checks,
         jobs=jobs,
@@ -164,6 +153,11 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         sensors=sensors,
         resources=resources,
     )
+    extensions = [
+        transform_definitions(project, name, settings)
+        for name, settings in project.transforms.items()
+    ]
+    return Definitions.merge(core, *extensions) if extensions else core
 
 
 @definitions

@@ -17,7 +17,7 @@ from dagster import (
     asset,
 )
 
-from ingestion_assets.checks import SourceCount, dataset_checks
+from ingestion_assets.checks import dataset_checks
 from ingestion_assets.io_managers.delta import (
     INGESTED_AT,
     NANOSECONDS_KEY,
@@ -26,24 +26,10 @@ from ingestion_assets.io_managers.delta import (
     RUN_ID,
     SCHEMA_POLICY_KEY,
 )
-from ingestion_assets.resources import RestSourceResource, SqlSourceResource
-from ingestion_assets.sources.rest import arrow_field_type
+from ingestion_assets.resources import SourceResource
+from ingestion_assets.sources.base import source_kind
 from ingestion_assets.sources.window import PartitionWindow
-from ingestion_assets.specs import (
-    DatasetSpec,
-    RestSourceSpec,
-    SqlSourceSpec,
-    StreamSpec,
-    TableSpec,
-)
-
-_KINDS = {
-    "mssql": "sqlserver",
-    "postgresql": "postgres",
-    "mysql": "mysql",
-    "mariadb": "mariadb",
-    "sqlite": "sqlite",
-}
+from ingestion_assets.specs import DatasetSpec, SourceSpecBase
 
 
 def source_resource_key(source_name: str) -> str:
@@ -51,16 +37,21 @@ def source_resource_key(source_name: str) -> str:
     return f"{source_name}_source"
 
 
-def source_kind(spec: SqlSourceSpec | RestSourceSpec) -> str:
-    """`sqlserver`, `postgres`, `rest`, ... (`sql` when the driver is hidden in a secret)."""
-    if isinstance(spec, RestSourceSpec):
-        return "rest"
-    driver = spec.connection.drivername or spec.connection.url or ""
-    return _KINDS.get(driver.split("+")[0].split(":")[0], "sql")
+def source_resource_class(spec: SourceSpecBase) -> type[SourceResource]:
+    """The Dagster resource class of a spec's kind (from the registry of source kinds)."""
+    resource_class = source_kind(spec.type).resource_class()
+    if not (isinstance(resource_class, type) and issubclass(resource_class, SourceResource)):
+        raise TypeError(f"source kind '{spec.type}': {resource_class!r} is no SourceResource")
+    return resource_class
+
+
+def source_resource(source_name: str, spec: SourceSpecBase) -> SourceResource:
+    """The resource that holds a source's settings (secrets as EnvVars) and opens it in a run."""
+    return source_resource_class(spec).from_spec(source_name, spec)
 
 
 def partitions_definition(
-    spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec
+    spec: SourceSpecBase, table: DatasetSpec
 ) -> DailyPartitionsDefinition | None:
     """Daily partitions from the table's start date in the source's zone; None for a snapshot."""
     if table.partition_column is None:
@@ -74,19 +65,12 @@ def partitions_definition(
     )
 
 
-def _definition_column_schema(dataset: DatasetSpec) -> TableSchema:
-    if isinstance(dataset, StreamSpec) and dataset.fields is not None:
-        columns = [
-            TableColumn(name=name, type=str(arrow_field_type(kind)), description=f"declared {kind}")
-            for name, kind in dataset.fields.items()
-        ]
-    else:
-        listed = dataset.columns if isinstance(dataset, TableSpec) else None
-        declared = list(dict.fromkeys([*(listed or ()), *dataset.primary_key]))
-        columns = [
-            TableColumn(name=name, type="source type", description="declared in the project file")
-            for name in declared
-        ]
+def _definition_column_schema(spec: SourceSpecBase, dataset: DatasetSpec) -> TableSchema:
+    declared = source_resource_class(spec).source_class.declared_columns(dataset)
+    columns = [
+        TableColumn(name=column.name, type=column.type, description=column.description)
+        for column in declared
+    ]
     columns += [
         TableColumn(name=PARTITION_DATE, type="date", description="the row's partition day"),
         TableColumn(name=INGESTED_AT, type="timestamp[us, tz=UTC]", description="write time"),
@@ -95,11 +79,8 @@ def _definition_column_schema(dataset: DatasetSpec) -> TableSchema:
     return TableSchema(columns=columns)
 
 
-def _description(spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec, kind: str) -> str:
-    what = f"`{table.qualified_name}`"
-    if isinstance(spec, RestSourceSpec) and isinstance(table, StreamSpec):
-        what = f"stream `{table.name}` (GET {table.path})"
-    base = table.description or f"{what} from the {kind} source."
+def _description(spec: SourceSpecBase, table: DatasetSpec, kind: str) -> str:
+    base = table.description or f"{table.origin} from the {kind} source."
     if table.partition_column is None:
         return (
             f"{base}\n\nUnpartitioned snapshot: there is no partition column, so every run "
@@ -114,7 +95,7 @@ def _description(spec: SqlSourceSpec | RestSourceSpec, table: DatasetSpec, kind:
 
 def dataset_asset(
     source_name: str,
-    spec: SqlSourceSpec | RestSourceSpec,
+    spec: SourceSpecBase,
     table: DatasetSpec,
     io_manager_key: str = "io_manager",
 ) -> AssetsDefinition:
@@ -122,7 +103,7 @@ def dataset_asset(
     (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's)."""
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
-    kind = source_kind(spec)
+    kind = spec.asset_kind
     backfill_policy = None
     if partitions_def is not None:
         backfill_policy = (
@@ -132,7 +113,7 @@ def dataset_asset(
         )
     metadata: dict[str, Any] = {
         "source_table": table.qualified_name,
-        "dagster/column_schema": _definition_column_schema(table),
+        "dagster/column_schema": _definition_column_schema(spec, table),
         PARTITION_COLUMN_KEY: table.partition_column or "",
         SCHEMA_POLICY_KEY: table.schema_policy,
         NANOSECONDS_KEY: table.timestamp_nanoseconds,
@@ -161,57 +142,27 @@ def dataset_asset(
         window = None
         if partitions_def is not None:
             time_window = context.partition_time_window
-            first, last = context.partition_key_range.start, context.partition_key_range.end
-            window = PartitionWindow(
-                start=time_window.start,
-                end=time_window.end,
-                label=f"partition {first}" if first == last else f"partitions {first}..{last}",
-            )
+            window = PartitionWindow(time_window.start, time_window.end)
         context.log.info(
             f"reading {table.qualified_name} from source '{source_name}'"
             + (f" for [{window.start.isoformat()}, {window.end.isoformat()})" if window else "")
         )
-        if isinstance(table, StreamSpec) and isinstance(spec, RestSourceSpec):
-            rest_source: RestSourceResource = getattr(context.resources, resource_key)
-            return rest_source.reader(table, spec.pagination_of(table)).read(window)
-        sql_source: SqlSourceResource = getattr(context.resources, resource_key)
-        reader = sql_source.reader(cast(TableSpec, table))
-        batches = reader.read(window)
-        context.log.info(f"fetching {table.qualified_name} through {reader.path}")
-        return batches
+        source: SourceResource = getattr(context.resources, resource_key)
+        stream = source.read(table, window)
+        context.log.info(f"fetching {table.qualified_name} through {stream.path}")
+        return stream
 
     return _table
 
 
 def source_assets(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec, io_manager_key: str = "io_manager"
+    source_name: str, spec: SourceSpecBase, io_manager_key: str = "io_manager"
 ) -> Sequence[AssetsDefinition]:
     """One asset per table or stream of a source, written by the IO manager `io_manager_key`."""
     return [dataset_asset(source_name, spec, dataset, io_manager_key) for dataset in spec.datasets]
 
 
-def _source_count(spec: SqlSourceSpec | RestSourceSpec, dataset: DatasetSpec) -> SourceCount:
-    """How a reconciliation check asks this dataset's source for its row count."""
-    if isinstance(dataset, StreamSpec) and isinstance(spec, RestSourceSpec):
-        stream, pagination = dataset, spec.pagination_of(dataset)
-
-        def rest_count(resource: Any, window: PartitionWindow | None) -> int | None:
-            rest_source: RestSourceResource = resource
-            return rest_source.reader(stream, pagination).count(window)
-
-        return rest_count
-    table = cast(TableSpec, dataset)
-
-    def sql_count(resource: Any, window: PartitionWindow | None) -> int | None:
-        sql_source: SqlSourceResource = resource
-        return sql_source.count(table, window)
-
-    return sql_count
-
-
-def source_checks(
-    source_name: str, spec: SqlSourceSpec | RestSourceSpec
-) -> Sequence[AssetChecksDefinition]:
+def source_checks(source_name: str, spec: SourceSpecBase) -> Sequence[AssetChecksDefinition]:
     """The data-quality checks of every table or stream of a source."""
     checks = []
     for dataset in spec.datasets:
@@ -220,7 +171,6 @@ def source_checks(
             dataset,
             partitions_definition(spec, dataset),
             source_resource_key(source_name),
-            _source_count(spec, dataset),
         )
         if definition is not None:
             checks.append(definition)

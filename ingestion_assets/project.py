@@ -13,7 +13,8 @@ from dagster import EnvVar
 from pydantic import BaseModel, ValidationError
 
 from ingestion_assets.errors import ConfigError
-from ingestion_assets.specs import ProjectSpec, env_reference
+from ingestion_assets.sources.base import source_kinds
+from ingestion_assets.specs import ProjectSpec, SourceSpecBase, env_reference
 
 PROJECT_FILE_VARIABLE = "INGEST_PROJECT_FILE"
 DEMO_PROJECT_FILE = pathlib.Path(__file__).parent / "demo" / "ingestion.yaml"
@@ -61,7 +62,10 @@ def format_path(location: tuple[int | str, ...]) -> str:
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The spec models an annotation can hold (through Annotated, unions, dicts, tuples)."""
+    """The spec models an annotation can hold (through Annotated, unions, dicts, tuples); a
+    source is any registered kind's spec."""
+    if annotation is SourceSpecBase:
+        return [kind.spec_model for kind in source_kinds().values()]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []

@@ -1,10 +1,14 @@
-"""Dagster resources that hold a source's connection settings and open connections lazily in a run."""
+"""Dagster resources of the source kinds: settings as config, the Source opened lazily in a run.
+
+`SourceResource` has the methods of the `Source` interface (read, count, changed days) and is what
+the factory, the checks and the sensors talk to; each kind's subclass holds that kind's settings
+(secrets as EnvVars, resolved when a run starts) and opens its Source on first use, once per run
+process, closing it when the run's step is done.
+"""
 
 from __future__ import annotations
 
-import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import Any, ClassVar
 
 import requests
 import sqlalchemy as sa
@@ -12,6 +16,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
+from ingestion_assets.sources.base import ChangedDays, Source
 from ingestion_assets.sources.rest import (
     ApiKeyAuthenticator,
     Authenticator,
@@ -19,28 +24,75 @@ from ingestion_assets.sources.rest import (
     BearerAuthenticator,
     OAuth2ClientCredentialsAuthenticator,
     RestClient,
+    RestSource,
     RestStreamReader,
     RetryPolicy,
 )
-from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
+from ingestion_assets.sources.sql import SqlSource, SqlTableReader
+from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
+    DatasetSpec,
     OAuth2ClientCredentials,
     Pagination,
     RestSourceSpec,
+    SourceSpecBase,
     SqlSourceSpec,
     StreamSpec,
     TableSpec,
 )
 
 
-class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
-    """One SQL source's connection; the engine is created on first use, never at load time."""
+class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
+    """Base of every source kind's resource: the Source interface, opened lazily in a run."""
+
+    # the kind's Source class (its declared columns are asked for while definitions load)
+    source_class: ClassVar[type[Source]]
 
     source_name: str = Field(description="The source's name in the project file.")
+
+    _source: Source | None = PrivateAttr(default=None)
+
+    @classmethod
+    def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SourceResource:
+        """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
+        raise NotImplementedError(f"{cls.__name__} does not build itself from a spec")
+
+    def open_source(self) -> Source:
+        """A new Source with this resource's (resolved) settings."""
+        raise NotImplementedError(f"{type(self).__name__} does not open a source")
+
+    def source(self) -> Source:
+        """The run's Source, opened on first use."""
+        if self._source is None:
+            self._source = self.open_source()
+        return self._source
+
+    def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
+        """The dataset's rows in the window as Arrow batches."""
+        return self.source().read(dataset, window)
+
+    def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
+        """The source's row count for the window (None when it cannot tell)."""
+        return self.source().count(dataset, window)
+
+    def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
+        """Days with rows changed since the cursor (new-data sensor)."""
+        return self.source().changed_days(dataset, since)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+
+class SqlSourceResource(SourceResource):
+    """One SQL source's connection; the engine is created on first use, never at load time."""
+
+    source_class: ClassVar[type[Source]] = SqlSource
     # repr=False: once a run reads the EnvVars these hold secrets, and a repr ends up in logs
     url: str | None = Field(None, description="SQLAlchemy URL (no password in it).", repr=False)
     drivername: str | None = Field(None, description="SQLAlchemy driver, e.g. mssql+pyodbc.")
@@ -63,12 +115,15 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     fast_path: bool = Field(
         True, description="Use the driver's exact bulk path (PostgreSQL COPY, arrow-odbc)."
     )
-
-    _engine: sa.Engine | None = PrivateAttr(default=None)
+    change_column: str | None = Field(
+        None, description="Column the new-data sensor watches; default: the partition column."
+    )
+    timezone: str = Field("UTC", description="The zone in which the source's days begin.")
 
     @classmethod
-    def from_spec(cls, source_name: str, spec: SqlSourceSpec) -> SqlSourceResource:
+    def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SqlSourceResource:
         """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
+        assert isinstance(spec, SqlSourceSpec)
         connection = spec.connection
 
         def optional(value: str | None) -> Any:
@@ -87,6 +142,8 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
             sqlite_attach=dict(connection.sqlite_attach),
             batch_size=spec.batch_size,
             fast_path=spec.fast_path,
+            change_column=spec.sensor.change_column,
+            timezone=spec.timezone,
         )
 
     def sqlalchemy_url(self) -> sa.URL:
@@ -106,38 +163,35 @@ class SqlSourceResource(ConfigurableResource):  # type: ignore[type-arg]
             query=self.query,
         )
 
+    def open_source(self) -> SqlSource:
+        """The database as a Source (its engine is created on first use)."""
+        return SqlSource(
+            self.source_name,
+            self.sqlalchemy_url(),
+            self.sqlite_attach,
+            self.batch_size,
+            fast_path=self.fast_path,
+            change_column=self.change_column,
+            timezone=self.timezone,
+        )
+
     def engine(self) -> sa.Engine:
         """The source's engine, created once per run process."""
-        if self._engine is None:
-            self._engine = create_source_engine(self.sqlalchemy_url(), self.sqlite_attach)
-        return self._engine
+        source = self.source()
+        assert isinstance(source, SqlSource)
+        return source.engine
 
     def reader(self, table: TableSpec) -> SqlTableReader:
         """A reader for one of the source's tables."""
-        return SqlTableReader(
-            self.engine(), self.source_name, table, self.batch_size, fast_path=self.fast_path
-        )
-
-    def count(self, table: TableSpec, window: PartitionWindow | None) -> int:
-        """The source's row count for a table's window (reconciliation checks)."""
-        return self.reader(table).count(window)
-
-    def changed_days(
-        self, table: TableSpec, change_column: str, since: str | None, zone: str
-    ) -> tuple[list[datetime.date], str | None]:
-        """Days with rows changed since the cursor, and the newest change (new-data sensor)."""
-        return self.reader(table).changed_days(change_column, since, zone)
-
-    def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        source = self.source()
+        assert isinstance(source, SqlSource)
+        return source.reader(table)
 
 
-class RestSourceResource(ConfigurableResource):  # type: ignore[type-arg]
+class RestSourceResource(SourceResource):
     """One REST source's connection settings; the HTTP session is created on first use."""
 
-    source_name: str = Field(description="The source's name in the project file.")
+    source_class: ClassVar[type[Source]] = RestSource
     # repr=False: once a run reads the EnvVars these hold secrets (a URL may carry credentials)
     base_url: str = Field(description="Base URL of the API.", repr=False)
     auth_type: str | None = Field(
@@ -172,8 +226,9 @@ class RestSourceResource(ConfigurableResource):  # type: ignore[type-arg]
     timezone: str = Field("UTC", description="The zone in which the source's days begin.")
 
     @classmethod
-    def from_spec(cls, source_name: str, spec: RestSourceSpec) -> RestSourceResource:
+    def from_spec(cls, source_name: str, spec: SourceSpecBase) -> RestSourceResource:
         """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
+        assert isinstance(spec, RestSourceSpec)
         settings: dict[str, Any] = {}
         auth = spec.auth
         if isinstance(auth, BasicAuth):
@@ -254,42 +309,20 @@ class RestSourceResource(ConfigurableResource):  # type: ignore[type-arg]
             session,
         )
 
-    def changed_days(
-        self, stream: StreamSpec, pagination: Pagination, since: str | None
-    ) -> tuple[list[datetime.date], str | None]:
-        """Days with records changed since the cursor, through the API's date filter.
-
-        The stream's window parameters select records by their partition field, so that field is
-        the change field; a first call (no cursor) marks the present moment."""
-        zone = ZoneInfo(self.timezone)
-        now = datetime.datetime.now(zone)
-        if since is None:
-            return [], now.replace(tzinfo=None).isoformat()
-        start = datetime.datetime.fromisoformat(since)
-        start = (start if start.tzinfo else start.replace(tzinfo=zone)) + datetime.timedelta(
-            microseconds=1
-        )
-        window = PartitionWindow(start, now + datetime.timedelta(days=1), f"changes since {since}")
-        stream_data = self.reader(stream, pagination).read(window)
-        values = [
-            value
-            for batch in stream_data.reader
-            for value in batch.column(stream.partition_field or "").to_pylist()
-            if value is not None
-        ]
-        if not values:
-            return [], since
-        newest = max(values)
-        days = sorted({v.astimezone(zone).date() if v.tzinfo else v.date() for v in values})
-        return days, newest.isoformat()
-
-    def reader(self, stream: StreamSpec, pagination: Pagination) -> RestStreamReader:
-        """A reader for one of the source's streams."""
-        return RestStreamReader(
-            self.client(),
-            stream,
-            pagination,
+    def open_source(self) -> RestSource:
+        """The API as a Source."""
+        return RestSource(
+            self.source_name,
+            self.client,
             self.timezone,
             self.parallel_requests,
             self.batch_size,
         )
+
+    def reader(self, stream: StreamSpec, pagination: Pagination | None = None) -> RestStreamReader:
+        """A reader for one of the source's streams (with another pagination when given)."""
+        source = self.source()
+        assert isinstance(source, RestSource)
+        if pagination is not None:
+            stream = stream.model_copy(update={"pagination": pagination})
+        return source.reader(stream)

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9_]*$")
 # headers that carry credentials: a literal value would put a secret in the project file
@@ -240,6 +249,11 @@ class DatasetSpec(Spec):
     def qualified_name(self) -> str:
         """The name people know the dataset by at the source."""
         raise NotImplementedError
+
+    @property
+    def origin(self) -> str:
+        """What the dataset is at its source, for descriptions (`Sales.Orders`, a stream's GET)."""
+        return f"`{self.qualified_name}`"
 
     @property
     def partition_column(self) -> str | None:
@@ -501,6 +515,11 @@ class StreamSpec(DatasetSpec):
         return self.name
 
     @property
+    def origin(self) -> str:
+        """`stream `Orders` (GET /v1/orders)`."""
+        return f"stream `{self.name}` (GET {self.path})"
+
+    @property
     def partition_column(self) -> str | None:
         """The record field that assigns the day."""
         return self.partition_field
@@ -511,8 +530,10 @@ class StreamSpec(DatasetSpec):
         return self.asset_name or snake_case(self.name)
 
 
-class _SourceBase(Spec):
-    """What every source has: partition defaults and ownership."""
+class SourceSpecBase(Spec):
+    """What every source kind's spec has: its `type`, partition defaults and ownership."""
+
+    type: str = Field(description="The source kind (`sql`, `rest`, ...), from the registry.")
 
     start_date: datetime.date | None = Field(
         None, description="Default first partition of the source's tables or streams."
@@ -546,6 +567,11 @@ class _SourceBase(Spec):
     def datasets(self) -> tuple[DatasetSpec, ...]:
         """The source's tables or streams."""
         raise NotImplementedError
+
+    @property
+    def asset_kind(self) -> str:
+        """The kind the UI shows on the source's assets (`sqlserver`, `postgres`, `rest`, ...)."""
+        return self.type
 
     def _check_datasets(self, kind: str) -> None:
         seen: dict[str, int] = {}
@@ -584,7 +610,16 @@ class _SourceBase(Spec):
         return start
 
 
-class SqlSourceSpec(_SourceBase):
+SQL_KINDS = {
+    "mssql": "sqlserver",
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "mariadb": "mariadb",
+    "sqlite": "sqlite",
+}
+
+
+class SqlSourceSpec(SourceSpecBase):
     """A relational database read through SQLAlchemy; every table becomes an asset."""
 
     type: Literal["sql"] = "sql"
@@ -604,13 +639,19 @@ class SqlSourceSpec(_SourceBase):
         """The source's tables."""
         return self.tables
 
+    @property
+    def asset_kind(self) -> str:
+        """`sqlserver`, `postgres`, `mysql`, ... from the driver (`sql` when it is in a secret)."""
+        driver = self.connection.drivername or self.connection.url or ""
+        return SQL_KINDS.get(driver.split("+")[0].split(":")[0], "sql")
+
     @model_validator(mode="after")
     def _tables(self) -> SqlSourceSpec:
         self._check_datasets("tables")
         return self
 
 
-class RestSourceSpec(_SourceBase):
+class RestSourceSpec(SourceSpecBase):
     """A REST API; every stream becomes an asset."""
 
     type: Literal["rest"] = "rest"
@@ -655,6 +696,14 @@ class RestSourceSpec(_SourceBase):
     @model_validator(mode="after")
     def _streams(self) -> RestSourceSpec:
         self._check_datasets("streams")
+        # each stream carries its pagination, so a stream spec alone says how to read it
+        streams = tuple(
+            stream
+            if stream.pagination is not None
+            else stream.model_copy(update={"pagination": self.pagination})
+            for stream in self.streams
+        )
+        object.__setattr__(self, "streams", streams)
         return self
 
     def pagination_of(self, stream: StreamSpec) -> Pagination:
@@ -756,38 +805,76 @@ class LakeSpec(Spec):
         return value
 
 
-SourceSpec = Annotated[SqlSourceSpec | RestSourceSpec, Field(discriminator="type")]
+def _source_models() -> dict[str, type[SourceSpecBase]]:
+    # the registry imports the specs: asked for only while a project file is validated
+    from ingestion_assets.sources.base import source_kinds
+
+    return {name: kind.spec_model for name, kind in source_kinds().items()}
 
 
-class DailySalesSpec(Spec):
-    """The example Spark transform: daily sales by product from a source's order tables."""
-
-    source: str = Field(
-        description="The SQL source whose sales_order_header and sales_order_detail it reads."
-    )
-    spark_config: dict[str, str] = Field(
-        default_factory=dict,
-        description="Spark settings over the local defaults (local[2], 2 shuffle partitions); "
-        "Databricks Connect settings run it on a cluster.",
-    )
-
-
-class TransformsSpec(Spec):
-    """Downstream assets computed from the ingested tables (need the `databricks` extra)."""
-
-    daily_sales_by_product: DailySalesSpec | None = None
+def validate_sources(value: Any) -> Any:
+    """Each source validated by the spec model its `type` names in the registry of source kinds;
+    errors keep their key path (`erp.sql.tables[0].name`, the tag as pydantic's unions give it)."""
+    if not isinstance(value, Mapping):
+        return value
+    models = _source_models()
+    validated: dict[str, Any] = {}
+    errors: list[InitErrorDetails] = []
+    for name, raw in value.items():
+        if not isinstance(raw, Mapping):
+            validated[name] = raw
+            continue
+        kind = raw.get("type")
+        model = models.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "union_tag_invalid",
+                        "unknown source type {tag}; use one of: {expected_tags}",
+                        {"tag": repr(kind), "expected_tags": ", ".join(sorted(models))},
+                    ),
+                    loc=(name, "type"),
+                    input=kind,
+                )
+            )
+            continue
+        try:
+            validated[name] = model.model_validate(raw)
+        except ValidationError as error:
+            errors.extend(
+                InitErrorDetails(
+                    type=PydanticCustomError(item["type"], item["msg"], item.get("ctx")),
+                    loc=(name, str(kind), *item["loc"]),
+                    input=item["input"],
+                )
+                for item in error.errors(include_url=False)
+            )
+    if errors:
+        raise ValidationError.from_exception_data("sources", errors)
+    return validated
 
 
 class ProjectSpec(Spec):
     """The whole project file."""
 
     lake: LakeSpec = Field(default_factory=LakeSpec)
-    sources: dict[str, SourceSpec] = Field(min_length=1)
-    transforms: TransformsSpec = Field(default_factory=TransformsSpec)
+    sources: dict[str, SourceSpecBase] = Field(
+        min_length=1, description="Sources by name; each one's `type` picks its kind."
+    )
+    transforms: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Downstream assets of extension modules, by name (see definitions.py).",
+    )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _source_kinds(cls, value: Any) -> Any:
+        return validate_sources(value)
 
     @field_validator("sources")
     @classmethod
-    def _source_names(cls, value: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+    def _source_names(cls, value: dict[str, SourceSpecBase]) -> dict[str, SourceSpecBase]:
         for name in value:
             if not SNAKE_CASE.match(name):
                 raise ValueError(
@@ -799,22 +886,6 @@ class ProjectSpec(Spec):
     def io_manager_of(self, source_name: str) -> IoManagerName:
         """The writer of a source's tables: its own `io_manager`, else the lake's."""
         return self.sources[source_name].io_manager or self.lake.io_manager
-
-    @model_validator(mode="after")
-    def _transform_inputs(self) -> ProjectSpec:
-        daily_sales = self.transforms.daily_sales_by_product
-        if daily_sales is None:
-            return self
-        source = self.sources.get(daily_sales.source)
-        tables = {dataset.key_name for dataset in source.datasets} if source else set()
-        missing = {"sales_order_header", "sales_order_detail"} - tables
-        if source is None or missing:
-            raise ValueError(
-                f"transforms.daily_sales_by_product reads source '{daily_sales.source}', which "
-                f"{'does not exist' if source is None else 'lacks ' + ', '.join(sorted(missing))}"
-                f"; sources: {', '.join(self.sources)}"
-            )
-        return self
 
     @model_validator(mode="after")
     def _databricks_settings(self) -> ProjectSpec:

@@ -34,7 +34,7 @@ def test_a_cli_partition_range_is_one_run_and_lands_those_days(tmp_path: pathlib
             "asset",
             "materialize",
             "-m",
-            "ingestion_assets",
+            "ingestion_assets.definitions",
             "--select",
             "adventureworks/sales_order_header",
             "--partition-range",

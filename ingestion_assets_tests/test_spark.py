@@ -19,14 +19,14 @@ from pyspark.sql import SparkSession
 
 from ingestion_assets.errors import ConfigError
 from ingestion_assets.io_managers.delta import PARTITION_DATE
-from ingestion_assets.transforms import daily_sales_job
-from ingestion_assets.transforms.daily_sales import (
+from ingestion_assets.demo.transforms import daily_sales_job
+from ingestion_assets.demo.transforms.daily_sales import (
     DAILY_SALES_ASSET,
     LOCAL_SPARK_CONFIG,
     PYSPARK_RESOURCE_KEY,
     daily_sales_table,
 )
-from ingestion_assets.transforms.daily_sales_databricks import (
+from ingestion_assets.demo.transforms.daily_sales_databricks import (
     DATABRICKS_RESOURCE_KEY,
     DatabricksJobSpec,
     daily_sales_databricks_assets,

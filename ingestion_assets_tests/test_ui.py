@@ -281,7 +281,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
     (workdir / "workspace.yaml").write_text(
         "load_from:\n"
         "  - python_module:\n"
-        "      module_name: ingestion_assets\n"
+        "      module_name: ingestion_assets.definitions\n"
         f"      working_directory: {workdir}\n"
     )
     password = secrets.token_urlsafe(16)

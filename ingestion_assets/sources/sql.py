@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 
 from ingestion_assets.errors import SourceError, where
+from ingestion_assets.sources.base import ChangedDays, DeclaredColumn, Source
 from ingestion_assets.sources.odbc import (
     ascii_statement,
     odbc_batches,
@@ -27,9 +28,10 @@ from ingestion_assets.sources.postgres import (
     copy_statement,
     copy_supported,
 )
+from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
 from ingestion_assets.sources.window import PartitionWindow
-from ingestion_assets.specs import TableSpec
+from ingestion_assets.specs import DatasetSpec, TableSpec
 
 # ODBC type codes whose values pyodbc would otherwise cut to microseconds
 SQL_TYPE_TIMESTAMP = 93
@@ -553,3 +555,72 @@ def _day_expression(column: sa.Column[Any], dialect: str, zone: str) -> sa.Colum
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip() if error is not None else "unknown error"
     return text.splitlines()[0] if text else type(error).__name__
+
+
+class SqlSource(Source):
+    """A SQL database as a Source: one engine per run (created on first use), one reader per table."""
+
+    def __init__(
+        self,
+        source_name: str,
+        url: sa.URL,
+        sqlite_attach: Mapping[str, str] | None = None,
+        batch_size: int = 50_000,
+        fast_path: bool = True,
+        change_column: str | None = None,
+        timezone: str = "UTC",
+    ) -> None:
+        super().__init__(source_name)
+        self.url = url
+        self.sqlite_attach = dict(sqlite_attach or {})
+        self.batch_size = batch_size
+        self.fast_path = fast_path
+        self.change_column = change_column
+        self.timezone = timezone
+        self._engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The source's engine, created once."""
+        if self._engine is None:
+            self._engine = create_source_engine(self.url, self.sqlite_attach)
+        return self._engine
+
+    def reader(self, table: DatasetSpec) -> SqlTableReader:
+        """A reader for one of the source's tables."""
+        if not isinstance(table, TableSpec):
+            raise TypeError(f"a SQL source reads tables, not {type(table).__name__}")
+        return SqlTableReader(
+            self.engine, self.source_name, table, self.batch_size, fast_path=self.fast_path
+        )
+
+    def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
+        """The table's window as batches, through COPY, arrow-odbc or rows (`path`)."""
+        reader = self.reader(dataset)
+        batches = reader.read(window)
+        return SourceStream(reader=batches, path=reader.path)
+
+    def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int:
+        """Rows of the table in the window, counted by the database."""
+        return self.reader(dataset).count(window)
+
+    def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
+        """Days with rows whose change column (default: the partition column) moved past `since`."""
+        column = self.change_column or dataset.partition_column or ""
+        days, newest = self.reader(dataset).changed_days(column, since, self.timezone)
+        return ChangedDays(days, newest)
+
+    @classmethod
+    def declared_columns(cls, dataset: DatasetSpec) -> list[DeclaredColumn]:
+        """The listed columns and the key; their types are known once the table is reflected."""
+        listed = dataset.columns if isinstance(dataset, TableSpec) else None
+        names = list(dict.fromkeys([*(listed or ()), *dataset.primary_key]))
+        return [
+            DeclaredColumn(name, "source type", "declared in the project file") for name in names
+        ]
+
+    def close(self) -> None:
+        """Close the engine's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None

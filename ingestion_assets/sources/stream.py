@@ -31,9 +31,12 @@ class RejectedRecord:
 
 @dataclass
 class SourceStream:
-    """A stream of record batches; `metadata()` and `rejected` are complete once it is consumed."""
+    """A stream of record batches; `metadata()` and `rejected` are complete once it is consumed.
+
+    `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`)."""
 
     reader: pa.RecordBatchReader
+    path: str = "rows"
     metadata: Callable[[], dict[str, Any]] = dict
     rejected: list[RejectedRecord] = field(default_factory=list)
     quarantine: bool = False

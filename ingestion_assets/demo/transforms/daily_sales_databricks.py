@@ -24,7 +24,11 @@ from dagster_databricks import DatabricksClientResource, PipesDatabricksClient
 from databricks.sdk.service import compute, jobs
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion_assets.transforms.daily_sales import DAILY_SALES_ASSET, DETAIL_ASSET, HEADER_ASSET
+from ingestion_assets.demo.transforms.daily_sales import (
+    DAILY_SALES_ASSET,
+    DETAIL_ASSET,
+    HEADER_ASSET,
+)
 
 DATABRICKS_RESOURCE_KEY = "databricks"
 

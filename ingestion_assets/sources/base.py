@@ -1,0 +1,115 @@
+"""The Source interface every source kind implements, and the registry of source kinds.
+
+A source turns (dataset spec, partition window) into Arrow batches, counts a window's rows, and
+tells which days changed since a cursor. It knows nothing of Dagster: the Dagster resource of a
+kind (`resource`, a dotted path imported only when definitions are built) holds its settings and
+opens it lazily in a run. Adding a kind is one module with its spec model, its `Source` and its
+resource, plus one `register_source_kind(...)` line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from ingestion_assets.sources.stream import SourceStream
+from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets.specs import DatasetSpec, RestSourceSpec, SourceSpecBase, SqlSourceSpec
+
+
+@dataclass(frozen=True)
+class ChangedDays:
+    """The days with rows changed since a cursor, and the newest change seen (the next cursor)."""
+
+    days: list[datetime.date]
+    newest: str | None
+
+
+@dataclass(frozen=True)
+class DeclaredColumn:
+    """A column the project file declares for a dataset, as the UI shows it before any run."""
+
+    name: str
+    type: str
+    description: str
+
+
+class Source(ABC):
+    """One source's datasets, read window by window; opened in a run, closed after it."""
+
+    def __init__(self, source_name: str) -> None:
+        self.source_name = source_name
+
+    @abstractmethod
+    def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
+        """The dataset's rows in `window` (all rows when None) as a stream of Arrow batches;
+        the stream's `path` says how they are fetched."""
+
+    @abstractmethod
+    def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
+        """The source's own row count for the window; None when the source cannot tell."""
+
+    @abstractmethod
+    def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
+        """Days with rows changed since the cursor `since`; a first call (None) only marks now."""
+
+    @classmethod
+    def declared_columns(cls, dataset: DatasetSpec) -> list[DeclaredColumn]:
+        """The columns known from the spec alone (the UI's schema before the first run)."""
+        return [
+            DeclaredColumn(name, "source type", "declared in the project file")
+            for name in dataset.primary_key
+        ]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and sessions."""
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A kind of source: the `type` its specs carry, their model, and its Dagster resource
+    (`module:Class`, a `SourceResource` subclass, imported when definitions are built)."""
+
+    type_name: str
+    spec_model: type[SourceSpecBase]
+    resource: str
+
+    def resource_class(self) -> Any:
+        """The kind's Dagster resource class."""
+        module, _, name = self.resource.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_KINDS: dict[str, SourceKind] = {}
+
+
+def register_source_kind(kind: SourceKind) -> None:
+    """Make a source kind known to the project file and to definitions (idempotent)."""
+    _KINDS[kind.type_name] = kind
+
+
+def source_kind(type_name: str) -> SourceKind:
+    """The registered kind of a spec `type`."""
+    try:
+        return _KINDS[type_name]
+    except KeyError:
+        raise KeyError(
+            f"unknown source type '{type_name}'; known types: {', '.join(sorted(_KINDS))}"
+        ) from None
+
+
+def source_kinds() -> dict[str, SourceKind]:
+    """Every registered kind by its `type`."""
+    return dict(_KINDS)
+
+
+# the built-in kinds: one line each
+register_source_kind(
+    SourceKind("sql", SqlSourceSpec, "ingestion_assets.resources:SqlSourceResource")
+)
+register_source_kind(
+    SourceKind("rest", RestSourceSpec, "ingestion_assets.resources:RestSourceResource")
+)
