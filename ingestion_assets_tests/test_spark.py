@@ -17,8 +17,6 @@ from dagster import AssetKey, DagsterInstance, Definitions, materialize
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from ingestion_assets.errors import ConfigError
-from ingestion_assets.io_managers.delta import PARTITION_DATE
 from ingestion_assets.demo.transforms import daily_sales_job
 from ingestion_assets.demo.transforms.daily_sales import (
     DAILY_SALES_ASSET,
@@ -33,6 +31,8 @@ from ingestion_assets.demo.transforms.daily_sales_databricks import (
     databricks_resource,
     submit_task,
 )
+from ingestion_assets.errors import ConfigError
+from ingestion_assets.io_managers.delta import PARTITION_DATE
 from ingestion_assets_tests.conftest import (
     RANGE_END_TAG,
     RANGE_START_TAG,
