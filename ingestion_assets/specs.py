@@ -530,6 +530,9 @@ class StreamSpec(DatasetSpec):
         return self.asset_name or snake_case(self.name)
 
 
+IoManagerName = Literal["delta", "databricks"]
+
+
 class SourceSpecBase(Spec):
     """What every source kind's spec has: its `type`, partition defaults and ownership."""
 
@@ -742,7 +745,6 @@ class MaintenanceSpec(Spec):
         return ScheduleSpec._cron(value)
 
 
-IoManagerName = Literal["delta", "databricks"]
 UC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 

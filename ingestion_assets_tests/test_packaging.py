@@ -76,3 +76,21 @@ def test_the_workspace_loads_through_the_dagster_cli(tmp_path: pathlib.Path) -> 
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_the_dagster_free_packages_import_without_dagster() -> None:
+    # sources/ and lake/ are plain Python: extraction and the table layout are usable (and
+    # importable, cheaply) without Dagster; a Dagster import below them would pull in all of it
+    script = (
+        "import importlib, pkgutil, sys\n"
+        "import ingestion_assets.sources, ingestion_assets.lake\n"
+        "for package in (ingestion_assets.sources, ingestion_assets.lake):\n"
+        "    for module in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(module.name)\n"
+        "loaded = sorted(name for name in sys.modules if name.split('.')[0] == 'dagster')\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=REPOSITORY
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
