@@ -262,8 +262,8 @@ class DatasetSpec(Spec):
 
     @property
     def key_name(self) -> str:
-        """The asset name: explicit, or the source name in snake_case."""
-        raise NotImplementedError
+        """The asset name: explicit, or the dataset's name (`name`) in snake_case."""
+        return self.asset_name or snake_case(str(getattr(self, "name", "")))
 
 
 class TableSpec(DatasetSpec):
@@ -290,11 +290,6 @@ class TableSpec(DatasetSpec):
     def partition_column(self) -> str | None:
         """The table's partition column."""
         return self.partition_column_name
-
-    @property
-    def key_name(self) -> str:
-        """The asset name: explicit, or the table name in snake_case."""
-        return self.asset_name or snake_case(self.name)
 
 
 # ---- REST --------------------------------------------------------------------------------------
@@ -523,11 +518,6 @@ class StreamSpec(DatasetSpec):
     def partition_column(self) -> str | None:
         """The record field that assigns the day."""
         return self.partition_field
-
-    @property
-    def key_name(self) -> str:
-        """The asset name: explicit, or the stream name in snake_case."""
-        return self.asset_name or snake_case(self.name)
 
 
 IoManagerName = Literal["delta", "databricks"]

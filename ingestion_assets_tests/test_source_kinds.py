@@ -30,7 +30,7 @@ from ingestion_assets.sources import base
 from ingestion_assets.sources.base import ChangedDays, Source, SourceKind, register_source_kind
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
-from ingestion_assets.specs import DatasetSpec, SourceSpecBase, snake_case
+from ingestion_assets.specs import DatasetSpec, SourceSpecBase
 
 FIRST_DAY = datetime.date(2024, 3, 1)
 KEY = AssetKey(["mem", "orders"])
@@ -58,10 +58,6 @@ class MemoryTableSpec(DatasetSpec):
     @property
     def partition_column(self) -> str | None:
         return self.partition_field
-
-    @property
-    def key_name(self) -> str:
-        return self.asset_name or snake_case(self.name)
 
 
 class MemorySourceSpec(SourceSpecBase):
@@ -164,7 +160,7 @@ def test_a_kind_defined_in_a_test_becomes_assets_checks_and_a_sensor(
     memory_kind: None, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:
     defs = build_definitions(parse_project(_project(tmp_path / "lake"), "memory.yaml"))
-    asset = defs.resolve_assets_def(KEY)
+    asset = defs.get_assets_def(KEY)
     assert asset.partitions_def is not None
     assert "ingestion/partition_column" in asset.metadata_by_key[KEY]
     checks = _checks_of(defs, KEY)
@@ -210,7 +206,7 @@ def test_a_row_the_kind_did_not_deliver_fails_the_reconciliation(
     memory_kind: None, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:
     defs = build_definitions(parse_project(_project(tmp_path / "lake"), "memory.yaml"))
-    asset = defs.resolve_assets_def(KEY)
+    asset = defs.get_assets_def(KEY)
     assert materialize(
         [asset], resources=defs.resources, instance=instance, partition_key="2024-03-01"
     ).success
