@@ -43,6 +43,47 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--dialects postgresql`: the dialect-parametrized tests run on PostgreSQL only."""
+    parser.addoption(
+        "--dialects",
+        default=",".join(DIALECTS),
+        help=f"comma-separated dialects the `source_database` tests run on (default: "
+        f"{','.join(DIALECTS)}); tests written for one database are not affected",
+    )
+
+
+def _chosen_dialects(config: pytest.Config) -> set[str]:
+    chosen = {name.strip() for name in str(config.getoption("--dialects")).split(",")} - {""}
+    if not chosen or chosen - set(DIALECTS):
+        raise pytest.UsageError(
+            f"--dialects {config.getoption('--dialects')!r}: choose one or more of "
+            f"{', '.join(DIALECTS)}, separated by commas"
+        )
+    return chosen
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` is applied, so that it sees the marks set here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that need MariaDB; leave out the dialect runs `--dialects` does not name."""
+    chosen = _chosen_dialects(config)
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            kept.append(item)
+            continue
+        # `source_database` takes its database fixture by name at run time, so the dialect
+        # run is known from the parameter; the other tests name their database fixture
+        dialect = item.callspec.params.get("source_database") if hasattr(item, "callspec") else None
+        if dialect == "mysql" or "mariadb_database" in item.fixturenames:
+            item.add_marker(pytest.mark.mariadb)
+        (left_out if dialect is not None and dialect not in chosen else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 def require_service(url: str, name: str) -> sa.Engine:
     """An engine for a service the tests need; a missing service fails the test, never skips it."""
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
