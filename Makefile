@@ -1,4 +1,5 @@
-# One command each: `make demo` runs the demo end to end, `make test` sets up and runs every check.
+# One command each: `make demo` runs the demo end to end, `make test` sets up and runs every check,
+# `make test-fast` is the quick loop (lint and the fast tests on PostgreSQL; no system packages).
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
@@ -8,12 +9,13 @@ export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
 SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help uv setup setup-dev system-deps demo ui test lint format bench clean
+.PHONY: help uv setup setup-python setup-dev system-deps demo ui test test-fast lint format bench clean
 
 help:
 	@echo "make demo   - set up, generate the demo database, ingest everything into .data/lake"
 	@echo "make ui     - start the Dagster UI on http://127.0.0.1:3000 over the demo instance"
 	@echo "make test   - set up (system ODBC packages, all extras) and run lint, types and tests"
+	@echo "make test-fast - lint, types and the fast tests, on PostgreSQL only; installs no system packages"
 	@echo "make bench  - run the benchmarks in bench/ and print their figures"
 
 uv:
@@ -23,8 +25,11 @@ uv:
 setup: uv
 	$(UV) sync --frozen --inexact --no-dev
 
-setup-dev: uv system-deps
+# the Python environment of development (all extras, dev tools): all that lint and test-fast need
+setup-python: uv
 	$(UV) sync --frozen --all-extras
+
+setup-dev: setup-python system-deps
 
 system-deps:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do \
@@ -42,17 +47,23 @@ ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ingestion_assets.demo ui
 
-lint: setup-dev
+lint: setup-python
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: setup-dev
+format: setup-python
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+test: setup-dev lint
 	$(BIN)/pytest
+
+# markers in pyproject.toml; --dialects (conftest.py) runs the dialect-parametrized tests on one
+FAST_MARKERS := not (slow or e2e or spark or s3 or mssql or mariadb)
+PYTEST_WORKERS ?= auto
+test-fast: lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dialects=postgresql -m "$(FAST_MARKERS)"
 
 bench: setup-dev
 	BENCH_UV_PYTHON=$(PYTHON) $(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -34,6 +34,10 @@ POSTGRES_URL = os.environ.get(
     "INGEST_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 MARIADB_URL = os.environ.get("INGEST_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+# opt-in: there is no SQL Server on the development and CI machines (../shared/SERVICES.md)
+MSSQL_URL_VARIABLE = "INGEST_TEST_MSSQL_URL"
+# the ODBC login timeout: a wrong host fails the test in seconds instead of hanging it
+MSSQL_LOGIN_TIMEOUT_SECONDS = 10
 DIALECTS = ("postgresql", "mysql", "sqlite")
 SOURCE = "src"
 # small enough to build per test, large enough to have several batches and an empty day
@@ -43,18 +47,64 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
-def require_service(url: str, name: str) -> sa.Engine:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--dialects postgresql`: the dialect-parametrized tests run on PostgreSQL only."""
+    parser.addoption(
+        "--dialects",
+        default=",".join(DIALECTS),
+        help=f"comma-separated dialects the `source_database` tests run on (default: "
+        f"{','.join(DIALECTS)}); tests written for one database are not affected",
+    )
+
+
+def _chosen_dialects(config: pytest.Config) -> set[str]:
+    chosen = {name.strip() for name in str(config.getoption("--dialects")).split(",")} - {""}
+    if not chosen or chosen - set(DIALECTS):
+        raise pytest.UsageError(
+            f"--dialects {config.getoption('--dialects')!r}: choose one or more of "
+            f"{', '.join(DIALECTS)}, separated by commas"
+        )
+    return chosen
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` is applied, so that it sees the marks set here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that need MariaDB; leave out the dialect runs `--dialects` does not name."""
+    chosen = _chosen_dialects(config)
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            kept.append(item)
+            continue
+        # `source_database` takes its database fixture by name at run time, so the dialect
+        # run is known from the parameter; the other tests name their database fixture
+        dialect = item.callspec.params.get("source_database") if hasattr(item, "callspec") else None
+        if dialect == "mysql" or "mariadb_database" in item.fixturenames:
+            item.add_marker(pytest.mark.mariadb)
+        (left_out if dialect is not None and dialect not in chosen else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+def require_service(
+    url: str,
+    name: str,
+    fix: str = "start it as described in ../shared/SERVICES.md (.ci/run does this in CI)",
+    connect_args: Mapping[str, Any] | None = None,
+) -> sa.Engine:
     """An engine for a service the tests need; a missing service fails the test, never skips it."""
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(
+        url, isolation_level="AUTOCOMMIT", connect_args=dict(connect_args or {})
+    )
     try:
         with engine.connect() as connection:
             connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as error:
+    except sa.exc.DBAPIError as error:  # pyodbc reports a missing ODBC driver as an InterfaceError
         engine.dispose()
-        pytest.fail(
-            f"{name} is not reachable at {url} ({error.orig}); start it as described in "
-            "../shared/SERVICES.md (.ci/run does this in CI)"
-        )
+        # the URL as SQLAlchemy prints it: its password masked
+        pytest.fail(f"{name} is not reachable at {sa.make_url(url)} ({error.orig}); {fix}")
     return engine
 
 
@@ -66,6 +116,9 @@ class SourceDatabase:
     url: str
     schemas: dict[str, str]
     sqlite_attach: dict[str, str] = field(default_factory=dict)
+    # the environment variable holding `url`, when the URL carries a password: the project file
+    # names the variable, since a password is never written in it
+    url_variable: str | None = None
 
     def engine(self) -> sa.Engine:
         """A new engine on the database (schemas attached for SQLite)."""
@@ -88,7 +141,9 @@ class SourceDatabase:
 
     def connection_spec(self) -> dict[str, Any]:
         """The `connection:` block of a project file for this database."""
-        spec: dict[str, Any] = {"url": self.url}
+        spec: dict[str, Any] = {
+            "url": f"${{{self.url_variable}}}" if self.url_variable else self.url
+        }
         if self.sqlite_attach:
             spec["sqlite_attach"] = self.sqlite_attach
         return spec
@@ -127,6 +182,44 @@ def mariadb_database() -> Iterator[SourceDatabase]:
         with admin.connect() as connection:
             for database in schemas.values():
                 connection.execute(sa.text(f"DROP DATABASE IF EXISTS `{database}`"))
+        admin.dispose()
+
+
+@pytest.fixture
+def mssql_database() -> Iterator[SourceDatabase]:
+    """New SQL Server schemas, one per demo schema, on the server INGEST_TEST_MSSQL_URL names."""
+    url = os.environ.get(MSSQL_URL_VARIABLE)
+    if not url:
+        pytest.skip(
+            f"{MSSQL_URL_VARIABLE} is not set: set it to the SQLAlchemy URL of a SQL Server "
+            "(mssql+pyodbc://user:password@host:1433/database?driver=ODBC+Driver+18+for+SQL+Server)"
+            " to run the SQL Server tests; they create and drop schemas of their own there"
+        )
+    scheme = url.partition("://")[0]
+    if scheme != "mssql+pyodbc":
+        # the rest of the URL is not shown: it may hold a password
+        pytest.fail(f"{MSSQL_URL_VARIABLE} must be a mssql+pyodbc:// URL, not {scheme}://...")
+    admin = require_service(
+        url,
+        "SQL Server",
+        fix=f"check the server and the URL in {MSSQL_URL_VARIABLE}",
+        connect_args={"timeout": MSSQL_LOGIN_TIMEOUT_SECONDS},
+    )
+    prefix = f"ia{uuid.uuid4().hex[:8]}"
+    schemas = {schema: f"{prefix}_{schema.lower()}" for schema in DEMO_SCHEMAS}
+    try:
+        with admin.connect() as connection:
+            for schema in schemas.values():
+                connection.execute(sa.schema.CreateSchema(schema))
+        yield SourceDatabase("mssql", url, schemas, url_variable=MSSQL_URL_VARIABLE)
+    finally:
+        with admin.connect() as connection:
+            for schema in schemas.values():
+                # SQL Server drops only an empty schema
+                tables = sa.MetaData()
+                tables.reflect(connection, schema=schema)
+                tables.drop_all(connection)
+                connection.execute(sa.schema.DropSchema(schema, if_exists=True))
         admin.dispose()
 
 

@@ -8,10 +8,13 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from dagster import DagsterInstance
 from deltalake import DeltaTable
 
 from ingestion_assets.demo.generate import DemoScale, create_demo_sqlite
+
+pytestmark = pytest.mark.slow
 
 BIN = pathlib.Path(sys.executable).parent
 

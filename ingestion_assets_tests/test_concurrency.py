@@ -12,10 +12,13 @@ import time
 from collections import Counter
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from ingestion_assets.io_managers.delta import PARTITION_DATE
 from ingestion_assets.io_managers.maintenance import maintain_table
+
+pytestmark = pytest.mark.slow
 
 ROWS_PER_DAY = 500
 PROCESS_SECONDS = 120

@@ -43,6 +43,8 @@ from ingestion_assets_tests.conftest import (
     table_entry,
 )
 
+pytestmark = pytest.mark.databricks
+
 FILES = "/api/2.0/fs/files"
 DIRECTORIES = "/api/2.0/fs/directories"
 STATEMENTS = "/api/2.0/sql/statements/"

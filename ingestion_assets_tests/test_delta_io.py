@@ -57,6 +57,7 @@ def _content(table: pa.Table) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["SalesOrderID"], row.get("SalesOrderDetailID", 0)))
 
 
+@pytest.mark.slow
 def test_a_sixty_day_backfill_is_one_run_one_query_one_commit_and_equals_single_days(
     postgres_database: SourceDatabase,
     tmp_path: pathlib.Path,

@@ -9,11 +9,14 @@ import shutil
 import sqlite3
 import subprocess
 
+import pytest
 from dagster import DagsterInstance
 from deltalake import DeltaTable
 
 from ingestion_assets.demo.schema import ORDER_TABLES, SNAPSHOT_TABLES
 from ingestion_assets.specs import snake_case
+
+pytestmark = pytest.mark.e2e
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 

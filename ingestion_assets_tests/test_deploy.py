@@ -56,6 +56,7 @@ def test_the_compose_file_names_its_services_and_takes_secrets_from_the_env_file
     assert "DAGSTER_PG_PASSWORD=" in example
 
 
+@pytest.mark.slow
 def test_docker_compose_config_accepts_the_file(tmp_path: pathlib.Path) -> None:
     # Docker Compose's own validation (Debian's docker-compose; no Docker daemon needed)
     for name in ("docker-compose.yml", "dagster.yaml", "workspace.docker.yaml"):

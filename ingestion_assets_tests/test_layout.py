@@ -141,6 +141,7 @@ windows = st.tuples(
 ).map(lambda t: (t[0], min(DAY_COUNT - 1, t[0] + t[1]), t[2]))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=15,
     deadline=None,

@@ -320,10 +320,11 @@ def _assert_same_columns(
             "UID=postgres;",
             "CAST('2024-01-04 10:11:12.123456' AS timestamp(6))",
         ),
-        (
+        pytest.param(
             MARIADB_URL,
             f"DRIVER={{{MARIADB_ODBC_DRIVER}}};SERVER=127.0.0.1;PORT=3306;UID=root;",
             "CAST('2024-01-04 10:11:12.123456' AS DATETIME(6))",
+            marks=pytest.mark.mariadb,
         ),
     ],
     ids=["postgresql", "mariadb"],

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
 
@@ -22,6 +24,7 @@ def _hadolint(dockerfile: pathlib.Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_dockerfile_passes_hadolint_and_a_root_image_would_not(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -57,6 +60,7 @@ def test_every_dependency_has_a_lower_bound() -> None:
     } <= names
 
 
+@pytest.mark.slow
 def test_the_workspace_loads_through_the_dagster_cli(tmp_path: pathlib.Path) -> None:
     environment = {
         **os.environ,

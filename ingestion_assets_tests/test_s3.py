@@ -23,6 +23,8 @@ from ingestion_assets.io_managers.maintenance import maintain_table
 from ingestion_assets_tests.test_concurrency import RACE_DAYS, _assert_table_is, _race
 from ingestion_assets_tests.writer_process import DAYS, STORAGE_OPTIONS_VARIABLE, main
 
+pytestmark = pytest.mark.s3
+
 BUCKET = "lake"
 START_SECONDS = 30
 

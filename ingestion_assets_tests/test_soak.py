@@ -8,10 +8,13 @@ import random
 import sqlite3
 from decimal import Decimal
 
+import pytest
 from dagster import AssetKey, DagsterInstance
 
 from ingestion_assets.maintenance import MAINTENANCE_JOB
 from ingestion_assets_tests.conftest import TEST_SCALE, SourceDatabase, build_project
+
+pytestmark = pytest.mark.slow
 
 RUNS = 200
 MAINTENANCE_EVERY = 50

@@ -44,6 +44,8 @@ from ingestion_assets_tests.conftest import (
     table_entry,
 )
 
+pytestmark = pytest.mark.spark
+
 FIRST_DAY = TEST_SCALE.start_date + datetime.timedelta(days=2)
 LAST_DAY = FIRST_DAY + datetime.timedelta(days=2)
 ORDER_TABLES = ["sales_order_header", "sales_order_detail"]

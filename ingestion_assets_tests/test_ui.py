@@ -32,6 +32,8 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwr
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
 
+pytestmark = pytest.mark.e2e
+
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 # ../shared/SERVICES.md; Playwright gives every launch a new empty --user-data-dir itself
 CHROMIUM_FLAGS = [

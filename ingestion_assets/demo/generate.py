@@ -499,6 +499,10 @@ def _create_schemas(engine: sa.Engine, schemas: Mapping[str, str] | None) -> Non
                 conn.exec_driver_sql(
                     f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4"
                 )
+            elif dialect.name == "mssql":
+                # SQL Server has no CREATE SCHEMA IF NOT EXISTS
+                if not sa.inspect(conn).has_schema(name):
+                    conn.execute(sa.schema.CreateSchema(name))
             else:
                 conn.execute(sa.schema.CreateSchema(name, if_not_exists=True))
 

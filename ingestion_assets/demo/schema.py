@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mssql, mysql
 
 if TYPE_CHECKING:
     import decimal
@@ -46,8 +46,13 @@ def _bit() -> sa.Boolean:
 
 
 def _datetime() -> sa.DateTime:
-    # MySQL/MariaDB DATETIME silently truncates fractional seconds unless fsp is set.
-    return sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+    # MySQL/MariaDB DATETIME silently truncates fractional seconds unless fsp is set; SQL Server's
+    # DATETIME rounds them to 1/300 s (12:00:00.001 becomes 12:00:00.000).
+    return (
+        sa.DateTime()
+        .with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+        .with_variant(mssql.DATETIME2(precision=6), "mssql")  # type: ignore[no-untyped-call]
+    )
 
 
 def _uuid() -> sa.Uuid[uuid.UUID]:

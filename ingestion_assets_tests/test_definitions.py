@@ -1,0 +1,68 @@
+"""The demo project's graph, pinned by name: what `dagster dev` loads from `ingestion_assets`.
+
+Every table and stream of ingestion_assets/demo/ingestion.yaml gives one asset and its checks;
+every job, schedule and sensor resolves by name. A change to any name fails here on purpose.
+"""
+
+from __future__ import annotations
+
+import pytest
+from dagster import Definitions
+
+from ingestion_assets.definitions import defs
+
+ORDER_ASSETS = {
+    "sales_order_header",
+    "sales_order_detail",
+    "purchase_order_header",
+    "purchase_order_detail",
+}
+ASSET_KEYS = {
+    *(f"adventureworks/{name}" for name in {*ORDER_ASSETS, "product", "vendor", "customer"}),
+    *(f"adventureworks_api/{name}" for name in ORDER_ASSETS),
+}
+# the checks every table gets by default (the demo file turns none off and freshness not on)
+CHECKS = {"schema_contract", "row_count", "primary_key"}
+JOBS = {"ingest_adventureworks", "ingest_adventureworks_api", "maintain_tables"}
+SCHEDULE_JOBS = {
+    "ingest_adventureworks_daily": "ingest_adventureworks",
+    "ingest_adventureworks_api_daily": "ingest_adventureworks_api",
+    "maintain_tables_schedule": "maintain_tables",
+}
+SENSORS = {"adventureworks_new_data", "adventureworks_api_new_data", "ingestion_run_failures"}
+
+
+@pytest.fixture
+def demo_defs(monkeypatch: pytest.MonkeyPatch) -> Definitions:
+    """The definitions of the demo file, loaded through the module's `defs` as Dagster does."""
+    monkeypatch.delenv("INGEST_PROJECT_FILE", raising=False)
+    # the demo file names the demo API's variables; loading only checks that they are set
+    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
+    return defs()
+
+
+def test_every_demo_table_and_stream_is_one_asset(demo_defs: Definitions) -> None:
+    keys = [key.to_user_string() for key in demo_defs.resolve_all_asset_keys()]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == ASSET_KEYS
+
+
+def test_every_demo_asset_has_its_three_checks_and_no_other(demo_defs: Definitions) -> None:
+    checks = {
+        (check.asset_key.to_user_string(), check.name)
+        for check in demo_defs.resolve_asset_graph().asset_check_keys
+    }
+    assert checks == {(key, name) for key in ASSET_KEYS for name in CHECKS}
+
+
+def test_every_demo_job_schedule_and_sensor_resolves_by_name(demo_defs: Definitions) -> None:
+    assert {job.name for job in demo_defs.jobs or []} == JOBS
+    for name in JOBS:
+        assert demo_defs.resolve_job_def(name).name == name
+    assert {schedule.name for schedule in demo_defs.schedules or []} == set(SCHEDULE_JOBS)
+    for name, job_name in SCHEDULE_JOBS.items():
+        assert demo_defs.resolve_schedule_def(name).job_name == job_name
+    assert {sensor.name for sensor in demo_defs.sensors or []} == SENSORS
+    for name in SENSORS:
+        assert demo_defs.resolve_sensor_def(name).name == name
