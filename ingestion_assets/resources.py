@@ -17,17 +17,16 @@ from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Source
-from ingestion_assets.sources.rest import (
+from ingestion_assets.sources.rest.auth import (
     ApiKeyAuthenticator,
     Authenticator,
     BasicAuthenticator,
     BearerAuthenticator,
     OAuth2ClientCredentialsAuthenticator,
-    RestClient,
-    RestSource,
-    RestStreamReader,
-    RetryPolicy,
 )
+from ingestion_assets.sources.rest.client import RestClient, RetryPolicy
+from ingestion_assets.sources.rest.reader import RestStreamReader
+from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.sources.sql import SqlSource, SqlTableReader
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow

@@ -31,16 +31,16 @@ from ingestion_assets.errors import SourceError
 from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID
 from ingestion_assets.project import parse_project
 from ingestion_assets.resources import RestSourceResource
-from ingestion_assets.sources.rest import (
+from ingestion_assets.sources.rest.client import (
     BODY_EXCERPT_CHARACTERS,
     MIN_RETRY_AFTER_SECONDS,
-    PaginationError,
     RestClient,
-    RestStreamReader,
     RetryPolicy,
-    redact_url,
     retry_after_seconds,
 )
+from ingestion_assets.sources.rest.paginators import PaginationError
+from ingestion_assets.sources.rest.reader import RestStreamReader
+from ingestion_assets.sources.rest.redaction import redact_url
 from ingestion_assets.specs import (
     NextUrlPagination,
     OffsetPagination,
@@ -1346,7 +1346,7 @@ def test_column_conversion_equals_record_conversion_whenever_it_applies(
 ) -> None:
     from zoneinfo import ZoneInfo
 
-    from ingestion_assets.sources.rest import RecordConverter
+    from ingestion_assets.sources.rest.records import RecordConverter
     from ingestion_assets.sources.window import PartitionWindow
 
     window = PartitionWindow(
