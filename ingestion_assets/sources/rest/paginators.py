@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urljoin
 
 from ingestion_assets.errors import SourceError
@@ -46,6 +46,9 @@ class PageRequest:
 class Paginator(ABC):
     """Pagination state for one stream run: first request, next request, or all the rest."""
 
+    # whether `total` can ever tell: a style that cannot is not asked for a source count at all
+    reports_total: ClassVar[bool] = False
+
     def __init__(self, max_pages: int, label: str) -> None:
         self.max_pages = max_pages
         self.label = label
@@ -69,6 +72,10 @@ class Paginator(ABC):
     def check(self, body: Any, response: requests.Response) -> None:  # noqa: B027 - optional hook
         """Raise if a page contradicts an earlier one (e.g. the total changed)."""
 
+    def total(self, body: Any, response: requests.Response) -> int | None:
+        """The record count a page reports for the whole request, None when it reports none."""
+        return None
+
 
 def _total(
     body: Any, response: requests.Response, path: str | None, header: str | None
@@ -89,6 +96,7 @@ def _total(
 class _CountingPaginator(Paginator):
     """Shared by offset and page pagination: a known total, a flag, or a short page ends it."""
 
+    reports_total = True
     total_path: str | None
     total_header: str | None
     has_more_path: str | None
@@ -98,8 +106,11 @@ class _CountingPaginator(Paginator):
         super().__init__(max_pages, label)
         self.first_total: int | None = None
 
+    def total(self, body: Any, response: requests.Response) -> int | None:
+        return _total(body, response, self.total_path, self.total_header)
+
     def check(self, body: Any, response: requests.Response) -> None:
-        total = _total(body, response, self.total_path, self.total_header)
+        total = self.total(body, response)
         if total is None:
             return
         if self.first_total is None:

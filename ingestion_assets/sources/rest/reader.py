@@ -17,14 +17,13 @@ from ingestion_assets.sources.rest.paginators import (
     PageRequest,
     PaginationError,
     Paginator,
-    _total,
     paginator_for,
 )
 from ingestion_assets.sources.rest.records import RecordConverter, infer_table, within_window
 from ingestion_assets.sources.rest.templates import json_path, window_params
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
-from ingestion_assets.specs import OffsetPagination, PagePagination, Pagination, StreamSpec
+from ingestion_assets.specs import Pagination, StreamSpec
 
 
 class RestStreamReader:
@@ -124,14 +123,14 @@ class RestStreamReader:
 
     def count(self, window: PartitionWindow | None) -> int | None:
         """The total the API reports for the window (first page only), None if it reports none."""
-        if not isinstance(self.pagination, OffsetPagination | PagePagination):
-            return None
         label = self._label(window)
         paginator = paginator_for(self.pagination, label)
+        if not paginator.reports_total:
+            return None
         params = window_params(self.stream.params, window, label)
         request = paginator.first(PageRequest(self.client.url_for(self.stream.path), params))
         body, response = self.client.get_json(request.url, request.params, label)
-        return _total(body, response, self.pagination.total_path, self.pagination.total_header)
+        return paginator.total(body, response)
 
     def read(self, window: PartitionWindow | None) -> SourceStream:
         """The window's records as Arrow batches (streamed when the fields are declared)."""
