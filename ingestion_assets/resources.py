@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import requests
 import sqlalchemy as sa
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -19,6 +18,7 @@ from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Source
 from ingestion_assets.sources.rest.auth import (
     ApiKeyAuthenticator,
+    ApiSession,
     Authenticator,
     BasicAuthenticator,
     BearerAuthenticator,
@@ -270,20 +270,26 @@ class RestSourceResource(SourceResource):
 
     def client(self) -> RestClient:
         """A client with this source's auth, timeouts and retry policy (one session per run)."""
-        session = requests.Session()
+        session = ApiSession()
         timeout = (self.connect_timeout, self.read_timeout)
         label = f"source '{self.source_name}'"
         authenticator: Authenticator | None = None
         if self.auth_type == "basic":
-            authenticator = BasicAuthenticator(self.username or "", self.password or "")
+            authenticator = BasicAuthenticator(
+                self.base_url, self.username or "", self.password or ""
+            )
         elif self.auth_type == "bearer":
-            authenticator = BearerAuthenticator(self.token or "")
+            authenticator = BearerAuthenticator(self.base_url, self.token or "")
         elif self.auth_type == "api_key":
             authenticator = ApiKeyAuthenticator(
-                self.api_key_name or "X-API-Key", self.api_key or "", self.api_key_location
+                self.base_url,
+                self.api_key_name or "X-API-Key",
+                self.api_key or "",
+                self.api_key_location,
             )
         elif self.auth_type == "oauth2_client_credentials":
             authenticator = OAuth2ClientCredentialsAuthenticator(
+                self.base_url,
                 session,
                 self.token_url or "",
                 self.client_id or "",

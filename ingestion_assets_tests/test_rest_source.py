@@ -10,7 +10,7 @@ import math
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -522,6 +522,93 @@ def test_redact_url_masks_secret_parameters_passwords_and_secret_values() -> Non
     shown = redact_url(url, [PASSWORD, TOKEN], ["API_KEY"])
 
     assert shown == "https://api.example.com/items?api_key=***&page=2&q=***"
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[HTTPServer]:
+    """A second server on another port of 127.0.0.1: another origin than the API's."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def credentials_sent(request: Request) -> list[str]:
+    """Every credential a request carries: an Authorization or API key header, a key parameter."""
+    headers = [request.headers.get(name) for name in ("Authorization", "X-API-Key")]
+    return [value for value in headers if value] + request.args.getlist("api_key")
+
+
+@pytest.mark.parametrize("style", ["next_url", "link_header"])
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_page_link_to_another_origin_is_followed_without_the_credentials(
+    httpserver: HTTPServer, elsewhere: HTTPServer, kind: str, style: str
+) -> None:
+    case = AUTH_CASES[kind]
+    foreign = elsewhere.url_for("/items") + "?from=1"
+
+    def first_page(request: Request) -> Response:
+        if not case.accepts(request):
+            return json_body({"error": "unauthorized"}, status=401)
+        if style == "next_url":
+            return json_body({"data": [{"id": 0}], "next": foreign})
+        return json_body({"data": [{"id": 0}]}, Link=f'<{foreign}>; rel="next"')
+
+    httpserver.expect_request("/items").respond_with_handler(first_page)
+    elsewhere.expect_request("/items").respond_with_json({"data": [{"id": 1}]})
+    pagination = PAGINATION.validate_python({"type": style})
+    reader = resource_reader(httpserver, pagination, **case.settings(case.right))
+
+    assert read_ids(reader) == [0, 1]
+    assert credentials_sent(httpserver.log[0][0])
+    assert len(elsewhere.log) == 1
+    assert credentials_sent(elsewhere.log[0][0]) == []
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_redirect_to_another_origin_gets_no_credentials_not_even_an_api_key_header(
+    httpserver: HTTPServer, elsewhere: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+    # requests itself strips only Authorization on such a hop; an X-API-Key header would follow
+    httpserver.expect_request("/items").respond_with_response(
+        Response(status=302, headers={"Location": elsewhere.url_for("/items")})
+    )
+    elsewhere.expect_request("/items").respond_with_json({"data": []})
+
+    assert read_ids(resource_reader(httpserver, **case.settings(case.right))) == []
+    assert credentials_sent(httpserver.log[0][0])
+    assert len(elsewhere.log) == 1
+    assert credentials_sent(elsewhere.log[0][0]) == []
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_redirect_within_the_origin_keeps_the_credentials(
+    httpserver: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+
+    def moved(request: Request) -> Response:
+        # the query goes along, as a server moving a path keeps it
+        location = "/items?" + request.query_string.decode()
+        return Response(status=301, headers={"Location": location})
+
+    httpserver.expect_request("/old/items").respond_with_handler(moved)
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts, pages=1))
+    stream = ITEMS.model_copy(update={"path": "/old/items"})
+    resource = RestSourceResource(
+        source_name=SOURCE,
+        base_url=httpserver.url_for("/"),
+        max_attempts=1,
+        parallel_requests=1,
+        **case.settings(case.right),
+    )
+
+    reader = resource.reader(stream, OffsetPagination(limit=1))
+
+    assert read_ids(reader) == [0]
+    assert [response.status_code for _, response in httpserver.log] == [301, 200, 301, 200]
 
 
 CLIENT_ID = "ingest-client"

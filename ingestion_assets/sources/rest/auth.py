@@ -1,89 +1,155 @@
-"""Credentials put on each request: basic, bearer, API key, OAuth2 client credentials."""
+"""Credentials as `requests` auth objects, sent to the API's own origin and nowhere else.
+
+Each kind is a `requests.auth.AuthBase` that the session applies to every request it prepares,
+including one built from a paginator's absolute next URL or `Link` header. An authenticator is
+bound to the origin (scheme, host, port) of the source's base URL and adds nothing to a request
+for another origin. On a redirect requests strips only `Authorization`, and only when the host
+changes; `ApiSession` strips every credential its authenticator adds (an API key header or query
+parameter too). Every secret an authenticator holds, tokens as they arrive, is listed in
+`secrets`, so that errors and shown URLs mask it.
+
+The OAuth2 token is fetched on the first request, not when the source is built, and shared by
+every thread of the session under one lock: fetched again shortly before it expires, and once
+after a 401 when the client asks (`refresh`); a 401 for a token already replaced by another
+thread's refresh does not fetch a third one.
+"""
 
 from __future__ import annotations
 
 import base64
 import threading
 import time
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+from requests.auth import AuthBase, HTTPBasicAuth
 
 from ingestion_assets.errors import SourceError
 from ingestion_assets.sources.rest.redaction import redact, redact_url
 
 TOKEN_EXPIRY_MARGIN_SECONDS = 30.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+Timeout = tuple[float, float]
+Origin = tuple[str, str, int | None]
 
 
-class Authenticator:
-    """Adds credentials to requests; may refresh them once after a 401."""
+def origin_of(url: str) -> Origin:
+    """A URL's origin: scheme, host and port, the scheme's default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
 
+
+def _without_params(url: str, names: Iterable[str]) -> str:
+    hidden = {name.lower() for name in names}
+    parts = urlsplit(url)
+    kept = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if key.lower() not in hidden
+    ]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+class Authenticator(AuthBase, ABC):
+    """Puts credentials on the requests for its origin; may refresh them once after a 401."""
+
+    # query parameters that carry a secret: masked in shown URLs, stripped off other origins
     secret_params: tuple[str, ...] = ()
 
-    def __init__(self, secrets: Sequence[str] = ()) -> None:
+    def __init__(self, base_url: str, header: str | None, secrets: Sequence[str] = ()) -> None:
+        self.origin = origin_of(base_url)
+        self.header = header
         self.secrets = [secret for secret in secrets if secret]
 
-    def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
-        """Put the credentials on one request."""
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if request.url is not None and origin_of(request.url) == self.origin:
+            self.apply(request)
+        return request
 
-    def refresh(self) -> bool:
-        """Get new credentials after a 401; False when there is nothing to refresh."""
+    @abstractmethod
+    def apply(self, request: requests.PreparedRequest) -> None:
+        """Put the credentials on one request for the API's origin."""
+
+    def strip(self, request: requests.PreparedRequest) -> None:
+        """Take every credential this authenticator adds off a request."""
+        if self.header is not None:
+            request.headers.pop(self.header, None)
+        if self.secret_params and request.url is not None:
+            request.url = _without_params(request.url, self.secret_params)
+
+    def refresh(self, refused: requests.Response) -> bool:
+        """Get new credentials after a 401; False when new ones cannot help."""
         return False
 
 
 class BasicAuthenticator(Authenticator):
     """HTTP basic authentication."""
 
-    def __init__(self, username: str, password: str) -> None:
-        super().__init__([password])
+    def __init__(self, base_url: str, username: str, password: str) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        super().__init__(base_url, "Authorization", [password, token])
         self._header = f"Basic {token}"
-        self.secrets.append(token)
 
-    def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
-        headers["Authorization"] = self._header
+    def apply(self, request: requests.PreparedRequest) -> None:
+        request.headers["Authorization"] = self._header
 
 
 class BearerAuthenticator(Authenticator):
     """A static bearer token."""
 
-    def __init__(self, token: str) -> None:
-        super().__init__([token])
+    def __init__(self, base_url: str, token: str) -> None:
+        super().__init__(base_url, "Authorization", [token])
         self._token = token
 
-    def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
-        headers["Authorization"] = f"Bearer {self._token}"
+    def apply(self, request: requests.PreparedRequest) -> None:
+        request.headers["Authorization"] = f"Bearer {self._token}"
 
 
 class ApiKeyAuthenticator(Authenticator):
     """An API key in a header or a query parameter."""
 
-    def __init__(self, name: str, value: str, location: str) -> None:
-        super().__init__([value])
-        self._name, self._value, self._location = name, value, location
-        if location == "query":
+    def __init__(self, base_url: str, name: str, value: str, location: str) -> None:
+        in_query = location == "query"
+        super().__init__(base_url, None if in_query else name, [value])
+        self._name, self._value = name, value
+        if in_query:
             self.secret_params = (name,)
 
-    def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
-        target = params if self._location == "query" else headers
-        target[self._name] = self._value
+    def apply(self, request: requests.PreparedRequest) -> None:
+        if self.header is not None:
+            request.headers[self.header] = self._value
+        else:
+            request.prepare_url(request.url, {self._name: self._value})
+
+
+class _SessionAuthOff(AuthBase):
+    """No credentials: an explicit auth keeps the session's own authenticator off a request."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
 
 
 class OAuth2ClientCredentialsAuthenticator(Authenticator):
-    """OAuth2 client credentials: fetches a token, refreshes it before expiry or after a 401."""
+    """OAuth2 client credentials: a bearer token fetched when first needed, refreshed before
+    expiry or after a 401; one token for every thread of the session."""
 
     def __init__(
         self,
+        base_url: str,
         session: requests.Session,
         token_url: str,
         client_id: str,
         client_secret: str,
         scope: str | None,
         credentials_in: str,
-        timeout: tuple[float, float],
+        timeout: Timeout,
         label: str,
     ) -> None:
-        super().__init__([client_secret])
+        super().__init__(base_url, "Authorization", [client_secret])
         self._session, self._token_url = session, token_url
         self._client_id, self._client_secret = client_id, client_secret
         self._scope, self._credentials_in, self._timeout = scope, credentials_in, timeout
@@ -91,18 +157,17 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = threading.Lock()
-        self.token_requests = 0
 
     def _fetch(self) -> None:
         data = {"grant_type": "client_credentials"}
         if self._scope:
             data["scope"] = self._scope
-        auth = None
+        # the session's auth is this authenticator: it must not be asked for a token here
+        auth: AuthBase = _SessionAuthOff()
         if self._credentials_in == "basic":
-            auth = (self._client_id, self._client_secret)
+            auth = HTTPBasicAuth(self._client_id, self._client_secret)
         else:
             data.update(client_id=self._client_id, client_secret=self._client_secret)
-        self.token_requests += 1
         try:
             response = self._session.post(
                 self._token_url, data=data, auth=auth, timeout=self._timeout
@@ -136,13 +201,40 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
         expires_in = float(body["expires_in"]) if body.get("expires_in") is not None else 3600.0
         self._expires_at = time.monotonic() + max(0.0, expires_in - TOKEN_EXPIRY_MARGIN_SECONDS)
 
-    def apply(self, headers: dict[str, str], params: dict[str, str]) -> None:
+    def apply(self, request: requests.PreparedRequest) -> None:
         with self._lock:
             if self._token is None or time.monotonic() >= self._expires_at:
                 self._fetch()
-            headers["Authorization"] = f"Bearer {self._token}"
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
 
-    def refresh(self) -> bool:
+    def refresh(self, refused: requests.Response) -> bool:
+        sent = refused.request.headers.get("Authorization") if refused.request else None
+        if not sent:
+            # the refused request carried no token of ours: a new one would not be sent either
+            return False
         with self._lock:
-            self._fetch()
+            # pages fetched in parallel may all be refused the same expired token: fetch once
+            if sent == f"Bearer {self._token}":
+                self._fetch()
         return True
+
+
+class ApiSession(requests.Session):
+    """A session whose redirects to another host drop every credential its authenticator adds,
+    not only `Authorization`."""
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        # (the stubs leave these two untyped; requests itself annotates them)
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        previous, following = response.request.url, prepared_request.url
+        if (
+            isinstance(self.auth, Authenticator)
+            and previous is not None
+            and following is not None
+            # the hop requests strips `Authorization` on: another host, port or scheme
+            and self.should_strip_auth(previous, following)  # type: ignore[no-untyped-call]
+        ):
+            self.auth.strip(prepared_request)

@@ -1,4 +1,13 @@
-"""GET JSON with auth, timeouts and bounded retries; errors name the source, never a secret."""
+"""GET JSON with timeouts and bounded retries; errors name the source, never a secret.
+
+What a fault means decides what happens: 429, 5xx, timeouts, dropped connections, bodies cut off
+and bodies that are not JSON are passing and retried with exponential backoff and full jitter,
+honouring `Retry-After`, within an attempt count and a time limit; 401/403 and other 4xx are not
+(a 401 first gets the authenticator one chance to refresh its token). JSON is decoded strictly in
+its declared charset: bytes that are not text fail the run instead of being replaced or guessed.
+The client is shared by every stream of a run (one session, one token), so the counters a stream
+reports are passed in by its reader.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 from ingestion_assets.errors import SourceError
-from ingestion_assets.sources.rest.auth import Authenticator
+from ingestion_assets.sources.rest.auth import ApiSession, Authenticator
 from ingestion_assets.sources.rest.redaction import redact, redact_url
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -64,7 +73,7 @@ def retry_after_seconds(value: str | None, now: datetime.datetime | None = None)
 
 @dataclass
 class HttpStatistics:
-    """Counters a run reports as metadata."""
+    """Requests and retries of one stream's read, reported as its metadata."""
 
     requests: int = 0
     retries: int = 0
@@ -88,17 +97,18 @@ class RestClient:
         headers: Mapping[str, str] | None = None,
         timeout: tuple[float, float] = (10.0, 60.0),
         retry: RetryPolicy | None = None,
-        session: requests.Session | None = None,
+        session: ApiSession | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.source_name = source_name
         self.base_url = base_url.rstrip("/") + "/"
-        self.auth = auth or Authenticator()
+        self.auth = auth
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.session = session or requests.Session()
-        self.statistics = HttpStatistics()
+        self.session = session or ApiSession()
+        # applied by the session to every request it prepares, redirects and page links included
+        self.session.auth = auth
         self._sleep = sleep
 
     def url_for(self, path: str) -> str:
@@ -108,10 +118,18 @@ class RestClient:
     def _shown(self, url: str, params: Mapping[str, str] | None = None) -> str:
         separator = "&" if "?" in url else "?"
         full = url + (separator + urlencode(dict(params)) if params else "")
-        return redact_url(full, self.auth.secrets, self.auth.secret_params)
+        return redact_url(full, self._secrets(), self.auth.secret_params if self.auth else ())
+
+    def _secrets(self) -> list[str]:
+        # read at each use: an OAuth2 authenticator adds its tokens as it fetches them
+        return self.auth.secrets if self.auth is not None else []
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        self.session.close()
 
     def get_json(
-        self, url: str, params: Mapping[str, str], label: str
+        self, url: str, params: Mapping[str, str], label: str, statistics: HttpStatistics
     ) -> tuple[Any, requests.Response]:
         """GET and parse JSON, retrying 429/5xx/timeouts/drops/broken JSON within the bounds."""
         deadline = time.monotonic() + self.retry.max_elapsed_seconds
@@ -121,13 +139,11 @@ class RestClient:
         while attempt < self.retry.max_attempts:
             attempt += 1
             headers = {"Accept": "application/json", **self.headers}
-            request_params = dict(params)
-            self.auth.apply(headers, request_params)
-            self.statistics.count(retry=attempt > 1)
+            statistics.count(retry=attempt > 1)
             retry_after = None
             try:
                 response = self.session.get(
-                    url, params=request_params, headers=headers, timeout=self.timeout
+                    url, params=params, headers=headers, timeout=self.timeout
                 )
             except (
                 requests.ConnectionError,
@@ -143,7 +159,12 @@ class RestClient:
                     "check base_url and the stream's path"
                 ) from None
             else:
-                if response.status_code == 401 and not refreshed and self.auth.refresh():
+                if (
+                    response.status_code == 401
+                    and not refreshed
+                    and self.auth is not None
+                    and self.auth.refresh(response)
+                ):
                     refreshed = True
                     attempt -= 1  # a refreshed token gets a fresh try
                     continue
@@ -222,7 +243,7 @@ class RestClient:
 
     def _excerpt(self, response: requests.Response) -> str:
         # redact before cutting: a secret straddling the cut would otherwise show its first part
-        text = " ".join(redact(response.text, self.auth.secrets).split())
+        text = " ".join(redact(response.text, self._secrets()).split())
         return text[:BODY_EXCERPT_CHARACTERS] or "(empty body)"
 
 

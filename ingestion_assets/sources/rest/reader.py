@@ -12,7 +12,7 @@ import pyarrow as pa
 import requests
 
 from ingestion_assets.errors import SourceError, where
-from ingestion_assets.sources.rest.client import RestClient
+from ingestion_assets.sources.rest.client import HttpStatistics, RestClient
 from ingestion_assets.sources.rest.paginators import (
     PageRequest,
     PaginationError,
@@ -45,6 +45,8 @@ class RestStreamReader:
         self.parallel_requests = parallel_requests
         self.batch_size = batch_size
         self.pages = 0
+        # this stream's own counts: the client and its session serve every stream of the run
+        self.statistics = HttpStatistics()
 
     def _label(self, window: PartitionWindow | None) -> str:
         return where(self.client.source_name, self.stream.name, window.label if window else None)
@@ -67,7 +69,7 @@ class RestStreamReader:
         paginator = paginator_for(self.pagination, label)
         params = window_params(self.stream.params, window, label)
         request = paginator.first(PageRequest(self.client.url_for(self.stream.path), params))
-        body, response = self.client.get_json(request.url, request.params, label)
+        body, response = self.client.get_json(request.url, request.params, label, self.statistics)
         records = self._records(body, label)
         self.pages = 1
         yield records
@@ -89,7 +91,9 @@ class RestStreamReader:
                     "answering with more. Raise max_pages if that is right."
                 )
             request = following
-            body, response = self.client.get_json(request.url, request.params, label)
+            body, response = self.client.get_json(
+                request.url, request.params, label, self.statistics
+            )
             records = self._records(body, label)
             self.pages += 1
             yield records
@@ -99,7 +103,7 @@ class RestStreamReader:
     ) -> Iterator[list[Any]]:
         # a bounded window of pages in flight, yielded in request order: same result as one by one
         def fetch(request: PageRequest) -> tuple[Any, requests.Response]:
-            return self.client.get_json(request.url, request.params, label)
+            return self.client.get_json(request.url, request.params, label, self.statistics)
 
         pending: deque[Future[tuple[Any, requests.Response]]] = deque()
         queue = iter(requests_left)
@@ -129,7 +133,7 @@ class RestStreamReader:
             return None
         params = window_params(self.stream.params, window, label)
         request = paginator.first(PageRequest(self.client.url_for(self.stream.path), params))
-        body, response = self.client.get_json(request.url, request.params, label)
+        body, response = self.client.get_json(request.url, request.params, label, self.statistics)
         return paginator.total(body, response)
 
     def read(self, window: PartitionWindow | None) -> SourceStream:
@@ -185,8 +189,8 @@ class RestStreamReader:
     def _metadata(self, records: int, outside_window: int, rejected: int) -> dict[str, Any]:
         return {
             "api_pages": self.pages,
-            "api_requests": self.client.statistics.requests,
-            "api_retries": self.client.statistics.retries,
+            "api_requests": self.statistics.requests,
+            "api_retries": self.statistics.retries,
             "records_received": records,
             "records_outside_window": outside_window,
             "records_rejected": rejected,
