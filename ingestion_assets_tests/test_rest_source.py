@@ -17,7 +17,14 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import yaml
-from dagster import DagsterInstance, ExecuteInProcessResult, serialize_value
+from dagster import (
+    Config,
+    DagsterInstance,
+    EnvVar,
+    ExecuteInProcessResult,
+    build_resources,
+    serialize_value,
+)
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +37,13 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import SourceError
 from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID
 from ingestion_assets.project import parse_project
-from ingestion_assets.resources import RestSourceResource
+from ingestion_assets.resources import (
+    ApiKeyAuthConfig,
+    BasicAuthConfig,
+    BearerAuthConfig,
+    OAuth2ClientCredentialsConfig,
+    RestSourceResource,
+)
 from ingestion_assets.sources.rest.client import (
     BODY_EXCERPT_CHARACTERS,
     MIN_RETRY_AFTER_SECONDS,
@@ -46,6 +59,7 @@ from ingestion_assets.specs import (
     OffsetPagination,
     Pagination,
     PaginationSpec,
+    RestSourceSpec,
     StreamSpec,
 )
 from ingestion_assets_tests.conftest import SOURCE, IngestProject, failure_message
@@ -409,27 +423,22 @@ class AuthCase:
 
 AUTH_CASES = {
     "basic": AuthCase(
-        lambda secret: {"auth_type": "basic", "username": USERNAME, "password": secret},
+        lambda secret: {"auth": BasicAuthConfig(username=USERNAME, password=secret)},
         lambda request: request.headers.get("Authorization") == basic_header(USERNAME, PASSWORD),
         PASSWORD,
     ),
     "bearer": AuthCase(
-        lambda secret: {"auth_type": "bearer", "token": secret},
+        lambda secret: {"auth": BearerAuthConfig(token=secret)},
         lambda request: request.headers.get("Authorization") == f"Bearer {TOKEN}",
         TOKEN,
     ),
     "api_key_header": AuthCase(
-        lambda secret: {"auth_type": "api_key", "api_key_name": "X-API-Key", "api_key": secret},
+        lambda secret: {"auth": ApiKeyAuthConfig(name="X-API-Key", value=secret)},
         lambda request: request.headers.get("X-API-Key") == API_KEY,
         API_KEY,
     ),
     "api_key_query": AuthCase(
-        lambda secret: {
-            "auth_type": "api_key",
-            "api_key_name": "api_key",
-            "api_key": secret,
-            "api_key_location": "query",
-        },
+        lambda secret: {"auth": ApiKeyAuthConfig(name="api_key", value=secret, location="query")},
         lambda request: request.args.get("api_key") == API_KEY,
         API_KEY,
     ),
@@ -522,6 +531,60 @@ def test_redact_url_masks_secret_parameters_passwords_and_secret_values() -> Non
     shown = redact_url(url, [PASSWORD, TOKEN], ["API_KEY"])
 
     assert shown == "https://api.example.com/items?api_key=***&page=2&q=***"
+
+
+ENV_SECRET = "REST_TEST_SECRET"
+# each kind as the project file writes it, its secret a ${VAR} reference; and that secret's field
+ENV_AUTH: dict[str, tuple[dict[str, Any], type[Config], str]] = {
+    "basic": (
+        {"type": "basic", "username": USERNAME, "password": f"${{{ENV_SECRET}}}"},
+        BasicAuthConfig,
+        "password",
+    ),
+    "bearer": ({"type": "bearer", "token": f"${{{ENV_SECRET}}}"}, BearerAuthConfig, "token"),
+    "api_key_header": (
+        {"type": "api_key", "name": "X-API-Key", "value": f"${{{ENV_SECRET}}}"},
+        ApiKeyAuthConfig,
+        "value",
+    ),
+    "api_key_query": (
+        {"type": "api_key", "name": "api_key", "value": f"${{{ENV_SECRET}}}", "location": "query"},
+        ApiKeyAuthConfig,
+        "value",
+    ),
+}
+
+
+def rest_source_spec(server: HTTPServer, auth: Mapping[str, Any]) -> RestSourceSpec:
+    """A REST source on the server with this `auth:` block."""
+    return RestSourceSpec.model_validate(
+        {
+            "type": "rest",
+            "base_url": server.url_for("/"),
+            "start_date": "2024-01-01",
+            "auth": dict(auth),
+            "streams": [ITEMS.model_dump(exclude_none=True)],
+        }
+    )
+
+
+@pytest.mark.parametrize("kind", list(ENV_AUTH))
+def test_an_env_var_secret_in_the_nested_auth_config_is_read_only_when_a_run_initializes_it(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+    auth, config_class, secret_field = ENV_AUTH[kind]
+    monkeypatch.setenv(ENV_SECRET, case.right)
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts))
+
+    resource = RestSourceResource.from_spec(SOURCE, rest_source_spec(httpserver, auth))
+
+    assert type(resource.auth) is config_class
+    assert getattr(resource.auth, secret_field) == EnvVar(ENV_SECRET)
+    with build_resources({"api": resource}) as initialized:
+        reader = initialized.api.reader(ITEMS, OffsetPagination(limit=1))
+        assert read_ids(reader) == [0, 1]
+    assert all(response.status_code == 200 for _, response in httpserver.log)
 
 
 @pytest.fixture
@@ -662,13 +725,10 @@ class OAuthServer:
 
 def oauth_reader(server: HTTPServer, client_secret: str = CLIENT_SECRET) -> RestStreamReader:
     """A reader with OAuth2 client credentials against the server's token endpoint."""
-    return resource_reader(
-        server,
-        auth_type="oauth2_client_credentials",
-        token_url=server.url_for("/oauth/token"),
-        client_id=CLIENT_ID,
-        client_secret=client_secret,
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=server.url_for("/oauth/token"), client_id=CLIENT_ID, client_secret=client_secret
     )
+    return resource_reader(server, auth=auth)
 
 
 def test_oauth2_token_is_fetched_once_and_sent_as_bearer(httpserver: HTTPServer) -> None:
@@ -735,6 +795,28 @@ def test_oauth2_wrong_client_secret_fails_without_showing_it(httpserver: HTTPSer
     assert "client secret" in message
     assert WRONG not in message
     assert oauth.api_calls == []
+
+
+def test_an_env_var_client_secret_is_read_when_a_run_initializes_the_resource(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_SECRET, CLIENT_SECRET)
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+    auth = {
+        "type": "oauth2_client_credentials",
+        "token_url": httpserver.url_for("/oauth/token"),
+        "client_id": CLIENT_ID,
+        "client_secret": f"${{{ENV_SECRET}}}",
+    }
+
+    resource = RestSourceResource.from_spec(SOURCE, rest_source_spec(httpserver, auth))
+
+    assert isinstance(resource.auth, OAuth2ClientCredentialsConfig)
+    assert resource.auth.client_secret == EnvVar(ENV_SECRET)
+    with build_resources({"api": resource}) as initialized:
+        assert read_ids(initialized.api.reader(ITEMS, OffsetPagination(limit=1))) == [0, 1]
+    assert oauth.issued == ["access-1-9f2c"]
 
 
 # ---- 3. faults, end to end -----------------------------------------------------------------------

@@ -20,7 +20,8 @@ import base64
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -238,3 +239,118 @@ class ApiSession(requests.Session):
             and self.should_strip_auth(previous, following)  # type: ignore[no-untyped-call]
         ):
             self.auth.strip(prepared_request)
+
+
+# ---- settings: what each kind needs, from a spec's `auth` or the resource's resolved config ----
+
+
+class BasicSettings(Protocol):
+    """HTTP basic authentication's settings."""
+
+    @property
+    def type(self) -> Literal["basic"]: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+
+
+class BearerSettings(Protocol):
+    """A static bearer token's settings."""
+
+    @property
+    def type(self) -> Literal["bearer"]: ...
+    @property
+    def token(self) -> str: ...
+
+
+class ApiKeySettings(Protocol):
+    """An API key's settings."""
+
+    @property
+    def type(self) -> Literal["api_key"]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> str: ...
+    @property
+    def location(self) -> Literal["header", "query"]: ...
+
+
+class ClientCredentialsSettings(Protocol):
+    """OAuth2 client credentials' settings."""
+
+    @property
+    def type(self) -> Literal["oauth2_client_credentials"]: ...
+    @property
+    def token_url(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def client_secret(self) -> str: ...
+    @property
+    def scope(self) -> str | None: ...
+    @property
+    def credentials_in(self) -> Literal["body", "basic"]: ...
+
+
+AuthSettings = BasicSettings | BearerSettings | ApiKeySettings | ClientCredentialsSettings
+
+
+def _basic(
+    settings: BasicSettings, base_url: str, session: requests.Session, timeout: Timeout, label: str
+) -> Authenticator:
+    return BasicAuthenticator(base_url, settings.username, settings.password)
+
+
+def _bearer(
+    settings: BearerSettings, base_url: str, session: requests.Session, timeout: Timeout, label: str
+) -> Authenticator:
+    return BearerAuthenticator(base_url, settings.token)
+
+
+def _api_key(
+    settings: ApiKeySettings, base_url: str, session: requests.Session, timeout: Timeout, label: str
+) -> Authenticator:
+    return ApiKeyAuthenticator(base_url, settings.name, settings.value, settings.location)
+
+
+def _client_credentials(
+    settings: ClientCredentialsSettings,
+    base_url: str,
+    session: requests.Session,
+    timeout: Timeout,
+    label: str,
+) -> Authenticator:
+    return OAuth2ClientCredentialsAuthenticator(
+        base_url,
+        session,
+        settings.token_url,
+        settings.client_id,
+        settings.client_secret,
+        settings.scope,
+        settings.credentials_in,
+        timeout,
+        label,
+    )
+
+
+# one builder per `type`; each builder's settings protocol matches its key
+_BUILDERS: dict[str, Callable[[Any, str, requests.Session, Timeout, str], Authenticator]] = {
+    "basic": _basic,
+    "bearer": _bearer,
+    "api_key": _api_key,
+    "oauth2_client_credentials": _client_credentials,
+}
+
+
+def authenticator_for(
+    settings: AuthSettings,
+    base_url: str,
+    session: requests.Session,
+    timeout: Timeout,
+    label: str,
+) -> Authenticator:
+    """The authenticator of an auth setting, bound to base_url's origin (OAuth2 fetches its
+    tokens through `session`; errors name `label`)."""
+    return _BUILDERS[settings.type](settings, base_url, session, timeout, label)
