@@ -16,8 +16,7 @@ from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Source
-from ingestion_assets.sources.rest.auth import ApiSession, authenticator_for
-from ingestion_assets.sources.rest.client import RestClient, RetryPolicy
+from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.sources.sql import SqlSource, SqlTableReader
@@ -253,7 +252,7 @@ def _auth_config(auth: Spec) -> AuthConfig:
 
 
 class RestSourceResource(SourceResource):
-    """One REST source's connection settings; the HTTP session is created on first use."""
+    """One REST source's settings; its Source makes one HTTP session per run, on first use."""
 
     source_class: ClassVar[type[Source]] = RestSource
     # repr=False: once a run reads the EnvVars these hold secrets (a URL may carry credentials)
@@ -299,36 +298,20 @@ class RestSourceResource(SourceResource):
             **auth,
         )
 
-    def client(self) -> RestClient:
-        """A client with this source's auth, timeouts and retry policy (one session per run)."""
-        session = ApiSession()
-        timeout = (self.connect_timeout, self.read_timeout)
-        label = f"source '{self.source_name}'"
-        authenticator = (
-            None
-            if self.auth is None
-            else authenticator_for(self.auth, self.base_url, session, timeout, label)
-        )
-        return RestClient(
+    def open_source(self) -> RestSource:
+        """The API as a Source (its session is made on the first request)."""
+        return RestSource(
             self.source_name,
             self.base_url,
-            authenticator,
+            self.auth,
             self.headers,
-            timeout,
+            (self.connect_timeout, self.read_timeout),
             RetryPolicy(
                 self.max_attempts,
                 self.backoff_seconds,
                 self.max_backoff_seconds,
                 self.max_elapsed_seconds,
             ),
-            session,
-        )
-
-    def open_source(self) -> RestSource:
-        """The API as a Source."""
-        return RestSource(
-            self.source_name,
-            self.client,
             self.timezone,
             self.parallel_requests,
             self.batch_size,

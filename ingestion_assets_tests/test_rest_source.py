@@ -54,6 +54,7 @@ from ingestion_assets.sources.rest.client import (
 from ingestion_assets.sources.rest.paginators import PaginationError
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.redaction import redact_url
+from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.specs import (
     NextUrlPagination,
     OffsetPagination,
@@ -817,6 +818,82 @@ def test_an_env_var_client_secret_is_read_when_a_run_initializes_the_resource(
     with build_resources({"api": resource}) as initialized:
         assert read_ids(initialized.api.reader(ITEMS, OffsetPagination(limit=1))) == [0, 1]
     assert oauth.issued == ["access-1-9f2c"]
+
+
+# ---- one session per run --------------------------------------------------------------------------
+
+
+def test_the_streams_of_a_run_share_one_token_and_each_reports_only_its_own_requests(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_SECRET, CLIENT_SECRET)
+    oauth = OAuthServer()
+    httpserver.expect_request("/oauth/token", method="POST").respond_with_handler(oauth.token)
+    served = {"orders": ORDER_IDS, "refunds": [7]}
+
+    def stream_pages(request: Request) -> Response:
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in oauth.valid:
+            return json_body({"error": "invalid_token"}, status=401)
+        ids = served[request.path.strip("/")]
+        offset = int(request.args["offset"])
+        return json_body({"data": orders(DAY, ids[offset : offset + 1])})
+
+    for name in served:
+        httpserver.expect_request(f"/{name}").respond_with_handler(stream_pages)
+    one_per_page = {"type": "offset", "limit": 1}
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [
+            orders_stream(pagination=one_per_page),
+            orders_stream(name="refunds", path="/refunds", pagination=one_per_page),
+        ],
+        auth={
+            "type": "oauth2_client_credentials",
+            "token_url": httpserver.url_for("/oauth/token"),
+            "client_id": CLIENT_ID,
+            "client_secret": f"${{{ENV_SECRET}}}",
+        },
+    )
+
+    result = project.materialize(["orders", "refunds"], instance, partition=DAY)
+
+    assert oauth.issued == ["access-1-9f2c"]
+    # a page per record, then the empty page that ends the stream
+    assert run_metadata(result, "orders")["api_requests"] == len(ORDER_IDS) + 1
+    assert run_metadata(result, "refunds")["api_requests"] == 2
+    assert lake_rows(project, "refunds", ORDER_COLUMNS) == expected_orders(DAY, [7])
+
+
+def test_close_ends_the_session_and_a_later_read_opens_a_new_one_with_a_new_token(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=httpserver.url_for("/oauth/token"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+    source = RestSource(SOURCE, httpserver.url_for("/"), auth, parallel_requests=1)
+    stream = ITEMS.model_copy(update={"pagination": OffsetPagination(limit=1)})
+
+    assert read_ids(source.reader(stream)) == [0, 1]
+    first = source.client()
+    assert source.reader(stream).client is first
+    connections = first.session.get_adapter(httpserver.url_for("/")).poolmanager.pools
+    assert len(connections) == 1
+
+    source.close()
+
+    assert len(connections) == 0
+    assert read_ids(source.reader(stream)) == [0, 1]
+    assert source.client() is not first
+    assert oauth.issued == ["access-1-9f2c", "access-2-9f2c"]
+    source.close()
 
 
 # ---- 3. faults, end to end -----------------------------------------------------------------------
