@@ -8,6 +8,8 @@ import decimal
 import json
 import math
 import pathlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1613,3 +1615,32 @@ def test_column_conversion_equals_record_conversion_whenever_it_applies(
     assert fast.schema == slow.schema
     assert by_columns.statistics.records == by_records.statistics.records
     assert by_columns.statistics.outside_window == by_records.statistics.outside_window
+
+
+# ---- what each module pulls in ----------------------------------------------------------------
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    """The top-level modules a fresh interpreter has loaded after `statement`."""
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+@pytest.mark.parametrize("module", ["records", "paginators", "templates", "redaction"])
+def test_the_pure_rest_modules_load_no_http_client(module: str) -> None:
+    loaded = modules_loaded_by(f"import ingestion_assets.sources.rest.{module}")
+
+    assert "ingestion_assets" in loaded
+    assert not loaded & {"requests", "urllib3"}
+
+
+def test_nothing_under_sources_loads_dagster() -> None:
+    loaded = modules_loaded_by(
+        "import importlib, pkgutil, ingestion_assets.sources as sources\n"
+        "for found in pkgutil.walk_packages(sources.__path__, 'ingestion_assets.sources.'):\n"
+        "    importlib.import_module(found.name)"
+    )
+
+    assert {"requests", "sqlalchemy", "pyarrow"} <= loaded
+    assert "dagster" not in loaded

@@ -1,4 +1,12 @@
-"""One stream's window as Arrow batches: pages fetched in order (or in parallel), then converted."""
+"""One stream's window as Arrow batches: pages fetched, then converted, never all held at once.
+
+The reader joins the pieces for one read: the window's query parameters, the stream's paginator,
+the run's shared client, and the record converter. When the first page tells the total, the other
+pages are fetched in parallel (a bounded window of requests in flight) and yielded in request
+order, so the result is the same as one page after another; otherwise it follows the paginator
+page by page up to `max_pages`. Declared fields stream batch by batch; an inferred schema needs
+every page first, since a later page may widen a column.
+"""
 
 from __future__ import annotations
 
