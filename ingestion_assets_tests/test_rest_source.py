@@ -774,6 +774,45 @@ def test_oauth2_refresh_happens_once_per_request_then_the_401_fails_the_read(
     assert oauth.refusals == 2
 
 
+def test_pages_in_parallel_refused_the_same_expired_token_fetch_only_one_new_token(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer(revoke_after_first_api_call=True)
+    total = 5 * PAGE_SIZE
+
+    def api(request: Request) -> Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        oauth.api_calls.append(token)
+        if token not in oauth.valid:
+            oauth.refusals += 1
+            return json_body({"error": "invalid_token"}, status=401)
+        if len(oauth.api_calls) == 1:
+            oauth.valid.discard(token)
+        offset = int(request.args["offset"])
+        page = [{"id": index} for index in range(offset, min(offset + PAGE_SIZE, total))]
+        return json_body({"data": page, "meta": {"total": total}})
+
+    httpserver.expect_request("/oauth/token", method="POST").respond_with_handler(oauth.token)
+    httpserver.expect_request("/items").respond_with_handler(api)
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=httpserver.url_for("/oauth/token"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+    source = RestSource(SOURCE, httpserver.url_for("/"), auth, parallel_requests=4)
+    pagination = OffsetPagination(limit=PAGE_SIZE, total_path="meta.total")
+    stream = ITEMS.model_copy(update={"pagination": pagination})
+
+    try:
+        assert read_ids(source.reader(stream)) == list(range(total))
+    finally:
+        source.close()
+    # the first page with the first token; the other four refused it, then sent the second
+    assert oauth.issued == ["access-1-9f2c", "access-2-9f2c"]
+    assert oauth.refusals >= 1
+    assert oauth.api_calls.count("access-2-9f2c") == 4
+
+
 def test_oauth2_token_expiring_within_the_margin_is_fetched_again_on_the_next_request(
     httpserver: HTTPServer,
 ) -> None:
