@@ -8,26 +8,17 @@ process, closing it when the run's step is done.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import requests
 import sqlalchemy as sa
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import Config, ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Source
-from ingestion_assets.sources.rest import (
-    ApiKeyAuthenticator,
-    Authenticator,
-    BasicAuthenticator,
-    BearerAuthenticator,
-    OAuth2ClientCredentialsAuthenticator,
-    RestClient,
-    RestSource,
-    RestStreamReader,
-    RetryPolicy,
-)
+from ingestion_assets.sources.rest.client import RetryPolicy
+from ingestion_assets.sources.rest.reader import RestStreamReader
+from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.sources.sql import SqlSource, SqlTableReader
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
@@ -40,6 +31,7 @@ from ingestion_assets.specs import (
     Pagination,
     RestSourceSpec,
     SourceSpecBase,
+    Spec,
     SqlSourceSpec,
     StreamSpec,
     TableSpec,
@@ -188,30 +180,89 @@ class SqlSourceResource(SourceResource):
         return source.reader(table)
 
 
+class BasicAuthConfig(Config):
+    """HTTP basic authentication."""
+
+    type: Literal["basic"] = Field(default="basic", description="The kind of authentication.")
+    username: str = Field(description="User name.")
+    password: str = Field(description="Password, from an environment variable.", repr=False)
+
+
+class BearerAuthConfig(Config):
+    """A static bearer token."""
+
+    type: Literal["bearer"] = Field(default="bearer", description="The kind of authentication.")
+    token: str = Field(description="Bearer token, from an environment variable.", repr=False)
+
+
+class ApiKeyAuthConfig(Config):
+    """An API key in a header or a query parameter."""
+
+    type: Literal["api_key"] = Field(default="api_key", description="The kind of authentication.")
+    name: str = Field(default="X-API-Key", description="Header or query parameter name.")
+    value: str = Field(description="The API key, from an environment variable.", repr=False)
+    location: Literal["header", "query"] = Field(
+        default="header", description="Send the key in a header or as a query parameter."
+    )
+
+
+class OAuth2ClientCredentialsConfig(Config):
+    """OAuth2 client credentials: a token fetched on first use, refreshed before it expires."""
+
+    type: Literal["oauth2_client_credentials"] = Field(
+        default="oauth2_client_credentials", description="The kind of authentication."
+    )
+    # repr=False: the token endpoint's URL may carry credentials of its own
+    token_url: str = Field(description="OAuth2 token endpoint.", repr=False)
+    client_id: str = Field(description="OAuth2 client id.")
+    client_secret: str = Field(
+        description="OAuth2 client secret, from an environment variable.", repr=False
+    )
+    scope: str | None = Field(default=None, description="OAuth2 scope to ask for.")
+    credentials_in: Literal["body", "basic"] = Field(
+        default="body", description="Send the client credentials in the form body or as basic auth."
+    )
+
+
+AuthConfig = BasicAuthConfig | BearerAuthConfig | ApiKeyAuthConfig | OAuth2ClientCredentialsConfig
+if TYPE_CHECKING:
+    OptionalAuthConfig = AuthConfig | None
+else:
+    # Dagster's config schema has no optional discriminated union (None is no Config class, and an
+    # explicit None is refused), so at run time the field leaves None out and its default None
+    # means "no auth"; type checkers still see that it can be None
+    OptionalAuthConfig = AuthConfig
+
+# each auth spec model and the config class that carries it into a run
+_AUTH_CONFIGS: dict[type[Spec], type[AuthConfig]] = {
+    BasicAuth: BasicAuthConfig,
+    BearerAuth: BearerAuthConfig,
+    ApiKeyAuth: ApiKeyAuthConfig,
+    OAuth2ClientCredentials: OAuth2ClientCredentialsConfig,
+}
+
+
+def _auth_config(auth: Spec) -> AuthConfig:
+    """A spec's auth as its resource config: `${VAR}` values become EnvVars, read when a run starts."""
+    values: dict[str, Any] = {
+        name: config_value(value) if isinstance(value, str) else value
+        for name, value in auth.model_dump().items()
+    }
+    return _AUTH_CONFIGS[type(auth)](**values)
+
+
 class RestSourceResource(SourceResource):
-    """One REST source's connection settings; the HTTP session is created on first use."""
+    """One REST source's settings; its Source makes one HTTP session per run, on first use."""
 
     source_class: ClassVar[type[Source]] = RestSource
     # repr=False: once a run reads the EnvVars these hold secrets (a URL may carry credentials)
     base_url: str = Field(description="Base URL of the API.", repr=False)
-    auth_type: str | None = Field(
-        None, description="basic, bearer, api_key or oauth2_client_credentials."
+    auth: OptionalAuthConfig = Field(
+        default=None,
+        discriminator="type",
+        description="How requests authenticate: basic, bearer, api_key or "
+        "oauth2_client_credentials; none when left out.",
     )
-    username: str | None = Field(None, description="Basic auth user name.")
-    password: str | None = Field(
-        None, description="Basic auth password, from the environment.", repr=False
-    )
-    token: str | None = Field(None, description="Bearer token, from the environment.", repr=False)
-    api_key_name: str | None = Field(None, description="API key header or parameter name.")
-    api_key: str | None = Field(None, description="API key, from the environment.", repr=False)
-    api_key_location: str = Field("header", description="header or query.")
-    token_url: str | None = Field(None, description="OAuth2 token endpoint.", repr=False)
-    client_id: str | None = Field(None, description="OAuth2 client id.")
-    client_secret: str | None = Field(
-        None, description="OAuth2 client secret, from the environment.", repr=False
-    )
-    scope: str | None = Field(None, description="OAuth2 scope.")
-    credentials_in: str = Field("body", description="OAuth2 client credentials in body or basic.")
     headers: dict[str, str] = Field(default_factory=dict, description="Headers for every request.")
     connect_timeout: float = Field(10.0, description="Connect timeout in seconds.")
     read_timeout: float = Field(60.0, description="Read timeout in seconds.")
@@ -229,33 +280,11 @@ class RestSourceResource(SourceResource):
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> RestSourceResource:
         """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
         assert isinstance(spec, RestSourceSpec)
-        settings: dict[str, Any] = {}
-        auth = spec.auth
-        if isinstance(auth, BasicAuth):
-            settings = {
-                "username": config_value(auth.username),
-                "password": config_value(auth.password),
-            }
-        elif isinstance(auth, BearerAuth):
-            settings = {"token": config_value(auth.token)}
-        elif isinstance(auth, ApiKeyAuth):
-            settings = {
-                "api_key_name": auth.name,
-                "api_key": config_value(auth.value),
-                "api_key_location": auth.location,
-            }
-        elif isinstance(auth, OAuth2ClientCredentials):
-            settings = {
-                "token_url": config_value(auth.token_url),
-                "client_id": config_value(auth.client_id),
-                "client_secret": config_value(auth.client_secret),
-                "scope": auth.scope,
-                "credentials_in": auth.credentials_in,
-            }
+        # no `auth=None`: Dagster refuses an explicit None for a discriminated union
+        auth: dict[str, Any] = {} if spec.auth is None else {"auth": _auth_config(spec.auth)}
         return cls(
             source_name=source_name,
             base_url=config_value(spec.base_url),
-            auth_type=auth.type if auth else None,
             headers=dict(spec.headers),
             connect_timeout=spec.timeout.connect,
             read_timeout=spec.timeout.read,
@@ -266,54 +295,23 @@ class RestSourceResource(SourceResource):
             parallel_requests=spec.parallel_requests,
             batch_size=spec.batch_size,
             timezone=spec.timezone,
-            **settings,
+            **auth,
         )
 
-    def client(self) -> RestClient:
-        """A client with this source's auth, timeouts and retry policy (one session per run)."""
-        session = requests.Session()
-        timeout = (self.connect_timeout, self.read_timeout)
-        label = f"source '{self.source_name}'"
-        authenticator: Authenticator | None = None
-        if self.auth_type == "basic":
-            authenticator = BasicAuthenticator(self.username or "", self.password or "")
-        elif self.auth_type == "bearer":
-            authenticator = BearerAuthenticator(self.token or "")
-        elif self.auth_type == "api_key":
-            authenticator = ApiKeyAuthenticator(
-                self.api_key_name or "X-API-Key", self.api_key or "", self.api_key_location
-            )
-        elif self.auth_type == "oauth2_client_credentials":
-            authenticator = OAuth2ClientCredentialsAuthenticator(
-                session,
-                self.token_url or "",
-                self.client_id or "",
-                self.client_secret or "",
-                self.scope,
-                self.credentials_in,
-                timeout,
-                label,
-            )
-        return RestClient(
+    def open_source(self) -> RestSource:
+        """The API as a Source (its session is made on the first request)."""
+        return RestSource(
             self.source_name,
             self.base_url,
-            authenticator,
+            self.auth,
             self.headers,
-            timeout,
+            (self.connect_timeout, self.read_timeout),
             RetryPolicy(
                 self.max_attempts,
                 self.backoff_seconds,
                 self.max_backoff_seconds,
                 self.max_elapsed_seconds,
             ),
-            session,
-        )
-
-    def open_source(self) -> RestSource:
-        """The API as a Source."""
-        return RestSource(
-            self.source_name,
-            self.client,
             self.timezone,
             self.parallel_requests,
             self.batch_size,

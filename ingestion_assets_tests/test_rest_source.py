@@ -8,16 +8,25 @@ import decimal
 import json
 import math
 import pathlib
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pytest
 import yaml
-from dagster import DagsterInstance, ExecuteInProcessResult, serialize_value
+from dagster import (
+    Config,
+    DagsterInstance,
+    EnvVar,
+    ExecuteInProcessResult,
+    build_resources,
+    serialize_value,
+)
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from hypothesis import HealthCheck, given, settings
@@ -30,22 +39,30 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import SourceError
 from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID
 from ingestion_assets.project import parse_project
-from ingestion_assets.resources import RestSourceResource
-from ingestion_assets.sources.rest import (
+from ingestion_assets.resources import (
+    ApiKeyAuthConfig,
+    BasicAuthConfig,
+    BearerAuthConfig,
+    OAuth2ClientCredentialsConfig,
+    RestSourceResource,
+)
+from ingestion_assets.sources.rest.client import (
     BODY_EXCERPT_CHARACTERS,
     MIN_RETRY_AFTER_SECONDS,
-    PaginationError,
     RestClient,
-    RestStreamReader,
     RetryPolicy,
-    redact_url,
     retry_after_seconds,
 )
+from ingestion_assets.sources.rest.paginators import PaginationError
+from ingestion_assets.sources.rest.reader import RestStreamReader
+from ingestion_assets.sources.rest.redaction import redact_url
+from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.specs import (
     NextUrlPagination,
     OffsetPagination,
     Pagination,
     PaginationSpec,
+    RestSourceSpec,
     StreamSpec,
 )
 from ingestion_assets_tests.conftest import SOURCE, IngestProject, failure_message
@@ -409,27 +426,22 @@ class AuthCase:
 
 AUTH_CASES = {
     "basic": AuthCase(
-        lambda secret: {"auth_type": "basic", "username": USERNAME, "password": secret},
+        lambda secret: {"auth": BasicAuthConfig(username=USERNAME, password=secret)},
         lambda request: request.headers.get("Authorization") == basic_header(USERNAME, PASSWORD),
         PASSWORD,
     ),
     "bearer": AuthCase(
-        lambda secret: {"auth_type": "bearer", "token": secret},
+        lambda secret: {"auth": BearerAuthConfig(token=secret)},
         lambda request: request.headers.get("Authorization") == f"Bearer {TOKEN}",
         TOKEN,
     ),
     "api_key_header": AuthCase(
-        lambda secret: {"auth_type": "api_key", "api_key_name": "X-API-Key", "api_key": secret},
+        lambda secret: {"auth": ApiKeyAuthConfig(name="X-API-Key", value=secret)},
         lambda request: request.headers.get("X-API-Key") == API_KEY,
         API_KEY,
     ),
     "api_key_query": AuthCase(
-        lambda secret: {
-            "auth_type": "api_key",
-            "api_key_name": "api_key",
-            "api_key": secret,
-            "api_key_location": "query",
-        },
+        lambda secret: {"auth": ApiKeyAuthConfig(name="api_key", value=secret, location="query")},
         lambda request: request.args.get("api_key") == API_KEY,
         API_KEY,
     ),
@@ -524,6 +536,152 @@ def test_redact_url_masks_secret_parameters_passwords_and_secret_values() -> Non
     assert shown == "https://api.example.com/items?api_key=***&page=2&q=***"
 
 
+ENV_SECRET = "REST_TEST_SECRET"
+# each kind as the project file writes it, its secret a ${VAR} reference; and that secret's field
+ENV_AUTH: dict[str, tuple[dict[str, Any], type[Config], str]] = {
+    "basic": (
+        {"type": "basic", "username": USERNAME, "password": f"${{{ENV_SECRET}}}"},
+        BasicAuthConfig,
+        "password",
+    ),
+    "bearer": ({"type": "bearer", "token": f"${{{ENV_SECRET}}}"}, BearerAuthConfig, "token"),
+    "api_key_header": (
+        {"type": "api_key", "name": "X-API-Key", "value": f"${{{ENV_SECRET}}}"},
+        ApiKeyAuthConfig,
+        "value",
+    ),
+    "api_key_query": (
+        {"type": "api_key", "name": "api_key", "value": f"${{{ENV_SECRET}}}", "location": "query"},
+        ApiKeyAuthConfig,
+        "value",
+    ),
+}
+
+
+def rest_source_spec(server: HTTPServer, auth: Mapping[str, Any]) -> RestSourceSpec:
+    """A REST source on the server with this `auth:` block."""
+    return RestSourceSpec.model_validate(
+        {
+            "type": "rest",
+            "base_url": server.url_for("/"),
+            "start_date": "2024-01-01",
+            "auth": dict(auth),
+            "streams": [ITEMS.model_dump(exclude_none=True)],
+        }
+    )
+
+
+@pytest.mark.parametrize("kind", list(ENV_AUTH))
+def test_an_env_var_secret_in_the_nested_auth_config_is_read_only_when_a_run_initializes_it(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+    auth, config_class, secret_field = ENV_AUTH[kind]
+    monkeypatch.setenv(ENV_SECRET, case.right)
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts))
+
+    resource = RestSourceResource.from_spec(SOURCE, rest_source_spec(httpserver, auth))
+
+    assert type(resource.auth) is config_class
+    assert getattr(resource.auth, secret_field) == EnvVar(ENV_SECRET)
+    with build_resources({"api": resource}) as initialized:
+        reader = initialized.api.reader(ITEMS, OffsetPagination(limit=1))
+        assert read_ids(reader) == [0, 1]
+    assert all(response.status_code == 200 for _, response in httpserver.log)
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[HTTPServer]:
+    """A second server on another port of 127.0.0.1: another origin than the API's."""
+    server = HTTPServer(host="127.0.0.1", port=0)
+    server.start()
+    yield server
+    server.clear()
+    server.stop()
+
+
+def credentials_sent(request: Request) -> list[str]:
+    """Every credential a request carries: an Authorization or API key header, a key parameter."""
+    headers = [request.headers.get(name) for name in ("Authorization", "X-API-Key")]
+    return [value for value in headers if value] + request.args.getlist("api_key")
+
+
+@pytest.mark.parametrize("style", ["next_url", "link_header"])
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_page_link_to_another_origin_is_followed_without_the_credentials(
+    httpserver: HTTPServer, elsewhere: HTTPServer, kind: str, style: str
+) -> None:
+    case = AUTH_CASES[kind]
+    foreign = elsewhere.url_for("/items") + "?from=1"
+
+    def first_page(request: Request) -> Response:
+        if not case.accepts(request):
+            return json_body({"error": "unauthorized"}, status=401)
+        if style == "next_url":
+            return json_body({"data": [{"id": 0}], "next": foreign})
+        return json_body({"data": [{"id": 0}]}, Link=f'<{foreign}>; rel="next"')
+
+    httpserver.expect_request("/items").respond_with_handler(first_page)
+    elsewhere.expect_request("/items").respond_with_json({"data": [{"id": 1}]})
+    pagination = PAGINATION.validate_python({"type": style})
+    reader = resource_reader(httpserver, pagination, **case.settings(case.right))
+
+    assert read_ids(reader) == [0, 1]
+    assert credentials_sent(httpserver.log[0][0])
+    assert len(elsewhere.log) == 1
+    assert credentials_sent(elsewhere.log[0][0]) == []
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_redirect_to_another_origin_gets_no_credentials_not_even_an_api_key_header(
+    httpserver: HTTPServer, elsewhere: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+
+    def moved_away(request: Request) -> Response:
+        # the whole query goes along, an API key in it too, as a careless proxy forwards it
+        location = elsewhere.url_for("/items") + "?" + request.query_string.decode()
+        return Response(status=302, headers={"Location": location})
+
+    # requests itself strips only Authorization on such a hop; an X-API-Key header would follow
+    httpserver.expect_request("/items").respond_with_handler(moved_away)
+    elsewhere.expect_request("/items").respond_with_json({"data": []})
+
+    assert read_ids(resource_reader(httpserver, **case.settings(case.right))) == []
+    assert credentials_sent(httpserver.log[0][0])
+    assert len(elsewhere.log) == 1
+    assert credentials_sent(elsewhere.log[0][0]) == []
+    assert elsewhere.log[0][0].args.get("offset") == "0"
+
+
+@pytest.mark.parametrize("kind", list(AUTH_CASES))
+def test_a_redirect_within_the_origin_keeps_the_credentials(
+    httpserver: HTTPServer, kind: str
+) -> None:
+    case = AUTH_CASES[kind]
+
+    def moved(request: Request) -> Response:
+        # the query goes along, as a server moving a path keeps it
+        location = "/items?" + request.query_string.decode()
+        return Response(status=301, headers={"Location": location})
+
+    httpserver.expect_request("/old/items").respond_with_handler(moved)
+    httpserver.expect_request("/items").respond_with_handler(guarded(case.accepts, pages=1))
+    stream = ITEMS.model_copy(update={"path": "/old/items"})
+    resource = RestSourceResource(
+        source_name=SOURCE,
+        base_url=httpserver.url_for("/"),
+        max_attempts=1,
+        parallel_requests=1,
+        **case.settings(case.right),
+    )
+
+    reader = resource.reader(stream, OffsetPagination(limit=1))
+
+    assert read_ids(reader) == [0]
+    assert [response.status_code for _, response in httpserver.log] == [301, 200, 301, 200]
+
+
 CLIENT_ID = "ingest-client"
 CLIENT_SECRET = "client-Secret-5a7d21"
 
@@ -575,13 +733,10 @@ class OAuthServer:
 
 def oauth_reader(server: HTTPServer, client_secret: str = CLIENT_SECRET) -> RestStreamReader:
     """A reader with OAuth2 client credentials against the server's token endpoint."""
-    return resource_reader(
-        server,
-        auth_type="oauth2_client_credentials",
-        token_url=server.url_for("/oauth/token"),
-        client_id=CLIENT_ID,
-        client_secret=client_secret,
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=server.url_for("/oauth/token"), client_id=CLIENT_ID, client_secret=client_secret
     )
+    return resource_reader(server, auth=auth)
 
 
 def test_oauth2_token_is_fetched_once_and_sent_as_bearer(httpserver: HTTPServer) -> None:
@@ -624,6 +779,45 @@ def test_oauth2_refresh_happens_once_per_request_then_the_401_fails_the_read(
     assert oauth.refusals == 2
 
 
+def test_pages_in_parallel_refused_the_same_expired_token_fetch_only_one_new_token(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer(revoke_after_first_api_call=True)
+    total = 5 * PAGE_SIZE
+
+    def api(request: Request) -> Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        oauth.api_calls.append(token)
+        if token not in oauth.valid:
+            oauth.refusals += 1
+            return json_body({"error": "invalid_token"}, status=401)
+        if len(oauth.api_calls) == 1:
+            oauth.valid.discard(token)
+        offset = int(request.args["offset"])
+        page = [{"id": index} for index in range(offset, min(offset + PAGE_SIZE, total))]
+        return json_body({"data": page, "meta": {"total": total}})
+
+    httpserver.expect_request("/oauth/token", method="POST").respond_with_handler(oauth.token)
+    httpserver.expect_request("/items").respond_with_handler(api)
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=httpserver.url_for("/oauth/token"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+    source = RestSource(SOURCE, httpserver.url_for("/"), auth, parallel_requests=4)
+    pagination = OffsetPagination(limit=PAGE_SIZE, total_path="meta.total")
+    stream = ITEMS.model_copy(update={"pagination": pagination})
+
+    try:
+        assert read_ids(source.reader(stream)) == list(range(total))
+    finally:
+        source.close()
+    # the first page with the first token; the other four refused it, then sent the second
+    assert oauth.issued == ["access-1-9f2c", "access-2-9f2c"]
+    assert oauth.refusals >= 1
+    assert oauth.api_calls.count("access-2-9f2c") == 4
+
+
 def test_oauth2_token_expiring_within_the_margin_is_fetched_again_on_the_next_request(
     httpserver: HTTPServer,
 ) -> None:
@@ -648,6 +842,104 @@ def test_oauth2_wrong_client_secret_fails_without_showing_it(httpserver: HTTPSer
     assert "client secret" in message
     assert WRONG not in message
     assert oauth.api_calls == []
+
+
+def test_an_env_var_client_secret_is_read_when_a_run_initializes_the_resource(
+    httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_SECRET, CLIENT_SECRET)
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+    auth = {
+        "type": "oauth2_client_credentials",
+        "token_url": httpserver.url_for("/oauth/token"),
+        "client_id": CLIENT_ID,
+        "client_secret": f"${{{ENV_SECRET}}}",
+    }
+
+    resource = RestSourceResource.from_spec(SOURCE, rest_source_spec(httpserver, auth))
+
+    assert isinstance(resource.auth, OAuth2ClientCredentialsConfig)
+    assert resource.auth.client_secret == EnvVar(ENV_SECRET)
+    with build_resources({"api": resource}) as initialized:
+        assert read_ids(initialized.api.reader(ITEMS, OffsetPagination(limit=1))) == [0, 1]
+    assert oauth.issued == ["access-1-9f2c"]
+
+
+# ---- one session per run --------------------------------------------------------------------------
+
+
+def test_the_streams_of_a_run_share_one_token_and_each_reports_only_its_own_requests(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(ENV_SECRET, CLIENT_SECRET)
+    oauth = OAuthServer()
+    httpserver.expect_request("/oauth/token", method="POST").respond_with_handler(oauth.token)
+    served = {"orders": ORDER_IDS, "refunds": [7]}
+
+    def stream_pages(request: Request) -> Response:
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in oauth.valid:
+            return json_body({"error": "invalid_token"}, status=401)
+        ids = served[request.path.strip("/")]
+        offset = int(request.args["offset"])
+        return json_body({"data": orders(DAY, ids[offset : offset + 1])})
+
+    for name in served:
+        httpserver.expect_request(f"/{name}").respond_with_handler(stream_pages)
+    one_per_page = {"type": "offset", "limit": 1}
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [
+            orders_stream(pagination=one_per_page),
+            orders_stream(name="refunds", path="/refunds", pagination=one_per_page),
+        ],
+        auth={
+            "type": "oauth2_client_credentials",
+            "token_url": httpserver.url_for("/oauth/token"),
+            "client_id": CLIENT_ID,
+            "client_secret": f"${{{ENV_SECRET}}}",
+        },
+    )
+
+    result = project.materialize(["orders", "refunds"], instance, partition=DAY)
+
+    assert oauth.issued == ["access-1-9f2c"]
+    # a page per record, then the empty page that ends the stream
+    assert run_metadata(result, "orders")["api_requests"] == len(ORDER_IDS) + 1
+    assert run_metadata(result, "refunds")["api_requests"] == 2
+    assert lake_rows(project, "refunds", ORDER_COLUMNS) == expected_orders(DAY, [7])
+
+
+def test_close_ends_the_session_and_a_later_read_opens_a_new_one_with_a_new_token(
+    httpserver: HTTPServer,
+) -> None:
+    oauth = OAuthServer()
+    oauth.install(httpserver)
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=httpserver.url_for("/oauth/token"),
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+    )
+    source = RestSource(SOURCE, httpserver.url_for("/"), auth, parallel_requests=1)
+    stream = ITEMS.model_copy(update={"pagination": OffsetPagination(limit=1)})
+
+    assert read_ids(source.reader(stream)) == [0, 1]
+    first = source.client()
+    assert source.reader(stream).client is first
+    connections = first.session.get_adapter(httpserver.url_for("/")).poolmanager.pools
+    assert len(connections) == 1
+
+    source.close()
+
+    assert len(connections) == 0
+    assert read_ids(source.reader(stream)) == [0, 1]
+    assert source.client() is not first
+    assert oauth.issued == ["access-1-9f2c", "access-2-9f2c"]
+    source.close()
 
 
 # ---- 3. faults, end to end -----------------------------------------------------------------------
@@ -1346,7 +1638,7 @@ def test_column_conversion_equals_record_conversion_whenever_it_applies(
 ) -> None:
     from zoneinfo import ZoneInfo
 
-    from ingestion_assets.sources.rest import RecordConverter
+    from ingestion_assets.sources.rest.records import RecordConverter
     from ingestion_assets.sources.window import PartitionWindow
 
     window = PartitionWindow(
@@ -1367,3 +1659,32 @@ def test_column_conversion_equals_record_conversion_whenever_it_applies(
     assert fast.schema == slow.schema
     assert by_columns.statistics.records == by_records.statistics.records
     assert by_columns.statistics.outside_window == by_records.statistics.outside_window
+
+
+# ---- what each module pulls in ----------------------------------------------------------------
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    """The top-level modules a fresh interpreter has loaded after `statement`."""
+    code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in done.stdout.split()}
+
+
+@pytest.mark.parametrize("module", ["records", "paginators", "templates", "redaction"])
+def test_the_pure_rest_modules_load_no_http_client(module: str) -> None:
+    loaded = modules_loaded_by(f"import ingestion_assets.sources.rest.{module}")
+
+    assert "ingestion_assets" in loaded
+    assert not loaded & {"requests", "urllib3"}
+
+
+def test_nothing_under_sources_loads_dagster() -> None:
+    loaded = modules_loaded_by(
+        "import importlib, pkgutil, ingestion_assets.sources as sources\n"
+        "for found in pkgutil.walk_packages(sources.__path__, 'ingestion_assets.sources.'):\n"
+        "    importlib.import_module(found.name)"
+    )
+
+    assert {"requests", "sqlalchemy", "pyarrow"} <= loaded
+    assert "dagster" not in loaded

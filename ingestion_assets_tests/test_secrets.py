@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import yaml
 from dagster import (
     AssetKey,
+    Config,
     ConfigurableResource,
     DagsterInstance,
     ExecuteInProcessResult,
@@ -37,7 +38,14 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
 from ingestion_assets.project import DEMO_PROJECT_FILE, parse_project
-from ingestion_assets.resources import RestSourceResource, SqlSourceResource
+from ingestion_assets.resources import (
+    ApiKeyAuthConfig,
+    BasicAuthConfig,
+    BearerAuthConfig,
+    OAuth2ClientCredentialsConfig,
+    RestSourceResource,
+    SqlSourceResource,
+)
 from ingestion_assets_tests.conftest import (
     MARIADB_URL,
     SOURCE,
@@ -444,7 +452,18 @@ def test_rest_password_token_and_client_secret_reach_no_log_event_error_or_repr(
 
 SECRET_FIELDS: dict[type[ConfigurableResource], tuple[str, ...]] = {  # type: ignore[type-arg]
     SqlSourceResource: ("url", "password", "query"),
-    RestSourceResource: ("base_url", "password", "token", "api_key", "token_url", "client_secret"),
+    RestSourceResource: ("base_url",),
+}
+# the REST resource's auth is one nested config per kind, each with its own secret fields
+AUTH_SECRET_FIELDS: dict[type[Config], tuple[str, ...]] = {
+    BasicAuthConfig: ("password",),
+    BearerAuthConfig: ("token",),
+    ApiKeyAuthConfig: ("value",),
+    OAuth2ClientCredentialsConfig: ("token_url", "client_secret"),
+}
+AUTH_OTHER_FIELDS: dict[type[Config], dict[str, str]] = {
+    BasicAuthConfig: {"username": "reader"},
+    OAuth2ClientCredentialsConfig: {"client_id": "ingest"},
 }
 
 
@@ -468,6 +487,25 @@ def test_no_repr_or_str_of_a_resource_shows_a_secret_field(
     for name in SECRET_FIELDS[resource_class]:
         # still described for the UI and `dagster dev`
         assert resource_class.model_fields[name].description
+
+
+@pytest.mark.parametrize("config_class", list(AUTH_SECRET_FIELDS), ids=lambda kind: kind.__name__)
+def test_no_repr_or_str_of_a_rest_resource_shows_a_secret_of_its_auth(
+    config_class: type[Config],
+) -> None:
+    secret = new_secret("auth")
+    fields = AUTH_SECRET_FIELDS[config_class]
+    auth = config_class(
+        **{name: secret for name in fields}, **AUTH_OTHER_FIELDS.get(config_class, {})
+    )
+    resource = RestSourceResource(source_name="erp", base_url="https://api.internal", auth=auth)
+
+    for shown in (repr(resource), str(resource), repr(auth), str(auth)):
+        assert secret not in shown
+    assert f"auth={config_class.__name__}(" in repr(resource)
+    # every field described for the UI and `dagster dev`, the secret ones included
+    assert all(field.description for field in config_class.model_fields.values())
+    assert RestSourceResource.model_fields["auth"].description
 
 
 def test_dot_env_is_git_ignored() -> None:

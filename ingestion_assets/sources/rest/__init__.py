@@ -1,0 +1,1 @@
+"""REST APIs as a source; each piece in its own module, imported directly (nothing re-exported)."""

@@ -1,0 +1,350 @@
+"""JSON records to Arrow: declared field types, exact coercion, the window filter, inference.
+
+A page whose values all have the plain JSON form of their declared type is converted column by
+column by Arrow (exact or an error, never rounded); any other page goes record by record through
+the same coercers, so a bad value is reported with its record's key and field, and fails the run
+or is kept for the stream's `_rejected` table (`on_invalid`). Records whose partition field falls
+outside the window are dropped and counted: an API that ignores the date filter cannot write into
+another day. No HTTP here: this module is the pure core the reader feeds pages into.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestion_assets.errors import SourceError
+from ingestion_assets.sources.stream import RejectedRecord
+from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets.specs import FIELD_TYPE, StreamSpec
+
+
+class RecordError(ValueError):
+    """A value that does not fit its declared type."""
+
+    def __init__(self, field_name: str, value: Any, reason: str) -> None:
+        super().__init__(f"field {field_name}: {reason}")
+        self.field_name, self.value, self.reason = field_name, value, reason
+
+
+def arrow_field_type(kind: str) -> pa.DataType:
+    """A declared field type (`decimal(19,4)`, `timestamp_tz`, ...) as an Arrow type."""
+    match = FIELD_TYPE.match(kind)
+    if match is None:
+        raise ValueError(f"unknown field type {kind}")
+    if match.group(2):
+        return pa.decimal128(int(match.group(2)), int(match.group(3)))
+    return {
+        "string": pa.string(),
+        "json": pa.string(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us"),
+        "timestamp_tz": pa.timestamp("us", "UTC"),
+        "int8": pa.int8(),
+        "int16": pa.int16(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+    }[kind]
+
+
+def _parse_datetime(value: Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date-time string")
+    return datetime.datetime.fromisoformat(value.strip())
+
+
+def coercer(kind: str, zone: ZoneInfo) -> Callable[[Any], Any]:
+    """A function from a JSON value to the Python value Arrow stores for `kind`; raises ValueError."""
+    arrow = arrow_field_type(kind)
+    if kind == "json":
+        return lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if kind == "string":
+
+        def text(value: Any) -> str:
+            if isinstance(value, dict | list):
+                raise ValueError("expected text, got a nested object (declare it as json)")
+            return value if isinstance(value, str) else json.dumps(value)
+
+        return text
+    if kind == "bool":
+
+        def boolean(value: Any) -> bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            raise ValueError("expected true or false")
+
+        return boolean
+    if pa.types.is_integer(arrow):
+        low, high = -(2 ** (arrow.bit_width - 1)), 2 ** (arrow.bit_width - 1) - 1
+
+        def integer(value: Any) -> int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected a whole number")
+            number = int(value) if not isinstance(value, str) else int(value.strip())
+            if not low <= number <= high:
+                raise ValueError(f"{number} is out of range for {kind}")
+            return number
+
+        return integer
+    if pa.types.is_floating(arrow):
+        return lambda value: float(value) if not isinstance(value, bool) else _fail("a number")
+    if pa.types.is_decimal(arrow):
+        exponent = decimal.Decimal(1).scaleb(-arrow.scale)
+        limit = decimal.Decimal(10) ** (arrow.precision - arrow.scale)
+
+        def exact(value: Any) -> decimal.Decimal:
+            if isinstance(value, bool):
+                raise ValueError("expected a decimal number")
+            try:
+                number = decimal.Decimal(str(value).strip())
+            except decimal.InvalidOperation:
+                # its own message is `[<class 'decimal.ConversionSyntax'>]`
+                raise ValueError("expected a decimal number") from None
+            if not number.is_finite():
+                raise ValueError("not a finite number")
+            try:
+                quantized = number.quantize(
+                    exponent, context=decimal.Context(traps=[decimal.Inexact])
+                )
+            except decimal.Inexact:
+                raise ValueError(f"{number} has more than {arrow.scale} decimal places") from None
+            if abs(quantized) >= limit:
+                raise ValueError(f"{number} does not fit decimal({arrow.precision},{arrow.scale})")
+            return quantized
+
+        return exact
+    if kind == "date":
+        return lambda value: datetime.date.fromisoformat(str(value).strip()[:10])
+    if kind == "timestamp":
+
+        def local(value: Any) -> datetime.datetime:
+            moment = _parse_datetime(value)
+            # an instant with an offset becomes the source zone's local time, like a naive column
+            return moment.astimezone(zone).replace(tzinfo=None) if moment.tzinfo else moment
+
+        return local
+
+    def instant(value: Any) -> datetime.datetime:
+        moment = _parse_datetime(value)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(datetime.UTC)
+
+    return instant
+
+
+def _fail(what: str) -> Any:
+    raise ValueError(f"expected {what}")
+
+
+@dataclass
+class ConversionStatistics:
+    """What happened to the records of a run."""
+
+    records: int = 0
+    outside_window: int = 0
+    rejected: list[RejectedRecord] = field(default_factory=list)
+
+
+def _plain_column(
+    raw: list[Any], kind: pa.DataType, coerce: Callable[[Any], Any]
+) -> pa.Array | None:
+    """A column whose values all have the JSON form the declared type expects (integers as
+    numbers, text and decimals as strings), converted by Arrow: exact or an error, never rounded.
+    Other kinds go value by value through the same coercer the record path uses."""
+    present = [value for value in raw if value is not None]
+    try:
+        if pa.types.is_integer(kind) and all(type(value) is int for value in present):
+            return pa.array(raw, kind)
+        if pa.types.is_string(kind) and all(type(value) is str for value in present):
+            return pa.array(raw, kind)
+        if pa.types.is_decimal(kind) and all(type(value) is str for value in present):
+            return pa.array(raw, pa.string()).cast(kind)
+        return pa.array([None if value is None else coerce(value) for value in raw], kind)
+    except (ValueError, TypeError, ArithmeticError, OverflowError, pa.ArrowException):
+        return None
+
+
+class RecordConverter:
+    """Records (dicts) -> Arrow batches of the declared schema; bad records fail or are rejected."""
+
+    def __init__(
+        self,
+        stream: StreamSpec,
+        zone: ZoneInfo,
+        window: PartitionWindow | None,
+        label: str,
+    ) -> None:
+        assert stream.fields is not None
+        self.stream, self.window, self.label = stream, window, label
+        self.schema = pa.schema(
+            [pa.field(name, arrow_field_type(kind)) for name, kind in stream.fields.items()]
+        )
+        self.coercers = {name: coercer(kind, zone) for name, kind in stream.fields.items()}
+        self.statistics = ConversionStatistics()
+
+    def _key(self, record: Mapping[str, Any]) -> str:
+        if not self.stream.primary_key:
+            return "(no primary key declared)"
+        return ", ".join(f"{name}={record.get(name)!r}" for name in self.stream.primary_key)
+
+    def _in_window(self, value: Any) -> bool:
+        if self.window is None or value is None:
+            return True
+        if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+            return bool(self.window.start <= value < self.window.end)
+        if isinstance(value, datetime.datetime):
+            start = self.window.start.replace(tzinfo=None)
+            return bool(start <= value < self.window.end.replace(tzinfo=None))
+        return bool(self.window.start.date() <= value < self.window.end.date())
+
+    def convert(self, records: Sequence[Any]) -> pa.RecordBatch:
+        """One page's records as a batch; records outside the window are dropped and counted."""
+        batch = self._convert_columns(records)
+        if batch is not None:
+            return batch
+        return self._convert_records(records)
+
+    def _convert_columns(self, records: Sequence[Any]) -> pa.RecordBatch | None:
+        """The page converted column by column, or None when any value is not in its plain JSON
+        form (or fails), so the record-by-record path names the record and field."""
+        if not all(type(record) is dict for record in records):
+            return None
+        arrays = []
+        partition_values: list[Any] | None = None
+        for field_spec in self.schema:
+            name = field_spec.name
+            raw = [record.get(name) for record in records]
+            if name == self.stream.partition_field:
+                if any(value is None for value in raw):
+                    return None
+                try:
+                    partition_values = [self.coercers[name](value) for value in raw]
+                except (ValueError, TypeError, ArithmeticError):
+                    return None
+                arrays.append(pa.array(partition_values, field_spec.type))
+                continue
+            array = _plain_column(raw, field_spec.type, self.coercers[name])
+            if array is None:
+                return None
+            arrays.append(array)
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        self.statistics.records += len(records)
+        if partition_values is not None and self.window is not None:
+            inside = [self._in_window(value) for value in partition_values]
+            outside = inside.count(False)
+            if outside:
+                self.statistics.outside_window += outside
+                batch = batch.filter(pa.array(inside))
+        return batch
+
+    def _convert_records(self, records: Sequence[Any]) -> pa.RecordBatch:
+        columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
+        partition_field = self.stream.partition_field
+        for record in records:
+            self.statistics.records += 1
+            if not isinstance(record, Mapping):
+                self._invalid(record, "(record)", "a record must be a JSON object", None)
+                continue
+            try:
+                values = self._coerce(record)
+            except RecordError as error:
+                self._invalid(record, error.field_name, error.reason, error.value)
+                continue
+            if partition_field is not None:
+                if values[partition_field] is None:
+                    self._invalid(record, partition_field, "the partition field is empty", None)
+                    continue
+                if not self._in_window(values[partition_field]):
+                    self.statistics.outside_window += 1
+                    continue
+            for name, value in values.items():
+                columns[name].append(value)
+        return pa.RecordBatch.from_pydict(columns, schema=self.schema)
+
+    def _coerce(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, coerce in self.coercers.items():
+            raw = record.get(name)
+            if raw is None:
+                values[name] = None
+                continue
+            try:
+                values[name] = coerce(raw)
+            except (ValueError, TypeError, ArithmeticError) as error:
+                raise RecordError(name, raw, str(error) or type(error).__name__) from None
+        return values
+
+    def _invalid(self, record: Any, field_name: str, reason: str, value: Any) -> None:
+        shown = f" value {value!r}" if value is not None else ""
+        if self.stream.on_invalid == "fail":
+            raise SourceError(
+                f"{self.label}: record {self._key(record) if isinstance(record, Mapping) else ''} "
+                f"field {field_name}:{shown} {reason}. Fix the data at the API, declare the "
+                "field's type to match it, or set `on_invalid: quarantine` on the stream to "
+                "keep such records in its _rejected table."
+            )
+        day = self.window.first_day if self.window is not None else None
+        self.statistics.rejected.append(
+            RejectedRecord(
+                record=json.dumps(record, ensure_ascii=False, sort_keys=True, default=str),
+                field=field_name,
+                reason=f"{shown.strip()} {reason}".strip(),
+                day=day,
+            )
+        )
+
+
+def infer_table(
+    pages: Sequence[Sequence[Any]], partition_field: str | None, zone: ZoneInfo
+) -> pa.Table:
+    """Without declared fields: infer each page, widen across pages, parse the partition field."""
+    tables = []
+    for records in pages:
+        if records:
+            tables.append(pa.Table.from_pylist([dict(record) for record in records]))
+    if not tables:
+        return pa.table({})
+    schema = pa.unify_schemas([table.schema for table in tables], promote_options="permissive")
+    table = pa.concat_tables(
+        [t.select([n for n in schema.names if n in t.schema.names]) for t in tables],
+        promote_options="permissive",
+    )
+    if partition_field and partition_field in table.schema.names:
+        local = coercer("timestamp", zone)
+        parsed = pa.array(
+            [None if v is None else local(v) for v in table.column(partition_field).to_pylist()],
+            pa.timestamp("us"),
+        )
+        table = table.set_column(
+            table.schema.get_field_index(partition_field), partition_field, parsed
+        )
+    return table
+
+
+def within_window(
+    table: pa.Table, partition_field: str | None, window: PartitionWindow | None
+) -> pa.Table:
+    """The rows whose (local, naive) partition value falls in the window."""
+    if window is None or not partition_field or partition_field not in table.schema.names:
+        return table
+    values = table.column(partition_field)
+    start = pa.scalar(window.start.replace(tzinfo=None), pa.timestamp("us"))
+    end = pa.scalar(window.end.replace(tzinfo=None), pa.timestamp("us"))
+    keep = pc.and_(pc.greater_equal(values, start), pc.less(values, end))
+    return table.filter(pc.fill_null(keep, True))
