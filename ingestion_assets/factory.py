@@ -18,14 +18,12 @@ from dagster import (
 )
 
 from ingestion_assets.checks import SourceCount, dataset_checks
-from ingestion_assets.io_managers.delta import (
-    INGESTED_AT,
+from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
-    PARTITION_DATE,
-    RUN_ID,
     SCHEMA_POLICY_KEY,
 )
+from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID
 from ingestion_assets.resources import RestSourceResource, SqlSourceResource
 from ingestion_assets.sources.rest import arrow_field_type
 from ingestion_assets.sources.window import PartitionWindow

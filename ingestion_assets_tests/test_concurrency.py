@@ -14,8 +14,8 @@ from collections import Counter
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from ingestion_assets.io_managers.delta import PARTITION_DATE
-from ingestion_assets.io_managers.maintenance import maintain_table
+from ingestion_assets.lake.compaction import maintain_table
+from ingestion_assets.lake.rows import PARTITION_DATE
 
 ROWS_PER_DAY = 500
 PROCESS_SECONDS = 120

@@ -18,9 +18,10 @@ from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion_assets.io_managers.delta import PARTITION_DATE, DeltaLakeIOManager
-from ingestion_assets.io_managers.files import read_ahead
-from ingestion_assets.io_managers.maintenance import maintain_table
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.lake.compaction import maintain_table
+from ingestion_assets.lake.files import read_ahead
+from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets_tests.conftest import RANGE_END_TAG, RANGE_START_TAG
 
 FIRST_DAY = datetime.date(2024, 1, 1)

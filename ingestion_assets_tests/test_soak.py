@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from dagster import AssetKey, DagsterInstance
 
-from ingestion_assets.maintenance import MAINTENANCE_JOB
+from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets_tests.conftest import TEST_SCALE, SourceDatabase, build_project
 
 RUNS = 200

@@ -18,7 +18,7 @@ from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from ingestion_assets.errors import ConfigError
-from ingestion_assets.io_managers.delta import PARTITION_DATE
+from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.transforms import daily_sales_job
 from ingestion_assets.transforms.daily_sales import (
     DAILY_SALES_ASSET,
