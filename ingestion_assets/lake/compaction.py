@@ -164,7 +164,10 @@ def maintain_table(
             report.notes.append("Hive-partitioned table: compacted by delta-rs per partition")
         else:
             filesystem = table_filesystem(uri, storage_options)
-            for month in sorted(_month_groups(table)):
+            # a month needing no merge on this version is not looked at again: reloading the
+            # table per month cost more than merging when few months had small files
+            groups = _month_groups(table)
+            for month in sorted(m for m, files in groups.items() if _to_merge(files, limit)):
                 merged = _compact_month(uri, storage_options, filesystem, month, limit, log)
                 if merged:
                     report.months_compacted += 1
