@@ -140,13 +140,13 @@ def write_partitions(
         # a schema change commits new metadata too, and a table written Hive-partitioned
         # by an earlier version keeps its layout: delta-rs's writer does both
         assert existing is not None  # only set against an existing table
-        files_before = {path for path, _ in data_files(existing)}
+        files_before = {path for path, _ in _data_files(existing)}
         stream = pa.RecordBatchReader.from_batches(plan.target, batches)
         replace_with_writer(
             uri, storage_options, stream, existing, plan.predicate, schema_mode, target_file_size
         )
         after = DeltaTable(uri, storage_options=storage_options)
-        return [(path, size) for path, size in data_files(after) if path not in files_before]
+        return [(path, size) for path, size in _data_files(after) if path not in files_before]
     except Exception as error:
         if plan.source_error is not None:
             raise plan.source_error from None
@@ -187,9 +187,9 @@ def replace_with_files(
             # retry can drop them and plan again without touching this run's data
             kept = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=max_file_bytes)
             try:
-                removes = replace_window(table, filesystem, kept, plan.target, plan.days)
+                removes = _replace_window(table, filesystem, kept, plan.target, plan.days)
                 written = [*adds, *kept.finish()]
-                check_columns(table, plan)
+                _check_columns(table, plan)
                 commit(table, [*written, *removes], plan.target)
                 return [(action.path, action.size) for action in written]
             except BaseException:
@@ -203,7 +203,7 @@ def replace_with_files(
         try:
             return retry_commit(uri, storage_options, swap, label=label, log=log, table=table)
         except CommitFailedError:
-            raise conflict_error(plan, MAX_COMMIT_ATTEMPTS) from None
+            raise _conflict_error(plan, MAX_COMMIT_ATTEMPTS) from None
     except BaseException:
         files.abort()
         raise
@@ -233,7 +233,7 @@ def replace_with_writer(
         write_deltalake(uri, data, mode="overwrite", predicate=predicate, **options)
 
 
-def replace_window(
+def _replace_window(
     table: DeltaTable,
     filesystem: pa_fs.FileSystem,
     files: ClusteredFileWriter,
@@ -271,12 +271,12 @@ def replace_window(
             if low is not None and high is not None and (high < first or low > last):
                 continue  # another part of the table: untouched
             if low is None or high is None or low < first or high > last:
-                keep_outside(filesystem, path, files, schema, first, last)
+                _keep_outside(filesystem, path, files, schema, first, last)
         removes.append(RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=size))
     return removes
 
 
-def keep_outside(
+def _keep_outside(
     filesystem: pa_fs.FileSystem,
     path: str,
     files: ClusteredFileWriter,
@@ -326,7 +326,7 @@ def create_table(uri: str, schema: pa.Schema, options: dict[str, str] | None) ->
         return DeltaTable(uri, storage_options=options)
 
 
-def check_columns(table: DeltaTable, plan: WritePlan) -> None:
+def _check_columns(table: DeltaTable, plan: WritePlan) -> None:
     """The table (possibly changed by another run since planning) still has the plan's columns."""
     if pa.schema(table.schema().to_arrow()).names != plan.target.names:
         raise WriteConflictError(
@@ -335,7 +335,7 @@ def check_columns(table: DeltaTable, plan: WritePlan) -> None:
         )
 
 
-def conflict_error(plan: WritePlan, attempts: int) -> WriteConflictError:
+def _conflict_error(plan: WritePlan, attempts: int) -> WriteConflictError:
     """The error of a write that other runs kept beating to the commit."""
     return WriteConflictError(
         f"{plan.table_label} {plan.partition_label}: other runs kept committing to the table "
@@ -344,7 +344,7 @@ def conflict_error(plan: WritePlan, attempts: int) -> WriteConflictError:
     )
 
 
-def data_files(table: DeltaTable) -> list[tuple[str, int]]:
+def _data_files(table: DeltaTable) -> list[tuple[str, int]]:
     """(path, size in bytes) of every file in the table's current version."""
     actions = pa.table(table.get_add_actions(flatten=True))
     return list(
