@@ -308,6 +308,21 @@ def test_re_running_a_day_reads_the_straddling_month_file_one_row_group_at_a_tim
     assert table.num_rows == days - per_day + 1
     assert table.filter(pc.equal(table.column("day"), day)).column("id").to_pylist() == [1]
 
+    # a week holds whole row groups, which are dropped unread; the others keep their rows
+    groups = [
+        metadata.row_group(index).column(0).statistics  # the `day` column
+        for metadata in map(pq.read_metadata, DeltaTable(str(uri)).file_uris())
+        for index in range(metadata.num_row_groups)
+    ]
+    assert any(_day(3) <= group.min and group.max <= _day(9) for group in groups)
+    week = pa.table({"day": pa.array([_day(5)], pa.date32()), "id": [2], "value": ["week"]})
+    _lake_write(uri, week, _day(3), _day(9))
+    table = DeltaTable(str(uri)).to_pyarrow_table(columns=["day", "id"])
+    assert table.num_rows == days - 8 * per_day + 2
+    assert sorted(table.column("day").unique().to_pylist()) == [
+        _day(i) for i in range(31) if not 3 <= i <= 9 or i == 5
+    ]
+
 
 def test_a_table_written_with_partition_day_statistics_only_is_replaced_and_compacted(
     tmp_path: pathlib.Path,
