@@ -3,9 +3,14 @@
 The Delta tables are not Hive-partitioned: a day of a typical operational table is a few hundred
 kilobytes, and one folder per day would leave thousands of tiny files after a backfill. Instead
 rows carry `_partition_date` as a column and land in files that each hold the days of one month
-(rolled at a size limit), with the column's min/max in the add action's statistics. Replacing a
-window removes the files that lie inside it and rewrites the few rows of files that straddle its
-edges, all in one commit."""
+(rolled at a size limit), with every column's statistics in the add action (stats.py). Replacing
+a window removes the files that lie inside it and rewrites the few rows of files that straddle
+its edges, all in one commit.
+
+Measured against Hive partitions by month written by delta-rs (bench/layout.py; 2,000,000 rows
+over 1,096 days, see bench/README.md): the same 37 files, the backfill in about half the time
+and 60% of the memory, the nightly run and DuckDB scans on other columns faster, compaction a
+few tens of milliseconds slower, the re-run of a day inside a month about even."""
 
 from __future__ import annotations
 
