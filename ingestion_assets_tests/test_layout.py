@@ -419,3 +419,27 @@ def test_nothing_below_the_lake_package_imports_dagster() -> None:
                     pending.append(name)
     # the walk reached the modules the lake builds on
     assert {"ingestion_assets.errors", "ingestion_assets.sources.window"} <= seen
+
+
+def test_a_day_re_run_in_a_month_written_before_a_column_was_added_keeps_the_old_rows(
+    tmp_path: pathlib.Path,
+) -> None:
+    uri = tmp_path / "events"
+    january = pa.table(
+        {"day": pa.array([_day(i) for i in range(31)], pa.date32()), "id": range(31)}
+    )
+    _lake_write(uri, january, _day(0), _day(30))
+    # February brings a column: the table evolves, January's file has no such column
+    february = pa.table({"day": pa.array([_day(31)], pa.date32()), "id": [100], "extra": ["new"]})
+    _lake_write(uri, february, _day(31), _day(31))
+    rerun = pa.table({"day": pa.array([_day(9)], pa.date32()), "id": [9], "extra": ["rerun"]})
+    _lake_write(uri, rerun, _day(9), _day(9))
+    maintain_table(str(uri), None, compact=True, vacuum_retention_hours=None, checkpoint=False)
+
+    content = DeltaTable(str(uri)).to_pyarrow_table(columns=["day", "id", "extra"]).sort_by("id")
+    assert content.column("id").to_pylist() == [*range(31), 100]
+    ids, values = content.column("id").to_pylist(), content.column("extra").to_pylist()
+    extras = dict(zip(ids, values, strict=True))
+    assert extras[9] == "rerun"
+    assert extras[100] == "new"
+    assert {value for key, value in extras.items() if key not in (9, 100)} == {None}
