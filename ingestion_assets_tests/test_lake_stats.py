@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import pathlib
 from typing import Any
 
@@ -220,3 +221,27 @@ def test_the_statistics_read_back_as_delta_rs_reads_its_own_for_the_same_rows(
     assert len(compared) >= 15
     for name in compared:
         assert ours.column(name).to_pylist() == theirs.column(name).to_pylist(), name
+
+
+def test_a_timestamp_in_the_last_millisecond_of_year_9999_has_no_max_but_a_min() -> None:
+    last = datetime.datetime.max.replace(tzinfo=UTC)
+    for kind, value in (
+        (pa.timestamp("us", "UTC"), last),
+        (pa.timestamp("us"), last.replace(tzinfo=None)),
+    ):
+        statistics = FileStatistics(pa.schema([("at", kind)]))
+        statistics.add(pa.table({"at": pa.array([value], kind)}))
+        stats = json.loads(statistics.json())
+        assert "at" not in stats["maxValues"]
+        assert stats["minValues"]["at"].startswith("9999-12-31")
+        assert stats["nullCount"]["at"] == 0
+
+
+def test_a_time_beyond_year_9999_leaves_its_column_unbounded_instead_of_failing_the_write() -> None:
+    kind = pa.timestamp("us")
+    statistics = FileStatistics(pa.schema([("at", kind)]))
+    statistics.add(pa.table({"at": pa.array([0, 20_000 * 365 * 86_400 * 10**6], kind)}))
+    stats = json.loads(statistics.json())
+    assert "at" not in stats["minValues"]
+    assert "at" not in stats["maxValues"]
+    assert stats["nullCount"]["at"] == 0

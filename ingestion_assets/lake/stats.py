@@ -10,7 +10,7 @@ dates as ISO text, timestamps to the millisecond (`...T12:00:00.123Z` when zone-
 counts. Bounds are kept true where that writer rounds: a timestamp's max is rounded up to the
 millisecond, a decimal is written with every digit, text longer than 32 characters is cut (the
 max's last kept character raised by one), and a float column holding NaN or an infinity gets no
-bounds at all."""
+bounds at all (nor does a timestamp max in the last millisecond of year 9999)."""
 
 from __future__ import annotations
 
@@ -97,16 +97,24 @@ class FileStatistics:
                 pa.types.is_floating(column_field.type)
                 and pc.any(pc.invert(pc.is_finite(values))).as_py()
             ):
-                self.unbounded.add(name)
-                self.low.pop(name, None)
-                self.high.pop(name, None)
+                self._unbound(name)
                 continue
             bounds = pc.min_max(values)
-            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            try:
+                low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            except (OverflowError, ValueError):
+                # a time beyond Python's years 1..9999: left unbounded rather than failing
+                self._unbound(name)
+                continue
             if low is None or high is None:
                 continue  # only nulls so far
             self.low[name] = low if name not in self.low else min(self.low[name], low)
             self.high[name] = high if name not in self.high else max(self.high[name], high)
+
+    def _unbound(self, name: str) -> None:
+        self.unbounded.add(name)
+        self.low.pop(name, None)
+        self.high.pop(name, None)
 
     def json(self) -> str:
         """The add action's `stats`: numRecords, minValues, maxValues, nullCount."""
@@ -135,6 +143,8 @@ def _bound(value: Any, kind: pa.DataType, upper: bool) -> Any:
             moment = moment.astimezone(datetime.UTC)
         cut = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         if upper and cut != moment:
+            if cut.replace(tzinfo=None) > datetime.datetime.max - _MILLISECOND:
+                return None  # the last millisecond of year 9999 has no millisecond above it
             cut += _MILLISECOND
         text = cut.strftime("%Y-%m-%dT%H:%M:%S" if kind.tz is not None else "%Y-%m-%d %H:%M:%S")
         if cut.microsecond:
