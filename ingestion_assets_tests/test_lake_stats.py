@@ -223,6 +223,17 @@ def test_the_statistics_read_back_as_delta_rs_reads_its_own_for_the_same_rows(
         assert ours.column(name).to_pylist() == theirs.column(name).to_pylist(), name
 
 
+def test_timestamps_of_year_1_keep_four_digits_of_year_and_read_back() -> None:
+    first = datetime.datetime(1, 1, 1, 0, 0, 0, 1500)
+    for kind, value, text in (
+        (pa.timestamp("us"), first, "0001-01-01 00:00:00.001"),
+        (pa.timestamp("us", "UTC"), first.replace(tzinfo=UTC), "0001-01-01T00:00:00.001Z"),
+    ):
+        statistics = FileStatistics(pa.schema([("at", kind)]))
+        statistics.add(pa.table({"at": pa.array([value], kind)}))
+        assert json.loads(statistics.json())["minValues"]["at"] == text
+
+
 def test_a_timestamp_in_the_last_millisecond_of_year_9999_has_no_max_but_a_min() -> None:
     last = datetime.datetime.max.replace(tzinfo=UTC)
     for kind, value in (

@@ -146,9 +146,11 @@ def _bound(value: Any, kind: pa.DataType, upper: bool) -> Any:
             if cut.replace(tzinfo=None) > datetime.datetime.max - _MILLISECOND:
                 return None  # the last millisecond of year 9999 has no millisecond above it
             cut += _MILLISECOND
-        text = cut.strftime("%Y-%m-%dT%H:%M:%S" if kind.tz is not None else "%Y-%m-%d %H:%M:%S")
-        if cut.microsecond:
-            text += f".{cut.microsecond // 1000:03d}"
+        # isoformat, not strftime: the year keeps its four digits (`0001`, which strftime cuts)
+        text = cut.replace(tzinfo=None).isoformat(
+            sep="T" if kind.tz is not None else " ",
+            timespec="milliseconds" if cut.microsecond else "seconds",
+        )
         return text + ("Z" if kind.tz is not None else "")
     if pa.types.is_date(kind):
         day: datetime.date = value
