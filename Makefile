@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
 SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help uv setup setup-python setup-dev system-deps demo ui test test-fast lint format bench clean
+.PHONY: help uv setup setup-python setup-dev system-deps demo ui test test-fast lint format bench bench-layout clean
 
 help:
 	@echo "make demo   - set up, generate the demo database, ingest everything into .data/lake"
@@ -17,6 +17,7 @@ help:
 	@echo "make test   - set up (system ODBC packages, all extras) and run lint, types and tests"
 	@echo "make test-fast - lint, types and the fast tests, on PostgreSQL only; installs no system packages"
 	@echo "make bench  - run the benchmarks in bench/ and print their figures"
+	@echo "make bench-layout - the Delta table layout: month clusters against Hive by month"
 
 uv:
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.5"
@@ -67,6 +68,9 @@ test-fast: lint
 
 bench: setup-dev
 	BENCH_UV_PYTHON=$(PYTHON) $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-layout: setup-dev
+	BENCH_UV_PYTHON=$(PYTHON) $(BIN)/python bench/layout.py $(LAYOUT_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -84,6 +84,9 @@ ENVIRONMENTS: dict[str, PeerEnvironment] = {
                 "pyarrow",
             ),
         ),
+        # the layout benchmark's queries (bench/layout.py): the delta extension as a package,
+        # loaded by path (DuckDB would otherwise download it)
+        PeerEnvironment("duckdb", ("duckdb", "duckdb-extension-delta")),
     )
 }
 

@@ -21,7 +21,8 @@ from dagster import (
     multi_asset_check,
 )
 
-from ingestion_assets.io_managers.delta import LINEAGE_COLUMNS, PARTITION_DATE, DeltaLakeIOManager
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import CheckSpec, DatasetSpec

@@ -29,7 +29,7 @@ from ingestion_assets.factory import (
 )
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
-from ingestion_assets.maintenance import maintenance_job, maintenance_schedule
+from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.specs import DatabricksSpec, ProjectSpec, SourceSpecBase
 

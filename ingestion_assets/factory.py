@@ -18,14 +18,12 @@ from dagster import (
 )
 
 from ingestion_assets.checks import dataset_checks
-from ingestion_assets.io_managers.delta import (
-    INGESTED_AT,
+from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
-    PARTITION_DATE,
-    RUN_ID,
     SCHEMA_POLICY_KEY,
 )
+from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import source_kind
 from ingestion_assets.sources.window import PartitionWindow

@@ -34,7 +34,7 @@ from sqlalchemy.types import TypeEngine
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import ConfigError
-from ingestion_assets.io_managers.delta import LINEAGE_COLUMNS
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS
 from ingestion_assets.project import parse_project
 from ingestion_assets.sources.postgres import csv_blocks
 from ingestion_assets.sources.types import array_builder, arrow_type

@@ -25,7 +25,7 @@ from dagster._core.events.log import EventLogEntry
 from deltalake import DeltaTable, write_deltalake
 
 from ingestion_assets.checks import freshness, key_violations, row_count, schema_contract
-from ingestion_assets.io_managers.delta import PARTITION_DATE
+from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets_tests.conftest import (
     IngestProject,
     SourceDatabase,

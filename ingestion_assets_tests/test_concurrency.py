@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from ingestion_assets.io_managers.delta import PARTITION_DATE
-from ingestion_assets.io_managers.maintenance import maintain_table
+from ingestion_assets.lake.compaction import maintain_table
+from ingestion_assets.lake.rows import PARTITION_DATE
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from ingestion_assets.io_managers.databricks import (
     databricks_type,
     replace_sql,
 )
-from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID, lake_schema
+from ingestion_assets.lake.rows import PARTITION_DATE, RUN_ID, lake_schema
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
     SOURCE,

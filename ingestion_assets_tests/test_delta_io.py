@@ -20,12 +20,8 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
-from ingestion_assets.io_managers.delta import (
-    LINEAGE_COLUMNS,
-    PARTITION_DATE,
-    DeltaLakeIOManager,
-    replace_predicate,
-)
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE, replace_predicate
 from ingestion_assets_tests.conftest import (
     RANGE_END_TAG,
     RANGE_START_TAG,

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.mssql import pyodbc as mssql_pyodbc
 
 from ingestion_assets.demo.schema import ORDER_TABLES
 from ingestion_assets.errors import SourceError
-from ingestion_assets.io_managers.delta import INGESTED_AT, RUN_ID
+from ingestion_assets.lake.rows import INGESTED_AT, RUN_ID
 from ingestion_assets.resources import SqlSourceResource
 from ingestion_assets.sources.odbc import (
     odbc_batches,

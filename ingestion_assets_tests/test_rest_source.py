@@ -37,7 +37,7 @@ from werkzeug import Request, Response
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import SourceError
-from ingestion_assets.io_managers.delta import PARTITION_DATE, RUN_ID
+from ingestion_assets.lake.rows import PARTITION_DATE, RUN_ID
 from ingestion_assets.project import parse_project
 from ingestion_assets.resources import (
     ApiKeyAuthConfig,

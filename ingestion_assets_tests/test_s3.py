@@ -19,7 +19,7 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
-from ingestion_assets.io_managers.maintenance import maintain_table
+from ingestion_assets.lake.compaction import maintain_table
 from ingestion_assets_tests.test_concurrency import RACE_DAYS, _assert_table_is, _race
 from ingestion_assets_tests.writer_process import DAYS, STORAGE_OPTIONS_VARIABLE, main
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from ingestion_assets.maintenance import MAINTENANCE_JOB
+from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets_tests.conftest import TEST_SCALE, SourceDatabase, build_project
 
 pytestmark = pytest.mark.slow

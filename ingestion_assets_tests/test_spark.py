@@ -32,7 +32,7 @@ from ingestion_assets.demo.transforms.daily_sales_databricks import (
     submit_task,
 )
 from ingestion_assets.errors import ConfigError
-from ingestion_assets.io_managers.delta import PARTITION_DATE
+from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets_tests.conftest import (
     RANGE_END_TAG,
     RANGE_START_TAG,

@@ -17,7 +17,7 @@ from dagster import DagsterInstance
 from ingestion_assets.demo.generate import demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
 from ingestion_assets.errors import SourceError
-from ingestion_assets.io_managers.delta import LINEAGE_COLUMNS, PARTITION_DATE
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec

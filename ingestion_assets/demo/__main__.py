@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
-from ingestion_assets.maintenance import MAINTENANCE_JOB
+from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"

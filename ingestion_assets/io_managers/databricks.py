@@ -15,20 +15,18 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
 from ingestion_assets.errors import IngestionError
-from ingestion_assets.io_managers.delta import (
+from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
-    PARTITION_DATE,
-    OutputWindow,
-    WritePlan,
     column_schema,
-    lake_schema,
+    context_window,
     metadata_text,
     output_reader,
-    output_window,
+    partitions_text,
     row_count_metadata,
 )
-from ingestion_assets.io_managers.files import read_ahead
+from ingestion_assets.lake.files import read_ahead
+from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -225,17 +223,13 @@ class DatabricksIOManager(ConfigurableIOManager):
         metadata = context.definition_metadata or {}
         asset_path = list(context.asset_key.path)
         table_name = self.full_table_name(asset_path)
-        window = output_window(context)
         nanoseconds = metadata_text(metadata.get(NANOSECONDS_KEY)) or "error"
         target = lake_schema(reader.schema, nanoseconds)
         plan = WritePlan(
             table_label=f"table {table_name}",
-            partition_label=window.partition_label,
+            window=context_window(context),
             target=target,
             partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
-            zone=window.zone,
-            first_day=window.first_day,
-            last_day=window.last_day,
             ingested_at=datetime.datetime.now(datetime.UTC),
             run_id=context.run_id,
             nanoseconds=nanoseconds,
@@ -252,12 +246,11 @@ class DatabricksIOManager(ConfigurableIOManager):
                 self._stage(staged, batches)
             finally:
                 batches.close()
-            span = (window.first_day, window.last_day) if window.windowed else None
             for statement in (
                 create_table_sql(table_name, target),
-                replace_sql(table_name, staged.directory, target.names, span),
+                replace_sql(table_name, staged.directory, target.names, plan.days),
             ):
-                statement_ids.append(self._execute(client, statement, plan, window))
+                statement_ids.append(self._execute(client, statement, plan))
         except BaseException as error:
             try:
                 staged.delete()
@@ -291,9 +284,7 @@ class DatabricksIOManager(ConfigurableIOManager):
                 "dagster/table_name": ".".join(
                     (self.catalog, self.schema_name, table_name_of(asset_path))
                 ),
-                "partitions": (
-                    f"{window.first_day}..{window.last_day}" if window.windowed else "full snapshot"
-                ),
+                "partitions": partitions_text(plan),
                 "statement_id": statement_ids[-1],
                 "files_staged": len(staged.paths),
                 "bytes_staged": staged.bytes_staged,
@@ -313,9 +304,7 @@ class DatabricksIOManager(ConfigurableIOManager):
             staged.write(batch)
         staged.finish()
 
-    def _execute(
-        self, client: WorkspaceClient, statement: str, plan: WritePlan, window: OutputWindow
-    ) -> str:
+    def _execute(self, client: WorkspaceClient, statement: str, plan: WritePlan) -> str:
         """Run one statement on the warehouse and wait for it; its id once it succeeded."""
         deadline = time.monotonic() + self.statement_timeout_seconds
         response = client.statement_execution.execute_statement(
@@ -335,7 +324,7 @@ class DatabricksIOManager(ConfigurableIOManager):
         state = status.state.value if status and status.state else "PENDING"
         if state == "SUCCEEDED":
             return statement_id
-        where = f"{plan.table_label} ({window.partition_label})"
+        where = f"{plan.table_label} ({plan.partition_label})"
         if state in _UNFINISHED:
             client.statement_execution.cancel_execution(statement_id)
             raise IngestionError(

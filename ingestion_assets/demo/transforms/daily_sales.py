@@ -25,11 +25,8 @@ from dagster import (
 from dagster_pyspark import PySparkResource
 
 from ingestion_assets.demo.transforms.daily_sales_job import ORDER_DAY, aggregate_daily_sales
-from ingestion_assets.io_managers.delta import (
-    PARTITION_COLUMN_KEY,
-    PARTITION_DATE,
-    SCHEMA_POLICY_KEY,
-)
+from ingestion_assets.io_managers.contract import PARTITION_COLUMN_KEY, SCHEMA_POLICY_KEY
+from ingestion_assets.lake.rows import PARTITION_DATE
 
 DAILY_SALES_ASSET = "daily_sales_by_product"
 PYSPARK_RESOURCE_KEY = "pyspark"

@@ -1,17 +1,21 @@
-"""Parquet data files inside a Delta table, clustered by day, and reading ahead of the writer.
+"""Parquet data files inside a Delta table, clustered by month, and reading ahead of the writer.
 
 The Delta tables are not Hive-partitioned: a day of a typical operational table is a few hundred
 kilobytes, and one folder per day would leave thousands of tiny files after a backfill. Instead
 rows carry `_partition_date` as a column and land in files that each hold the days of one month
-(rolled at a size limit), with the column's min/max in the add action's statistics. Replacing a
-window removes the files that lie inside it and rewrites the few rows of files that straddle its
-edges, all in one commit."""
+(rolled at a size limit), with every column's statistics in the add action (stats.py). Replacing
+a window removes the files that lie inside it and rewrites the few rows of files that straddle
+its edges, all in one commit.
+
+Measured against Hive partitions by month written by delta-rs (bench/layout.py; 2,000,000 rows
+over 1,096 days, see bench/README.md): the same 37 files, the backfill in about half the time
+and 60% of the memory, the nightly run and DuckDB scans on other columns faster, compaction a
+few tens of milliseconds slower, the re-run of a day inside a month about even."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import pathlib
 import queue
 import threading
@@ -29,7 +33,9 @@ import pyarrow.parquet as pq
 from deltalake.fs import DeltaStorageHandler
 from deltalake.transaction import AddAction
 
-PARTITION_DATE = "_partition_date"
+from ingestion_assets.lake.rows import PARTITION_DATE
+from ingestion_assets.lake.stats import FileStatistics
+
 # rows buffered per file before they are written as one Parquet row group
 ROW_GROUP_ROWS = 64 * 1024
 # rows buffered across all open files: rows of many months interleaved (no ORDER BY at the
@@ -77,26 +83,18 @@ class ClusteredFileWriter:
         bounds = pc.min_max(days)
         low, high = bounds["min"].as_py(), bounds["max"].as_py()
         if month_of(low) == month_of(high):
-            self._append(month_of(low), batch, low, high)
+            self._append(month_of(low), batch)
             return
         months = pc.add(pc.multiply(pc.year(days), 100), pc.month(days))
         for value in pc.unique(months).to_pylist():
-            rows = batch.filter(pc.equal(months, value))
-            part = pc.min_max(rows.column(PARTITION_DATE))
-            self._append(divmod(value, 100), rows, part["min"].as_py(), part["max"].as_py())
+            self._append(divmod(value, 100), batch.filter(pc.equal(months, value)))
 
-    def _append(
-        self,
-        month: tuple[int, int],
-        rows: pa.RecordBatch | pa.Table,
-        low: datetime.date,
-        high: datetime.date,
-    ) -> None:
+    def _append(self, month: tuple[int, int], rows: pa.RecordBatch | pa.Table) -> None:
         current = self.open.get(month)
         if current is None:
             current = self._start(month)
         self.open.move_to_end(month)
-        current.add(rows, low, high)
+        current.add(rows)
         self.pending_rows += rows.num_rows
         if current.pending_rows >= ROW_GROUP_ROWS:
             self._flush(current)
@@ -116,7 +114,7 @@ class ClusteredFileWriter:
         stream = self.filesystem.open_output_stream(path)
         self.written.append(path)
         writer = pq.ParquetWriter(stream, self.schema, compression="zstd")
-        opened = _OpenFile(path, stream, writer)
+        opened = _OpenFile(path, stream, writer, FileStatistics(self.schema))
         self.open[month] = opened
         return opened
 
@@ -126,14 +124,6 @@ class ClusteredFileWriter:
         current.writer.close()
         current.stream.close()
         size = self.filesystem.get_file_info(current.path).size
-        assert current.low is not None
-        assert current.high is not None
-        stats = {
-            "numRecords": current.rows,
-            "minValues": {PARTITION_DATE: current.low.isoformat()},
-            "maxValues": {PARTITION_DATE: current.high.isoformat()},
-            "nullCount": {PARTITION_DATE: 0},
-        }
         self.actions.append(
             AddAction(
                 path=current.path,
@@ -141,7 +131,7 @@ class ClusteredFileWriter:
                 partition_values={},
                 modification_time=int(time.time() * 1000),
                 data_change=True,
-                stats=json.dumps(stats),
+                stats=current.statistics.json(),
             )
         )
 
@@ -168,24 +158,34 @@ class _OpenFile:
     path: str
     stream: Any
     writer: pq.ParquetWriter
-    rows: int = 0
-    low: datetime.date | None = None
-    high: datetime.date | None = None
+    statistics: FileStatistics
     pending: list[pa.RecordBatch] = field(default_factory=list)
     pending_rows: int = 0
 
-    def add(self, rows: pa.RecordBatch | pa.Table, low: datetime.date, high: datetime.date) -> None:
+    def add(self, rows: pa.RecordBatch | pa.Table) -> None:
         self.pending.extend(rows.to_batches() if isinstance(rows, pa.Table) else [rows])
         self.pending_rows += rows.num_rows
-        self.rows += rows.num_rows
-        self.low = low if self.low is None else min(self.low, low)
-        self.high = high if self.high is None else max(self.high, high)
 
     def flush(self) -> None:
         """Write what is buffered as one row group (small batches would make many)."""
         if self.pending:
-            self.writer.write_table(pa.Table.from_batches(self.pending), row_group_size=None)
+            rows = pa.Table.from_batches(self.pending)
+            self.statistics.add(rows)
+            self.writer.write_table(rows, row_group_size=None)
             self.pending, self.pending_rows = [], 0
+
+
+def conform(rows: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows read back from a data file, in the table's current schema: columns added to the table
+    after the file was written come back as nulls."""
+    table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.FileSystem:

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
-from ingestion_assets.io_managers.maintenance import maintain_table
+from ingestion_assets.lake.compaction import maintain_table
 from ingestion_assets.specs import MaintenanceSpec, ProjectSpec
 
 MAINTENANCE_JOB = "maintain_tables"

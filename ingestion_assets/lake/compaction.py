@@ -3,17 +3,17 @@
 Nightly runs add a file per day to their month (and a rerun of a day inside a month adds the
 month's other rows as a file of their own), so a month drifts from one file to many. Compaction
 merges the files of each month back into files of up to `max_file_bytes`, keeping the layout the
-writer makes (see files.py): every file holds one month, with its `_partition_date` bounds.
+writer makes (see files.py): every file holds one month, with its columns' statistics.
 delta-rs's own `optimize.compact()` would bin-pack across months and widen each file's bounds, so
 it is used only for tables Hive-partitioned by an earlier version.
 
 Each month is one commit against the version it was planned on, retried on a newer version when
-an ingestion run committed first: compaction never changes a row, and never loses one.
+an ingestion run committed first (replace.retry_commit): compaction never changes a row, and
+never loses one.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -23,19 +23,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError
+from deltalake import DeltaTable
 from deltalake.transaction import RemoveAction
 
-from ingestion_assets.io_managers.files import (
+from ingestion_assets.lake.files import (
     DEFAULT_MAX_FILE_BYTES,
-    PARTITION_DATE,
     ClusteredFileWriter,
+    conform,
     month_of,
     table_filesystem,
 )
-
-MAX_COMMIT_ATTEMPTS = 20
+from ingestion_assets.lake.replace import commit, retry_commit
+from ingestion_assets.lake.rows import PARTITION_DATE
 
 
 @dataclass
@@ -98,10 +97,11 @@ def _compact_month(
     filesystem: pa_fs.FileSystem,
     month: tuple[int, int],
     max_file_bytes: int,
+    log: Callable[[str], None],
 ) -> int:
     """Merge one month's small files in one commit; the number of files merged (0: none)."""
-    for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
-        table = DeltaTable(uri, storage_options=storage_options)
+
+    def merge(table: DeltaTable) -> int:
         files = _to_merge(_month_groups(table).get(month, []), max_file_bytes)
         if files is None:
             return 0
@@ -111,7 +111,7 @@ def _compact_month(
             for path, _size in files:
                 with filesystem.open_input_file(path) as handle:
                     for batch in pq.ParquetFile(handle).iter_batches():
-                        writer.write(pa.Table.from_batches([batch]).select(schema.names))
+                        writer.write(conform(batch, schema))
             adds = writer.finish()
             for add in adds:
                 add.data_change = False
@@ -120,22 +120,14 @@ def _compact_month(
                 RemoveAction(path=path, data_change=False, deletion_timestamp=now, size=size)
                 for path, size in files
             ]
-            table.create_write_transaction(
-                [*adds, *removes],
-                mode="append",
-                schema=schema,
-                commit_properties=CommitProperties(max_commit_retries=0),
-            )
+            commit(table, [*adds, *removes], schema)
             return len(files)
-        except CommitFailedError:
-            writer.abort()
-            if attempt == MAX_COMMIT_ATTEMPTS:
-                raise
-            time.sleep(random.uniform(0.05, 0.25) * attempt)
         except BaseException:
             writer.abort()
             raise
-    return 0  # pragma: no cover
+
+    label = f"{uri}: compacting {month[0]}-{month[1]:02d}"
+    return retry_commit(uri, storage_options, merge, label=label, log=log)
 
 
 def _data_files(filesystem: pa_fs.FileSystem) -> set[str]:
@@ -172,8 +164,11 @@ def maintain_table(
             report.notes.append("Hive-partitioned table: compacted by delta-rs per partition")
         else:
             filesystem = table_filesystem(uri, storage_options)
-            for month in sorted(_month_groups(table)):
-                merged = _compact_month(uri, storage_options, filesystem, month, limit)
+            # a month needing no merge on this version is not looked at again: reloading the
+            # table per month cost more than merging when few months had small files
+            groups = _month_groups(table)
+            for month in sorted(m for m, files in groups.items() if _to_merge(files, limit)):
+                merged = _compact_month(uri, storage_options, filesystem, month, limit, log)
                 if merged:
                     report.months_compacted += 1
                     report.files_compacted += merged

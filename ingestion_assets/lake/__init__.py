@@ -1,0 +1,1 @@
+"""The Delta table layout: rows, data files, replace and maintenance; nothing here imports Dagster."""
