@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import uuid
@@ -366,14 +367,24 @@ def instance() -> Iterator[DagsterInstance]:
         yield test_instance
 
 
-@pytest.fixture(scope="session")
-def loopback_server() -> Iterator[HTTPServer]:
-    """One pytest-httpserver for the session, bound to 127.0.0.1 whatever the environment says."""
+@contextlib.contextmanager
+def started_http_server() -> Iterator[HTTPServer]:
+    """A pytest-httpserver on a free port of 127.0.0.1 (whatever the environment says), stopped
+    afterwards."""
     server = HTTPServer(host="127.0.0.1", port=0)
     server.start()
-    yield server
-    server.clear()
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.clear()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def loopback_server() -> Iterator[HTTPServer]:
+    """One pytest-httpserver for the session."""
+    with started_http_server() as server:
+        yield server
 
 
 @pytest.fixture

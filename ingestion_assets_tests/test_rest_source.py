@@ -65,7 +65,12 @@ from ingestion_assets.specs import (
     RestSourceSpec,
     StreamSpec,
 )
-from ingestion_assets_tests.conftest import SOURCE, IngestProject, failure_message
+from ingestion_assets_tests.conftest import (
+    SOURCE,
+    IngestProject,
+    failure_message,
+    started_http_server,
+)
 
 PAGE_SIZE = 10
 DAY = "2024-01-03"
@@ -593,11 +598,8 @@ def test_an_env_var_secret_in_the_nested_auth_config_is_read_only_when_a_run_ini
 @pytest.fixture
 def elsewhere() -> Iterator[HTTPServer]:
     """A second server on another port of 127.0.0.1: another origin than the API's."""
-    server = HTTPServer(host="127.0.0.1", port=0)
-    server.start()
-    yield server
-    server.clear()
-    server.stop()
+    with started_http_server() as server:
+        yield server
 
 
 def credentials_sent(request: Request) -> list[str]:

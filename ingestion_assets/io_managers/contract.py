@@ -57,6 +57,15 @@ def partitions_text(plan: WritePlan) -> str:
     return f"{plan.first_day}..{plan.last_day}" if plan.window else "full snapshot"
 
 
+def write_timing_metadata(plan: WritePlan, elapsed: float) -> dict[str, Any]:
+    """What every writer reports of a write's span: its partitions, seconds and rows per second."""
+    return {
+        "partitions": partitions_text(plan),
+        "seconds": round(elapsed, 3),
+        "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
+    }
+
+
 def column_schema(schema: pa.Schema) -> TableSchema:
     """Arrow schema -> the `dagster/column_schema` the UI shows."""
     return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])

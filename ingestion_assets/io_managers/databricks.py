@@ -22,8 +22,8 @@ from ingestion_assets.io_managers.contract import (
     context_window,
     metadata_text,
     output_reader,
-    partitions_text,
     row_count_metadata,
+    write_timing_metadata,
 )
 from ingestion_assets.lake.files import read_ahead
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
@@ -284,12 +284,10 @@ class DatabricksIOManager(ConfigurableIOManager):
                 "dagster/table_name": ".".join(
                     (self.catalog, self.schema_name, table_name_of(asset_path))
                 ),
-                "partitions": partitions_text(plan),
+                **write_timing_metadata(plan, elapsed),
                 "statement_id": statement_ids[-1],
                 "files_staged": len(staged.paths),
                 "bytes_staged": staged.bytes_staged,
-                "seconds": round(elapsed, 3),
-                "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
             }
         )
         context.log.info(

@@ -23,8 +23,8 @@ from ingestion_assets.io_managers.contract import (
     context_window,
     metadata_text,
     output_reader,
-    partitions_text,
     row_count_metadata,
+    write_timing_metadata,
 )
 from ingestion_assets.lake.replace import (
     fit_schema,
@@ -113,12 +113,10 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
                 "dagster/table_name": ".".join(asset_path),
                 "dagster/uri": MetadataValue.path(uri),
-                "partitions": partitions_text(plan),
+                **write_timing_metadata(plan, elapsed),
                 "delta_version": table.version(),
                 "files_written": len(written),
                 "bytes_written": sum(size for _, size in written),
-                "seconds": round(elapsed, 3),
-                "rows_per_second": round(plan.rows / elapsed) if elapsed > 0 else 0,
             }
         )
         context.log.info(
