@@ -35,7 +35,7 @@ from ingestion_assets.specs import DatabricksSpec, ProjectSpec, SourceSpecBase
 
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
 # extension modules: a `transforms.<name>` entry of the project file -> the function
-# (project, settings, partitions of its inputs) -> Definitions that builds it
+# (project, the entry's settings) -> Definitions that builds it
 TRANSFORMS = {
     "daily_sales_by_product": "ingestion_assets.demo.transforms.extension:daily_sales_by_product",
 }
@@ -91,14 +91,7 @@ def transform_definitions(project: ProjectSpec, name: str, settings: Any) -> Def
         )
     module, _, function = target.partition(":")
     build = getattr(importlib.import_module(module), function)
-    # a transform's days are those of the first partitioned table of the source it reads
-    source = project.sources.get(str(settings.get("source", "")))
-    partitions = None
-    if source is not None:
-        partitions = next(
-            (p for p in (partitions_definition(source, d) for d in source.datasets) if p), None
-        )
-    result: Definitions = build(project, settings, partitions)
+    result: Definitions = build(project, settings)
     return result
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dagster import DailyPartitionsDefinition, Definitions
+from dagster import Definitions
 from pydantic import Field, ValidationError
 
 from ingestion_assets.errors import ConfigError
+from ingestion_assets.factory import partitions_definition
 from ingestion_assets.specs import ProjectSpec, Spec
 
 KEY = "transforms.daily_sales_by_product"
@@ -55,12 +56,13 @@ def daily_sales_settings(project: ProjectSpec, raw: Mapping[str, Any]) -> DailyS
     return settings
 
 
-def daily_sales_by_product(
-    project: ProjectSpec, raw: Mapping[str, Any], partitions: DailyPartitionsDefinition | None
-) -> Definitions:
-    """The transform's asset over the source's order tables and its PySpark resource
-    (`partitions`: the header table's); PySpark is imported only when it is configured."""
+def daily_sales_by_product(project: ProjectSpec, raw: Mapping[str, Any]) -> Definitions:
+    """The transform's asset over the source's order tables, by the header table's days, and its
+    PySpark resource; PySpark is imported only when the transform is configured."""
     settings = daily_sales_settings(project, raw)
+    source = project.sources[settings.source]
+    header = next(table for table in source.datasets if table.key_name == INPUT_TABLES[0])
+    partitions = partitions_definition(source, header)
     try:
         from ingestion_assets.demo.transforms.daily_sales import (
             PYSPARK_RESOURCE_KEY,
@@ -72,7 +74,11 @@ def daily_sales_by_product(
             f"{KEY} needs PySpark ({error.name} is missing): install the project with its "
             "`databricks` extra"
         ) from None
-    assert partitions is not None  # the order tables are partitioned
+    if partitions is None:
+        raise ConfigError(
+            f"invalid project file: {KEY} reads the days of {settings.source}'s "
+            f"{INPUT_TABLES[0]}, which is a snapshot: give it a partition_column"
+        )
     return Definitions(
         assets=daily_sales_assets(settings.source, partitions),
         resources={PYSPARK_RESOURCE_KEY: local_spark_resource(**settings.spark_config)},
