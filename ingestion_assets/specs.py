@@ -699,10 +699,6 @@ class RestSourceSpec(SourceSpecBase):
         object.__setattr__(self, "streams", streams)
         return self
 
-    def pagination_of(self, stream: StreamSpec) -> Pagination:
-        """The stream's pagination, or the source's default."""
-        return stream.pagination or self.pagination
-
 
 class MaintenanceSpec(Spec):
     """Table maintenance: compaction, vacuum and checkpoint of every table, on a schedule."""
