@@ -116,9 +116,9 @@ def build_definitions(project: ProjectSpec) -> Definitions:
             assert project.lake.databricks is not None  # ProjectSpec validates it
             resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)
             assets.extend(source_assets(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
+            checks.extend(source_checks(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
         else:
             assets.extend(source_assets(source_name, spec))
-            # the checks read the delta-rs table; Unity Catalog tables are checked in Databricks
             checks.extend(source_checks(source_name, spec))
         selections = source_job_selections(source_name, spec)
         jobs.extend(

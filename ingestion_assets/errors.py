@@ -27,6 +27,10 @@ class WriteConflictError(IngestionError):
     """Other runs changed the Delta table while this one wrote, more often than it retries."""
 
 
+class AuditFailedError(IngestionError):
+    """A blocking check rejected the rows a run staged: nothing was published."""
+
+
 def where(source: str, table: str, partition: str | None) -> str:
     """The 'where' of a message: source, table and `partition D` / `partitions A..B` label."""
     scope = partition or "the whole table"

@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from dagster import (
     AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSpec,
     BackfillPolicy,
     DailyPartitionsDefinition,
+    MaterializeResult,
     TableColumn,
     TableSchema,
-    asset,
+    multi_asset,
 )
 
-from ingestion_assets.checks import dataset_checks
+from ingestion_assets.checks import (
+    PRIMARY_KEY,
+    AuditData,
+    DatasetChecks,
+    Evaluation,
+    Verdict,
+    check_evaluations,
+    committed_audit_data,
+    failure_summary,
+    freshness_checks,
+    materialization_targets,
+    reconciliation_checks,
+)
+from ingestion_assets.errors import AuditFailedError
 from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
+    PARTITION_ROW_COUNT,
     SCHEMA_POLICY_KEY,
+    StagedWrite,
+    TableWriter,
+    WriteRequest,
+    partition_row_counts,
 )
-from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID
+from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID, delta_type_names
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import source_kind
+from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, SourceSpecBase
 
@@ -98,9 +121,12 @@ def dataset_asset(
     io_manager_key: str = "io_manager",
 ) -> AssetsDefinition:
     """The asset `[source, table]` that streams one table's (or stream's) days into Delta
-    (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's)."""
+    (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's), with its
+    checks judged on the staged rows before the commit (audit before publish)."""
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
+    asset_key = AssetKey([source_name, table.key_name])
+    checks = DatasetChecks(asset_key, table, partitions_def)
     kind = spec.asset_kind
     backfill_policy = None
     if partitions_def is not None:
@@ -118,39 +144,167 @@ def dataset_asset(
     }
     if table.primary_key:
         metadata["primary_key"] = ", ".join(table.primary_key)
-
-    @asset(
-        key=AssetKey([source_name, table.key_name]),
+    asset_spec = AssetSpec(
+        asset_key,
         group_name=source_name,
         description=_description(spec, table, kind),
-        partitions_def=partitions_def,
-        backfill_policy=backfill_policy,
         kinds={kind, "delta", *(["databricks"] if io_manager_key != "io_manager" else [])},
         owners=list(table.owners or spec.owners),
         tags={**spec.tags, **table.tags},
         metadata=metadata,
+        partitions_def=partitions_def,
+    ).with_io_manager_key(io_manager_key)
+
+    @multi_asset(
+        name="__".join(asset_key.path),
+        specs=[asset_spec],
+        check_specs=checks.specs(),
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy,
         pool=source_name,
-        required_resource_keys={resource_key},
-        io_manager_key=io_manager_key,
+        required_resource_keys={resource_key, io_manager_key},
+        # the checks alone (from the UI) judge the committed table
+        can_subset=True,
     )
-    def _table(context) -> Any:  # type: ignore[no-untyped-def]
-        # Dagster reads these annotations at run time: `context` stays bare, the output is an
-        # Arrow RecordBatchReader or a SourceStream (batches plus what the source learned)
+    def _table(context) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+        # Dagster reads the `context` annotation at run time: it stays bare
         context = cast(AssetExecutionContext, context)
         window = None
+        partition_keys: dict[datetime.date, str] = {}
         if partitions_def is not None:
             time_window = context.partition_time_window
             window = PartitionWindow(time_window.start, time_window.end)
+            partition_keys = {
+                datetime.date.fromisoformat(key[:10]): key for key in context.partition_keys
+            }
+        source: SourceResource = getattr(context.resources, resource_key)
+        writer: TableWriter = getattr(context.resources, io_manager_key)
+        selected = {key.name for key in context.selected_asset_check_keys}
+
+        stream: SourceStream | None = None
+
+        def count_at_source(counted: PartitionWindow | None) -> int | None:
+            # the total an API reported while it was read is its count of the run's window
+            if stream is not None and counted == window and stream.reported_total is not None:
+                return stream.reported_total
+            return source.count(table, counted)
+
+        if asset_key not in context.selected_asset_keys:
+            yield from _judge_committed(
+                context, writer, checks, window, partition_keys, selected, count_at_source
+            )
+            return
         context.log.info(
             f"reading {table.qualified_name} from source '{source_name}'"
             + (f" for [{window.start.isoformat()}, {window.end.isoformat()})" if window else "")
         )
-        source: SourceResource = getattr(context.resources, resource_key)
         stream = source.read(table, window)
         context.log.info(f"fetching {table.qualified_name} through {stream.path}")
-        return stream
+        request = WriteRequest(
+            asset_path=tuple(asset_key.path),
+            window=window,
+            run_id=context.run_id,
+            partition_column=table.partition_column,
+            log=context.log,
+            schema_policy=table.schema_policy,
+            nanoseconds=table.timestamp_nanoseconds,
+            key_columns=tuple(table.primary_key) if PRIMARY_KEY in checks.enabled else (),
+        )
+        staged = writer.stage(request, stream)
+        try:
+            evaluations = checks.audit(staged_audit_data(staged, stream), count_at_source)
+        except BaseException:
+            staged.abort()
+            raise
+        recorded = [e for e in evaluations if e.check_name in selected]
+        for evaluation in evaluations:
+            if not evaluation.verdict.passed and not evaluation.stops_the_commit:
+                context.log.warning(
+                    f"{staged.table_name} {evaluation.day or ''}: check {evaluation.check_name} "
+                    f"({evaluation.severity.value}) failed: {evaluation.verdict.description}"
+                )
+        if any(evaluation.stops_the_commit for evaluation in evaluations):
+            staged.abort()
+            yield from check_evaluations(
+                asset_key, recorded, partition_keys, assets_def=context.assets_def
+            )
+            raise AuditFailedError(
+                f"{staged.table_name} ({staged.plan.partition_label}): nothing was committed, "
+                "the table is unchanged: blocking checks rejected the staged rows. "
+                f"{failure_summary(evaluations)}. Find why the source and what was read "
+                "disagree, fix it and re-run the partitions; a check that should not hold "
+                "the data back can be set to severity WARN in the project file."
+            )
+        for key, rows in partition_row_counts(
+            list(partition_keys.values()), staged.plan.rows_by_day
+        ).items():
+            context.add_asset_metadata({PARTITION_ROW_COUNT: rows}, partition_key=key)
+        yield MaterializeResult(asset_key=asset_key, metadata=staged.commit())
+        targets = materialization_targets(
+            context.instance, asset_key, list(partition_keys.values()), context.run_id
+        )
+        yield from check_evaluations(
+            asset_key, recorded, partition_keys, targets, context.assets_def
+        )
 
     return _table
+
+
+def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
+    """What the audit judges of a staged write: its rows per day (and the records the source
+    set aside in the rejected table), its columns against the table's, its keys and the keys of
+    the rows the commit keeps."""
+    plan = staged.plan
+    key = list(plan.key_columns)
+    set_aside = stream.rejected_by_day()
+    return AuditData(
+        window=plan.window,
+        rows_by_day=dict(plan.rows_by_day) if plan.window else {plan.first_day: plan.rows},
+        set_aside_by_day=(
+            {day or plan.first_day: rows for day, rows in set_aside.items()}
+            if plan.window
+            else {plan.first_day: sum(set_aside.values())}
+        ),
+        columns=delta_type_names(staged.incoming_schema),
+        expected_columns=(
+            delta_type_names(staged.table_schema) if staged.table_schema is not None else None
+        ),
+        keys=plan.staged_keys() if key else None,
+        other_keys=staged.kept_rows(key) if key else None,
+    )
+
+
+def _judge_committed(
+    context: AssetExecutionContext,
+    writer: TableWriter,
+    checks: DatasetChecks,
+    window: PartitionWindow | None,
+    partition_keys: dict[datetime.date, str],
+    selected: set[str],
+    count_at_source: Callable[[PartitionWindow | None], int | None],
+) -> Iterator[Any]:
+    """The checks executed without the asset: judged on the committed table."""
+    data = committed_audit_data(writer, checks.asset_key, checks.dataset, window, context.instance)
+    if data is None:
+        evaluations = [
+            Evaluation(
+                name,
+                day,
+                Verdict(False, {}, "no table yet: materialize the asset first"),
+                AssetCheckSeverity.ERROR,
+                False,
+            )
+            for name in selected
+            for day in (window.days() if window else [None])
+        ]
+    else:
+        evaluations = checks.audit(data, count_at_source, selected)
+    targets = materialization_targets(
+        context.instance, checks.asset_key, list(partition_keys.values())
+    )
+    yield from check_evaluations(
+        checks.asset_key, evaluations, partition_keys, targets, context.assets_def
+    )
 
 
 def source_assets(
@@ -160,16 +314,20 @@ def source_assets(
     return [dataset_asset(source_name, spec, dataset, io_manager_key) for dataset in spec.datasets]
 
 
-def source_checks(source_name: str, spec: SourceSpecBase) -> Sequence[AssetChecksDefinition]:
-    """The data-quality checks of every table or stream of a source."""
-    checks = []
+def source_checks(
+    source_name: str, spec: SourceSpecBase, io_manager_key: str = "io_manager"
+) -> Sequence[AssetChecksDefinition]:
+    """The checks of a source's tables that judge committed tables after the assets ran
+    (freshness, reconciliation with another asset); the others run in each asset's step."""
+    checks: list[AssetChecksDefinition] = []
     for dataset in spec.datasets:
-        definition = dataset_checks(
-            AssetKey([source_name, dataset.key_name]),
-            dataset,
-            partitions_definition(spec, dataset),
-            source_resource_key(source_name),
-        )
-        if definition is not None:
-            checks.append(definition)
+        asset_key = AssetKey([source_name, dataset.key_name])
+        for definition in (
+            freshness_checks(asset_key, dataset),
+            reconciliation_checks(
+                asset_key, dataset, partitions_definition(spec, dataset), io_manager_key
+            ),
+        ):
+            if definition is not None:
+                checks.append(definition)
     return checks

@@ -152,6 +152,28 @@ class FreshnessCheckSpec(CheckSpec):
     max_age_hours: float = Field(36.0, gt=0)
 
 
+class ReconcileWithSpec(CheckSpec):
+    """Another asset holding the same data (e.g. the SQL table behind an API): rows per day, and
+    with `keys` the primary-key sets, must be equal."""
+
+    severity: Literal["ERROR", "WARN"] = "WARN"
+    blocking: bool = False
+    asset: str = Field(
+        description="The other asset's key, as `source/table` (the key Dagster shows)."
+    )
+    keys: bool = Field(
+        False, description="Also compare the key sets (this table's primary key columns)."
+    )
+
+    @field_validator("asset")
+    @classmethod
+    def _asset_key(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) < 2 or not all(parts):
+            raise ValueError(f"'{value}' is no asset key; write it as source/table")
+        return value
+
+
 class ChecksSpec(Spec):
     """The checks generated for a table or stream."""
 
@@ -161,6 +183,9 @@ class ChecksSpec(Spec):
         default_factory=CheckSpec, description="Key unique and not null (needs primary_key)."
     )
     freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
+    reconcile_with: ReconcileWithSpec | None = Field(
+        None, description="Reconcile with another asset holding the same data (off by default)."
+    )
 
 
 class ScheduleSpec(Spec):

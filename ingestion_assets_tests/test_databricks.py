@@ -305,7 +305,7 @@ def test_first_write_creates_table_then_replaces_partition(
         project.asset("sales_order_header").node_def.name
     )[0]
     metadata = {key: value.value for key, value in materialization.metadata.items()}
-    assert metadata["dagster/row_count"] == len(expected_orders)
+    assert metadata["dagster/partition_row_count"] == len(expected_orders)
     assert metadata["dagster/table_name"] == "main.ingest.src__sales_order_header"
     assert metadata["statement_id"] == "stmt-2"
     assert metadata["files_staged"] == files
@@ -346,7 +346,7 @@ def test_backfill_range_is_one_statement(
     ).records
     row_counts = {
         record.asset_materialization.partition: record.asset_materialization.metadata[
-            "dagster/row_count"
+            "dagster/partition_row_count"
         ].value
         for record in records
         if record.asset_materialization is not None and record.run_id == result.run_id

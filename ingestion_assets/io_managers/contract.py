@@ -1,10 +1,13 @@
-"""What every IO manager shares with the assets it writes: definition-metadata keys, the window
-a context covers, and the metadata a materialization reports."""
+"""What every IO manager shares with the assets it writes: the writer interface (stage, audit,
+commit), definition-metadata keys, the window a context covers, and the metadata a
+materialization reports."""
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
@@ -18,6 +21,74 @@ from ingestion_assets.sources.window import PartitionWindow
 PARTITION_COLUMN_KEY = "ingestion/partition_column"
 SCHEMA_POLICY_KEY = "ingestion/schema_policy"
 NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
+PARTITION_ROW_COUNT = "dagster/partition_row_count"
+
+
+class RunLog(Protocol):
+    """Where a write reports progress: `context.log` in a run."""
+
+    def info(self, msg: str) -> None: ...
+
+    def warning(self, msg: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """What an asset asks a writer to stage: its table, the window it replaces (None: the whole
+    table), and how source rows become the table's rows."""
+
+    asset_path: tuple[str, ...]
+    window: PartitionWindow | None
+    run_id: str
+    partition_column: str | None
+    log: RunLog
+    schema_policy: str = "evolve"
+    nanoseconds: str = "error"
+    key_columns: tuple[str, ...] = ()
+
+
+class StagedWrite(Protocol):
+    """Rows written where no reader sees them yet: the audit reads them (`plan` counts rows per
+    day and keeps the key columns), then `commit()` publishes them in one step or `abort()`
+    removes them, leaving the table at its previous version."""
+
+    plan: WritePlan
+    table_name: str
+    # the incoming rows' schema, and the table's before the commit (None: no table yet)
+    incoming_schema: pa.Schema
+    table_schema: pa.Schema | None
+
+    def kept_rows(self, columns: list[str]) -> pa.Table | None:
+        """`columns` of the rows the commit keeps outside the window; None if unknown here."""
+        ...
+
+    def commit(self) -> dict[str, Any]:
+        """Publish the staged rows; the materialization's metadata."""
+        ...
+
+    def abort(self) -> None:
+        """Remove the staged rows."""
+        ...
+
+
+class TableWriter(Protocol):
+    """An IO manager that ingestion assets write through (stage, audit, commit) and that checks
+    read the committed table from."""
+
+    def stage(self, request: WriteRequest, data: Any) -> StagedWrite:
+        """Write `data` (a SourceStream, RecordBatchReader or Arrow table) without publishing."""
+        ...
+
+    def committed_rows(
+        self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
+    ) -> pa.Table | None:
+        """`columns` and `_partition_date` of the table's rows in `window`; None before the
+        table's first write."""
+        ...
+
+    def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
+        """The table's schema; None before its first write."""
+        ...
 
 
 def context_window(context: OutputContext | InputContext) -> PartitionWindow | None:
@@ -39,17 +110,21 @@ def output_reader(obj: Any) -> tuple[pa.RecordBatchReader, SourceStream | None]:
     return pa.table(obj).to_reader(), None
 
 
-def row_count_metadata(context: OutputContext, plan: WritePlan) -> dict[str, Any]:
-    """`dagster/row_count` for one partition; for a backfill's range, each partition's own count
-    (added to its materialization) and the run's total as `rows_in_run`."""
-    if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
-        for key in context.asset_partition_keys:
-            day = datetime.date.fromisoformat(key[:10])
-            context.step_context.add_asset_metadata(
-                {"dagster/row_count": plan.rows_by_day.get(day, 0)}, partition_key=key
-            )
-        return {"rows_in_run": plan.rows}
-    return {"dagster/row_count": plan.rows}
+def partition_row_counts(
+    partition_keys: list[str], rows_by_day: Mapping[datetime.date, int]
+) -> dict[str, int]:
+    """Each partition key's rows (`dagster/partition_row_count` of its materialization)."""
+    return {
+        key: rows_by_day.get(datetime.date.fromisoformat(key[:10]), 0) for key in partition_keys
+    }
+
+
+def add_partition_row_counts(context: OutputContext, plan: WritePlan) -> None:
+    """Put each partition's row count on its own materialization."""
+    if context.has_asset_partitions:
+        counts = partition_row_counts(list(context.asset_partition_keys), plan.rows_by_day)
+        for key, rows in counts.items():
+            context.step_context.add_asset_metadata({PARTITION_ROW_COUNT: rows}, partition_key=key)
 
 
 def partitions_text(plan: WritePlan) -> str:

@@ -7,7 +7,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,15 +18,18 @@ from ingestion_assets.errors import IngestionError
 from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
+    WriteRequest,
+    add_partition_row_counts,
     column_schema,
     context_window,
     metadata_text,
     output_reader,
-    row_count_metadata,
     write_timing_metadata,
 )
 from ingestion_assets.lake.files import read_ahead
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
+from ingestion_assets.sources.stream import SourceStream
+from ingestion_assets.sources.window import PartitionWindow
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -215,94 +218,78 @@ class DatabricksIOManager(ConfigurableIOManager):
 
         return WorkspaceClient(host=self.host, token=self.token, auth_type="pat")
 
-    def handle_output(self, context: OutputContext, obj: Any) -> None:
-        """Stage the batches on the volume, create the table if needed, swap the window in."""
-        if obj is None:
-            return
-        reader, source_stream = output_reader(obj)
-        metadata = context.definition_metadata or {}
-        asset_path = list(context.asset_key.path)
-        table_name = self.full_table_name(asset_path)
-        nanoseconds = metadata_text(metadata.get(NANOSECONDS_KEY)) or "error"
-        target = lake_schema(reader.schema, nanoseconds)
+    def stage(self, request: WriteRequest, data: Any) -> DatabricksStagedWrite:
+        """Upload the rows as Parquet files to the run's folder on the volume (see `StagedWrite`)."""
+        reader, source_stream = output_reader(data)
+        table_name = self.full_table_name(list(request.asset_path))
+        target = lake_schema(reader.schema, request.nanoseconds)
         plan = WritePlan(
             table_label=f"table {table_name}",
-            window=context_window(context),
+            window=request.window,
             target=target,
-            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+            partition_column=request.partition_column,
             ingested_at=datetime.datetime.now(datetime.UTC),
-            run_id=context.run_id,
-            nanoseconds=nanoseconds,
+            run_id=request.run_id,
+            nanoseconds=request.nanoseconds,
+            key_columns=request.key_columns,
         )
         client = self.client()
         staged = StagedFiles(
-            client, self.staging_directory(asset_path, context.run_id), target, self.rows_per_file
+            client,
+            self.staging_directory(list(request.asset_path), request.run_id),
+            target,
+            self.rows_per_file,
         )
-        started = time.monotonic()
-        statement_ids: list[str] = []
+        written = DatabricksStagedWrite(
+            self, request, plan, client, staged, source_stream, time.monotonic()
+        )
         try:
-            batches = plan.stream(read_ahead(reader), context.log.info)
+            batches = plan.stream(read_ahead(reader), request.log.info)
             try:
                 self._stage(staged, batches)
             finally:
                 batches.close()
-            for statement in (
-                create_table_sql(table_name, target),
-                replace_sql(table_name, staged.directory, target.names, plan.days),
-            ):
-                statement_ids.append(self._execute(client, statement, plan))
         except BaseException as error:
-            try:
-                staged.delete()
-            except Exception as cleanup_error:
-                error.add_note(
-                    f"the staged files under {staged.directory} could not be deleted "
-                    f"({self._hide_token(cleanup_error)}); delete them from the volume."
-                )
-            if plan.source_error is not None:
-                raise plan.source_error from None
-            if isinstance(error, IngestionError) or not isinstance(error, Exception):
-                raise
-            raise IngestionError(
-                f"{plan.table_label} ({plan.partition_label}): writing to Databricks failed: "
-                f"{self._hide_token(error)}. The table is unchanged; staged files were removed. "
-                "Re-run the partition."
-            ) from None
-        try:
-            staged.delete()
-        except Exception as cleanup_error:
-            raise IngestionError(
-                f"{plan.table_label} ({plan.partition_label}): the rows were committed, but the "
-                f"staged files under {staged.directory} could not be deleted "
-                f"({self._hide_token(cleanup_error)}); delete them from the volume."
-            ) from None
-        elapsed = time.monotonic() - started
-        context.add_output_metadata(
-            {
-                **row_count_metadata(context, plan),
-                "dagster/column_schema": column_schema(target),
-                "dagster/table_name": ".".join(
-                    (self.catalog, self.schema_name, table_name_of(asset_path))
-                ),
-                **write_timing_metadata(plan, elapsed),
-                "statement_id": statement_ids[-1],
-                "files_staged": len(staged.paths),
-                "bytes_staged": staged.bytes_staged,
-            }
+            written.fail(error)
+        return written
+
+    def committed_rows(
+        self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
+    ) -> pa.Table | None:
+        """Unity Catalog tables are read on Databricks, not here."""
+        raise IngestionError(
+            f"table {self.full_table_name(list(asset_path))} lives in Unity Catalog: its "
+            "committed rows are checked on Databricks (the checks ran on the staged rows "
+            "before the commit)."
         )
-        context.log.info(
-            f"{plan.table_label} {plan.partition_label}: committed {plan.rows:,} rows from "
-            f"{len(staged.paths)} staged file(s) in {elapsed:.2f} s"
+
+    def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
+        """Unity Catalog tables are read on Databricks, not here."""
+        return None
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """Stage the batches on the volume, create the table if needed, swap the window in."""
+        if obj is None:
+            return
+        metadata = context.definition_metadata or {}
+        request = WriteRequest(
+            asset_path=tuple(context.asset_key.path),
+            window=context_window(context),
+            run_id=context.run_id,
+            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+            log=context.log,
+            nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
         )
-        if source_stream is not None:
-            context.add_output_metadata(source_stream.metadata())
+        staged = self.stage(request, obj)
+        context.add_output_metadata(staged.commit())
+        add_partition_row_counts(context, staged.plan)
 
     def _stage(self, staged: StagedFiles, batches: Iterable[pa.RecordBatch]) -> None:
         for batch in batches:
             staged.write(batch)
         staged.finish()
 
-    def _execute(self, client: WorkspaceClient, statement: str, plan: WritePlan) -> str:
+    def execute(self, client: WorkspaceClient, statement: str, plan: WritePlan) -> str:
         """Run one statement on the warehouse and wait for it; its id once it succeeded."""
         deadline = time.monotonic() + self.statement_timeout_seconds
         response = client.statement_execution.execute_statement(
@@ -339,7 +326,7 @@ class DatabricksIOManager(ConfigurableIOManager):
             f"removed. Statement: {statement[:300]}"
         )
 
-    def _hide_token(self, error: BaseException) -> str:
+    def hide_token(self, error: BaseException) -> str:
         return str(error).replace(self.token, "***") if self.token else str(error)
 
     def load_input(self, context: InputContext) -> pa.Table:
@@ -348,3 +335,99 @@ class DatabricksIOManager(ConfigurableIOManager):
             f"table {self.full_table_name(list(context.asset_key.path))} lives in Unity Catalog; "
             "read it with a Databricks SQL warehouse or job, not as a Dagster input."
         )
+
+
+class DatabricksStagedWrite:
+    """Parquet files on the run's volume folder, committed by one SQL statement (`StagedWrite`)."""
+
+    def __init__(
+        self,
+        manager: DatabricksIOManager,
+        request: WriteRequest,
+        plan: WritePlan,
+        client: WorkspaceClient,
+        staged: StagedFiles,
+        source_stream: SourceStream | None,
+        started: float,
+    ) -> None:
+        self.manager, self.request, self.plan = manager, request, plan
+        self.client, self.staged, self.source_stream = client, staged, source_stream
+        self.started = started
+        self.table_name = self.manager.full_table_name(list(request.asset_path))
+        self.incoming_schema: pa.Schema = plan.target
+        # the Unity Catalog table's columns are not read here
+        self.table_schema: pa.Schema | None = None
+
+    def kept_rows(self, columns: list[str]) -> pa.Table | None:
+        """Unknown here: the table's other rows are in Unity Catalog."""
+        return None
+
+    def abort(self) -> None:
+        """Delete the staged files; the table is unchanged."""
+        try:
+            self.staged.delete()
+        except Exception as cleanup_error:
+            raise IngestionError(
+                f"{self.plan.table_label} ({self.plan.partition_label}): nothing was committed, "
+                f"but the staged files under {self.staged.directory} could not be deleted "
+                f"({self.manager.hide_token(cleanup_error)}); delete them from the volume."
+            ) from None
+
+    def fail(self, error: BaseException) -> NoReturn:
+        """Delete the staged files and raise what failed, naming the table (unchanged)."""
+        plan = self.plan
+        try:
+            self.staged.delete()
+        except Exception as cleanup_error:
+            error.add_note(
+                f"the staged files under {self.staged.directory} could not be deleted "
+                f"({self.manager.hide_token(cleanup_error)}); delete them from the volume."
+            )
+        if plan.source_error is not None:
+            raise plan.source_error from None
+        if isinstance(error, IngestionError) or not isinstance(error, Exception):
+            raise error
+        raise IngestionError(
+            f"{plan.table_label} ({plan.partition_label}): writing to Databricks failed: "
+            f"{self.manager.hide_token(error)}. The table is unchanged; staged files were "
+            "removed. Re-run the partition."
+        ) from None
+
+    def commit(self) -> dict[str, Any]:
+        """Create the table if needed and swap the window in with one statement."""
+        plan, manager, target = self.plan, self.manager, self.plan.target
+        statement_ids: list[str] = []
+        try:
+            for statement in (
+                create_table_sql(self.table_name, target),
+                replace_sql(self.table_name, self.staged.directory, target.names, plan.days),
+            ):
+                statement_ids.append(manager.execute(self.client, statement, plan))
+        except BaseException as error:
+            self.fail(error)
+        try:
+            self.staged.delete()
+        except Exception as cleanup_error:
+            raise IngestionError(
+                f"{plan.table_label} ({plan.partition_label}): the rows were committed, but the "
+                f"staged files under {self.staged.directory} could not be deleted "
+                f"({manager.hide_token(cleanup_error)}); delete them from the volume."
+            ) from None
+        elapsed = time.monotonic() - self.started
+        self.request.log.info(
+            f"{plan.table_label} {plan.partition_label}: committed {plan.rows:,} rows from "
+            f"{len(self.staged.paths)} staged file(s) in {elapsed:.2f} s"
+        )
+        asset_path = list(self.request.asset_path)
+        return {
+            "rows_written": plan.rows,
+            "dagster/column_schema": column_schema(target),
+            "dagster/table_name": ".".join(
+                (manager.catalog, manager.schema_name, table_name_of(asset_path))
+            ),
+            **write_timing_metadata(plan, elapsed),
+            "statement_id": statement_ids[-1],
+            "files_staged": len(self.staged.paths),
+            "bytes_staged": self.staged.bytes_staged,
+            **(self.source_stream.metadata() if self.source_stream is not None else {}),
+        }

@@ -1,6 +1,8 @@
 """Delta Lake IO manager (delta-rs): one atomic replace of exactly the partitions a run covers.
 
-Dagster glue only: the table layout, the replace and its commit live in `ingestion_assets.lake`."""
+Ingestion assets write through `stage()` (audited, then committed or aborted); other assets return
+Arrow data and go through `handle_output`, which stages and commits at once. Dagster glue only:
+the table layout, the replace and its commit live in `ingestion_assets.lake`."""
 
 from __future__ import annotations
 
@@ -19,21 +21,25 @@ from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
     SCHEMA_POLICY_KEY,
+    RunLog,
+    WriteRequest,
+    add_partition_row_counts,
     column_schema,
     context_window,
     metadata_text,
     output_reader,
-    row_count_metadata,
     write_timing_metadata,
 )
 from ingestion_assets.lake.replace import (
+    StagedReplace,
     fit_schema,
     open_table,
     replace_with_writer,
-    write_partitions,
+    stage_partitions,
 )
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
 from ingestion_assets.sources.stream import SourceStream
+from ingestion_assets.sources.window import PartitionWindow
 
 
 class DeltaLakeIOManager(ConfigurableIOManager):
@@ -54,11 +60,11 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         description="Target Parquet file size in bytes for written files; delta-rs default.",
     )
 
-    def table_uri(self, asset_path: list[str]) -> str:
+    def table_uri(self, asset_path: list[str] | tuple[str, ...]) -> str:
         """Where an asset's Delta table lives."""
         return "/".join([self.root_uri.rstrip("/"), *asset_path])
 
-    def open_table(self, asset_path: list[str]) -> DeltaTable | None:
+    def open_table(self, asset_path: list[str] | tuple[str, ...]) -> DeltaTable | None:
         """An asset's Delta table at its latest version, or None before its first write."""
         return self.open_uri(self.table_uri(asset_path))
 
@@ -66,71 +72,88 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """The Delta table at `uri` (in this lake's storage), None if there is none yet."""
         return open_table(uri, self.storage_options or None)
 
-    def handle_output(self, context: OutputContext, obj: Any) -> None:
-        """Write the asset's batches: replace its partitions (or the whole snapshot) in one commit."""
-        if obj is None:
-            return
-        reader, source_stream = output_reader(obj)
-        metadata = context.definition_metadata or {}
-        asset_path = list(context.asset_key.path)
-        uri = self.table_uri(asset_path)
-        options = self.storage_options or None
-        nanoseconds = metadata_text(metadata.get(NANOSECONDS_KEY)) or "error"
+    def stage(self, request: WriteRequest, data: Any) -> DeltaStagedWrite:
+        """Write the rows as files no table version refers to yet (see `StagedWrite`)."""
+        reader, source_stream = output_reader(data)
+        uri = self.table_uri(request.asset_path)
         plan = WritePlan(
-            table_label=f"table {'.'.join(asset_path)}",
-            window=context_window(context),
-            target=lake_schema(reader.schema, nanoseconds),
-            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+            table_label=f"table {'.'.join(request.asset_path)}",
+            window=request.window,
+            target=lake_schema(reader.schema, request.nanoseconds),
+            partition_column=request.partition_column,
             ingested_at=datetime.datetime.now(datetime.UTC),
-            run_id=context.run_id,
-            nanoseconds=nanoseconds,
+            run_id=request.run_id,
+            nanoseconds=request.nanoseconds,
+            key_columns=request.key_columns,
         )
         existing = self.open_uri(uri)
+        incoming = plan.target
+        table_schema = pa.schema(existing.schema().to_arrow()) if existing is not None else None
         plan.target, schema_mode = fit_schema(
             existing,
             plan.target,
-            policy=metadata_text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve",
+            policy=request.schema_policy,
             where=f"{plan.table_label} ({plan.partition_label})",
             uri=uri,
         )
         started = time.monotonic()
-        written = write_partitions(
+        staged = stage_partitions(
             uri,
-            options,
+            self.storage_options or None,
             existing,
             reader,
             plan,
             schema_mode,
             self.target_file_size,
-            context.log.info,
+            request.log.info,
         )
-        elapsed = time.monotonic() - started
+        written = DeltaStagedWrite(self, request, staged, source_stream, started)
+        written.incoming_schema, written.table_schema = incoming, table_schema
+        return written
 
-        table = DeltaTable(uri, storage_options=options)
-        context.add_output_metadata(
-            {
-                **row_count_metadata(context, plan),
-                "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
-                "dagster/table_name": ".".join(asset_path),
-                "dagster/uri": MetadataValue.path(uri),
-                **write_timing_metadata(plan, elapsed),
-                "delta_version": table.version(),
-                "files_written": len(written),
-                "bytes_written": sum(size for _, size in written),
-            }
+    def committed_rows(
+        self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
+    ) -> pa.Table | None:
+        """`columns` and `_partition_date` of the committed rows in `window` (all when None)."""
+        table = self.open_table(asset_path)
+        if table is None:
+            return None
+        present = set(pa.schema(table.schema().to_arrow()).names)
+        wanted = [name for name in dict.fromkeys([*columns, PARTITION_DATE]) if name in present]
+        dataset = table.to_pyarrow_dataset()
+        if window is None:
+            return dataset.to_table(columns=wanted)
+        day = pc.field(PARTITION_DATE)
+        return dataset.to_table(
+            columns=wanted,
+            filter=(day >= pa.scalar(window.first_day)) & (day <= pa.scalar(window.last_day)),
         )
-        context.log.info(
-            f"{plan.table_label} {plan.partition_label}: wrote {plan.rows:,} rows as Delta "
-            f"version {table.version()} in {elapsed:.2f} s"
-        )
-        if source_stream is not None:
-            source_metadata = source_stream.metadata()
-            if source_stream.quarantine:
-                source_metadata.update(self._write_rejected(uri, source_stream, plan, context))
-            context.add_output_metadata(source_metadata)
 
-    def _write_rejected(
-        self, uri: str, source_stream: SourceStream, plan: WritePlan, context: OutputContext
+    def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
+        """The Delta table's schema; None before its first write."""
+        table = self.open_table(asset_path)
+        return None if table is None else pa.schema(table.schema().to_arrow())
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """Write an asset's Arrow data: replace its partitions (or the whole table) in one commit."""
+        if obj is None:
+            return
+        metadata = context.definition_metadata or {}
+        request = WriteRequest(
+            asset_path=tuple(context.asset_key.path),
+            window=context_window(context),
+            run_id=context.run_id,
+            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+            log=context.log,
+            schema_policy=metadata_text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve",
+            nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
+        )
+        staged = self.stage(request, obj)
+        context.add_output_metadata(staged.commit())
+        add_partition_row_counts(context, staged.plan)
+
+    def write_rejected(
+        self, uri: str, source_stream: SourceStream, plan: WritePlan, log: RunLog
     ) -> dict[str, Any]:
         """Replace the window's rows of `<table>_rejected` with this run's rejected records."""
         rejected = source_stream.rejected_table()
@@ -147,7 +170,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             target_file_size=self.target_file_size,
         )
         if rejected.num_rows:
-            context.log.warning(
+            log.warning(
                 f"{plan.table_label} {plan.partition_label}: {rejected.num_rows} record(s) did "
                 f"not fit the schema and were kept in {rejected_uri}"
             )
@@ -170,3 +193,65 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         return table.to_pyarrow_dataset().to_table(
             filter=(day >= pa.scalar(window.first_day)) & (day <= pa.scalar(window.last_day))
         )
+
+
+class DeltaStagedWrite:
+    """A staged replace of one Delta table (see `StagedWrite`)."""
+
+    def __init__(
+        self,
+        manager: DeltaLakeIOManager,
+        request: WriteRequest,
+        staged: StagedReplace,
+        source_stream: SourceStream | None,
+        started: float,
+    ) -> None:
+        self.manager, self.request, self.staged = manager, request, staged
+        self.source_stream, self.started = source_stream, started
+        self.plan = staged.plan
+        self.table_name = ".".join(request.asset_path)
+        self.incoming_schema: pa.Schema = staged.plan.target
+        self.table_schema: pa.Schema | None = None
+
+    def kept_rows(self, columns: list[str]) -> pa.Table:
+        """`columns` of the table's rows outside the window, which the commit keeps."""
+        return self.staged.kept_rows(columns)
+
+    def abort(self) -> None:
+        """Remove the staged files; the table stays at its previous version."""
+        self.staged.abort()
+
+    def commit(self) -> dict[str, Any]:
+        """Swap the window's rows for the staged ones in one commit; the metadata to report."""
+        plan, uri = self.plan, self.staged.uri
+        written = self.staged.commit()
+        elapsed = time.monotonic() - self.started
+        table = DeltaTable(uri, storage_options=self.manager.storage_options or None)
+        actions = pa.table(table.get_add_actions(flatten=True))
+        total_rows = (
+            int(pc.sum(actions.column("num_records")).as_py() or 0)
+            if "num_records" in actions.column_names
+            else None
+        )
+        metadata: dict[str, Any] = {
+            "dagster/row_count": total_rows if total_rows is not None else plan.rows,
+            "rows_written": plan.rows,
+            "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
+            "dagster/table_name": self.table_name,
+            "dagster/uri": MetadataValue.path(uri),
+            **write_timing_metadata(plan, elapsed),
+            "delta_version": table.version(),
+            "files_written": len(written),
+            "bytes_written": sum(size for _, size in written),
+        }
+        self.request.log.info(
+            f"{plan.table_label} {plan.partition_label}: wrote {plan.rows:,} rows as Delta "
+            f"version {table.version()} in {elapsed:.2f} s"
+        )
+        if self.source_stream is not None:
+            metadata.update(self.source_stream.metadata())
+            if self.source_stream.quarantine:
+                metadata.update(
+                    self.manager.write_rejected(uri, self.source_stream, plan, self.request.log)
+                )
+        return metadata

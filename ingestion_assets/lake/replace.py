@@ -8,10 +8,13 @@ never loses a row an ingestion run committed meanwhile."""
 from __future__ import annotations
 
 import datetime
+import os
+import pathlib
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -130,62 +133,151 @@ def write_partitions(
 ) -> list[tuple[str, int]]:
     """Replace the plan's window (every row for a snapshot) with the reader's rows in one commit;
     the (path, bytes) of the files written. A failure leaves the table as it was."""
+    staged = stage_partitions(
+        uri, storage_options, existing, reader, plan, schema_mode, target_file_size, log
+    )
+    return staged.commit()
+
+
+def stage_partitions(
+    uri: str,
+    storage_options: dict[str, str] | None,
+    existing: DeltaTable | None,
+    reader: Iterable[pa.RecordBatch],
+    plan: WritePlan,
+    schema_mode: SchemaMode,
+    target_file_size: int | None,
+    log: Callable[[str], None],
+) -> StagedReplace:
+    """Write the reader's rows where no table version refers to them yet, for an audit to judge
+    before `commit()` makes them the plan's window (or `abort()` removes them)."""
     batches = plan.stream(read_ahead(reader), log)
     legacy = existing is not None and bool(existing.metadata().partition_columns)
+    staged = StagedReplace(uri, storage_options, existing, plan, schema_mode, target_file_size, log)
     try:
         if schema_mode is None and not legacy:
-            return replace_with_files(
-                uri, storage_options, existing, batches, plan, target_file_size, log
-            )
-        # a schema change commits new metadata too, and a table written Hive-partitioned
-        # by an earlier version keeps its layout: delta-rs's writer does both
-        assert existing is not None  # only set against an existing table
-        files_before = {path for path, _ in _data_files(existing)}
-        stream = pa.RecordBatchReader.from_batches(plan.target, batches)
-        replace_with_writer(
-            uri, storage_options, stream, existing, plan.predicate, schema_mode, target_file_size
-        )
-        after = DeltaTable(uri, storage_options=storage_options)
-        return [(path, size) for path, size in _data_files(after) if path not in files_before]
-    except Exception as error:
-        if plan.source_error is not None:
-            raise plan.source_error from None
-        if isinstance(error, IngestionError):
-            raise
-        raise IngestionError(
-            f"{plan.table_label} ({plan.partition_label}): writing the Delta table at {uri} "
-            f"failed: {error}. The table is unchanged at its previous version; re-run the "
-            "partition."
-        ) from error
+            staged.write_files(batches)
+        else:
+            # a schema change commits new metadata too, and a table written Hive-partitioned
+            # by an earlier version keeps its layout: delta-rs's writer does both, but it
+            # commits as it writes, so the rows wait in a local Arrow file for the audit
+            staged.write_spill(batches)
+        return staged
+    except BaseException as error:
+        staged.abort()
+        _raise_write_error(plan, uri, error)
     finally:
         # a write that failed stops the reader thread now, not when the generator is collected
         batches.close()
 
 
-def replace_with_files(
-    uri: str,
-    storage_options: dict[str, str] | None,
-    existing: DeltaTable | None,
-    batches: Iterator[pa.RecordBatch],
-    plan: WritePlan,
-    target_file_size: int | None,
-    log: Callable[[str], None],
-) -> list[tuple[str, int]]:
-    """Stream the batches into files clustered by month, then swap exactly the window's rows
-    in one commit (`retry_commit`: planned again, this run's window files removed in turn, when
-    another run committed first); the (path, bytes) of the files written."""
-    filesystem = table_filesystem(uri, storage_options)
-    max_file_bytes = target_file_size or DEFAULT_MAX_FILE_BYTES
-    files = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=max_file_bytes)
-    try:
+class StagedReplace:
+    """A window's new rows, written but not committed: what an audit reads, then one commit."""
+
+    def __init__(
+        self,
+        uri: str,
+        storage_options: dict[str, str] | None,
+        existing: DeltaTable | None,
+        plan: WritePlan,
+        schema_mode: SchemaMode,
+        target_file_size: int | None,
+        log: Callable[[str], None],
+    ) -> None:
+        self.uri, self.storage_options, self.existing = uri, storage_options, existing
+        self.plan, self.schema_mode, self.log = plan, schema_mode, log
+        self.max_file_bytes = target_file_size or DEFAULT_MAX_FILE_BYTES
+        self.target_file_size = target_file_size
+        self._files: ClusteredFileWriter | None = None
+        self._adds: list[AddAction] | None = None
+        self._spill: pathlib.Path | None = None
+
+    def write_files(self, batches: Iterator[pa.RecordBatch]) -> None:
+        """Stream the batches into data files clustered by month, inside the table's folder."""
+        filesystem = table_filesystem(self.uri, self.storage_options)
+        self._files = ClusteredFileWriter(
+            filesystem, self.plan.target, max_file_bytes=self.max_file_bytes
+        )
         for batch in batches:
-            files.write(batch)
-        adds = files.finish()
+            self._files.write(batch)
+        self._adds = self._files.finish()
+
+    def write_spill(self, batches: Iterator[pa.RecordBatch]) -> None:
+        """Stream the batches into a local Arrow IPC file, for delta-rs's writer to commit."""
+        handle, name = tempfile.mkstemp(prefix="ingestion-staged-", suffix=".arrow")
+        os.close(handle)
+        self._spill = pathlib.Path(name)
+        with pa.OSFile(name, "wb") as sink, pa.ipc.new_file(sink, self.plan.target) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+
+    def kept_rows(self, columns: list[str]) -> pa.Table:
+        """`columns` of the rows the commit keeps: the table's rows outside the window (none for
+        a snapshot, whose every row is replaced), as of the version the write was planned on.
+        A column the table does not have yet comes back as nulls."""
+        schema = pa.schema([self.plan.target.field(name) for name in columns])
+        if self.existing is None or self.plan.window is None:
+            return schema.empty_table()
+        present = set(pa.schema(self.existing.schema().to_arrow()).names)
+        day = pc.field(PARTITION_DATE)
+        first, last = pa.scalar(self.plan.first_day), pa.scalar(self.plan.last_day)
+        rows = self.existing.to_pyarrow_dataset().to_table(
+            columns=[name for name in columns if name in present],
+            filter=(day < first) | (day > last),
+        )
+        return conform(rows, schema)
+
+    def commit(self) -> list[tuple[str, int]]:
+        """Make the staged rows the window's, in one commit (planned again when another run
+        committed first); the (path, bytes) of the files written. Failing, nothing changes."""
+        try:
+            if self._adds is not None:
+                return self._commit_files(self._adds)
+            return self._commit_spill()
+        except BaseException as error:
+            self.abort()
+            _raise_write_error(self.plan, self.uri, error)
+        finally:
+            self._remove_spill()
+
+    def abort(self) -> None:
+        """Remove the staged files (best effort: a vacuum removes any leftover)."""
+        if self._files is not None:
+            self._files.abort()
+        self._remove_spill()
+
+    def _remove_spill(self) -> None:
+        if self._spill is not None:
+            self._spill.unlink(missing_ok=True)
+            self._spill = None
+
+    def _commit_spill(self) -> list[tuple[str, int]]:
+        assert self._spill is not None
+        assert self.existing is not None
+        files_before = {path for path, _ in _data_files(self.existing)}
+        with pa.memory_map(str(self._spill)) as source:
+            stream = pa.ipc.open_file(source)
+            batches = (stream.get_batch(index) for index in range(stream.num_record_batches))
+            replace_with_writer(
+                self.uri,
+                self.storage_options,
+                pa.RecordBatchReader.from_batches(self.plan.target, batches),
+                self.existing,
+                self.plan.predicate,
+                self.schema_mode,
+                self.target_file_size,
+            )
+        after = DeltaTable(self.uri, storage_options=self.storage_options)
+        return [(path, size) for path, size in _data_files(after) if path not in files_before]
+
+    def _commit_files(self, adds: list[AddAction]) -> list[tuple[str, int]]:
+        plan, uri, options = self.plan, self.uri, self.storage_options
+        filesystem = table_filesystem(uri, options)
 
         def swap(table: DeltaTable) -> list[tuple[str, int]]:
             # rows of files straddling the window's edges go to files of their own, so a
             # retry can drop them and plan again without touching this run's data
-            kept = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=max_file_bytes)
+            kept = ClusteredFileWriter(filesystem, plan.target, max_file_bytes=self.max_file_bytes)
             try:
                 removes = _replace_window(table, filesystem, kept, plan.target, plan.days)
                 written = [*adds, *kept.finish()]
@@ -198,15 +290,26 @@ def replace_with_files(
 
         # created once the data files are written: a failed first run leaves no table; a run
         # that created it at the same moment is as good
-        table = existing or create_table(uri, plan.target, storage_options)
+        table = self.existing or create_table(uri, plan.target, options)
         label = f"{plan.table_label} {plan.partition_label}"
         try:
-            return retry_commit(uri, storage_options, swap, label=label, log=log, table=table)
+            return retry_commit(uri, options, swap, label=label, log=self.log, table=table)
         except CommitFailedError:
             raise _conflict_error(plan, MAX_COMMIT_ATTEMPTS) from None
-    except BaseException:
-        files.abort()
-        raise
+
+
+def _raise_write_error(plan: WritePlan, uri: str, error: BaseException) -> NoReturn:
+    """Raise what a failed write reports: the source's own error when the source failed, the
+    project's errors as they are, anything else as one naming the table, which is unchanged."""
+    if plan.source_error is not None:
+        raise plan.source_error from None
+    if isinstance(error, IngestionError) or not isinstance(error, Exception):
+        raise error
+    raise IngestionError(
+        f"{plan.table_label} ({plan.partition_label}): writing the Delta table at {uri} "
+        f"failed: {error}. The table is unchanged at its previous version; re-run the "
+        "partition."
+    ) from error
 
 
 def replace_with_writer(

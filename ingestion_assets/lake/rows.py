@@ -147,9 +147,12 @@ class WritePlan:
     ingested_at: datetime.datetime
     run_id: str
     nanoseconds: str
+    # primary-key columns whose values (with each row's day) are kept for the audit
+    key_columns: tuple[str, ...] = ()
     rows: int = 0
     rows_by_day: dict[datetime.date, int] = field(default_factory=dict)
     source_error: BaseException | None = None
+    _keys: list[pa.RecordBatch] = field(default_factory=list, repr=False)
 
     @property
     def first_day(self) -> datetime.date:
@@ -197,6 +200,12 @@ class WritePlan:
             else:
                 arrays.append(pa.nulls(batch.num_rows, target_field.type))
         return pa.RecordBatch.from_arrays(arrays, schema=self.target)
+
+    def staged_keys(self) -> pa.Table:
+        """The key columns and `_partition_date` of every row streamed so far."""
+        names = [*self.key_columns, PARTITION_DATE]
+        schema = pa.schema([self.target.field(name) for name in names])
+        return pa.Table.from_batches(self._keys, schema=schema)
 
     def rejected_rows(self, rejected: pa.Table) -> pa.Table:
         """Rejected records (with their `day`) as rows of the `<table>_rejected` Delta table."""
@@ -258,7 +267,11 @@ class WritePlan:
         try:
             for batch in reader:
                 self.rows += batch.num_rows
-                yield self.convert(batch)
+                converted = self.convert(batch)
+                if self.key_columns:
+                    # only these columns' buffers stay alive, not the whole batch's
+                    self._keys.append(converted.select([*self.key_columns, PARTITION_DATE]))
+                yield converted
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_INTERVAL_SECONDS:
                     last_report = now

@@ -33,13 +33,23 @@ class RejectedRecord:
 class SourceStream:
     """A stream of record batches; `metadata()` and `rejected` are complete once it is consumed.
 
-    `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`)."""
+    `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`);
+    `reported_total` is the count the source itself reported for the window while it was read
+    (an API's filtered total), which the audit reconciles with instead of asking again."""
 
     reader: pa.RecordBatchReader
     path: str = "rows"
     metadata: Callable[[], dict[str, Any]] = dict
     rejected: list[RejectedRecord] = field(default_factory=list)
     quarantine: bool = False
+    reported_total: int | None = None
+
+    def rejected_by_day(self) -> dict[datetime.date | None, int]:
+        """How many records of each day were set aside (kept in the rejected table)."""
+        counts: dict[datetime.date | None, int] = {}
+        for record in self.rejected:
+            counts[record.day] = counts.get(record.day, 0) + 1
+        return counts
 
     def rejected_table(self) -> pa.Table:
         """The rejected records as an Arrow table (`record`, `field`, `reason`, `day`)."""
