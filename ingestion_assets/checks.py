@@ -149,17 +149,22 @@ def row_count(
     if short_days:
         problems.append(f"{len(short_days)} day(s) below {min_rows} rows")
     if source_rows is None:
-        metadata["source_rows"] = "not reported by the source"
+        metadata["source_rows"] = "not compared (no count from the source, or reconcile off)"
     else:
         metadata["source_rows"] = source_rows
         metadata["difference"] = lake_rows + set_aside - source_rows
         if not reconciled:
             aside = f" (and {set_aside} set aside)" if set_aside else ""
-            problems.append(f"the lake has {lake_rows} rows{aside}, the source {source_rows}")
+            problems.append(f"{lake_rows} rows{aside}, the source has {source_rows}")
     return Verdict(
         not short_days and reconciled,
         metadata,
-        "; ".join(problems) or f"{lake_rows} rows, as at the source",
+        "; ".join(problems)
+        or (
+            f"{lake_rows} rows, as at the source"
+            if source_rows is not None
+            else f"{lake_rows} rows"
+        ),
     )
 
 
@@ -750,6 +755,8 @@ def reconciliation_checks(
         targets = materialization_targets(
             context.instance, asset_key, list(partition_keys.values())
         )
-        yield from check_evaluations(asset_key, evaluations, partition_keys, targets)
+        yield from check_evaluations(
+            asset_key, evaluations, partition_keys, targets, context.op_execution_context.assets_def
+        )
 
     return _reconcile

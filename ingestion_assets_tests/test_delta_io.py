@@ -330,7 +330,9 @@ def test_backfill_tags_drive_a_single_run(
     )
     assert result.success
     materializations = result.asset_materializations_for_node("t__ranged")
-    counts = {m.partition: m.metadata["dagster/partition_row_count"].value for m in materializations}
+    counts = {
+        m.partition: m.metadata["dagster/partition_row_count"].value for m in materializations
+    }
     assert len(counts) == 31
     assert set(counts.values()) == {1}
     # the table's total, on every partition's materialization
