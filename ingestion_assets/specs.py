@@ -901,6 +901,33 @@ class ProjectSpec(Spec):
         return self.sources[source_name].io_manager or self.lake.io_manager
 
     @model_validator(mode="after")
+    def _reconciled_assets(self) -> ProjectSpec:
+        keys = {
+            f"{name}/{dataset.key_name}"
+            for name, source in self.sources.items()
+            for dataset in source.datasets
+        }
+        for name, source in self.sources.items():
+            for dataset in source.datasets:
+                other = dataset.checks.reconcile_with
+                if other is None:
+                    continue
+                where = f"sources.{name}.{dataset.key_name}.checks.reconcile_with"
+                if other.asset not in keys:
+                    raise ValueError(
+                        f"{where}: no asset '{other.asset}' in the project; use one of: "
+                        f"{', '.join(sorted(keys - {f'{name}/{dataset.key_name}'}))}"
+                    )
+                if other.asset == f"{name}/{dataset.key_name}":
+                    raise ValueError(f"{where}: an asset cannot be reconciled with itself")
+                if other.keys and not dataset.primary_key:
+                    raise ValueError(
+                        f"{where}: keys: true compares primary keys, but the table declares "
+                        "none; add primary_key or set keys: false"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _databricks_settings(self) -> ProjectSpec:
         users = [name for name in self.sources if self.io_manager_of(name) == "databricks"]
         if users and self.lake.databricks is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime
 import json
 import pathlib
+import re
 from typing import Any
 
+import pytest
 from dagster import (
     AssetCheckKey,
     AssetKey,
@@ -280,3 +282,24 @@ def test_reconcile_with_compares_the_days_and_keys_of_two_assets_holding_the_sam
     assert order.index("mem__orders_copy_reconciled_with_mem__orders") > max(
         order.index("mem__orders"), order.index("mem__orders_copy")
     )
+
+
+@pytest.mark.parametrize(
+    ("reconcile_with", "message"),
+    [
+        ({"asset": "mem/nowhere"}, "no asset 'mem/nowhere' in the project; use one of: mem/orders"),
+        ({"asset": "mem/orders_copy"}, "an asset cannot be reconciled with itself"),
+        ({"asset": "orders"}, "'orders' is no asset key; write it as source/table"),
+    ],
+)
+def test_a_reconciliation_with_an_unknown_asset_is_a_load_time_error(
+    memory_kind: None, tmp_path: pathlib.Path, reconcile_with: dict[str, Any], message: str
+) -> None:
+    from ingestion_assets.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _defs(
+            tmp_path,
+            {"name": "Orders"},
+            {"name": "OrdersCopy", "checks": {"reconcile_with": reconcile_with}},
+        )
