@@ -22,9 +22,19 @@ from dagster import (
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 from deltalake import DeltaTable, write_deltalake
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ingestion_assets.checks import freshness, key_violations, row_count, schema_contract
+from ingestion_assets.checks import (
+    AuditData,
+    freshness,
+    key_violations,
+    keys_by_day,
+    row_count,
+    schema_contract,
+)
 from ingestion_assets.lake.rows import PARTITION_DATE
+from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets_tests.conftest import (
     IngestProject,
     SourceDatabase,
@@ -223,3 +233,35 @@ def test_check_functions_report_what_a_person_needs() -> None:
     assert freshness(now - datetime.timedelta(hours=2), now, 1).passed is False
     assert freshness(now - datetime.timedelta(minutes=30), now, 1).passed is True
     assert freshness(None, now, 1).passed is False
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(0, 8)), st.integers(0, 3)), max_size=30
+    ),
+    kept=st.lists(st.integers(0, 12), max_size=10),
+)
+def test_a_day_fails_the_key_audit_exactly_when_one_of_its_rows_has_a_null_or_shared_key(
+    rows: list[tuple[int | None, int]], kept: list[int]
+) -> None:
+    first = datetime.date(2024, 1, 1)
+    window = PartitionWindow.of_days(first, first + datetime.timedelta(days=3))
+    keys = pa.table(
+        {
+            "k": pa.array([key for key, _ in rows], pa.int64()),
+            PARTITION_DATE: pa.array(
+                [first + datetime.timedelta(days=day) for _, day in rows], pa.date32()
+            ),
+        }
+    )
+    data = AuditData(window, {}, keys=keys, other_keys=pa.table({"k": pa.array(kept, pa.int64())}))
+
+    verdicts = keys_by_day(data, ["k"])
+
+    every_key = [key for key, _ in rows if key is not None] + kept
+    for offset in range(4):
+        day = first + datetime.timedelta(days=offset)
+        on_day = [key for key, row_day in rows if row_day == offset]
+        bad = any(key is None or every_key.count(key) > 1 for key in on_day)
+        assert verdicts[day].passed is not bad, (day, on_day, kept)
