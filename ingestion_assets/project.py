@@ -200,8 +200,9 @@ def _check_nesting(text: str, origin: str) -> None:
             if isinstance(event, yaml.CollectionStartEvent):
                 if len(frames) >= MAX_NESTING:
                     location = format_path(tuple(frame[2] for frame in frames[:8]))
+                    line = event.start_mark.line + 1 if event.start_mark else "?"
                     raise ConfigError(
-                        f"{origin}: line {event.start_mark.line + 1}: the YAML is nested more "
+                        f"{origin}: line {line}: the YAML is nested more "
                         f"than {MAX_NESTING} levels deep (under {location}...); a project file "
                         "needs fewer than 10: look for an unclosed [ or { or runaway indentation"
                     )
