@@ -19,7 +19,7 @@ from ingestion_assets.sources.base import ChangedDays, Source
 from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
-from ingestion_assets.sources.sql import SqlSource, SqlTableReader
+from ingestion_assets.sources.sql import SqlSource, SqlTableReader, source_url
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
@@ -138,10 +138,14 @@ class SqlSourceResource(SourceResource):
             timezone=spec.timezone,
         )
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Check the resolved URL as a run starts (the earliest it is known; nothing connects)."""
+        self.sqlalchemy_url()
+
     def sqlalchemy_url(self) -> sa.URL:
         """The URL to connect with, password included (render it only with hide_password)."""
         if self.url is not None:
-            url = sa.make_url(self.url)
+            url = source_url(self.url, self.source_name)
             if self.password is not None:
                 url = url.set(password=self.password)
             return url.update_query_dict(self.query) if self.query else url

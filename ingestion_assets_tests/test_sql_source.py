@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import pathlib
@@ -13,17 +14,20 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingestion_assets.demo.generate import demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
 from ingestion_assets.errors import SourceError
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
-from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
+from ingestion_assets.sources.sql import SqlTableReader, create_source_engine, source_url
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
     ORDER_TABLE_KEYS,
     POSTGRES_URL,
+    SOURCE,
     TEST_SCALE,
     SourceDatabase,
     build_project,
@@ -33,6 +37,17 @@ from ingestion_assets_tests.conftest import (
 )
 
 DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
+REFUSED_AT = (
+    "the connection url has more than one '@' before its host, so its host cannot be told from "
+    "its password: percent-encode every '@' in the user name or password as %40 (e.g. "
+    "postgresql://user:p%40ss@host/db), or give the password on its own as "
+    "password: ${DB_PASSWORD}"
+)
+NOT_A_URL = (
+    "the connection url is not a SQLAlchemy URL (scheme 'postgresql+psycopg2'); write it as "
+    "dialect+driver://user:password@host:port/db, with reserved characters in the password "
+    "percent-encoded (@ as %40, ? as %3F)"
+)
 
 
 def normalized(value: Any) -> Any:
@@ -408,3 +423,98 @@ def test_the_postgresql_copy_path_reads_exactly_what_the_row_path_reads(
         assert fast.schema == rows.schema
         assert fast.equals(rows), name
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "leaked"),
+    [
+        ("postgres:Zq@7xK", "7xK"),
+        ("postgres:Zq@7xK@Wv", "7xK"),
+        ("postgres:Zq@7x:K", "7x"),
+        ("postgres:Zq?7x@K", "7x"),
+    ],
+    ids=["password", "password with two", "password and a colon", "password and a question mark"],
+)
+def test_a_url_from_the_environment_with_a_raw_at_sign_is_refused_with_the_fix_and_never_echoed(
+    postgres_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    userinfo: str,
+    leaked: str,
+) -> None:
+    url = sa.make_url(postgres_database.url)
+    monkeypatch.setenv(
+        "INGEST_TEST_RAW_AT_URL",
+        f"postgresql+psycopg2://{userinfo}@127.0.0.1:{url.port}/{url.database}",
+    )
+    database = dataclasses.replace(postgres_database, url_variable="INGEST_TEST_RAW_AT_URL")
+    database.load_demo()
+    project = build_project(
+        database, tmp_path / "lake", [table_entry(database, "Sales.SalesOrderHeader")]
+    )
+
+    result = project.materialize(
+        ["sales_order_header"], instance, partition=DAY.isoformat(), raise_on_error=False
+    )
+
+    assert not result.success
+    # the run fails as its resources are set up, before any step reads
+    message = "\n".join(
+        event.event_specific_data.error.message
+        for event in result.all_events
+        if getattr(event.event_specific_data, "error", None) is not None
+    )
+    assert f"source '{SOURCE}': the connection url has more than one '@' before its host" in message
+    assert "percent-encode every '@' in the user name or password as %40" in message
+    logs = "\n".join(str(event.user_message) for event in instance.all_logs(result.run_id))
+    for text in (message, logs):
+        assert leaked not in text
+        assert userinfo.partition(":")[2] not in text
+    assert not (tmp_path / "lake" / SOURCE / "sales_order_header").exists()
+
+
+def test_a_url_with_the_at_sign_percent_encoded_connects(
+    postgres_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # trust authentication: the server takes any password, so the URL's is only parsed
+    url = sa.make_url(postgres_database.url)
+    monkeypatch.setenv(
+        "INGEST_TEST_ENCODED_URL",
+        f"postgresql+psycopg2://postgres:p%40ss@127.0.0.1:{url.port}/{url.database}",
+    )
+    database = dataclasses.replace(postgres_database, url_variable="INGEST_TEST_ENCODED_URL")
+    database.load_demo()
+    project = build_project(
+        database, tmp_path / "lake", [table_entry(database, "Sales.SalesOrderHeader")]
+    )
+    assert project.materialize(["sales_order_header"], instance, partition=DAY.isoformat()).success
+    assert project.delta("sales_order_header").to_pyarrow_table().num_rows == len(
+        expected_rows("Sales.SalesOrderHeader", DAY)
+    )
+
+
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=24)
+)
+def test_a_password_either_parses_whole_or_is_refused_with_a_message_that_quotes_none_of_it(
+    password: str,
+) -> None:
+    text = f"postgresql+psycopg2://reader:{password}@db.example.com:5432/sales"
+    outcome: sa.URL | SourceError
+    try:
+        outcome = source_url(text, "erp")
+    except SourceError as error:
+        outcome = error
+    if isinstance(outcome, SourceError):
+        assert str(outcome) in (f"source 'erp': {REFUSED_AT}", f"source 'erp': {NOT_A_URL}")
+        return
+    url = outcome
+    assert url.host == "db.example.com"
+    assert url.port == 5432
+    assert url.username == "reader"
+    if "%" not in password:
+        assert url.password == password

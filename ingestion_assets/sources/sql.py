@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -70,6 +71,40 @@ def install_odbc_converters(dbapi_connection: Any) -> None:
         return
     dbapi_connection.add_output_converter(SQL_TYPE_TIMESTAMP, _timestamp_nanoseconds)
     dbapi_connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, _timestamp_offset_nanoseconds)
+
+
+_URL_WITH_RAW_AT = (
+    "the connection url has more than one '@' before its host, so its host cannot be told from "
+    "its password: percent-encode every '@' in the user name or password as %40 (e.g. "
+    "postgresql://user:p%40ss@host/db), or give the password on its own as "
+    "password: ${DB_PASSWORD}"
+)
+
+
+def source_url(text: str, source_name: str) -> sa.URL:
+    """A source's URL text (resolved from the environment) as a SQLAlchemy URL; an unencoded `@`
+    in the user or password, or text that is no URL, is refused without echoing any of it."""
+    scheme, separator, rest = text.partition("://")
+    # SQLAlchemy reads a password up to its first '@' and takes what follows for the host (or
+    # port): a raw '@' in a password would send part of it to DNS and print it as the host
+    raw_at = separator and rest.split("?", 1)[0].count("@") > 1
+    try:
+        url = sa.make_url(text)
+    except (sa.exc.ArgumentError, ValueError):
+        # SQLAlchemy's message quotes the whole text, password included; the scheme is shown
+        # only when there is one (text without :// may be anything, a bare password too)
+        if raw_at:
+            raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}") from None
+        plain = separator and re.fullmatch(r"[a-z0-9+_]{1,40}", scheme)
+        shown = f" (scheme '{scheme}')" if plain else ""
+        raise SourceError(
+            f"source '{source_name}': the connection url is not a SQLAlchemy URL{shown}; write "
+            "it as dialect+driver://user:password@host:port/db, with reserved characters in the "
+            "password percent-encoded (@ as %40, ? as %3F)"
+        ) from None
+    if "@" in (url.host or ""):
+        raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}")
+    return url
 
 
 def create_source_engine(url: sa.URL, sqlite_attach: Mapping[str, str] | None = None) -> sa.Engine:
