@@ -19,7 +19,7 @@ from ingestion_assets.sources.base import ChangedDays, Source
 from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
-from ingestion_assets.sources.sql import SqlSource, SqlTableReader, source_url
+from ingestion_assets.sources.sql import SessionLimits, SqlSource, SqlTableReader, source_url
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
@@ -111,6 +111,22 @@ class SqlSourceResource(SourceResource):
         None, description="Column the new-data sensor watches; default: the partition column."
     )
     timezone: str = Field("UTC", description="The zone in which the source's days begin.")
+    connect_timeout: float = Field(
+        30.0, description="Seconds to wait for a connection before the run fails."
+    )
+    statement_timeout: float | None = Field(
+        None,
+        description="Seconds the server lets one statement run (PostgreSQL statement_timeout, "
+        "MariaDB max_statement_time, MySQL max_execution_time, ODBC query timeout); none: off.",
+    )
+    read_stall_timeout: float = Field(
+        300.0,
+        description="Seconds a read may go without a batch arriving before it fails and its "
+        "connection is closed.",
+    )
+    tcp_keepalive: int = Field(
+        60, description="Seconds of silence before TCP keepalive probes check the server."
+    )
 
     @classmethod
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SqlSourceResource:
@@ -136,6 +152,19 @@ class SqlSourceResource(SourceResource):
             fast_path=spec.fast_path,
             change_column=spec.sensor.change_column,
             timezone=spec.timezone,
+            connect_timeout=spec.connect_timeout,
+            statement_timeout=spec.statement_timeout,
+            read_stall_timeout=spec.read_stall_timeout,
+            tcp_keepalive=spec.tcp_keepalive,
+        )
+
+    def limits(self) -> SessionLimits:
+        """The source's timeouts and keepalive."""
+        return SessionLimits(
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+            read_stall_timeout=self.read_stall_timeout,
+            tcp_keepalive=self.tcp_keepalive,
         )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
@@ -169,6 +198,7 @@ class SqlSourceResource(SourceResource):
             fast_path=self.fast_path,
             change_column=self.change_column,
             timezone=self.timezone,
+            limits=self.limits(),
         )
 
     def engine(self) -> sa.Engine:

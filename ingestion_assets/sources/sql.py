@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import math
 import re
+import socket
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -31,6 +34,7 @@ from ingestion_assets.sources.postgres import (
 )
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
+from ingestion_assets.sources.watchdog import StallBreaker, watched_batches
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, TableSpec
 
@@ -107,16 +111,104 @@ def source_url(text: str, source_name: str) -> sa.URL:
     return url
 
 
-def create_source_engine(url: sa.URL, sqlite_attach: Mapping[str, str] | None = None) -> sa.Engine:
-    """An engine for a source: ODBC timestamp converters and SQLite schemas set up on connect."""
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a source may take: to connect, per statement (server side), between batches of
+    a read, and the silence after which TCP keepalives probe the server (all in seconds)."""
+
+    connect_timeout: float = 30.0
+    statement_timeout: float | None = None
+    read_stall_timeout: float | None = 300.0
+    tcp_keepalive: int = 60
+
+
+def _connect_parameters(driver: str, limits: SessionLimits, parameters: dict[str, Any]) -> None:
+    """The driver's own connect timeout and keepalive settings, unless the URL sets them."""
+    seconds = max(1, math.ceil(limits.connect_timeout))
+    if driver == "psycopg2":
+        # libpq counts whole seconds and treats less than 2 as 2
+        parameters.setdefault("connect_timeout", max(2, seconds))
+        parameters.setdefault("keepalives", 1)
+        parameters.setdefault("keepalives_idle", limits.tcp_keepalive)
+        parameters.setdefault("keepalives_interval", max(1, limits.tcp_keepalive // 6))
+        parameters.setdefault("keepalives_count", 5)
+    elif driver == "pymysql":
+        parameters.setdefault("connect_timeout", seconds)
+        if limits.read_stall_timeout is not None:
+            # a backstop for the statements outside a watched read (reflection, counts): no
+            # single wait for the server lasts longer than twice the stall timeout
+            parameters.setdefault("read_timeout", math.ceil(2 * limits.read_stall_timeout))
+    elif driver == "pyodbc":
+        # the ODBC login timeout
+        parameters.setdefault("timeout", seconds)
+
+
+def _set_keepalive(dbapi_connection: Any, idle_seconds: int) -> None:
+    """TCP keepalives on PyMySQL's socket (PyMySQL has no option for them)."""
+    sock = getattr(dbapi_connection, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", idle_seconds),
+        ("TCP_KEEPINTVL", max(1, idle_seconds // 6)),
+        ("TCP_KEEPCNT", 5),
+    ):
+        if hasattr(socket, option):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _set_statement_timeout(dbapi_connection: Any, dialect: str, seconds: float) -> None:
+    """The server-side limit of one statement, in the dialect's own setting."""
+    if type(dbapi_connection).__module__.startswith("pyodbc") and dialect == "mssql":
+        # SQL_ATTR_QUERY_TIMEOUT, whole seconds
+        dbapi_connection.timeout = max(1, math.ceil(seconds))
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        if dialect == "postgresql":
+            cursor.execute(f"SET statement_timeout = {max(1, round(seconds * 1000))}")
+        elif dialect in ("mysql", "mariadb"):
+            cursor.execute("SELECT VERSION()")
+            version = str(cursor.fetchone()[0])
+            if "mariadb" in version.lower():
+                # MariaDB: max_statement_time, in seconds (fractions allowed)
+                cursor.execute(f"SET SESSION max_statement_time = {seconds:.3f}")
+            else:
+                # MySQL: max_execution_time, in milliseconds, for SELECT statements
+                cursor.execute(f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}")
+    finally:
+        cursor.close()
+
+
+def create_source_engine(
+    url: sa.URL,
+    sqlite_attach: Mapping[str, str] | None = None,
+    limits: SessionLimits | None = None,
+) -> sa.Engine:
+    """An engine for a source: ODBC timestamp converters, SQLite schemas, connect and statement
+    timeouts and TCP keepalives set up on connect."""
     engine = sa.create_engine(url, pool_pre_ping=True)
     attachments = dict(sqlite_attach or {})
+    dialect = engine.dialect.name
+
+    if limits is not None:
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _connect_limits(
+            _dialect: Any, _record: Any, _arguments: Any, parameters: dict[str, Any]
+        ) -> None:
+            _connect_parameters(engine.dialect.driver, limits, parameters)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         module = type(dbapi_connection).__module__
         if module.startswith("pyodbc"):
             install_odbc_converters(dbapi_connection)
+        if limits is not None:
+            _set_keepalive(dbapi_connection, limits.tcp_keepalive)
+            if limits.statement_timeout is not None:
+                _set_statement_timeout(dbapi_connection, dialect, limits.statement_timeout)
         if module.startswith("psycopg2"):
             # zone-aware values in UTC whatever the server's default: a value near the end of
             # time stays a valid datetime (9999-12-31 23:59+00 is year 10000 in Tokyo)
@@ -220,11 +312,13 @@ class SqlTableReader:
         table: TableSpec,
         batch_size: int,
         fast_path: bool = True,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.engine = engine
         self.source_name = source_name
         self.table = table
         self.batch_size = batch_size
+        self.limits = limits or SessionLimits()
         # the driver's bulk path where it is exact: COPY parsed by Arrow for PostgreSQL through
         # psycopg2, arrow-odbc for pyodbc sources; otherwise rows through SQLAlchemy
         self.fast_path = fast_path
@@ -332,6 +426,7 @@ class SqlTableReader:
             schema = self.arrow_schema(table, connection.dialect.name)
             expressions = self._select_expressions(connection, table, columns)
         driver = self.engine.dialect.driver
+        breaker = StallBreaker()
         batches: Iterator[pa.RecordBatch] | None = None
         if self.fast_path and driver == "psycopg2" and copy_supported(schema):
             query = window_query(
@@ -341,7 +436,7 @@ class SqlTableReader:
                 window,
                 self.engine.dialect.name,
             )
-            batches, self.path = self._copy_batches(query, schema, window), "copy"
+            batches, self.path = self._copy_batches(query, schema, window, breaker), "copy"
         elif (
             self.fast_path
             and driver == "pyodbc"
@@ -358,10 +453,27 @@ class SqlTableReader:
             query = window_query(
                 table, expressions, self.table.partition_column, window, self.engine.dialect.name
             )
-            batches, self.path = self._batches(query, schema, window), "rows"
+            batches, self.path = self._batches(query, schema, window, breaker), "rows"
+        watched = watched_batches(
+            batches,
+            self.limits.read_stall_timeout,
+            breaker,
+            lambda rows: self._stalled(window, rows),
+        )
         # the streaming connection is opened when the first batch is asked for, so a reader
         # that is never consumed holds no connection
-        return pa.RecordBatchReader.from_batches(schema, batches)
+        return pa.RecordBatchReader.from_batches(schema, watched)
+
+    def _stalled(self, window: PartitionWindow | None, rows: int) -> SourceError:
+        seconds = self.limits.read_stall_timeout
+        return SourceError(
+            f"{self._where(window)}: the source sent no rows for {seconds:g} s "
+            f"(read_stall_timeout) after {rows} row(s) of the read; the connection was closed "
+            "and nothing was written. If the source is only slow (a query that takes long "
+            "before its first rows), raise `read_stall_timeout` on the source in the project "
+            "file (or lower `batch_size`); otherwise re-run the partition once the source "
+            "answers."
+        )
 
     def _odbc_batches(
         self,
@@ -376,7 +488,15 @@ class SqlTableReader:
         connection_string = odbc_connection_string(self.engine)
         try:
             yield from odbc_batches(
-                connection_string, statement, parameters, schema, self.batch_size
+                connection_string,
+                statement,
+                parameters,
+                schema,
+                self.batch_size,
+                login_timeout=max(1, math.ceil(self.limits.connect_timeout)),
+                query_timeout=None
+                if self.limits.statement_timeout is None
+                else max(1, math.ceil(self.limits.statement_timeout)),
             )
         except OdbcError as error:
             # the driver's diagnostic follows the first line ("ODBC emitted an error calling ...")
@@ -384,17 +504,23 @@ class SqlTableReader:
             message = redact_connection_string(text, connection_string)
             raise SourceError(
                 f"{self._where(window)}: the source query failed through ODBC: {message}. "
-                "Nothing was written; re-run the partition once the source is reachable, or set "
-                "`fast_path: false` on the source to read row by row through pyodbc."
+                f"{_timeout_hint(message)}Nothing was written; re-run the partition once the "
+                "source is reachable, or set `fast_path: false` on the source to read row by row "
+                "through pyodbc."
             ) from None
 
     def _copy_batches(
-        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
+        self,
+        query: sa.Select[Any],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        breaker: StallBreaker,
     ) -> Iterator[pa.RecordBatch]:
         """PostgreSQL: the window through COPY, parsed by Arrow (see sources/postgres.py)."""
         connection = self._connect(window)
         try:
             dbapi_connection: Any = connection.connection.dbapi_connection
+            breaker.add_connection(dbapi_connection)
             cursor = dbapi_connection.cursor()
             statement = copy_statement(cursor, query, self.engine.dialect)
             # COPY bypasses SQLAlchemy's execute: tell its listeners (logging, statement counters)
@@ -405,18 +531,20 @@ class SqlTableReader:
             yield from copy_batches(dbapi_connection, statement, schema, self.batch_size)
         except sa.exc.DBAPIError as error:
             connection.invalidate()
+            reason = _first_line(error.orig)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error.orig)}. Nothing was written; re-run the partition once "
-                "the source is reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except self.engine.dialect.loaded_dbapi.Error as error:
             # a COPY that broke off: the connection is in an unknown state, never reused
             connection.invalidate()
+            reason = _first_line(error)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error)}. Nothing was written; re-run the partition once "
-                "the source is reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except (pa.ArrowInvalid, OSError) as error:
             connection.invalidate()
@@ -501,15 +629,22 @@ class SqlTableReader:
                 f"{self._where(window)}: cannot connect to "
                 f"{self.engine.url.render_as_string(hide_password=True)}: "
                 f"{_first_line(error.orig)}. Check that the database is up and the "
-                "connection settings and credentials in the project file."
+                "connection settings and credentials in the project file (a server that is "
+                f"only slow to answer: raise `connect_timeout`, now "
+                f"{self.limits.connect_timeout:g} s)."
             ) from None
 
     def _batches(
-        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
+        self,
+        query: sa.Select[Any],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        breaker: StallBreaker,
     ) -> Iterator[pa.RecordBatch]:
         builders: list[ArrayBuilder] = [array_builder(field.type) for field in schema]
         connection = self._connect(window)
         try:
+            breaker.add_connection(connection.connection.dbapi_connection)
             result = connection.execution_options(
                 stream_results=True, max_row_buffer=self.batch_size
             ).execute(query)
@@ -535,8 +670,8 @@ class SqlTableReader:
                 ) from None
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{reason}. Nothing was written; re-run the partition once the source is "
-                "reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except (OverflowError, ValueError) as error:
             # a driver that cannot turn a value into a Python object (a date past year 9999)
@@ -587,6 +722,22 @@ def _day_expression(column: sa.Column[Any], dialect: str, zone: str) -> sa.Colum
     return sa.cast(column, sa.Date)
 
 
+_SERVER_TIMEOUT = re.compile(
+    r"statement timeout|max_statement_time|max_execution_time|query timeout|HYT00", re.IGNORECASE
+)
+
+
+def _timeout_hint(reason: str) -> str:
+    """The fix when the server cancelled the query at the source's statement timeout."""
+    if not _SERVER_TIMEOUT.search(reason):
+        return ""
+    return (
+        "The server cancelled the query at the source's `statement_timeout`: raise it (or "
+        "remove it) on the source in the project file, or split the backfill into smaller "
+        "runs (`max_partitions_per_run`). "
+    )
+
+
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip() if error is not None else "unknown error"
     return text.splitlines()[0] if text else type(error).__name__
@@ -604,8 +755,10 @@ class SqlSource(Source):
         fast_path: bool = True,
         change_column: str | None = None,
         timezone: str = "UTC",
+        limits: SessionLimits | None = None,
     ) -> None:
         super().__init__(source_name)
+        self.limits = limits or SessionLimits()
         self.url = url
         self.sqlite_attach = dict(sqlite_attach or {})
         self.batch_size = batch_size
@@ -618,7 +771,7 @@ class SqlSource(Source):
     def engine(self) -> sa.Engine:
         """The source's engine, created once."""
         if self._engine is None:
-            self._engine = create_source_engine(self.url, self.sqlite_attach)
+            self._engine = create_source_engine(self.url, self.sqlite_attach, self.limits)
         return self._engine
 
     def reader(self, table: DatasetSpec) -> SqlTableReader:
@@ -626,7 +779,12 @@ class SqlSource(Source):
         if not isinstance(table, TableSpec):
             raise TypeError(f"a SQL source reads tables, not {type(table).__name__}")
         return SqlTableReader(
-            self.engine, self.source_name, table, self.batch_size, fast_path=self.fast_path
+            self.engine,
+            self.source_name,
+            table,
+            self.batch_size,
+            fast_path=self.fast_path,
+            limits=self.limits,
         )
 
     def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
