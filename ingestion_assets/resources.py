@@ -8,6 +8,7 @@ process, closing it when the run's step is done.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -75,6 +76,14 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """Days with rows changed since the cursor (new-data sensor)."""
         return self.source().changed_days(dataset, since)
 
+    def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
+        """Rows at the source no partition can reach (None when the kind cannot tell)."""
+        return self.source().unreachable_rows(dataset)
+
+    def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
+        """Exactly the rows no partition can reach, as Arrow batches (for quarantine)."""
+        return self.source().read_unreachable(dataset)
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._source is not None:
             self._source.close()
@@ -127,6 +136,12 @@ class SqlSourceResource(SourceResource):
     tcp_keepalive: int = Field(
         60, description="Seconds of silence before TCP keepalive probes check the server."
     )
+    start_date: str | None = Field(
+        None, description="The source's first partition day (ISO); tables may start later."
+    )
+    end_date: str | None = Field(
+        None, description="The day after the source's last partition (ISO); none: open."
+    )
 
     @classmethod
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SqlSourceResource:
@@ -156,6 +171,8 @@ class SqlSourceResource(SourceResource):
             statement_timeout=spec.statement_timeout,
             read_stall_timeout=spec.read_stall_timeout,
             tcp_keepalive=spec.tcp_keepalive,
+            start_date=spec.start_date.isoformat() if spec.start_date else None,
+            end_date=spec.end_date.isoformat() if spec.end_date else None,
         )
 
     def limits(self) -> SessionLimits:
@@ -199,6 +216,8 @@ class SqlSourceResource(SourceResource):
             change_column=self.change_column,
             timezone=self.timezone,
             limits=self.limits(),
+            start_date=datetime.date.fromisoformat(self.start_date) if self.start_date else None,
+            end_date=datetime.date.fromisoformat(self.end_date) if self.end_date else None,
         )
 
     def engine(self) -> sa.Engine:

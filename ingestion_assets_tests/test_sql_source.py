@@ -21,6 +21,7 @@ from ingestion_assets.demo.generate import demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
 from ingestion_assets.errors import SourceError
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
+from ingestion_assets.resources import SqlSourceResource
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine, source_url
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
@@ -518,3 +519,86 @@ def test_a_password_either_parses_whole_or_is_refused_with_a_message_that_quotes
     assert url.username == "reader"
     if "%" not in password:
         assert url.password == password
+
+
+UNREACHABLE_START = datetime.date(2024, 1, 1)
+UNREACHABLE_END = datetime.date(2024, 2, 1)
+# id -> partition column value; None, before the first day and on the end day reach no partition
+EDGE_ROWS: dict[int, datetime.datetime | None] = {
+    1: None,
+    2: datetime.datetime(2023, 12, 31, 23, 59, 59),
+    3: datetime.datetime(2024, 1, 1),
+    4: datetime.datetime(2024, 1, 10, 12),
+    5: datetime.datetime(2024, 1, 31, 23, 59, 59),
+    6: datetime.datetime(2024, 2, 1),
+    7: datetime.datetime(2031, 5, 1),
+}
+
+
+@pytest.mark.parametrize("end_date", [UNREACHABLE_END, None], ids=["end date", "open end"])
+def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, end_date: datetime.date | None
+) -> None:
+    schema = source_database.schema("Sales")
+    table = sa.Table(
+        "edges",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.DateTime, nullable=True),
+        schema=schema,
+    )
+    engine = source_database.engine()
+    with engine.begin() as connection:
+        if source_database.dialect == "postgresql":
+            connection.execute(sa.text('CREATE SCHEMA IF NOT EXISTS "Sales"'))
+        table.create(connection)
+        connection.execute(table.insert(), [{"id": k, "at": v} for k, v in EDGE_ROWS.items()])
+    engine.dispose()
+    options: dict[str, Any] = {"start_date": UNREACHABLE_START.isoformat()}
+    if end_date:
+        options["end_date"] = end_date.isoformat()
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [
+            {
+                "schema": schema,
+                "name": "edges",
+                "partition_column": "at",
+                "unpartitioned_rows": "quarantine",
+            }
+        ],
+        **options,
+    )
+    spec = project.spec.sources[SOURCE]
+    dataset = spec.datasets[0]
+    assert isinstance(dataset, TableSpec)
+    assert dataset.unpartitioned_rows == "quarantine"
+    resource = SqlSourceResource.from_spec(SOURCE, spec)
+    try:
+        unreachable = [1, 2, 6, 7] if end_date else [1, 2]
+        assert resource.unreachable_rows(dataset) == len(unreachable)
+        stream = resource.read_unreachable(dataset)
+        rows = pa.Table.from_batches(list(stream.reader), schema=stream.reader.schema)
+        assert sorted(rows.column("id").to_pylist()) == unreachable
+        assert rows.schema.names == ["id", "at"]
+        assert [rows.column("at")[i].as_py() for i in range(rows.num_rows)] == [
+            EDGE_ROWS[k] for k in rows.column("id").to_pylist()
+        ]
+    finally:
+        resource.teardown_after_execution(None)  # type: ignore[arg-type]
+
+
+def test_a_snapshot_table_leaves_no_row_unreached(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    sqlite_database.load_demo()
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [table_entry(sqlite_database, "Sales.SalesOrderHeader", partition_column=None)],
+    )
+    spec = project.spec.sources[SOURCE]
+    resource = SqlSourceResource.from_spec(SOURCE, spec)
+    assert resource.unreachable_rows(spec.datasets[0]) == 0
+    resource.teardown_after_execution(None)  # type: ignore[arg-type]

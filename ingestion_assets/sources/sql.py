@@ -269,17 +269,71 @@ def _sqlite_window(
     character: `'2024-01-04 00:00:00' < '2024-01-04 00:00:00.000000'` is true. Both sides are put
     in SQLite's own form first; the bounds are whole seconds, so the fraction that `datetime()`
     drops cannot move a row across them."""
-    if isinstance(column.type, sa.DateTime):
-        normalized: sa.ColumnElement[Any] = sa.func.datetime(column)
-        start = window.start.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
-        end = window.end.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
-    else:
-        normalized = sa.func.date(column)
-        start, end = window.start.date().isoformat(), window.end.date().isoformat()
+    normalized, start, end = _sqlite_normalized(column, window)
     return (
         normalized >= sa.bindparam("window_start", start, type_=sa.String()),
         normalized < sa.bindparam("window_end", end, type_=sa.String()),
     )
+
+
+def _sqlite_normalized(
+    column: sa.Column[Any], window: PartitionWindow
+) -> tuple[sa.ColumnElement[Any], str, str]:
+    """The column in SQLite's own date (time) form, and the window's bounds in that form."""
+    if isinstance(column.type, sa.DateTime):
+        start = window.start.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+        end = window.end.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+        return sa.func.datetime(column), start, end
+    return sa.func.date(column), window.start.date().isoformat(), window.end.date().isoformat()
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """The days a table's partitions cover, `[first_day, end_day)`; no end_day: open-ended
+    (a row dated after today is reached once its day comes)."""
+
+    first_day: datetime.date
+    end_day: datetime.date | None
+    timezone: str = "UTC"
+
+    def window(self) -> PartitionWindow:
+        """The range as a window (an open end is ignored by `unreachable_query`), named for
+        messages."""
+        last_day = self.end_day - datetime.timedelta(days=1) if self.end_day else self.first_day
+        window = PartitionWindow.of_days(self.first_day, last_day, self.timezone)
+        after = f" or on/after {self.end_day.isoformat()}" if self.end_day else ""
+        name = (
+            "the rows no partition reaches (partition column NULL, before "
+            f"{self.first_day.isoformat()}{after})"
+        )
+        return PartitionWindow(window.start, window.end, name)
+
+
+def unreachable_query(
+    table: sa.Table,
+    columns: Sequence[sa.ColumnElement[Any]],
+    partition_column: str,
+    partitions: PartitionRange,
+    dialect: str = "",
+) -> sa.Select[Any]:
+    """`SELECT columns FROM table WHERE col IS NULL OR col < :start OR col >= :end`: the rows no
+    partition of the range reaches (bound values, compared as `window_query` compares)."""
+    column = table.c[partition_column]
+    window = partitions.window()
+    conditions: list[sa.ColumnElement[bool]] = [column.is_(None)]
+    if dialect == "sqlite" and isinstance(column.type, sa.Date | sa.DateTime):
+        # text that is no date normalizes to NULL: no window reaches it either
+        normalized, start, end = _sqlite_normalized(column, window)
+        conditions.append(normalized.is_(None))
+        conditions.append(normalized < sa.bindparam("range_start", start, type_=sa.String()))
+        if partitions.end_day is not None:
+            conditions.append(normalized >= sa.bindparam("range_end", end, type_=sa.String()))
+    else:
+        start_value, end_value = window_bounds(column.type, window)
+        conditions.append(column < sa.bindparam("range_start", start_value, type_=column.type))
+        if partitions.end_day is not None:
+            conditions.append(column >= sa.bindparam("range_end", end_value, type_=column.type))
+    return sa.select(*columns).select_from(table).where(sa.or_(*conditions))
 
 
 # SQL Server types SQLAlchemy cannot reflect, read as text through their own conversion
@@ -418,8 +472,13 @@ class SqlTableReader:
             ]
         )
 
-    def read(self, window: PartitionWindow | None) -> pa.RecordBatchReader:
-        """Reflect the table, then stream `[window.start, window.end)` in bounded batches."""
+    def read(
+        self, window: PartitionWindow | None, unreachable: PartitionRange | None = None
+    ) -> pa.RecordBatchReader:
+        """Reflect the table, then stream `[window.start, window.end)` in bounded batches; with
+        `unreachable`, the rows no partition of that range reaches instead."""
+        if unreachable is not None:
+            window = unreachable.window()
         with self._connect(window) as connection:
             table = self.reflect(connection, window)
             columns = self._selected_columns(table)
@@ -429,30 +488,20 @@ class SqlTableReader:
         breaker = StallBreaker()
         batches: Iterator[pa.RecordBatch] | None = None
         if self.fast_path and driver == "psycopg2" and copy_supported(schema):
-            query = window_query(
-                table,
-                copy_columns(expressions, schema),
-                self.table.partition_column,
-                window,
-                self.engine.dialect.name,
-            )
+            query = self._query(table, copy_columns(expressions, schema), window, unreachable)
             batches, self.path = self._copy_batches(query, schema, window, breaker), "copy"
         elif (
             self.fast_path
             and driver == "pyodbc"
             and odbc_supported(schema, [c.type for c in columns])
         ):
-            query = window_query(
-                table, expressions, self.table.partition_column, window, self.engine.dialect.name
-            )
+            query = self._query(table, expressions, window, unreachable)
             statement, parameters = odbc_statement(query, self.engine.dialect)
             if ascii_statement(statement):
                 batches = self._odbc_batches(statement, parameters, schema, window)
                 self.path = "odbc bulk fetch"
         if batches is None:
-            query = window_query(
-                table, expressions, self.table.partition_column, window, self.engine.dialect.name
-            )
+            query = self._query(table, expressions, window, unreachable)
             batches, self.path = self._batches(query, schema, window, breaker), "rows"
         watched = watched_batches(
             batches,
@@ -463,6 +512,25 @@ class SqlTableReader:
         # the streaming connection is opened when the first batch is asked for, so a reader
         # that is never consumed holds no connection
         return pa.RecordBatchReader.from_batches(schema, watched)
+
+    def _query(
+        self,
+        table: sa.Table,
+        columns: Sequence[sa.ColumnElement[Any]],
+        window: PartitionWindow | None,
+        unreachable: PartitionRange | None,
+    ) -> sa.Select[Any]:
+        dialect = self.engine.dialect.name
+        if unreachable is not None:
+            if self.table.partition_column is None:
+                raise SourceError(
+                    f"{self._where(window)}: the table has no partition column, so every row "
+                    "is reached by its snapshot"
+                )
+            return unreachable_query(
+                table, columns, self.table.partition_column, unreachable, dialect
+            )
+        return window_query(table, columns, self.table.partition_column, window, dialect)
 
     def _stalled(self, window: PartitionWindow | None, rows: int) -> SourceError:
         seconds = self.limits.read_stall_timeout
@@ -569,6 +637,19 @@ class SqlTableReader:
                 window,
                 connection.dialect.name,
             )
+            try:
+                return int(connection.execute(query).scalar_one())
+            except sa.exc.DBAPIError as error:
+                raise SourceError(
+                    f"{self._where(window)}: counting rows failed: {_first_line(error.orig)}"
+                ) from None
+
+    def count_unreachable(self, partitions: PartitionRange) -> int:
+        """Rows no partition of the range reaches, counted by the database (one query)."""
+        window = partitions.window()
+        with self._connect(window) as connection:
+            table = self.reflect(connection, window)
+            query = self._query(table, [sa.func.count().label("rows")], window, partitions)
             try:
                 return int(connection.execute(query).scalar_one())
             except sa.exc.DBAPIError as error:
@@ -756,9 +837,13 @@ class SqlSource(Source):
         change_column: str | None = None,
         timezone: str = "UTC",
         limits: SessionLimits | None = None,
+        start_date: datetime.date | None = None,
+        end_date: datetime.date | None = None,
     ) -> None:
         super().__init__(source_name)
         self.limits = limits or SessionLimits()
+        self.start_date = start_date
+        self.end_date = end_date
         self.url = url
         self.sqlite_attach = dict(sqlite_attach or {})
         self.batch_size = batch_size
@@ -796,6 +881,33 @@ class SqlSource(Source):
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int:
         """Rows of the table in the window, counted by the database."""
         return self.reader(dataset).count(window)
+
+    def partition_range(self, dataset: DatasetSpec) -> PartitionRange | None:
+        """The days the dataset's partitions cover; None for a snapshot table (or no start)."""
+        first_day = dataset.start_date or self.start_date
+        if dataset.partition_column is None or first_day is None:
+            return None
+        return PartitionRange(first_day, self.end_date, self.timezone)
+
+    def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
+        """Rows no partition reaches (partition column NULL or outside [start, end)); 0 for a
+        snapshot table, which reads every row."""
+        partitions = self.partition_range(dataset)
+        if partitions is None:
+            return 0
+        return self.reader(dataset).count_unreachable(partitions)
+
+    def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
+        """Exactly the rows `unreachable_rows` counts, as batches (for `<table>_unpartitioned`)."""
+        partitions = self.partition_range(dataset)
+        reader = self.reader(dataset)
+        if partitions is None:
+            raise SourceError(
+                f"{where(self.source_name, dataset.qualified_name, None)}: the table is a "
+                "snapshot (no partition column): every row is read, none is left to quarantine"
+            )
+        batches = reader.read(None, unreachable=partitions)
+        return SourceStream(reader=batches, path=reader.path)
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows whose change column (default: the partition column) moved past `since`."""
