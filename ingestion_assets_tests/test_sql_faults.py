@@ -339,3 +339,187 @@ def test_a_query_past_the_statement_timeout_is_cancelled_by_the_server_naming_th
         "the source query failed after it started: "
     )
     assert "The server cancelled the query at the source's `statement_timeout`" in message
+
+
+# ---- every path reads the same values, or fails the same way ----------------------------------
+
+TRICKY_COLUMNS = [
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.DateTime),
+    sa.Column("moment", sa.DateTime),
+    sa.Column("instant", sa.DateTime(timezone=True)),
+    sa.Column("day", sa.Date),
+    sa.Column("amount", sa.Numeric(12, 2)),
+    sa.Column("ratio", sa.Float(53)),
+    sa.Column("note", sa.String(40)),
+]
+TRICKY_AT = datetime.datetime.combine(DAY, datetime.time(9, 30))
+TRICKY_ROWS: list[dict[str, Any]] = [
+    {
+        "id": 1,
+        "at": TRICKY_AT,
+        "moment": datetime.datetime(1, 1, 1),
+        "instant": datetime.datetime(1, 1, 1, tzinfo=datetime.UTC),
+        "day": datetime.date(1, 1, 1),
+        "amount": -9_999_999_999.99,
+        "ratio": float("nan"),
+        "note": "Łódź ☕",
+    },
+    {
+        "id": 2,
+        "at": TRICKY_AT,
+        "moment": datetime.datetime(9999, 12, 31, 23, 59, 59, 999999),
+        "instant": datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC),
+        "day": datetime.date(9999, 12, 31),
+        "amount": 0.01,
+        "ratio": float("inf"),
+        "note": "",
+    },
+    {
+        "id": 3,
+        "at": TRICKY_AT,
+        # a wall time that does not exist in Paris, and an instant given in another zone
+        "moment": datetime.datetime(2024, 3, 31, 2, 30),
+        "instant": datetime.datetime(
+            2024, 10, 27, 2, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=1))
+        ),
+        "day": datetime.date(2024, 2, 29),
+        "amount": 12.34,
+        "ratio": -0.0,
+        "note": None,
+    },
+    {"id": 4, "at": TRICKY_AT},
+]
+# the columns arrow-odbc fetches exactly (it never serves zone-aware timestamps)
+ODBC_COLUMNS = ("id", "at", "moment", "day", "amount", "ratio", "note")
+BAD_VALUES = [
+    pytest.param("moment", "infinity", id="timestamp infinity"),
+    pytest.param("moment", "-infinity", id="timestamp -infinity"),
+    pytest.param("instant", "-infinity", id="timestamptz -infinity"),
+    pytest.param("day", "infinity", id="date infinity"),
+    pytest.param("amount", "NaN", id="numeric NaN"),
+]
+READ_PATHS = ["copy", "rows", "arrow-odbc"]
+
+
+def create_tricky_table(database: SourceDatabase, bad: tuple[str, str] | None = None) -> None:
+    """`Sales.tricky` with TRICKY_ROWS, and one row holding `bad` (column, PostgreSQL text)."""
+    table = sa.Table("tricky", sa.MetaData(), *[c.copy() for c in TRICKY_COLUMNS], schema="Sales")
+    engine = database.engine()
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text('CREATE SCHEMA IF NOT EXISTS "Sales"'))
+            table.create(connection)
+            full = [{c.name: row.get(c.name) for c in TRICKY_COLUMNS} for row in TRICKY_ROWS]
+            connection.execute(table.insert(), full)
+            if bad is not None:
+                column, text = bad
+                value = sa.cast(sa.literal(text), table.c[column].type)
+                connection.execute(table.insert().values(id=5, at=TRICKY_AT, **{column: value}))
+    finally:
+        engine.dispose()
+
+
+def read_through(database: SourceDatabase, path: str) -> pa.Table:
+    """The tricky table's day through one path (raises the path's error)."""
+    columns = ODBC_COLUMNS if path == "arrow-odbc" else None
+    spec = TableSpec(schema="Sales", name="tricky", partition_column="at", columns=columns)
+    engine = database.engine()
+    try:
+        reader = SqlTableReader(engine, SOURCE, spec, batch_size=2, fast_path=path == "copy")
+        if path != "arrow-odbc":
+            table = reader.read(WINDOW).read_all()
+            assert reader.path == path
+            return table
+        from arrow_odbc import Error as OdbcError
+
+        from ingestion_assets.sources.odbc import odbc_batches, odbc_supported
+        from ingestion_assets.sources.postgres import not_finite_message
+
+        query, schema = reader.select_query(WINDOW)
+        assert odbc_supported(schema, [c.type for c in TRICKY_COLUMNS if c.name in ODBC_COLUMNS])
+        compiled = query.compile(dialect=postgresql_qmark())
+        assert compiled.positiontup is not None
+        parameters = [str(compiled.params[name]) for name in compiled.positiontup]
+        database_name = sa.make_url(database.url).database
+        connection_string = (
+            "DRIVER={PostgreSQL Unicode};SERVER=127.0.0.1;PORT=5432;"
+            f"DATABASE={database_name};UID=postgres;"
+        )
+        try:
+            batches = list(odbc_batches(connection_string, str(compiled), parameters, schema, 2))
+        except OdbcError as error:
+            refused = not_finite_message(" ".join(str(error).split()))
+            raise SourceError(f"{reader._where(WINDOW)}: {refused}.") from None
+        return pa.Table.from_batches(batches, schema=schema)
+    finally:
+        engine.dispose()
+
+
+def postgresql_qmark() -> sa.Dialect:
+    """PostgreSQL's dialect printing `?` markers, as ODBC binds."""
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.psycopg2.dialect(paramstyle="qmark")  # type: ignore[no-any-return]
+
+
+def needs_odbc(path: str) -> None:
+    """Skip the arrow-odbc path where the PostgreSQL ODBC driver is not installed."""
+    if path != "arrow-odbc":
+        return
+    try:
+        import pyodbc
+    except ImportError:
+        pytest.skip("pyodbc cannot load the ODBC driver manager (make system-deps)")
+    if "PostgreSQL Unicode" not in pyodbc.drivers():
+        pytest.skip("the PostgreSQL ODBC driver is not installed (make system-deps)")
+
+
+def comparable(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows by id, NaN made comparable."""
+    rows = sorted(table.to_pylist(), key=lambda row: row["id"])
+    for row in rows:
+        for name, value in row.items():
+            if isinstance(value, float) and value != value:
+                row[name] = "NaN"
+    return rows
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_every_read_path_lands_the_same_extreme_values(
+    postgres_database: SourceDatabase, path: str
+) -> None:
+    needs_odbc(path)
+    create_tricky_table(postgres_database)
+    reference = read_through(postgres_database, "rows")
+    table = read_through(postgres_database, path)
+    assert table.schema == reference.select(table.schema.names).schema
+    assert comparable(table) == comparable(reference.select(table.schema.names))
+    moments = {row["id"]: row["moment"] for row in table.to_pylist()}
+    assert moments[2] == datetime.datetime(9999, 12, 31, 23, 59, 59, 999999)
+    assert moments[3] == datetime.datetime(2024, 3, 31, 2, 30)
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize(("column", "text"), BAD_VALUES)
+def test_infinity_and_nan_fail_every_read_path_with_the_same_message(
+    postgres_database: SourceDatabase, path: str, column: str, text: str
+) -> None:
+    needs_odbc(path)
+    if path == "arrow-odbc" and column not in ODBC_COLUMNS:
+        pytest.skip("arrow-odbc never reads zone-aware timestamps")
+    create_tricky_table(postgres_database, (column, text))
+    with pytest.raises(SourceError) as raised:
+        read_through(postgres_database, path)
+    message = str(raised.value)
+    where = f"source '{SOURCE}', table 'Sales.tricky', partition {DAY.isoformat()}"
+    if text == "NaN":
+        assert message.startswith(f"{where}: column amount holds NaN, which no decimal holds.")
+        assert "NULLIF(column, 'NaN')" in message
+    else:
+        assert message == (
+            f"{where}: column {column} holds {text}, which no date or timestamp in the lake "
+            "holds (read as 9999-12-31 it would pass for a real value). Nothing was written. "
+            "Replace it at the source: read the table through a view that casts it, e.g. CASE "
+            f"WHEN isfinite({column}) THEN {column} END (NULL), or a date of your choosing."
+        )

@@ -31,6 +31,8 @@ from ingestion_assets.sources.postgres import (
     copy_columns,
     copy_statement,
     copy_supported,
+    finite_guard,
+    not_finite_message,
 )
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
@@ -446,6 +448,9 @@ class SqlTableReader:
         self, connection: sa.Connection, table: sa.Table, columns: list[sa.Column[Any]]
     ) -> list[sa.ColumnElement[Any]]:
         unknown = [c for c in columns if isinstance(c.type, sa.types.NullType)]
+        if connection.dialect.name == "postgresql":
+            schema = self.arrow_schema(table, "postgresql")
+            return [finite_guard(c, field) for c, field in zip(columns, schema, strict=True)]
         if not unknown or connection.dialect.name != "mssql":
             return [_driver_values(c) for c in columns]
         rows = connection.execute(
@@ -532,6 +537,22 @@ class SqlTableReader:
             )
         return window_query(table, columns, self.table.partition_column, window, dialect)
 
+    def select_query(self, window: PartitionWindow | None) -> tuple[sa.Select[Any], pa.Schema]:
+        """The row path's query of the window and the schema it yields (as every path selects:
+        the same expressions, the same refusals in the server)."""
+        with self._connect(window) as connection:
+            table = self.reflect(connection, window)
+            columns = self._selected_columns(table)
+            schema = self.arrow_schema(table, connection.dialect.name)
+            expressions = self._select_expressions(connection, table, columns)
+        return self._query(table, expressions, window, None), schema
+
+    def _raise_refused(self, reason: str, window: PartitionWindow | None) -> None:
+        """A value the select list refused in the server (see postgres.finite_guard)."""
+        refused = not_finite_message(reason)
+        if refused is not None:
+            raise SourceError(f"{self._where(window)}: {refused}.") from None
+
     def _stalled(self, window: PartitionWindow | None, rows: int) -> SourceError:
         seconds = self.limits.read_stall_timeout
         return SourceError(
@@ -570,6 +591,9 @@ class SqlTableReader:
             # the driver's diagnostic follows the first line ("ODBC emitted an error calling ...")
             text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
             message = redact_connection_string(text, connection_string)
+            refused = not_finite_message(message)
+            if refused is not None:
+                raise SourceError(f"{self._where(window)}: {refused}.") from None
             raise SourceError(
                 f"{self._where(window)}: the source query failed through ODBC: {message}. "
                 f"{_timeout_hint(message)}Nothing was written; re-run the partition once the "
@@ -600,6 +624,7 @@ class SqlTableReader:
         except sa.exc.DBAPIError as error:
             connection.invalidate()
             reason = _first_line(error.orig)
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
                 f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
@@ -609,6 +634,7 @@ class SqlTableReader:
             # a COPY that broke off: the connection is in an unknown state, never reused
             connection.invalidate()
             reason = _first_line(error)
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
                 f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
@@ -749,6 +775,7 @@ class SqlTableReader:
                     f"{reason}. Nothing was written; repair those rows at the source (or declare "
                     "the column as binary), then re-run the partition."
                 ) from None
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
                 f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
