@@ -18,6 +18,10 @@ from ingestion_assets.specs import ProjectSpec, SourceSpecBase, env_reference
 
 PROJECT_FILE_VARIABLE = "INGEST_PROJECT_FILE"
 DEMO_PROJECT_FILE = pathlib.Path(__file__).parent / "demo" / "ingestion.yaml"
+# far deeper than any project file needs (sources.erp.tables[0].checks.row_count is 6), far
+# shallower than the nesting at which the YAML loader's recursion overflows Python's stack
+MAX_NESTING = 64
+_UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def project_file_path(environ: Mapping[str, str] | None = None) -> pathlib.Path:
@@ -154,12 +158,73 @@ def _environment_references(
             yield from _environment_references(item, (*location, index))
 
 
+def decode_project_file(data: bytes, origin: str) -> str:
+    """The project file's bytes as text: UTF-8 (a byte-order mark allowed), anything else refused
+    with the line of the first byte that is not UTF-8 and the fix."""
+    if data.startswith(_UTF16_MARKS):
+        raise ConfigError(
+            f"{origin}: the project file is UTF-16 text; save it as UTF-8 (in most editors: "
+            "Save with encoding > UTF-8) and load it again"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(
+            f"{origin}: line {line}, column {column}: byte 0x{data[error.start]:02x} is not UTF-8 "
+            "(the file looks saved as Latin-1 or Windows-1252); save the project file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8) and load it again"
+        ) from None
+
+
+def _check_nesting(text: str, origin: str) -> None:
+    """Refuse YAML nested deeper than MAX_NESTING, naming the line and the keys above it, before
+    the loader (which recurses once per level) overflows the stack."""
+    # one frame per open mapping or sequence: [is a mapping, a key comes next, last key or index]
+    frames: list[list[Any]] = []
+    try:
+        for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+            if isinstance(event, yaml.CollectionEndEvent):
+                frames.pop()
+                continue
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            if frames and frames[-1][0]:
+                # in a mapping, nodes alternate: key, value, key, ...
+                if frames[-1][1]:
+                    frames[-1][2] = str(getattr(event, "value", "?"))
+                frames[-1][1] = not frames[-1][1]
+            elif frames:
+                frames[-1][2] += 1
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(frames) >= MAX_NESTING:
+                    location = format_path(tuple(frame[2] for frame in frames[:8]))
+                    line = event.start_mark.line + 1 if event.start_mark else "?"
+                    raise ConfigError(
+                        f"{origin}: line {line}: the YAML is nested more "
+                        f"than {MAX_NESTING} levels deep (under {location}...); a project file "
+                        "needs fewer than 10: look for an unclosed [ or { or runaway indentation"
+                    )
+                frames.append([isinstance(event, yaml.MappingStartEvent), True, -1])
+    except yaml.YAMLError:
+        # malformed text: the loader below reports it with its position
+        return
+
+
 def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = None) -> ProjectSpec:
     """Validate project-file text; `origin` names the file in error messages."""
+    _check_nesting(text, origin)
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ConfigError(f"{origin}: not valid YAML: {error}") from None
+    except RecursionError:
+        # anchors and aliases can nest without nesting the text
+        raise ConfigError(
+            f"{origin}: the YAML is nested too deep to load; a project file needs fewer than 10 "
+            "levels: check for unclosed [ or { and for aliases (*name) that refer to themselves"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: expected a mapping with `sources:` at the top level")
     try:
@@ -183,13 +248,13 @@ def load_project(path: pathlib.Path | None = None) -> ProjectSpec:
     """Read and validate the project file (INGEST_PROJECT_FILE, or the demo file)."""
     path = path or project_file_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError(
             f"{path}: cannot read the project file ({error.strerror}); set "
             f"{PROJECT_FILE_VARIABLE} to the path of your ingestion.yaml"
         ) from None
-    return parse_project(text, str(path))
+    return parse_project(decode_project_file(data, str(path)), str(path))
 
 
 def config_value(value: str) -> str | EnvVar:

@@ -8,6 +8,7 @@ process, closing it when the run's step is done.
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from ingestion_assets.sources.base import ChangedDays, Source
 from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
-from ingestion_assets.sources.sql import SqlSource, SqlTableReader
+from ingestion_assets.sources.sql import SessionLimits, SqlSource, SqlTableReader, source_url
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
@@ -75,6 +76,14 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """Days with rows changed since the cursor (new-data sensor)."""
         return self.source().changed_days(dataset, since)
 
+    def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
+        """Rows at the source no partition can reach (None when the kind cannot tell)."""
+        return self.source().unreachable_rows(dataset)
+
+    def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
+        """Exactly the rows no partition can reach, as Arrow batches (for quarantine)."""
+        return self.source().read_unreachable(dataset)
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._source is not None:
             self._source.close()
@@ -111,6 +120,28 @@ class SqlSourceResource(SourceResource):
         None, description="Column the new-data sensor watches; default: the partition column."
     )
     timezone: str = Field("UTC", description="The zone in which the source's days begin.")
+    connect_timeout: float = Field(
+        30.0, description="Seconds to wait for a connection before the run fails."
+    )
+    statement_timeout: float | None = Field(
+        None,
+        description="Seconds the server lets one statement run (PostgreSQL statement_timeout, "
+        "MariaDB max_statement_time, MySQL max_execution_time, ODBC query timeout); none: off.",
+    )
+    read_stall_timeout: float = Field(
+        300.0,
+        description="Seconds a read may go without a batch arriving before it fails and its "
+        "connection is closed.",
+    )
+    tcp_keepalive: int = Field(
+        60, description="Seconds of silence before TCP keepalive probes check the server."
+    )
+    start_date: str | None = Field(
+        None, description="The source's first partition day (ISO); tables may start later."
+    )
+    end_date: str | None = Field(
+        None, description="The day after the source's last partition (ISO); none: open."
+    )
 
     @classmethod
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SqlSourceResource:
@@ -136,12 +167,31 @@ class SqlSourceResource(SourceResource):
             fast_path=spec.fast_path,
             change_column=spec.sensor.change_column,
             timezone=spec.timezone,
+            connect_timeout=spec.connect_timeout,
+            statement_timeout=spec.statement_timeout,
+            read_stall_timeout=spec.read_stall_timeout,
+            tcp_keepalive=spec.tcp_keepalive,
+            start_date=spec.start_date.isoformat() if spec.start_date else None,
+            end_date=spec.end_date.isoformat() if spec.end_date else None,
         )
+
+    def limits(self) -> SessionLimits:
+        """The source's timeouts and keepalive."""
+        return SessionLimits(
+            connect_timeout=self.connect_timeout,
+            statement_timeout=self.statement_timeout,
+            read_stall_timeout=self.read_stall_timeout,
+            tcp_keepalive=self.tcp_keepalive,
+        )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Check the resolved URL as a run starts (the earliest it is known; nothing connects)."""
+        self.sqlalchemy_url()
 
     def sqlalchemy_url(self) -> sa.URL:
         """The URL to connect with, password included (render it only with hide_password)."""
         if self.url is not None:
-            url = sa.make_url(self.url)
+            url = source_url(self.url, self.source_name)
             if self.password is not None:
                 url = url.set(password=self.password)
             return url.update_query_dict(self.query) if self.query else url
@@ -165,6 +215,9 @@ class SqlSourceResource(SourceResource):
             fast_path=self.fast_path,
             change_column=self.change_column,
             timezone=self.timezone,
+            limits=self.limits(),
+            start_date=datetime.date.fromisoformat(self.start_date) if self.start_date else None,
+            end_date=datetime.date.fromisoformat(self.end_date) if self.end_date else None,
         )
 
     def engine(self) -> sa.Engine:

@@ -305,6 +305,12 @@ class TableSpec(DatasetSpec):
         "without it the table is an unpartitioned snapshot, refreshed whole.",
     )
     columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
+    unpartitioned_rows: Literal["warn", "fail", "quarantine"] = Field(
+        "warn",
+        description="Rows no partition can reach (partition column NULL, before the first "
+        "partition or on/after end_date): `warn` reports their count, `fail` fails the run, "
+        "`quarantine` also lands them in `<table>_unpartitioned`.",
+    )
 
     @property
     def qualified_name(self) -> str:
@@ -650,6 +656,35 @@ class SqlSourceSpec(SourceSpecBase):
         True,
         description="Read through the driver's bulk path where it is exact (PostgreSQL COPY, "
         "ODBC bulk fetch through arrow-odbc); false reads row batches through SQLAlchemy.",
+    )
+    connect_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds to wait for a connection (and the server's greeting) before the "
+        "run fails.",
+    )
+    statement_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds the server lets one statement run before cancelling it "
+        "(PostgreSQL statement_timeout, MariaDB max_statement_time, MySQL max_execution_time, "
+        "ODBC query timeout); default none: a backfill's long query is fine while rows flow, "
+        "which read_stall_timeout watches.",
+    )
+    read_stall_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a read may go without a batch of rows arriving before the run "
+        "fails and the connection is closed (a source that stopped sending but keeps the "
+        "connection open). Raise it for a query that takes long before its first rows.",
+    )
+    tcp_keepalive: int = Field(
+        60,
+        gt=0,
+        le=7200,
+        description="Seconds of silence after which TCP keepalive probes check that the server "
+        "is still there (PostgreSQL through libpq, MariaDB/MySQL through PyMySQL).",
     )
 
     @property

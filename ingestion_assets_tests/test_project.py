@@ -228,3 +228,65 @@ def test_a_credential_in_a_literal_header_is_refused(header: str) -> None:
     assert "abc123" not in message
     # a header without credentials stays allowed
     parse_project(text.replace(header.split(": ")[0], "X-Client"), "shop.yaml")
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        (
+            VALID.replace("sql.example.internal", "sql.exämple.internal").encode("latin-1"),
+            r"line 8, column 19: byte 0xe4 is not UTF-8 .*save the project file as UTF-8",
+        ),
+        (VALID.encode("utf-16"), r"the project file is UTF-16 text; save it as UTF-8"),
+    ],
+    ids=["latin-1", "utf-16"],
+)
+def test_a_project_file_that_is_not_utf8_names_the_file_the_line_and_the_fix(
+    tmp_path: pathlib.Path, encoded: bytes, expected: str
+) -> None:
+    path = tmp_path / "ingestion.yaml"
+    path.write_bytes(encoded)
+    with pytest.raises(ConfigError, match=f"^{path}: {expected}"):
+        load_project(path)
+
+
+def test_a_project_file_with_a_byte_order_mark_loads(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "ingestion.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.replace("${ERP_PASSWORD}", "${HOME}").encode())
+    assert list(load_project(path).sources) == ["erp"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "location"),
+    [
+        ("[" * 10_000, 1, "[0][0][0]"),
+        ("{a: " * 10_000, 1, "a.a.a"),
+        (
+            "sources:\n" + "".join(" " * depth + "a:\n" for depth in range(1, 1_000)),
+            65,
+            "sources.a.a",
+        ),
+        ("sources: [" + "{a: [" * 5_000, 1, "sources[0].a[0].a"),
+    ],
+    ids=["sequences", "flow mappings", "block mappings", "mixed"],
+)
+def test_absurdly_deep_yaml_names_the_file_the_line_and_the_fix_instead_of_overflowing(
+    text: str, line: int, location: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_project(text, "projects/ingestion.yaml", ENV)
+    message = str(raised.value)
+    assert message.startswith(f"projects/ingestion.yaml: line {line}: the YAML is nested more")
+    assert f"(under {location}" in message
+    assert "look for an unclosed [ or {" in message
+
+
+def test_an_alias_that_refers_to_itself_is_a_config_error_not_a_recursion_error() -> None:
+    with pytest.raises(ConfigError, match=r"projects/ingestion\.yaml: "):
+        parse_project("sources: &loop [*loop]\n", "projects/ingestion.yaml", ENV)
+
+
+@given(st.integers(min_value=65, max_value=400), st.sampled_from(["[", "{a: ", "- "]))
+def test_any_nesting_past_the_limit_is_refused_with_its_line(depth: int, opening: str) -> None:
+    with pytest.raises(ConfigError, match=r"^f\.yaml: line \d+: the YAML is nested more than 64"):
+        parse_project(opening * depth, "f.yaml", ENV)

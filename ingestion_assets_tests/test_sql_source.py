@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import pathlib
@@ -13,17 +14,21 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingestion_assets.demo.generate import demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
 from ingestion_assets.errors import SourceError
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
-from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
+from ingestion_assets.resources import SqlSourceResource
+from ingestion_assets.sources.sql import SqlTableReader, create_source_engine, source_url
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
     ORDER_TABLE_KEYS,
     POSTGRES_URL,
+    SOURCE,
     TEST_SCALE,
     SourceDatabase,
     build_project,
@@ -33,6 +38,17 @@ from ingestion_assets_tests.conftest import (
 )
 
 DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
+REFUSED_AT = (
+    "the connection url has more than one '@' before its host, so its host cannot be told from "
+    "its password: percent-encode every '@' in the user name or password as %40 (e.g. "
+    "postgresql://user:p%40ss@host/db), or give the password on its own as "
+    "password: ${DB_PASSWORD}"
+)
+NOT_A_URL = (
+    "the connection url is not a SQLAlchemy URL (scheme 'postgresql+psycopg2'); write it as "
+    "dialect+driver://user:password@host:port/db, with reserved characters in the password "
+    "percent-encoded (@ as %40, ? as %3F)"
+)
 
 
 def normalized(value: Any) -> Any:
@@ -408,3 +424,181 @@ def test_the_postgresql_copy_path_reads_exactly_what_the_row_path_reads(
         assert fast.schema == rows.schema
         assert fast.equals(rows), name
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "leaked"),
+    [
+        ("postgres:Zq@7xK", "7xK"),
+        ("postgres:Zq@7xK@Wv", "7xK"),
+        ("postgres:Zq@7x:K", "7x"),
+        ("postgres:Zq?7x@K", "7x"),
+    ],
+    ids=["password", "password with two", "password and a colon", "password and a question mark"],
+)
+def test_a_url_from_the_environment_with_a_raw_at_sign_is_refused_with_the_fix_and_never_echoed(
+    postgres_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    userinfo: str,
+    leaked: str,
+) -> None:
+    url = sa.make_url(postgres_database.url)
+    monkeypatch.setenv(
+        "INGEST_TEST_RAW_AT_URL",
+        f"postgresql+psycopg2://{userinfo}@127.0.0.1:{url.port}/{url.database}",
+    )
+    database = dataclasses.replace(postgres_database, url_variable="INGEST_TEST_RAW_AT_URL")
+    database.load_demo()
+    project = build_project(
+        database, tmp_path / "lake", [table_entry(database, "Sales.SalesOrderHeader")]
+    )
+
+    result = project.materialize(
+        ["sales_order_header"], instance, partition=DAY.isoformat(), raise_on_error=False
+    )
+
+    assert not result.success
+    # the run fails as its resources are set up, before any step reads
+    message = "\n".join(
+        event.event_specific_data.error.message
+        for event in result.all_events
+        if getattr(event.event_specific_data, "error", None) is not None
+    )
+    assert f"source '{SOURCE}': the connection url has more than one '@' before its host" in message
+    assert "percent-encode every '@' in the user name or password as %40" in message
+    logs = "\n".join(str(event.user_message) for event in instance.all_logs(result.run_id))
+    for text in (message, logs):
+        assert leaked not in text
+        assert userinfo.partition(":")[2] not in text
+    assert not (tmp_path / "lake" / SOURCE / "sales_order_header").exists()
+
+
+def test_a_url_with_the_at_sign_percent_encoded_connects(
+    postgres_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # trust authentication: the server takes any password, so the URL's is only parsed
+    url = sa.make_url(postgres_database.url)
+    monkeypatch.setenv(
+        "INGEST_TEST_ENCODED_URL",
+        f"postgresql+psycopg2://postgres:p%40ss@127.0.0.1:{url.port}/{url.database}",
+    )
+    database = dataclasses.replace(postgres_database, url_variable="INGEST_TEST_ENCODED_URL")
+    database.load_demo()
+    project = build_project(
+        database, tmp_path / "lake", [table_entry(database, "Sales.SalesOrderHeader")]
+    )
+    assert project.materialize(["sales_order_header"], instance, partition=DAY.isoformat()).success
+    assert project.delta("sales_order_header").to_pyarrow_table().num_rows == len(
+        expected_rows("Sales.SalesOrderHeader", DAY)
+    )
+
+
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=24)
+)
+def test_a_password_either_parses_whole_or_is_refused_with_a_message_that_quotes_none_of_it(
+    password: str,
+) -> None:
+    text = f"postgresql+psycopg2://reader:{password}@db.example.com:5432/sales"
+    outcome: sa.URL | SourceError
+    try:
+        outcome = source_url(text, "erp")
+    except SourceError as error:
+        outcome = error
+    if isinstance(outcome, SourceError):
+        assert str(outcome) in (f"source 'erp': {REFUSED_AT}", f"source 'erp': {NOT_A_URL}")
+        return
+    url = outcome
+    assert url.host == "db.example.com"
+    assert url.port == 5432
+    assert url.username == "reader"
+    if "%" not in password:
+        assert url.password == password
+
+
+UNREACHABLE_START = datetime.date(2024, 1, 1)
+UNREACHABLE_END = datetime.date(2024, 2, 1)
+# id -> partition column value; None, before the first day and on the end day reach no partition
+EDGE_ROWS: dict[int, datetime.datetime | None] = {
+    1: None,
+    2: datetime.datetime(2023, 12, 31, 23, 59, 59),
+    3: datetime.datetime(2024, 1, 1),
+    4: datetime.datetime(2024, 1, 10, 12),
+    5: datetime.datetime(2024, 1, 31, 23, 59, 59),
+    6: datetime.datetime(2024, 2, 1),
+    7: datetime.datetime(2031, 5, 1),
+}
+
+
+@pytest.mark.parametrize("end_date", [UNREACHABLE_END, None], ids=["end date", "open end"])
+def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, end_date: datetime.date | None
+) -> None:
+    schema = source_database.schema("Sales")
+    table = sa.Table(
+        "edges",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("at", sa.DateTime, nullable=True),
+        schema=schema,
+    )
+    engine = source_database.engine()
+    with engine.begin() as connection:
+        if source_database.dialect == "postgresql":
+            connection.execute(sa.text('CREATE SCHEMA IF NOT EXISTS "Sales"'))
+        table.create(connection)
+        connection.execute(table.insert(), [{"id": k, "at": v} for k, v in EDGE_ROWS.items()])
+    engine.dispose()
+    options: dict[str, Any] = {"start_date": UNREACHABLE_START.isoformat()}
+    if end_date:
+        options["end_date"] = end_date.isoformat()
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [
+            {
+                "schema": schema,
+                "name": "edges",
+                "partition_column": "at",
+                "unpartitioned_rows": "quarantine",
+            }
+        ],
+        **options,
+    )
+    spec = project.spec.sources[SOURCE]
+    dataset = spec.datasets[0]
+    assert isinstance(dataset, TableSpec)
+    assert dataset.unpartitioned_rows == "quarantine"
+    resource = SqlSourceResource.from_spec(SOURCE, spec)
+    try:
+        unreachable = [1, 2, 6, 7] if end_date else [1, 2]
+        assert resource.unreachable_rows(dataset) == len(unreachable)
+        stream = resource.read_unreachable(dataset)
+        rows = pa.Table.from_batches(list(stream.reader), schema=stream.reader.schema)
+        assert sorted(rows.column("id").to_pylist()) == unreachable
+        assert rows.schema.names == ["id", "at"]
+        assert [rows.column("at")[i].as_py() for i in range(rows.num_rows)] == [
+            EDGE_ROWS[k] for k in rows.column("id").to_pylist()
+        ]
+    finally:
+        resource.teardown_after_execution(None)  # type: ignore[arg-type]
+
+
+def test_a_snapshot_table_leaves_no_row_unreached(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    sqlite_database.load_demo()
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [table_entry(sqlite_database, "Sales.SalesOrderHeader", partition_column=None)],
+    )
+    spec = project.spec.sources[SOURCE]
+    resource = SqlSourceResource.from_spec(SOURCE, spec)
+    assert resource.unreachable_rows(spec.datasets[0]) == 0
+    resource.teardown_after_execution(None)  # type: ignore[arg-type]

@@ -64,6 +64,19 @@ class Source(ABC):
             for name in dataset.primary_key
         ]
 
+    def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
+        """Rows at the source that no partition can reach (partition column NULL, before the
+        dataset's first day or on/after the source's end_date); None when the kind cannot say."""
+        return None
+
+    def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
+        """Exactly the rows `unreachable_rows` counts, as a stream (for a quarantine table)."""
+        raise NotImplementedError(
+            f"source '{self.source_name}' ({type(self).__name__}) cannot read the rows no "
+            f"partition reaches of '{dataset.qualified_name}': set unpartitioned_rows to warn "
+            "or fail"
+        )
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""
 

@@ -106,8 +106,11 @@ def odbc_batches(
     parameters: list[str | None],
     schema: pa.Schema,
     batch_size: int,
+    login_timeout: int | None = None,
+    query_timeout: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Run the statement and yield its rows as batches of exactly `schema`."""
+    """Run the statement and yield its rows as batches of exactly `schema` (timeouts in whole
+    seconds: the ODBC login timeout and the driver's query timeout, None for the driver's)."""
     # imported here: a project without ODBC sources never loads the driver manager
     from arrow_odbc import TextEncoding, read_arrow_batches_from_odbc
 
@@ -119,6 +122,8 @@ def odbc_batches(
         max_bytes_per_batch=MAX_BYTES_PER_FETCH,
         schema=schema,
         payload_text_encoding=TextEncoding.UTF16,
+        login_timeout_sec=login_timeout,
+        query_timeout_sec=query_timeout,
     )
     for batch in reader:
         # arrow-odbc marks every field nullable; the declared schema carries NOT NULL

@@ -55,6 +55,49 @@ def copy_columns(
     return expressions
 
 
+# a value no Arrow type of the column holds is refused by the server, the same way for every path
+_NOT_FINITE_MARK = "ingest: not finite: column "
+_NOT_FINITE = re.compile(r'ingest: not finite: column "(?P<column>.*)" holds (?P<value>[^"]*)"')
+
+
+def finite_guard(column: sa.ColumnElement[Any], field: pa.Field) -> sa.ColumnElement[Any]:
+    """PostgreSQL's `infinity`/`-infinity` dates and timestamps and a constrained numeric's NaN
+    hold no Arrow value: COPY's text fails to parse, psycopg2 turns infinity into
+    9999-12-31 23:59:59.999999 (a real value to every reader), psqlODBC into odd dates. So the
+    select list refuses them in the server, naming the column, whatever path then reads it."""
+    if pa.types.is_timestamp(field.type) or pa.types.is_date(field.type):
+        not_finite: sa.ColumnElement[bool] = sa.func.isfinite(column) == sa.false()
+    elif pa.types.is_decimal(field.type):
+        not_finite = column == sa.cast(sa.literal("NaN", sa.Text), column.type)
+    else:
+        return column
+    quoted = field.name.replace('"', '""')
+    refusal = sa.cast(
+        sa.literal(f'{_NOT_FINITE_MARK}"{quoted}" holds ', sa.Text) + sa.cast(column, sa.Text),
+        column.type,
+    )
+    return sa.case((not_finite, refusal), else_=column).label(field.name)
+
+
+def not_finite_message(reason: str) -> str | None:
+    """The message for a value `finite_guard` refused (None when `reason` is another error)."""
+    match = _NOT_FINITE.search(reason)
+    if match is None:
+        return None
+    column, value = match.group("column").replace('""', '"'), match.group("value")
+    if value.lower() == "nan":
+        return (
+            f"column {column} holds NaN, which no decimal holds. Nothing was written. "
+            f"{NOT_A_NUMBER_FIX}"
+        )
+    return (
+        f"column {column} holds {value}, which no date or timestamp in the lake holds (read "
+        "as 9999-12-31 it would pass for a real value). Nothing was written. Replace it at "
+        "the source: read the table through a view that casts it, e.g. CASE WHEN "
+        f"isfinite({column}) THEN {column} END (NULL), or a date of your choosing"
+    )
+
+
 def copy_statement(dbapi_cursor: Any, query: sa.Select[Any], dialect: sa.Dialect) -> str:
     """`COPY (<query>) TO STDOUT` with the query's values bound by the driver's own quoting."""
     compiled = query.compile(dialect=dialect)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import math
+import re
+import socket
 import struct
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -27,9 +31,12 @@ from ingestion_assets.sources.postgres import (
     copy_columns,
     copy_statement,
     copy_supported,
+    finite_guard,
+    not_finite_message,
 )
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
+from ingestion_assets.sources.watchdog import StallBreaker, watched_batches
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, TableSpec
 
@@ -72,16 +79,138 @@ def install_odbc_converters(dbapi_connection: Any) -> None:
     dbapi_connection.add_output_converter(SQL_SS_TIMESTAMPOFFSET, _timestamp_offset_nanoseconds)
 
 
-def create_source_engine(url: sa.URL, sqlite_attach: Mapping[str, str] | None = None) -> sa.Engine:
-    """An engine for a source: ODBC timestamp converters and SQLite schemas set up on connect."""
+_URL_WITH_RAW_AT = (
+    "the connection url has more than one '@' before its host, so its host cannot be told from "
+    "its password: percent-encode every '@' in the user name or password as %40 (e.g. "
+    "postgresql://user:p%40ss@host/db), or give the password on its own as "
+    "password: ${DB_PASSWORD}"
+)
+
+
+def source_url(text: str, source_name: str) -> sa.URL:
+    """A source's URL text (resolved from the environment) as a SQLAlchemy URL; an unencoded `@`
+    in the user or password, or text that is no URL, is refused without echoing any of it."""
+    scheme, separator, rest = text.partition("://")
+    # SQLAlchemy reads a password up to its first '@' and takes what follows for the host (or
+    # port): a raw '@' in a password would send part of it to DNS and print it as the host
+    raw_at = separator and rest.split("?", 1)[0].count("@") > 1
+    try:
+        url = sa.make_url(text)
+    except (sa.exc.ArgumentError, ValueError):
+        # SQLAlchemy's message quotes the whole text, password included; the scheme is shown
+        # only when there is one (text without :// may be anything, a bare password too)
+        if raw_at:
+            raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}") from None
+        plain = separator and re.fullmatch(r"[a-z0-9+_]{1,40}", scheme)
+        shown = f" (scheme '{scheme}')" if plain else ""
+        raise SourceError(
+            f"source '{source_name}': the connection url is not a SQLAlchemy URL{shown}; write "
+            "it as dialect+driver://user:password@host:port/db, with reserved characters in the "
+            "password percent-encoded (@ as %40, ? as %3F)"
+        ) from None
+    if "@" in (url.host or ""):
+        raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}")
+    return url
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """How long a source may take: to connect, per statement (server side), between batches of
+    a read, and the silence after which TCP keepalives probe the server (all in seconds)."""
+
+    connect_timeout: float = 30.0
+    statement_timeout: float | None = None
+    read_stall_timeout: float | None = 300.0
+    tcp_keepalive: int = 60
+
+
+def _connect_parameters(driver: str, limits: SessionLimits, parameters: dict[str, Any]) -> None:
+    """The driver's own connect timeout and keepalive settings, unless the URL sets them."""
+    seconds = max(1, math.ceil(limits.connect_timeout))
+    if driver == "psycopg2":
+        # libpq counts whole seconds and treats less than 2 as 2
+        parameters.setdefault("connect_timeout", max(2, seconds))
+        parameters.setdefault("keepalives", 1)
+        parameters.setdefault("keepalives_idle", limits.tcp_keepalive)
+        parameters.setdefault("keepalives_interval", max(1, limits.tcp_keepalive // 6))
+        parameters.setdefault("keepalives_count", 5)
+    elif driver == "pymysql":
+        parameters.setdefault("connect_timeout", seconds)
+        if limits.read_stall_timeout is not None:
+            # a backstop for the statements outside a watched read (reflection, counts): no
+            # single wait for the server lasts longer than twice the stall timeout
+            parameters.setdefault("read_timeout", math.ceil(2 * limits.read_stall_timeout))
+    elif driver == "pyodbc":
+        # the ODBC login timeout
+        parameters.setdefault("timeout", seconds)
+
+
+def _set_keepalive(dbapi_connection: Any, idle_seconds: int) -> None:
+    """TCP keepalives on PyMySQL's socket (PyMySQL has no option for them)."""
+    sock = getattr(dbapi_connection, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", idle_seconds),
+        ("TCP_KEEPINTVL", max(1, idle_seconds // 6)),
+        ("TCP_KEEPCNT", 5),
+    ):
+        if hasattr(socket, option):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+def _set_statement_timeout(dbapi_connection: Any, dialect: str, seconds: float) -> None:
+    """The server-side limit of one statement, in the dialect's own setting."""
+    if type(dbapi_connection).__module__.startswith("pyodbc") and dialect == "mssql":
+        # SQL_ATTR_QUERY_TIMEOUT, whole seconds
+        dbapi_connection.timeout = max(1, math.ceil(seconds))
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        if dialect == "postgresql":
+            cursor.execute(f"SET statement_timeout = {max(1, round(seconds * 1000))}")
+        elif dialect in ("mysql", "mariadb"):
+            cursor.execute("SELECT VERSION()")
+            version = str(cursor.fetchone()[0])
+            if "mariadb" in version.lower():
+                # MariaDB: max_statement_time, in seconds (fractions allowed)
+                cursor.execute(f"SET SESSION max_statement_time = {seconds:.3f}")
+            else:
+                # MySQL: max_execution_time, in milliseconds, for SELECT statements
+                cursor.execute(f"SET SESSION max_execution_time = {max(1, round(seconds * 1000))}")
+    finally:
+        cursor.close()
+
+
+def create_source_engine(
+    url: sa.URL,
+    sqlite_attach: Mapping[str, str] | None = None,
+    limits: SessionLimits | None = None,
+) -> sa.Engine:
+    """An engine for a source: ODBC timestamp converters, SQLite schemas, connect and statement
+    timeouts and TCP keepalives set up on connect."""
     engine = sa.create_engine(url, pool_pre_ping=True)
     attachments = dict(sqlite_attach or {})
+    dialect = engine.dialect.name
+
+    if limits is not None:
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _connect_limits(
+            _dialect: Any, _record: Any, _arguments: Any, parameters: dict[str, Any]
+        ) -> None:
+            _connect_parameters(engine.dialect.driver, limits, parameters)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         module = type(dbapi_connection).__module__
         if module.startswith("pyodbc"):
             install_odbc_converters(dbapi_connection)
+        if limits is not None:
+            _set_keepalive(dbapi_connection, limits.tcp_keepalive)
+            if limits.statement_timeout is not None:
+                _set_statement_timeout(dbapi_connection, dialect, limits.statement_timeout)
         if module.startswith("psycopg2"):
             # zone-aware values in UTC whatever the server's default: a value near the end of
             # time stays a valid datetime (9999-12-31 23:59+00 is year 10000 in Tokyo)
@@ -142,17 +271,71 @@ def _sqlite_window(
     character: `'2024-01-04 00:00:00' < '2024-01-04 00:00:00.000000'` is true. Both sides are put
     in SQLite's own form first; the bounds are whole seconds, so the fraction that `datetime()`
     drops cannot move a row across them."""
-    if isinstance(column.type, sa.DateTime):
-        normalized: sa.ColumnElement[Any] = sa.func.datetime(column)
-        start = window.start.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
-        end = window.end.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
-    else:
-        normalized = sa.func.date(column)
-        start, end = window.start.date().isoformat(), window.end.date().isoformat()
+    normalized, start, end = _sqlite_normalized(column, window)
     return (
         normalized >= sa.bindparam("window_start", start, type_=sa.String()),
         normalized < sa.bindparam("window_end", end, type_=sa.String()),
     )
+
+
+def _sqlite_normalized(
+    column: sa.Column[Any], window: PartitionWindow
+) -> tuple[sa.ColumnElement[Any], str, str]:
+    """The column in SQLite's own date (time) form, and the window's bounds in that form."""
+    if isinstance(column.type, sa.DateTime):
+        start = window.start.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+        end = window.end.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S")
+        return sa.func.datetime(column), start, end
+    return sa.func.date(column), window.start.date().isoformat(), window.end.date().isoformat()
+
+
+@dataclass(frozen=True)
+class PartitionRange:
+    """The days a table's partitions cover, `[first_day, end_day)`; no end_day: open-ended
+    (a row dated after today is reached once its day comes)."""
+
+    first_day: datetime.date
+    end_day: datetime.date | None
+    timezone: str = "UTC"
+
+    def window(self) -> PartitionWindow:
+        """The range as a window (an open end is ignored by `unreachable_query`), named for
+        messages."""
+        last_day = self.end_day - datetime.timedelta(days=1) if self.end_day else self.first_day
+        window = PartitionWindow.of_days(self.first_day, last_day, self.timezone)
+        after = f" or on/after {self.end_day.isoformat()}" if self.end_day else ""
+        name = (
+            "the rows no partition reaches (partition column NULL, before "
+            f"{self.first_day.isoformat()}{after})"
+        )
+        return PartitionWindow(window.start, window.end, name)
+
+
+def unreachable_query(
+    table: sa.Table,
+    columns: Sequence[sa.ColumnElement[Any]],
+    partition_column: str,
+    partitions: PartitionRange,
+    dialect: str = "",
+) -> sa.Select[Any]:
+    """`SELECT columns FROM table WHERE col IS NULL OR col < :start OR col >= :end`: the rows no
+    partition of the range reaches (bound values, compared as `window_query` compares)."""
+    column = table.c[partition_column]
+    window = partitions.window()
+    conditions: list[sa.ColumnElement[bool]] = [column.is_(None)]
+    if dialect == "sqlite" and isinstance(column.type, sa.Date | sa.DateTime):
+        # text that is no date normalizes to NULL: no window reaches it either
+        normalized, start, end = _sqlite_normalized(column, window)
+        conditions.append(normalized.is_(None))
+        conditions.append(normalized < sa.bindparam("range_start", start, type_=sa.String()))
+        if partitions.end_day is not None:
+            conditions.append(normalized >= sa.bindparam("range_end", end, type_=sa.String()))
+    else:
+        start_value, end_value = window_bounds(column.type, window)
+        conditions.append(column < sa.bindparam("range_start", start_value, type_=column.type))
+        if partitions.end_day is not None:
+            conditions.append(column >= sa.bindparam("range_end", end_value, type_=column.type))
+    return sa.select(*columns).select_from(table).where(sa.or_(*conditions))
 
 
 # SQL Server types SQLAlchemy cannot reflect, read as text through their own conversion
@@ -185,11 +368,13 @@ class SqlTableReader:
         table: TableSpec,
         batch_size: int,
         fast_path: bool = True,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.engine = engine
         self.source_name = source_name
         self.table = table
         self.batch_size = batch_size
+        self.limits = limits or SessionLimits()
         # the driver's bulk path where it is exact: COPY parsed by Arrow for PostgreSQL through
         # psycopg2, arrow-odbc for pyodbc sources; otherwise rows through SQLAlchemy
         self.fast_path = fast_path
@@ -263,6 +448,9 @@ class SqlTableReader:
         self, connection: sa.Connection, table: sa.Table, columns: list[sa.Column[Any]]
     ) -> list[sa.ColumnElement[Any]]:
         unknown = [c for c in columns if isinstance(c.type, sa.types.NullType)]
+        if connection.dialect.name == "postgresql":
+            schema = self.arrow_schema(table, "postgresql")
+            return [finite_guard(c, field) for c, field in zip(columns, schema, strict=True)]
         if not unknown or connection.dialect.name != "mssql":
             return [_driver_values(c) for c in columns]
         rows = connection.execute(
@@ -289,44 +477,92 @@ class SqlTableReader:
             ]
         )
 
-    def read(self, window: PartitionWindow | None) -> pa.RecordBatchReader:
-        """Reflect the table, then stream `[window.start, window.end)` in bounded batches."""
+    def read(
+        self, window: PartitionWindow | None, unreachable: PartitionRange | None = None
+    ) -> pa.RecordBatchReader:
+        """Reflect the table, then stream `[window.start, window.end)` in bounded batches; with
+        `unreachable`, the rows no partition of that range reaches instead."""
+        if unreachable is not None:
+            window = unreachable.window()
         with self._connect(window) as connection:
             table = self.reflect(connection, window)
             columns = self._selected_columns(table)
             schema = self.arrow_schema(table, connection.dialect.name)
             expressions = self._select_expressions(connection, table, columns)
         driver = self.engine.dialect.driver
+        breaker = StallBreaker()
         batches: Iterator[pa.RecordBatch] | None = None
         if self.fast_path and driver == "psycopg2" and copy_supported(schema):
-            query = window_query(
-                table,
-                copy_columns(expressions, schema),
-                self.table.partition_column,
-                window,
-                self.engine.dialect.name,
-            )
-            batches, self.path = self._copy_batches(query, schema, window), "copy"
+            query = self._query(table, copy_columns(expressions, schema), window, unreachable)
+            batches, self.path = self._copy_batches(query, schema, window, breaker), "copy"
         elif (
             self.fast_path
             and driver == "pyodbc"
             and odbc_supported(schema, [c.type for c in columns])
         ):
-            query = window_query(
-                table, expressions, self.table.partition_column, window, self.engine.dialect.name
-            )
+            query = self._query(table, expressions, window, unreachable)
             statement, parameters = odbc_statement(query, self.engine.dialect)
             if ascii_statement(statement):
                 batches = self._odbc_batches(statement, parameters, schema, window)
                 self.path = "odbc bulk fetch"
         if batches is None:
-            query = window_query(
-                table, expressions, self.table.partition_column, window, self.engine.dialect.name
-            )
-            batches, self.path = self._batches(query, schema, window), "rows"
+            query = self._query(table, expressions, window, unreachable)
+            batches, self.path = self._batches(query, schema, window, breaker), "rows"
+        watched = watched_batches(
+            batches,
+            self.limits.read_stall_timeout,
+            breaker,
+            lambda rows: self._stalled(window, rows),
+        )
         # the streaming connection is opened when the first batch is asked for, so a reader
         # that is never consumed holds no connection
-        return pa.RecordBatchReader.from_batches(schema, batches)
+        return pa.RecordBatchReader.from_batches(schema, watched)
+
+    def _query(
+        self,
+        table: sa.Table,
+        columns: Sequence[sa.ColumnElement[Any]],
+        window: PartitionWindow | None,
+        unreachable: PartitionRange | None,
+    ) -> sa.Select[Any]:
+        dialect = self.engine.dialect.name
+        if unreachable is not None:
+            if self.table.partition_column is None:
+                raise SourceError(
+                    f"{self._where(window)}: the table has no partition column, so every row "
+                    "is reached by its snapshot"
+                )
+            return unreachable_query(
+                table, columns, self.table.partition_column, unreachable, dialect
+            )
+        return window_query(table, columns, self.table.partition_column, window, dialect)
+
+    def select_query(self, window: PartitionWindow | None) -> tuple[sa.Select[Any], pa.Schema]:
+        """The row path's query of the window and the schema it yields (as every path selects:
+        the same expressions, the same refusals in the server)."""
+        with self._connect(window) as connection:
+            table = self.reflect(connection, window)
+            columns = self._selected_columns(table)
+            schema = self.arrow_schema(table, connection.dialect.name)
+            expressions = self._select_expressions(connection, table, columns)
+        return self._query(table, expressions, window, None), schema
+
+    def _raise_refused(self, reason: str, window: PartitionWindow | None) -> None:
+        """A value the select list refused in the server (see postgres.finite_guard)."""
+        refused = not_finite_message(reason)
+        if refused is not None:
+            raise SourceError(f"{self._where(window)}: {refused}.") from None
+
+    def _stalled(self, window: PartitionWindow | None, rows: int) -> SourceError:
+        seconds = self.limits.read_stall_timeout
+        return SourceError(
+            f"{self._where(window)}: the source sent no rows for {seconds:g} s "
+            f"(read_stall_timeout) after {rows} row(s) of the read; the connection was closed "
+            "and nothing was written. If the source is only slow (a query that takes long "
+            "before its first rows), raise `read_stall_timeout` on the source in the project "
+            "file (or lower `batch_size`); otherwise re-run the partition once the source "
+            "answers."
+        )
 
     def _odbc_batches(
         self,
@@ -341,25 +577,42 @@ class SqlTableReader:
         connection_string = odbc_connection_string(self.engine)
         try:
             yield from odbc_batches(
-                connection_string, statement, parameters, schema, self.batch_size
+                connection_string,
+                statement,
+                parameters,
+                schema,
+                self.batch_size,
+                login_timeout=max(1, math.ceil(self.limits.connect_timeout)),
+                query_timeout=None
+                if self.limits.statement_timeout is None
+                else max(1, math.ceil(self.limits.statement_timeout)),
             )
         except OdbcError as error:
             # the driver's diagnostic follows the first line ("ODBC emitted an error calling ...")
             text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
             message = redact_connection_string(text, connection_string)
+            refused = not_finite_message(message)
+            if refused is not None:
+                raise SourceError(f"{self._where(window)}: {refused}.") from None
             raise SourceError(
                 f"{self._where(window)}: the source query failed through ODBC: {message}. "
-                "Nothing was written; re-run the partition once the source is reachable, or set "
-                "`fast_path: false` on the source to read row by row through pyodbc."
+                f"{_timeout_hint(message)}Nothing was written; re-run the partition once the "
+                "source is reachable, or set `fast_path: false` on the source to read row by row "
+                "through pyodbc."
             ) from None
 
     def _copy_batches(
-        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
+        self,
+        query: sa.Select[Any],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        breaker: StallBreaker,
     ) -> Iterator[pa.RecordBatch]:
         """PostgreSQL: the window through COPY, parsed by Arrow (see sources/postgres.py)."""
         connection = self._connect(window)
         try:
             dbapi_connection: Any = connection.connection.dbapi_connection
+            breaker.add_connection(dbapi_connection)
             cursor = dbapi_connection.cursor()
             statement = copy_statement(cursor, query, self.engine.dialect)
             # COPY bypasses SQLAlchemy's execute: tell its listeners (logging, statement counters)
@@ -370,18 +623,22 @@ class SqlTableReader:
             yield from copy_batches(dbapi_connection, statement, schema, self.batch_size)
         except sa.exc.DBAPIError as error:
             connection.invalidate()
+            reason = _first_line(error.orig)
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error.orig)}. Nothing was written; re-run the partition once "
-                "the source is reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except self.engine.dialect.loaded_dbapi.Error as error:
             # a COPY that broke off: the connection is in an unknown state, never reused
             connection.invalidate()
+            reason = _first_line(error)
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error)}. Nothing was written; re-run the partition once "
-                "the source is reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except (pa.ArrowInvalid, OSError) as error:
             connection.invalidate()
@@ -406,6 +663,19 @@ class SqlTableReader:
                 window,
                 connection.dialect.name,
             )
+            try:
+                return int(connection.execute(query).scalar_one())
+            except sa.exc.DBAPIError as error:
+                raise SourceError(
+                    f"{self._where(window)}: counting rows failed: {_first_line(error.orig)}"
+                ) from None
+
+    def count_unreachable(self, partitions: PartitionRange) -> int:
+        """Rows no partition of the range reaches, counted by the database (one query)."""
+        window = partitions.window()
+        with self._connect(window) as connection:
+            table = self.reflect(connection, window)
+            query = self._query(table, [sa.func.count().label("rows")], window, partitions)
             try:
                 return int(connection.execute(query).scalar_one())
             except sa.exc.DBAPIError as error:
@@ -466,15 +736,22 @@ class SqlTableReader:
                 f"{self._where(window)}: cannot connect to "
                 f"{self.engine.url.render_as_string(hide_password=True)}: "
                 f"{_first_line(error.orig)}. Check that the database is up and the "
-                "connection settings and credentials in the project file."
+                "connection settings and credentials in the project file (a server that is "
+                f"only slow to answer: raise `connect_timeout`, now "
+                f"{self.limits.connect_timeout:g} s)."
             ) from None
 
     def _batches(
-        self, query: sa.Select[Any], schema: pa.Schema, window: PartitionWindow | None
+        self,
+        query: sa.Select[Any],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        breaker: StallBreaker,
     ) -> Iterator[pa.RecordBatch]:
         builders: list[ArrayBuilder] = [array_builder(field.type) for field in schema]
         connection = self._connect(window)
         try:
+            breaker.add_connection(connection.connection.dbapi_connection)
             result = connection.execution_options(
                 stream_results=True, max_row_buffer=self.batch_size
             ).execute(query)
@@ -498,10 +775,11 @@ class SqlTableReader:
                     f"{reason}. Nothing was written; repair those rows at the source (or declare "
                     "the column as binary), then re-run the partition."
                 ) from None
+            self._raise_refused(reason, window)
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{reason}. Nothing was written; re-run the partition once the source is "
-                "reachable."
+                f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition "
+                "once the source is reachable."
             ) from None
         except (OverflowError, ValueError) as error:
             # a driver that cannot turn a value into a Python object (a date past year 9999)
@@ -552,6 +830,22 @@ def _day_expression(column: sa.Column[Any], dialect: str, zone: str) -> sa.Colum
     return sa.cast(column, sa.Date)
 
 
+_SERVER_TIMEOUT = re.compile(
+    r"statement timeout|max_statement_time|max_execution_time|query timeout|HYT00", re.IGNORECASE
+)
+
+
+def _timeout_hint(reason: str) -> str:
+    """The fix when the server cancelled the query at the source's statement timeout."""
+    if not _SERVER_TIMEOUT.search(reason):
+        return ""
+    return (
+        "The server cancelled the query at the source's `statement_timeout`: raise it (or "
+        "remove it) on the source in the project file, or split the backfill into smaller "
+        "runs (`max_partitions_per_run`). "
+    )
+
+
 def _first_line(error: BaseException | None) -> str:
     text = str(error).strip() if error is not None else "unknown error"
     return text.splitlines()[0] if text else type(error).__name__
@@ -569,8 +863,14 @@ class SqlSource(Source):
         fast_path: bool = True,
         change_column: str | None = None,
         timezone: str = "UTC",
+        limits: SessionLimits | None = None,
+        start_date: datetime.date | None = None,
+        end_date: datetime.date | None = None,
     ) -> None:
         super().__init__(source_name)
+        self.limits = limits or SessionLimits()
+        self.start_date = start_date
+        self.end_date = end_date
         self.url = url
         self.sqlite_attach = dict(sqlite_attach or {})
         self.batch_size = batch_size
@@ -583,7 +883,7 @@ class SqlSource(Source):
     def engine(self) -> sa.Engine:
         """The source's engine, created once."""
         if self._engine is None:
-            self._engine = create_source_engine(self.url, self.sqlite_attach)
+            self._engine = create_source_engine(self.url, self.sqlite_attach, self.limits)
         return self._engine
 
     def reader(self, table: DatasetSpec) -> SqlTableReader:
@@ -591,7 +891,12 @@ class SqlSource(Source):
         if not isinstance(table, TableSpec):
             raise TypeError(f"a SQL source reads tables, not {type(table).__name__}")
         return SqlTableReader(
-            self.engine, self.source_name, table, self.batch_size, fast_path=self.fast_path
+            self.engine,
+            self.source_name,
+            table,
+            self.batch_size,
+            fast_path=self.fast_path,
+            limits=self.limits,
         )
 
     def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
@@ -603,6 +908,33 @@ class SqlSource(Source):
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int:
         """Rows of the table in the window, counted by the database."""
         return self.reader(dataset).count(window)
+
+    def partition_range(self, dataset: DatasetSpec) -> PartitionRange | None:
+        """The days the dataset's partitions cover; None for a snapshot table (or no start)."""
+        first_day = dataset.start_date or self.start_date
+        if dataset.partition_column is None or first_day is None:
+            return None
+        return PartitionRange(first_day, self.end_date, self.timezone)
+
+    def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
+        """Rows no partition reaches (partition column NULL or outside [start, end)); 0 for a
+        snapshot table, which reads every row."""
+        partitions = self.partition_range(dataset)
+        if partitions is None:
+            return 0
+        return self.reader(dataset).count_unreachable(partitions)
+
+    def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
+        """Exactly the rows `unreachable_rows` counts, as batches (for `<table>_unpartitioned`)."""
+        partitions = self.partition_range(dataset)
+        reader = self.reader(dataset)
+        if partitions is None:
+            raise SourceError(
+                f"{where(self.source_name, dataset.qualified_name, None)}: the table is a "
+                "snapshot (no partition column): every row is read, none is left to quarantine"
+            )
+        batches = reader.read(None, unreachable=partitions)
+        return SourceStream(reader=batches, path=reader.path)
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows whose change column (default: the partition column) moved past `since`."""
