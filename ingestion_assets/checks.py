@@ -46,6 +46,7 @@ SCHEMA_CONTRACT = "schema_contract"
 ROW_COUNT = "row_count"
 PRIMARY_KEY = "primary_key"
 FRESHNESS = "freshness"
+UNPARTITIONED_ROWS = "unpartitioned_rows"
 SAMPLE_SIZE = 10
 
 
@@ -246,8 +247,10 @@ class DatasetChecks:
         asset_key: AssetKey,
         dataset: DatasetSpec,
         partitions_def: DailyPartitionsDefinition | None,
+        source_counts_unreachable: bool = False,
     ) -> None:
         self.asset_key, self.dataset, self.partitions_def = asset_key, dataset, partitions_def
+        self.source_counts_unreachable = source_counts_unreachable
         checks = dataset.checks
         self.enabled: dict[str, CheckSpec] = {
             name: spec
@@ -258,6 +261,55 @@ class DatasetChecks:
             )
             if spec is not None and spec.enabled
         }
+
+    @property
+    def counts_unpartitioned_rows(self) -> bool:
+        """Whether the asset judges the rows no partition reaches (a partitioned dataset of a
+        kind whose Source can count them)."""
+        return self.partitions_def is not None and self.source_counts_unreachable
+
+    def unpartitioned_spec(self) -> AssetCheckSpec:
+        """The table-wide check of the rows no partition reaches."""
+        policy = self.dataset.unpartitioned_rows
+        return AssetCheckSpec(
+            UNPARTITIONED_ROWS,
+            asset=self.asset_key,
+            description="Every run: rows at the source that no partition reaches (partition "
+            f"column NULL, or outside the partitions' days) are none; `{policy}`: "
+            + {
+                "warn": "their count is reported.",
+                "fail": "the run fails, nothing is committed.",
+                "quarantine": "they are landed in the sibling table "
+                f"`{self.asset_key.path[-1]}_unpartitioned` with the reason.",
+            }[policy],
+            blocking=policy == "fail",
+        )
+
+    def unpartitioned_evaluation(self, count: int | None) -> Evaluation:
+        """The verdict on the rows no partition reaches, from the source's count."""
+        policy = self.dataset.unpartitioned_rows
+        column = self.dataset.partition_column
+        if count is None:
+            verdict = Verdict(
+                True, {"unpartitioned_rows": "not counted by the source"}, "not counted"
+            )
+        else:
+            fix = {
+                "warn": "they are not ingested",
+                "fail": "nothing was committed",
+                "quarantine": f"they are kept in {self.asset_key.path[-1]}_unpartitioned",
+            }[policy]
+            verdict = Verdict(
+                count == 0,
+                {"unpartitioned_rows": count, "policy": policy},
+                f"{count} row(s) at the source have no partition ({column} NULL or outside "
+                f"the partitions' days); {fix}. Fix `{column}` at the source, or widen "
+                "start_date / end_date"
+                if count
+                else "every row at the source falls in a partition",
+            )
+        severity = AssetCheckSeverity.ERROR if policy == "fail" else AssetCheckSeverity.WARN
+        return Evaluation(UNPARTITIONED_ROWS, None, verdict, severity, policy == "fail")
 
     def specs(self) -> list[AssetCheckSpec]:
         """The Dagster check specs, one per enabled check, partitioned like the asset."""
@@ -274,7 +326,7 @@ class DatasetChecks:
             PRIMARY_KEY: f"Before each commit: ({', '.join(self.dataset.primary_key)}) never "
             "null, and unique across the rows written and the rows the table keeps.",
         }
-        return [
+        specs = [
             AssetCheckSpec(
                 name,
                 asset=self.asset_key,
@@ -284,6 +336,9 @@ class DatasetChecks:
             )
             for name, spec in self.enabled.items()
         ]
+        if self.counts_unpartitioned_rows:
+            specs.append(self.unpartitioned_spec())
+        return specs
 
     def audit(
         self,

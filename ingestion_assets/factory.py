@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
+import pyarrow as pa
 from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
@@ -23,6 +24,7 @@ from dagster import (
 
 from ingestion_assets.checks import (
     PRIMARY_KEY,
+    UNPARTITIONED_ROWS,
     AuditData,
     DatasetChecks,
     Evaluation,
@@ -45,9 +47,16 @@ from ingestion_assets.io_managers.contract import (
     WriteRequest,
     partition_row_counts,
 )
-from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID, delta_type_names
+from ingestion_assets.lake.rows import (
+    INGESTED_AT,
+    PARTITION_DATE,
+    RUN_ID,
+    UNPARTITIONED_REASON,
+    delta_type_names,
+    with_unpartitioned_reasons,
+)
 from ingestion_assets.resources import SourceResource
-from ingestion_assets.sources.base import source_kind
+from ingestion_assets.sources.base import Source, source_kind
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, SourceSpecBase
@@ -126,7 +135,14 @@ def dataset_asset(
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
     asset_key = AssetKey([source_name, table.key_name])
-    checks = DatasetChecks(asset_key, table, partitions_def)
+    source_class = source_resource_class(spec).source_class
+    checks = DatasetChecks(
+        asset_key,
+        table,
+        partitions_def,
+        # the kind can count the rows no partition reaches
+        source_counts_unreachable=source_class.unreachable_rows is not Source.unreachable_rows,
+    )
     kind = spec.asset_kind
     backfill_policy = None
     if partitions_def is not None:
@@ -189,10 +205,23 @@ def dataset_asset(
                 return stream.reported_total
             return source.count(table, counted)
 
+        unreachable = (
+            source.unreachable_rows(table)
+            if checks.counts_unpartitioned_rows
+            and (UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn")
+            else None
+        )
         if asset_key not in context.selected_asset_keys:
             yield from _judge_committed(
                 context, writer, checks, window, partition_keys, selected, count_at_source
             )
+            if UNPARTITIONED_ROWS in selected:
+                yield from check_evaluations(
+                    asset_key,
+                    [checks.unpartitioned_evaluation(unreachable)],
+                    partition_keys,
+                    assets_def=context.assets_def,
+                )
             return
         context.log.info(
             f"reading {table.qualified_name} from source '{source_name}'"
@@ -213,6 +242,10 @@ def dataset_asset(
         staged = writer.stage(request, stream)
         try:
             evaluations = checks.audit(staged_audit_data(staged, stream), count_at_source)
+            if checks.counts_unpartitioned_rows and (
+                UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn"
+            ):
+                evaluations.append(checks.unpartitioned_evaluation(unreachable))
         except BaseException:
             staged.abort()
             raise
@@ -220,7 +253,9 @@ def dataset_asset(
         for evaluation in evaluations:
             if not evaluation.verdict.passed and not evaluation.stops_the_commit:
                 context.log.warning(
-                    f"{staged.table_name} {evaluation.day or ''}: check {evaluation.check_name} "
+                    f"{staged.table_name}"
+                    + (f" {evaluation.day}" if evaluation.day else "")
+                    + f": check {evaluation.check_name} "
                     f"({evaluation.severity.value}) failed: {evaluation.verdict.description}"
                 )
         if any(evaluation.stops_the_commit for evaluation in evaluations):
@@ -239,7 +274,14 @@ def dataset_asset(
             list(partition_keys.values()), staged.plan.rows_by_day
         ).items():
             context.add_asset_metadata({PARTITION_ROW_COUNT: rows}, partition_key=key)
-        yield MaterializeResult(asset_key=asset_key, metadata=staged.commit())
+        metadata = staged.commit()
+        if table.unpartitioned_rows == "quarantine" and checks.counts_unpartitioned_rows:
+            metadata.update(
+                _quarantine_unreachable(
+                    context, source, writer, spec, table, asset_key, unreachable
+                )
+            )
+        yield MaterializeResult(asset_key=asset_key, metadata=metadata)
         targets = materialization_targets(
             context.instance, asset_key, list(partition_keys.values()), context.run_id
         )
@@ -248,6 +290,49 @@ def dataset_asset(
         )
 
     return _table
+
+
+def _quarantine_unreachable(
+    context: AssetExecutionContext,
+    source: SourceResource,
+    writer: TableWriter,
+    spec: SourceSpecBase,
+    table: DatasetSpec,
+    asset_key: AssetKey,
+    unreachable: int | None,
+) -> dict[str, Any]:
+    """Replace `<table>_unpartitioned` with the rows no partition reaches and the reason of
+    each (`unpartitioned_rows: quarantine`); left alone while there are none and never were."""
+    path = (*asset_key.path[:-1], f"{asset_key.path[-1]}_unpartitioned")
+    if not unreachable and writer.committed_schema(path) is None:
+        return {"unpartitioned_table": "none (every row falls in a partition)"}
+    column = table.partition_column or ""
+    first_day = spec.start_date_of(table)
+    stream = source.read_unreachable(table)
+    reasons = (
+        with_unpartitioned_reasons(batch, column, spec.timezone, first_day, spec.end_date)
+        for batch in stream.reader
+    )
+    schema = stream.reader.schema.append(pa.field(UNPARTITIONED_REASON, pa.string()))
+    request = WriteRequest(
+        asset_path=path,
+        window=None,
+        run_id=context.run_id,
+        partition_column=None,
+        log=context.log,
+        schema_policy="evolve",
+        nanoseconds=table.timestamp_nanoseconds,
+    )
+    quarantined = writer.stage(request, pa.RecordBatchReader.from_batches(schema, reasons))
+    written = quarantined.commit()
+    context.log.warning(
+        f"{'.'.join(asset_key.path)}: {quarantined.plan.rows} row(s) no partition reaches are "
+        f"kept in {'.'.join(path)} with the reason"
+    )
+    return {
+        "unpartitioned_table": ".".join(path),
+        "unpartitioned_rows_quarantined": written.get("rows_written", quarantined.plan.rows),
+    }
 
 
 def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:

@@ -241,6 +241,12 @@ class DatasetSpec(Spec):
         description="`evolve`: new source columns are added (older rows null); "
         "`freeze`: any column change fails the run.",
     )
+    unpartitioned_rows: Literal["warn", "fail", "quarantine"] = Field(
+        "warn",
+        description="Rows no partition can reach (partition column NULL, before the first "
+        "partition or on/after end_date): `warn` reports their count, `fail` fails the run, "
+        "`quarantine` also lands them in `<table>_unpartitioned`.",
+    )
     timestamp_nanoseconds: Literal["error", "truncate", "string"] = Field(
         "error",
         description="Delta keeps microseconds: a source timestamp with 100 ns digits fails "
@@ -305,12 +311,6 @@ class TableSpec(DatasetSpec):
         "without it the table is an unpartitioned snapshot, refreshed whole.",
     )
     columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
-    unpartitioned_rows: Literal["warn", "fail", "quarantine"] = Field(
-        "warn",
-        description="Rows no partition can reach (partition column NULL, before the first "
-        "partition or on/after end_date): `warn` reports their count, `fail` fails the run, "
-        "`quarantine` also lands them in `<table>_unpartitioned`.",
-    )
 
     @property
     def qualified_name(self) -> str:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance
+from deltalake import DeltaTable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -536,9 +537,8 @@ EDGE_ROWS: dict[int, datetime.datetime | None] = {
 
 
 @pytest.mark.parametrize("end_date", [UNREACHABLE_END, None], ids=["end date", "open end"])
-def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
-    source_database: SourceDatabase, tmp_path: pathlib.Path, end_date: datetime.date | None
-) -> None:
+def _edges_table(source_database: SourceDatabase) -> str:
+    """Create `edges` (EDGE_ROWS) at the source; its schema."""
     schema = source_database.schema("Sales")
     table = sa.Table(
         "edges",
@@ -554,6 +554,13 @@ def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
         table.create(connection)
         connection.execute(table.insert(), [{"id": k, "at": v} for k, v in EDGE_ROWS.items()])
     engine.dispose()
+    return schema
+
+
+def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, end_date: datetime.date | None
+) -> None:
+    schema = _edges_table(source_database)
     options: dict[str, Any] = {"start_date": UNREACHABLE_START.isoformat()}
     if end_date:
         options["end_date"] = end_date.isoformat()
@@ -602,3 +609,67 @@ def test_a_snapshot_table_leaves_no_row_unreached(
     resource = SqlSourceResource.from_spec(SOURCE, spec)
     assert resource.unreachable_rows(spec.datasets[0]) == 0
     resource.teardown_after_execution(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", ["warn", "fail", "quarantine"])
+def test_rows_no_partition_reaches_are_reported_refused_or_quarantined_by_every_run(
+    source_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    policy: str,
+) -> None:
+    schema = _edges_table(source_database)
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [
+            {
+                "schema": schema,
+                "name": "edges",
+                "partition_column": "at",
+                "unpartitioned_rows": policy,
+            }
+        ],
+        start_date=UNREACHABLE_START.isoformat(),
+        end_date=UNREACHABLE_END.isoformat(),
+    )
+
+    result = project.materialize(
+        ["edges"], instance, partition_range=("2024-01-01", "2024-01-31"), raise_on_error=False
+    )
+
+    evaluation = next(
+        e for e in result.get_asset_check_evaluations() if e.check_name == "unpartitioned_rows"
+    )
+    assert not evaluation.passed
+    assert evaluation.partition is None, "a table-wide check"
+    assert evaluation.metadata["unpartitioned_rows"].value == 4
+    assert "4 row(s) at the source have no partition (at NULL or outside" in (
+        evaluation.description or ""
+    )
+    sibling = tmp_path / "lake" / SOURCE / "edges_unpartitioned"
+    if policy == "fail":
+        assert not result.success
+        assert evaluation.severity.value == "ERROR"
+        assert not (tmp_path / "lake" / SOURCE / "edges" / "_delta_log").exists()
+        return
+    assert result.success
+    assert evaluation.severity.value == "WARN"
+    assert sorted(project.delta("edges").to_pyarrow_table().column("id").to_pylist()) == [3, 4, 5]
+    if policy == "warn":
+        assert not sibling.exists()
+        return
+    quarantined = DeltaTable(str(sibling)).to_pyarrow_table()
+    reasons = dict(
+        zip(
+            quarantined.column("id").to_pylist(),
+            quarantined.column("_unpartitioned_reason").to_pylist(),
+            strict=True,
+        )
+    )
+    assert reasons == {
+        1: "at is NULL",
+        2: "at before the first partition (2024-01-01)",
+        6: "at on or after end_date (2024-02-01)",
+        7: "at on or after end_date (2024-02-01)",
+    }

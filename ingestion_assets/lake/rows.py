@@ -133,6 +133,33 @@ def partition_dates(values: pa.Array, zone: str) -> pa.Array:
     )
 
 
+UNPARTITIONED_REASON = "_unpartitioned_reason"
+
+
+def with_unpartitioned_reasons(
+    batch: pa.RecordBatch,
+    column: str,
+    zone: str,
+    first_day: datetime.date,
+    end_day: datetime.date | None,
+) -> pa.RecordBatch:
+    """`batch` plus `_unpartitioned_reason`: why no partition reaches each row (its partition
+    column is NULL, before the first partition day, or on/after the end date)."""
+    values = batch.column(column)
+    days = partition_dates(values, zone)
+    before = pc.less(days, pa.scalar(first_day, pa.date32()))
+    reasons = pc.if_else(
+        pc.is_null(days),
+        pa.scalar(f"{column} is NULL"),
+        pc.if_else(
+            before,
+            pa.scalar(f"{column} before the first partition ({first_day})"),
+            pa.scalar(f"{column} on or after end_date ({end_day})" if end_day else "unknown"),
+        ),
+    )
+    return batch.append_column(UNPARTITIONED_REASON, reasons)
+
+
 @dataclass
 class WritePlan:
     """Everything that decides how the incoming batches become Delta rows.
