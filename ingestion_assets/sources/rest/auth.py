@@ -44,14 +44,14 @@ def origin_of(url: str) -> Origin:
     return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
 
 
-def _without_params(url: str, names: Iterable[str]) -> str:
+def without_params(url: str, names: Iterable[str]) -> str:
+    """`url` without the query parameters `names` (any case); unchanged when it has none."""
     hidden = {name.lower() for name in names}
     parts = urlsplit(url)
-    kept = [
-        (key, value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key.lower() not in hidden
-    ]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in pairs if key.lower() not in hidden]
+    if len(kept) == len(pairs):
+        return url
     return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
@@ -80,7 +80,7 @@ class Authenticator(AuthBase, ABC):
         if self.header is not None:
             request.headers.pop(self.header, None)
         if self.secret_params and request.url is not None:
-            request.url = _without_params(request.url, self.secret_params)
+            request.url = without_params(request.url, self.secret_params)
 
     def refresh(self, refused: requests.Response) -> bool:
         """Get new credentials after a 401; False when new ones cannot help."""
