@@ -273,8 +273,11 @@ class PageNumberPaginator(_CountingPaginator):
         self._note_pages(body)
         page = int(request.params[self.spec.page_param])
         pages_done = page - self.spec.first_page + 1
-        if self.total_pages is not None and pages_done >= self.total_pages:
-            return None
+        if self.total_pages is not None:
+            self.check(body, response)
+            # the page count decides, not a short or empty page: one before the last is a fault
+            # the reader reports, never a silent end
+            return None if pages_done >= self.total_pages else self._request(request, page + 1)
         if self._ends(body, response, records, pages_done * self.spec.size):
             return None
         return self._request(request, page + 1)

@@ -76,7 +76,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if value is None:
-        return "nothing"
+        return "nothing (no such key, or null)"
     return f"a JSON {type(value).__name__}"
 
 
@@ -222,7 +222,7 @@ class RestStreamReader:
         if not isinstance(records, list):
             sample = json.dumps(body, ensure_ascii=False, default=str)[:BODY_SAMPLE_CHARACTERS]
             raise UnexpectedBodyError(
-                f"no list of records at '{path or '(the body)'}' but {_describe(records)} "
+                f"no list of records at '{path or '(the body)'}', found {_describe(records)} "
                 f"(the body: {sample}); if this is the API's error or maintenance answer, re-run "
                 "when it is healthy, and if its records moved, fix the stream's `records_path`"
             )
