@@ -25,10 +25,12 @@ import email.message
 import email.utils
 import http.cookiejar
 import json
+import logging
 import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +147,29 @@ class HttpStatistics:
             self.retries += int(retry)
 
 
+# loggers that write request lines (`GET /items?api_key=... HTTP/1.1` at DEBUG) of their own
+HTTP_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "requests")
+
+
+class _MaskedLogRecords(logging.Filter):
+    """Masks a client's secrets in the records of the HTTP libraries' own loggers."""
+
+    def __init__(self, secrets: Callable[[], list[str]]) -> None:
+        super().__init__()
+        # weak: a client nobody closed is not kept alive by the loggers
+        self.secrets = weakref.WeakMethod(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self.secrets()
+        if secrets is None:
+            return True
+        text = record.getMessage()
+        masked = redact(text, secrets())
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
 class RestClient:
     """GETs JSON with auth, timeouts and bounded retries; errors name the source, never a secret."""
 
@@ -174,6 +199,10 @@ class RestClient:
         self._bare = requests.Session()
         self._bare.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._sleep = sleep
+        # urllib3 logs each request line, an API key in the query with it, at DEBUG
+        self._log_filter = _MaskedLogRecords(self.secrets)
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self._log_filter)
 
     def url_for(self, path: str) -> str:
         """An endpoint path (or absolute URL) below the base URL."""
@@ -196,6 +225,8 @@ class RestClient:
         """Close the session's pooled connections."""
         self.session.close()
         self._bare.close()
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
 
     def get_json(
         self,

@@ -29,11 +29,29 @@ def _character_forms(character: str) -> str:
     forms.append(encoded)
     if character == " ":
         forms.append(r"\+")
-    if ord(character) < 0x10000:
-        forms.append(rf"\\u(?i:{ord(character):04x})")
-    if character == "/":
-        forms.append(r"\\/")
+    # JSON: \uXXXX (a surrogate pair above U+FFFF), and the short escapes
+    units = character.encode("utf-16-be", "surrogatepass")
+    forms.append(
+        "".join(
+            rf"\\u(?i:{int.from_bytes(units[i : i + 2], 'big'):04x})"
+            for i in range(0, len(units), 2)
+        )
+    )
+    if character in _JSON_SHORT_ESCAPES:
+        forms.append(re.escape(_JSON_SHORT_ESCAPES[character]))
     return "(?:" + "|".join(forms) + ")"
+
+
+_JSON_SHORT_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "/": "\\/",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 
 
 @functools.lru_cache(maxsize=256)
