@@ -33,6 +33,7 @@ from ingestion_assets.sources.rest.client import (
 from ingestion_assets.sources.rest.paginators import PaginationError
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.records import OutsideWindowError
+from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import RestSourceSpec, StreamSpec
 from ingestion_assets_tests.conftest import SOURCE, failure_message, started_http_server
@@ -682,3 +683,31 @@ def test_a_pagination_without_a_total_is_not_counted_and_the_api_not_asked(
 
     assert reader.count(None) is None
     assert len(httpserver.log) == 0
+
+
+def test_the_new_data_sensor_drops_what_a_day_granular_filter_sends_from_before_its_cursor(
+    httpserver: HTTPServer,
+) -> None:
+    day = datetime.date.today() - datetime.timedelta(days=1)
+    records = [
+        {"id": 1, "modified": f"{day}T01:00:00"},
+        {"id": 2, "modified": f"{day}T12:00:00"},
+    ]
+    # the API filters by whole days only: it answers the cursor's whole day
+    httpserver.expect_request("/orders").respond_with_json({"data": records})
+    stream = StreamSpec(
+        name="orders",
+        path="/orders",
+        records_path="data",
+        params={"day": "{start:%Y-%m-%d}"},
+        partition_field="modified",
+        fields={"id": "int64", "modified": "timestamp"},
+        pagination=PAGINATION.validate_python({"type": "offset"}),
+    )
+    source = RestSource(SOURCE, httpserver.url_for("/"))
+
+    changed = source.changed_days(stream, f"{day}T06:00:00")
+
+    assert changed.days == [day]
+    assert changed.newest == f"{day}T12:00:00"
+    source.close()
