@@ -3,9 +3,10 @@
 Each kind is a `requests.auth.AuthBase` that the session applies to every request it prepares,
 including one built from a paginator's absolute next URL or `Link` header. An authenticator is
 bound to the origin (scheme, host, port) of the source's base URL and adds nothing to a request
-for another origin. On a redirect requests strips only `Authorization`, and only when the host
-changes; `ApiSession` strips every credential its authenticator adds (an API key header or query
-parameter too). Every secret an authenticator holds, tokens as they arrive, is listed in
+for another origin. The client follows redirects itself and sends no request for another origin
+through the session at all (see `client.py`); should a redirect still be followed by requests
+(which strips only `Authorization`, and only when the host changes), `ApiSession` strips every
+credential its authenticator adds (an API key header or query parameter too). Every secret an authenticator holds, tokens as they arrive, is listed in
 `secrets`, so that errors and shown URLs mask it.
 
 The OAuth2 token is fetched on the first request, not when the source is built, and shared by
