@@ -24,6 +24,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from ingestion_assets.errors import SourceError
+from ingestion_assets.resources import OAuth2ClientCredentialsConfig
 from ingestion_assets.sources.rest.client import (
     ForeignOriginError,
     ResponseTooLargeError,
@@ -711,3 +712,24 @@ def test_the_new_data_sensor_drops_what_a_day_granular_filter_sends_from_before_
     assert changed.days == [day]
     assert changed.newest == f"{day}T12:00:00"
     source.close()
+
+
+def test_a_token_endpoint_that_redirects_elsewhere_is_not_followed_with_the_client_secret(
+    httpserver: HTTPServer, elsewhere: HTTPServer
+) -> None:
+    secret = "client-Secret-7e21c4"
+    # a 307 keeps the method and the body: the form with the client secret would go along
+    httpserver.expect_request("/oauth/token", method="POST").respond_with_response(
+        Response(status=307, headers={"Location": elsewhere.url_for("/oauth/token")})
+    )
+    elsewhere.expect_request("/oauth/token").respond_with_json({"access_token": "stolen"})
+    auth = OAuth2ClientCredentialsConfig(
+        token_url=httpserver.url_for("/oauth/token"), client_id="ingest", client_secret=secret
+    )
+    reader = resource_reader(httpserver, auth=auth)
+
+    with pytest.raises(SourceError, match="token endpoint answered HTTP 307") as caught:
+        read_ids(reader)
+
+    assert secret not in str(caught.value)
+    assert len(elsewhere.log) == 0

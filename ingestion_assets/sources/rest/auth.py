@@ -172,7 +172,12 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
             data.update(client_id=self._client_id, client_secret=self._client_secret)
         try:
             response = self._session.post(
-                self._token_url, data=data, auth=auth, timeout=self._timeout
+                self._token_url,
+                data=data,
+                auth=auth,
+                timeout=self._timeout,
+                # a 307 would send the client secret on to wherever it points
+                allow_redirects=False,
             )
         except requests.RequestException as error:
             raise SourceError(
@@ -186,7 +191,7 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
                 f"(HTTP {response.status_code}); check credentials for {self._label} (client_id "
                 "and the client secret's environment variable)"
             )
-        if not response.ok:
+        if not 200 <= response.status_code < 300:  # a redirect too: it is not followed
             raise SourceError(
                 f"{self._label}: the token endpoint answered HTTP {response.status_code}"
             )
