@@ -483,6 +483,37 @@ class TimeoutSpec(Spec):
     read: float = Field(60.0, gt=0)
 
 
+DEFAULT_RESPONSE_DEADLINE_SECONDS = 300.0
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
+
+def _origin_text(value: str) -> str:
+    """`scheme://host[:port]` in lower case, or ValueError: what `allowed_origins` lists."""
+    match = re.fullmatch(r"(https?)://([^/?#@:\s]+)(?::(\d{1,5}))?/?", value.strip(), re.I)
+    if match is None:
+        raise ValueError(
+            f"allowed origin '{value}' must be scheme://host[:port] with http or https and no "
+            "path, query or user, e.g. https://files.example.com"
+        )
+    scheme, host, port = match.group(1).lower(), match.group(2).lower(), match.group(3)
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}:{int(port) if port else default}"
+
+
+class OrderBySpec(Spec):
+    """A stable sort the API is asked for, and checked on: pages taken from a list in a fixed
+    order cannot shuffle records between pages while other records change."""
+
+    field: str = Field(
+        description="Record field the API sorts by, e.g. `id` (best a unique, immutable key)."
+    )
+    param: str = Field("sort", description="Query parameter that asks for the order.")
+    value: str | None = Field(
+        None, description="Value of that parameter, e.g. `id` or `+id`; default: the field."
+    )
+    descending: bool = Field(False, description="The API sorts from the highest value down.")
+
+
 class StreamSpec(DatasetSpec):
     """One API endpoint: becomes one asset, partitioned by day on `partition_field`."""
 
@@ -509,6 +540,37 @@ class StreamSpec(DatasetSpec):
         description="A record that does not fit the schema fails the run, or goes to the "
         "`<stream>_rejected` table with the reason.",
     )
+    outside_window: Literal["fail", "drop"] = Field(
+        "fail",
+        description="A record whose partition_field is outside the requested window (the API "
+        "misread the window parameters) fails the run (`fail`), or is dropped and counted "
+        "(`drop`, for an API known to ignore the filter).",
+    )
+    order_by: OrderBySpec | None = Field(
+        None,
+        description="Ask the API for a stable order (`{field: id, param: sort}`) and check "
+        "that pages come in it; default: the API's own order.",
+    )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times a window's pagination starts over from its first page when its pages "
+        "contradict each other (a moving total, a short or repeated page, a key seen twice); "
+        "then the run fails. Nothing is written before the window's pages agree.",
+    )
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="Other origins (`https://files.example.com`) a redirect or next-page link "
+        "may lead to; they are sent no credential, no API key and no cookie. A link to any "
+        "other origin fails the run.",
+    )
+    response_deadline_seconds: float | None = Field(
+        None, gt=0, description="Override the source's response_deadline_seconds."
+    )
+    max_response_bytes: int | None = Field(
+        None, gt=0, description="Override the source's max_response_bytes."
+    )
 
     @field_validator("fields")
     @classmethod
@@ -523,6 +585,11 @@ class StreamSpec(DatasetSpec):
                 raise ValueError(f"field {name}: {kind} needs 1 <= p <= 38 and 0 <= s <= p")
         return value
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_origin_text(origin) for origin in value)
+
     @model_validator(mode="after")
     def _partition_field_declared(self) -> StreamSpec:
         if (
@@ -532,6 +599,10 @@ class StreamSpec(DatasetSpec):
         ):
             raise ValueError(
                 f"partition_field '{self.partition_field}' is not among the declared fields"
+            )
+        if self.fields is not None and self.order_by and self.order_by.field not in self.fields:
+            raise ValueError(
+                f"order_by field '{self.order_by.field}' is not among the declared fields"
             )
         return self
 
@@ -720,6 +791,19 @@ class RestSourceSpec(SourceSpecBase):
         4, ge=1, le=32, description="Pages fetched at once when the total is known."
     )
     batch_size: int = Field(10_000, gt=0, description="Records per Arrow record batch.")
+    response_deadline_seconds: float = Field(
+        DEFAULT_RESPONSE_DEADLINE_SECONDS,
+        gt=0,
+        description="Whole-response deadline of one request, headers and body (a server that "
+        "drips its body is cut off here; the read timeout only bounds each wait for bytes). "
+        "A request past it is retried within `retries`. Default 300 s.",
+    )
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        gt=0,
+        description="Largest body one response may have, decoded (default 256 MiB); a larger "
+        "one fails the run: use smaller pages or raise it.",
+    )
     streams: tuple[StreamSpec, ...] = Field(min_length=1)
 
     @field_validator("base_url")
@@ -749,11 +833,16 @@ class RestSourceSpec(SourceSpecBase):
     @model_validator(mode="after")
     def _streams(self) -> RestSourceSpec:
         self._check_datasets("streams")
-        # each stream carries its pagination, so a stream spec alone says how to read it
+        # each stream carries its pagination and limits, so a stream spec alone says how to read it
         streams = tuple(
-            stream
-            if stream.pagination is not None
-            else stream.model_copy(update={"pagination": self.pagination})
+            stream.model_copy(
+                update={
+                    "pagination": stream.pagination or self.pagination,
+                    "response_deadline_seconds": stream.response_deadline_seconds
+                    or self.response_deadline_seconds,
+                    "max_response_bytes": stream.max_response_bytes or self.max_response_bytes,
+                }
+            )
             for stream in self.streams
         )
         object.__setattr__(self, "streams", streams)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import logging
 import pathlib
+import re
 import secrets
 import socket
 import subprocess
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -33,10 +36,15 @@ from dagster import (
     serialize_value,
 )
 from dagster._core.remote_representation.external_data import RepositorySnap
+from hypothesis import given
+from hypothesis import strategies as st
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
+from ingestion_assets.errors import SourceError
 from ingestion_assets.project import DEMO_PROJECT_FILE, parse_project
 from ingestion_assets.resources import (
     ApiKeyAuthConfig,
@@ -46,6 +54,7 @@ from ingestion_assets.resources import (
     RestSourceResource,
     SqlSourceResource,
 )
+from ingestion_assets.sources.rest.redaction import redact, redact_exception
 from ingestion_assets_tests.conftest import (
     MARIADB_URL,
     SOURCE,
@@ -511,3 +520,158 @@ def test_no_repr_or_str_of_a_rest_resource_shows_a_secret_of_its_auth(
 def test_dot_env_is_git_ignored() -> None:
     ignored = subprocess.run(["git", "check-ignore", "--quiet", ".env"], cwd=REPO_ROOT, check=False)
     assert ignored.returncode == 0, ".env must be listed in .gitignore: it holds secrets"
+
+
+# ---- an API key in the query, echoed back in every encoding ------------------------------------
+
+
+def encodings(value: str) -> dict[str, str]:
+    """`value` in each form an API may echo it in."""
+    quoted = urllib.parse.quote(value, safe="")
+    return {
+        "raw": value,
+        "percent": quoted,
+        "percent_lower_hex": re.sub(r"%[0-9A-F]{2}", lambda match: match.group().lower(), quoted),
+        "plus_for_space": urllib.parse.quote_plus(value),
+        "twice": urllib.parse.quote(quoted, safe=""),
+        "json_ascii": json.dumps(value),
+        "json_upper_hex": re.sub(
+            r"\\u([0-9a-f]{4})", lambda m: "\\u" + m.group(1).upper(), json.dumps(value)
+        ),
+        "json_slashes": json.dumps(value, ensure_ascii=False).replace("/", "\\/"),
+    }
+
+
+# a secret whose every character class encodes differently: space, slash, plus, &, =, é, emoji
+KEY_CHARACTERS = ' /+&=é😀"\\'
+
+
+@given(
+    secret=st.text(
+        alphabet=st.sampled_from("abcXYZ019-_.~" + KEY_CHARACTERS), min_size=3, max_size=12
+    ),
+    form=st.sampled_from(list(encodings("x"))),
+    before=st.text(alphabet="ab =&", max_size=4),
+    after=st.text(alphabet="ab =&", max_size=4),
+)
+def test_redact_masks_a_secret_in_every_encoding_and_mix_of_them(
+    secret: str, form: str, before: str, after: str
+) -> None:
+    echoed = encodings(secret)[form]
+    text = f"{before}{echoed}{after}"
+
+    masked = redact(text, [secret])
+
+    assert "***" in masked
+    assert echoed not in masked or echoed in f"{before}***{after}"
+
+
+def test_redact_exception_masks_the_message_and_every_cause_in_the_chain() -> None:
+    secret = new_secret("key")
+
+    class Opaque(Exception):
+        """An exception that builds its text from an attribute, not from its arguments."""
+
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+
+        def __str__(self) -> str:
+            return f"failed: {self.url}"
+
+    try:
+        try:
+            try:
+                raise Opaque(f"http://api/?api_key={urllib.parse.quote(secret)}")
+            except Opaque as opaque:
+                raise ValueError(f"while reading {secret}") from opaque
+        except ValueError as value_error:
+            raise SourceError(f"read failed for {json.dumps(secret)}") from value_error
+    except SourceError as error:
+        redact_exception(error, [secret])
+        caught = error
+
+    chain = []
+    current: BaseException | None = caught
+    while current is not None:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    texts = [str(item) for item in chain]
+    assert len(chain) == 2  # the opaque one is cut off the chain
+    assert all(secret not in text and "***" in text for text in texts)
+
+
+def test_an_api_key_the_api_echoes_in_every_encoding_reaches_no_error_event_or_log(
+    httpserver: HTTPServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    random_parts = [secrets.token_hex(8), secrets.token_hex(8)]
+    key = f"{random_parts[0]}{KEY_CHARACTERS}{random_parts[1]}"
+    monkeypatch.setenv("INGEST_TEST_ECHO_KEY", key)
+    caplog.set_level(logging.DEBUG)
+
+    def echo(request: Request) -> Response:
+        # a careless API that echoes the URL it was asked, in every form it knows
+        received = request.args["api_key"]
+        assert received == key
+        body = {
+            "error": "bad window",
+            "url": request.url,
+            "forms": encodings(received),
+            "query": request.query_string.decode(),
+        }
+        return Response(json.dumps(body), status=400, content_type="application/json")
+
+    day = "2024-01-03"
+    httpserver.expect_ordered_request("/orders").respond_with_handler(echo)
+    httpserver.expect_ordered_request("/orders").respond_with_json(
+        {"data": [{"id": 1, "modified": f"{day}T10:00:00Z"}]}
+    )
+    source = {
+        "type": "rest",
+        "base_url": httpserver.url_for("/"),
+        "start_date": "2024-01-01",
+        "auth": {
+            "type": "api_key",
+            "name": "api_key",
+            "value": "${INGEST_TEST_ECHO_KEY}",
+            "location": "query",
+        },
+        "retries": {"max_attempts": 2, "backoff_seconds": 0.01},
+        "streams": [
+            {
+                "name": "orders",
+                "path": "/orders",
+                "records_path": "data",
+                "params": {"since": "{start}"},
+                "partition_field": "modified",
+                "primary_key": ["id"],
+                "fields": {"id": "int64", "modified": "timestamp_tz"},
+            }
+        ],
+    }
+    text = yaml.safe_dump({"lake": {"root": str(tmp_path / "lake")}, "sources": {SOURCE: source}})
+    spec = parse_project(text, "test-echo-project.yaml")
+    project = IngestProject(spec, build_definitions(spec), tmp_path / "lake")
+
+    failed = project.materialize(["orders"], instance, partition=day, raise_on_error=False)
+    succeeded = project.materialize(["orders"], instance, partition=day)
+
+    message = assert_failed(failed, "HTTP 400", "***")
+    assert succeeded.success
+    assert all(form not in message for form in encodings(key).values())
+    # the test server's own request log holds the key: it is the API's log, not ours
+    ours = "\n".join(
+        record.getMessage() for record in caplog.records if not record.name.startswith("werkzeug")
+    )
+    captured = capfd.readouterr()
+    places = [*instance_texts(instance), ("python log output", ours + captured.out + captured.err)]
+    for part in random_parts:
+        # each random part stays as it is in every encoding: none of its pieces may show
+        pieces = {part[index : index + PIECE] for index in range(len(part) - PIECE + 1)}
+        leaks = sorted({where for where, text in places if any(piece in text for piece in pieces)})
+        assert not leaks, f"part of the API key is in: {leaks}"

@@ -3,9 +3,10 @@
 Each kind is a `requests.auth.AuthBase` that the session applies to every request it prepares,
 including one built from a paginator's absolute next URL or `Link` header. An authenticator is
 bound to the origin (scheme, host, port) of the source's base URL and adds nothing to a request
-for another origin. On a redirect requests strips only `Authorization`, and only when the host
-changes; `ApiSession` strips every credential its authenticator adds (an API key header or query
-parameter too). Every secret an authenticator holds, tokens as they arrive, is listed in
+for another origin. The client follows redirects itself and sends no request for another origin
+through the session at all (see `client.py`); should a redirect still be followed by requests
+(which strips only `Authorization`, and only when the host changes), `ApiSession` strips every
+credential its authenticator adds (an API key header or query parameter too). Every secret an authenticator holds, tokens as they arrive, is listed in
 `secrets`, so that errors and shown URLs mask it.
 
 The OAuth2 token is fetched on the first request, not when the source is built, and shared by
@@ -44,14 +45,14 @@ def origin_of(url: str) -> Origin:
     return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
 
 
-def _without_params(url: str, names: Iterable[str]) -> str:
+def without_params(url: str, names: Iterable[str]) -> str:
+    """`url` without the query parameters `names` (any case); unchanged when it has none."""
     hidden = {name.lower() for name in names}
     parts = urlsplit(url)
-    kept = [
-        (key, value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        if key.lower() not in hidden
-    ]
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in pairs if key.lower() not in hidden]
+    if len(kept) == len(pairs):
+        return url
     return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
@@ -80,7 +81,7 @@ class Authenticator(AuthBase, ABC):
         if self.header is not None:
             request.headers.pop(self.header, None)
         if self.secret_params and request.url is not None:
-            request.url = _without_params(request.url, self.secret_params)
+            request.url = without_params(request.url, self.secret_params)
 
     def refresh(self, refused: requests.Response) -> bool:
         """Get new credentials after a 401; False when new ones cannot help."""
@@ -171,7 +172,12 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
             data.update(client_id=self._client_id, client_secret=self._client_secret)
         try:
             response = self._session.post(
-                self._token_url, data=data, auth=auth, timeout=self._timeout
+                self._token_url,
+                data=data,
+                auth=auth,
+                timeout=self._timeout,
+                # a 307 would send the client secret on to wherever it points
+                allow_redirects=False,
             )
         except requests.RequestException as error:
             raise SourceError(
@@ -185,7 +191,7 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
                 f"(HTTP {response.status_code}); check credentials for {self._label} (client_id "
                 "and the client secret's environment variable)"
             )
-        if not response.ok:
+        if not 200 <= response.status_code < 300:  # a redirect too: it is not followed
             raise SourceError(
                 f"{self._label}: the token endpoint answered HTTP {response.status_code}"
             )

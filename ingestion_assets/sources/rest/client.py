@@ -6,20 +6,32 @@ honouring `Retry-After`, within an attempt count and a time limit; 401/403 and o
 (a 401 first gets the authenticator one chance to refresh its token). JSON is decoded strictly in
 its declared charset: bytes that are not text fail the run instead of being replaced or guessed.
 The client is shared by every stream of a run (one session, one token), so the counters a stream
-reports are passed in by its reader.
+reports are passed in by its reader, and so are the stream's limits (`RequestLimits`).
+
+Every response is read as a stream, under a whole-response deadline: `requests`' read timeout
+bounds each wait for bytes only, so a server that drips a byte a second would hold a run for as
+long as it likes; a timer shuts the socket when the deadline passes (a passing fault, retried),
+and a body larger than the size limit fails at once. Redirects are followed here, not by
+`requests`, so that every hop is checked: the API's own origin gets the session (credentials,
+cookies); an origin the stream allows gets a bare request (no credential, no API key, no
+cookie); any other origin fails the read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.message
 import email.utils
+import http.cookiejar
 import json
+import logging
 import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -27,13 +39,62 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 from ingestion_assets.errors import SourceError
-from ingestion_assets.sources.rest.auth import ApiSession, Authenticator
+from ingestion_assets.sources.rest.auth import (
+    ApiSession,
+    Authenticator,
+    Origin,
+    origin_of,
+    without_params,
+)
 from ingestion_assets.sources.rest.redaction import redact, redact_url
+from ingestion_assets.specs import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RESPONSE_DEADLINE_SECONDS
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # a Retry-After of 0 or a past date still waits this long, so a busy server is not hammered
 MIN_RETRY_AFTER_SECONDS = 0.1
 BODY_EXCERPT_CHARACTERS = 200
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+CHUNK_BYTES = 64 * 1024
+
+
+class UnexpectedBodyError(ValueError):
+    """A well-formed JSON body that is not what the stream expects (an error object, a notice)."""
+
+
+class ResponseTooLargeError(SourceError):
+    """A response body larger than the stream's `max_response_bytes`."""
+
+
+class ForeignOriginError(SourceError):
+    """A redirect or next-page link to an origin the stream does not allow."""
+
+
+class _DeadlinePassed(Exception):
+    """The whole response did not arrive within its deadline."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """One stream's bounds on each of its requests: time, size, and where links may lead."""
+
+    deadline_seconds: float = DEFAULT_RESPONSE_DEADLINE_SECONDS
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    allowed_origins: frozenset[Origin] = frozenset()
+
+    @classmethod
+    def of(
+        cls,
+        deadline_seconds: float | None,
+        max_bytes: int | None,
+        allowed_origins: Iterable[str] = (),
+    ) -> RequestLimits:
+        """Limits from a stream's settings (None: the default)."""
+        return cls(
+            deadline_seconds or DEFAULT_RESPONSE_DEADLINE_SECONDS,
+            max_bytes or DEFAULT_MAX_RESPONSE_BYTES,
+            frozenset(origin_of(origin) for origin in allowed_origins),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +147,29 @@ class HttpStatistics:
             self.retries += int(retry)
 
 
+# loggers that write request lines (`GET /items?api_key=... HTTP/1.1` at DEBUG) of their own
+HTTP_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "requests")
+
+
+class _MaskedLogRecords(logging.Filter):
+    """Masks a client's secrets in the records of the HTTP libraries' own loggers."""
+
+    def __init__(self, secrets: Callable[[], list[str]]) -> None:
+        super().__init__()
+        # weak: a client nobody closed is not kept alive by the loggers
+        self.secrets = weakref.WeakMethod(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self.secrets()
+        if secrets is None:
+            return True
+        text = record.getMessage()
+        masked = redact(text, secrets())
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
+
+
 class RestClient:
     """GETs JSON with auth, timeouts and bounded retries; errors name the source, never a secret."""
 
@@ -102,37 +186,63 @@ class RestClient:
     ) -> None:
         self.source_name = source_name
         self.base_url = base_url.rstrip("/") + "/"
+        self.origin = origin_of(self.base_url)
         self.auth = auth
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.session = session or ApiSession()
-        # applied by the session to every request it prepares, redirects and page links included
+        # applied by the session to every request it prepares for the API's origin
         self.session.auth = auth
+        # requests to another origin a stream allows: prepared bare (no auth, no cookie, no
+        # .netrc) and sent through a session that keeps no cookie either
+        self._bare = requests.Session()
+        self._bare.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._sleep = sleep
+        # urllib3 logs each request line, an API key in the query with it, at DEBUG
+        self._log_filter = _MaskedLogRecords(self.secrets)
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).addFilter(self._log_filter)
 
     def url_for(self, path: str) -> str:
         """An endpoint path (or absolute URL) below the base URL."""
         return urljoin(self.base_url, path.lstrip("/")) if "://" not in path else path
 
-    def _shown(self, url: str, params: Mapping[str, str] | None = None) -> str:
+    def shown(self, url: str, params: Mapping[str, str] | None = None) -> str:
+        """A request's URL as messages show it: secrets masked."""
         separator = "&" if "?" in url else "?"
         full = url + (separator + urlencode(dict(params)) if params else "")
-        return redact_url(full, self._secrets(), self.auth.secret_params if self.auth else ())
+        return redact_url(full, self.secrets(), self._secret_params())
 
-    def _secrets(self) -> list[str]:
-        # read at each use: an OAuth2 authenticator adds its tokens as it fetches them
+    def secrets(self) -> list[str]:
+        """Every secret the client sends (read at each use: OAuth2 tokens arrive as it runs)."""
         return self.auth.secrets if self.auth is not None else []
+
+    def _secret_params(self) -> tuple[str, ...]:
+        return self.auth.secret_params if self.auth is not None else ()
 
     def close(self) -> None:
         """Close the session's pooled connections."""
         self.session.close()
+        self._bare.close()
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).removeFilter(self._log_filter)
 
     def get_json(
-        self, url: str, params: Mapping[str, str], label: str, statistics: HttpStatistics
+        self,
+        url: str,
+        params: Mapping[str, str],
+        label: str,
+        statistics: HttpStatistics,
+        limits: RequestLimits | None = None,
+        expect: Callable[[Any], None] | None = None,
     ) -> tuple[Any, requests.Response]:
-        """GET and parse JSON, retrying 429/5xx/timeouts/drops/broken JSON within the bounds."""
-        deadline = time.monotonic() + self.retry.max_elapsed_seconds
+        """GET and parse JSON, retrying 429/5xx/timeouts/drops/broken JSON within the bounds.
+
+        `expect` raises UnexpectedBodyError for JSON that is not what the caller can use (an
+        error object answered with 200): such a body is retried like one that is not JSON."""
+        limits = limits or RequestLimits()
+        give_up_at = time.monotonic() + self.retry.max_elapsed_seconds
         refreshed = False
         last_problem = "no attempt"
         attempt = 0
@@ -141,9 +251,13 @@ class RestClient:
             headers = {"Accept": "application/json", **self.headers}
             statistics.count(retry=attempt > 1)
             retry_after = None
+            deadline_at = min(time.monotonic() + limits.deadline_seconds, give_up_at)
             try:
-                response = self.session.get(
-                    url, params=params, headers=headers, timeout=self.timeout
+                response = self._fetch(url, params, headers, limits, deadline_at, label)
+            except _DeadlinePassed:
+                last_problem = (
+                    f"the whole response did not arrive within {limits.deadline_seconds:g} s "
+                    "(`response_deadline_seconds`)"
                 )
             except (
                 requests.ConnectionError,
@@ -155,7 +269,7 @@ class RestClient:
             except requests.RequestException as error:
                 # not a passing fault (a malformed URL, a redirect loop): retrying cannot help
                 raise SourceError(
-                    f"{label}: GET {self._shown(url, params)} failed: {type(error).__name__}; "
+                    f"{label}: GET {self.shown(url, params)} failed: {type(error).__name__}; "
                     "check base_url and the stream's path"
                 ) from None
             else:
@@ -170,7 +284,7 @@ class RestClient:
                     continue
                 if response.status_code in (401, 403):
                     raise SourceError(
-                        f"{label}: HTTP {response.status_code} from {self._shown(url, params)}: "
+                        f"{label}: HTTP {response.status_code} from {self.shown(url, params)}: "
                         f"check credentials for source '{self.source_name}' (auth settings and "
                         "the environment variables they name)"
                     )
@@ -179,12 +293,20 @@ class RestClient:
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 elif response.status_code >= 400:
                     raise SourceError(
-                        f"{label}: HTTP {response.status_code} from {self._shown(url, params)}: "
+                        f"{label}: HTTP {response.status_code} from {self.shown(url, params)}: "
                         f"{self._excerpt(response)}"
                     )
                 else:
                     try:
-                        return self._json(response, label, url, params), response
+                        body = self._json(response, label, url, params)
+                        if expect is not None:
+                            expect(body)
+                        return body, response
+                    except UnexpectedBodyError as error:
+                        last_problem = (
+                            f"HTTP {response.status_code} with JSON that is no page of records: "
+                            f"{redact(str(error), self.secrets())}"
+                        )
                     except ValueError:
                         kind = response.headers.get("Content-Type", "no content type")
                         last_problem = (
@@ -194,14 +316,145 @@ class RestClient:
             if attempt >= self.retry.max_attempts:
                 break
             wait = self.retry.backoff(attempt, retry_after)
-            if time.monotonic() + wait > deadline:
+            if time.monotonic() + wait > give_up_at:
                 last_problem += f"; the next wait ({wait:.1f} s) would pass the time limit"
                 break
             self._sleep(wait)
         raise SourceError(
-            f"{label}: GET {self._shown(url, params)} failed after {attempt} attempt(s): "
+            f"{label}: GET {self.shown(url, params)} failed after {attempt} attempt(s): "
             f"{last_problem}. Nothing was written; re-run the partition when the API is healthy "
             f"(retries: source '{self.source_name}' `retries`)."
+        )
+
+    def _fetch(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        limits: RequestLimits,
+        deadline_at: float,
+        label: str,
+    ) -> requests.Response:
+        """One attempt: GET, redirects followed hop by hop, the body read within the limits."""
+        current, current_params = url, dict(params)
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send(current, current_params, headers, limits, deadline_at, label)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUS or not location:
+                self._read_body(response, limits, deadline_at, label, current, current_params)
+                return response
+            response.close()
+            current, current_params = urljoin(response.url, location), {}
+        raise SourceError(
+            f"{label}: GET {self.shown(url, params)} was redirected more than {MAX_REDIRECTS} "
+            "times; nothing was written. Check base_url and the stream's path."
+        )
+
+    def _send(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        limits: RequestLimits,
+        deadline_at: float,
+        label: str,
+    ) -> requests.Response:
+        """One request, as its origin allows: the API's own gets the session, an allowed other
+        origin a bare request, any other origin none."""
+        # a key the API echoed into a link is dropped; the authenticator adds it for its origin
+        url = without_params(url, self._secret_params())
+        remaining = deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlinePassed
+        timeout = (self.timeout[0], min(self.timeout[1], remaining))
+        origin = origin_of(url)
+        if origin == self.origin:
+            return self.session.get(
+                url,
+                params=params,
+                headers=dict(headers),
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        shown = self.shown(url, params)
+        if origin not in limits.allowed_origins:
+            raise ForeignOriginError(
+                f"{label}: the API sent the read to {_origin_text(origin)} ({shown}), another "
+                f"origin than its own ({_origin_text(self.origin)}); nothing was sent there. If "
+                "that origin is trusted, list it in the stream's `allowed_origins` (it is sent "
+                "no credential, API key or cookie); otherwise fix the API's links or the "
+                "stream's path."
+            )
+        prepared = requests.Request("GET", url, params=dict(params), headers=dict(headers))
+        ready = prepared.prepare()
+        if ready.url is not None and redact(ready.url, self.secrets()) != ready.url:
+            raise ForeignOriginError(
+                f"{label}: the link to {_origin_text(origin)} ({shown}) carries one of the "
+                "source's credentials; it was not followed. Fix the API's links."
+            )
+        return self._bare.send(ready, timeout=timeout, stream=True, allow_redirects=False)
+
+    def _read_body(
+        self,
+        response: requests.Response,
+        limits: RequestLimits,
+        deadline_at: float,
+        label: str,
+        url: str,
+        params: Mapping[str, str],
+    ) -> None:
+        """Read the body into the response within the deadline and the size limit."""
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > limits.max_bytes:
+            response.close()
+            raise self._too_large(label, url, params, limits, f"declares {int(declared)} bytes")
+        passed = threading.Event()
+
+        def cut() -> None:
+            passed.set()
+            # wakes a read blocked on a dripping server; the read then fails
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                response.raw.shutdown()
+
+        timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise self._too_large(label, url, params, limits, f"sent over {size} bytes")
+                chunks.append(chunk)
+                if passed.is_set():
+                    raise _DeadlinePassed
+        except requests.RequestException:
+            if passed.is_set():
+                raise _DeadlinePassed from None
+            raise
+        finally:
+            timer.cancel()
+            response.close()
+        if passed.is_set():
+            # the socket was shut at the deadline: a body without a length may look complete
+            raise _DeadlinePassed
+        response._content = b"".join(chunks)
+
+    def _too_large(
+        self,
+        label: str,
+        url: str,
+        params: Mapping[str, str],
+        limits: RequestLimits,
+        what: str,
+    ) -> ResponseTooLargeError:
+        return ResponseTooLargeError(
+            f"{label}: GET {self.shown(url, params)} {what}, more than the stream's "
+            f"max_response_bytes ({limits.max_bytes} bytes); nothing was written. Ask for "
+            "smaller pages (the pagination's limit or size), or raise max_response_bytes on "
+            "the stream or the source if such pages are right."
         )
 
     def _json(
@@ -214,7 +467,7 @@ class RestClient:
             text = response.content.decode(charset)
         except LookupError:
             raise SourceError(
-                f"{label}: GET {self._shown(url, params)} declares the unknown charset "
+                f"{label}: GET {self.shown(url, params)} declares the unknown charset "
                 f"'{charset}' in its Content-Type; nothing was written. Fix the API's Content-Type "
                 "(JSON is UTF-8)."
             ) from None
@@ -223,7 +476,7 @@ class RestClient:
             json.loads(response.content.decode(charset, "surrogateescape"))
             bad = response.content[error.start : error.end]
             raise SourceError(
-                f"{label}: GET {self._shown(url, params)} answered bytes that are not {charset} "
+                f"{label}: GET {self.shown(url, params)} answered bytes that are not {charset} "
                 f"text ({bad!r} at byte {error.start}); nothing was written. JSON must be UTF-8 "
                 "(RFC 8259): fix the text at the API, or have the API declare its real encoding "
                 "in Content-Type (`application/json; charset=...`)."
@@ -234,7 +487,7 @@ class RestClient:
                 json.dumps(body, ensure_ascii=False).encode("utf-8")
             except UnicodeEncodeError as error:
                 raise SourceError(
-                    f"{label}: GET {self._shown(url, params)} answered a JSON string with the "
+                    f"{label}: GET {self.shown(url, params)} answered a JSON string with the "
                     f"escape of a lone surrogate ({error.object[error.start]!r}), which is no "
                     "Unicode text and cannot be stored; nothing was written. Fix the text at the "
                     "API (a surrogate escape must be half of a pair, e.g. \\ud83d\\ude00)."
@@ -243,7 +496,7 @@ class RestClient:
 
     def _excerpt(self, response: requests.Response) -> str:
         # redact before cutting: a secret straddling the cut would otherwise show its first part
-        text = " ".join(redact(response.text, self._secrets()).split())
+        text = " ".join(redact(response.text, self.secrets()).split())
         return text[:BODY_EXCERPT_CHARACTERS] or "(empty body)"
 
 
@@ -255,6 +508,11 @@ def _declared_charset(response: requests.Response) -> str | None:
     message = email.message.Message()
     message["Content-Type"] = response.headers.get("Content-Type", "")
     return message.get_content_charset()
+
+
+def _origin_text(origin: Origin) -> str:
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
 
 
 def _describe_transport_error(error: requests.RequestException) -> str:

@@ -5,7 +5,8 @@ from a page's body and headers what to ask for next; none of them sends a reques
 is tested against plain responses and the reader alone decides how pages are fetched (one by one,
 or in parallel when `remaining` knows every other page up front). They stop an API whose pages do
 not add up (a total that changes, a link that loops, more than `max_pages`) with a
-`PaginationError` instead of writing overlapping or missing records.
+`PaginationError` instead of writing overlapping or missing records; the faults that reading the
+window again may cure (the data moved while it was paged) are `InconsistentPagesError`s.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class PaginationError(SourceError):
     """The API's pages do not add up: a loop, a changing total, or too many pages."""
 
 
+class InconsistentPagesError(PaginationError):
+    """The pages of one window contradict each other (a moving total, a short or repeated page):
+    the data changed while it was paged, so the window is read again from its first page."""
+
+
 @dataclass(frozen=True)
 class PageRequest:
     """One page's URL and query parameters."""
@@ -46,12 +52,24 @@ class PageRequest:
 class Paginator(ABC):
     """Pagination state for one stream run: first request, next request, or all the rest."""
 
-    # whether `total` can ever tell: a style that cannot is not asked for a source count at all
-    reports_total: ClassVar[bool] = False
+    # pages at positions fixed by their number (page 3 is records 2n..3n-1 whatever page 2 held):
+    # a short page before the last one means records were skipped
+    fixed_positions: ClassVar[bool] = False
+    # the records a full page holds, where the style asks for a page size
+    page_size: int | None = None
 
     def __init__(self, max_pages: int, label: str) -> None:
         self.max_pages = max_pages
         self.label = label
+
+    @property
+    def reports_total(self) -> bool:
+        """Whether `total` can ever tell: a style that cannot is not asked for a source count."""
+        return False
+
+    def expected_records(self) -> int | None:
+        """The record count the window's pages must add up to, once the first page told it."""
+        return None
 
     def first(self, request: PageRequest) -> PageRequest:
         """The first page's request."""
@@ -96,7 +114,6 @@ def _total(
 class _CountingPaginator(Paginator):
     """Shared by offset and page pagination: a known total, a flag, or a short page ends it."""
 
-    reports_total = True
     total_path: str | None
     total_header: str | None
     has_more_path: str | None
@@ -106,19 +123,31 @@ class _CountingPaginator(Paginator):
         super().__init__(max_pages, label)
         self.first_total: int | None = None
 
+    @property
+    def reports_total(self) -> bool:
+        return bool(self.total_path or self.total_header)
+
+    def expected_records(self) -> int | None:
+        return self.first_total
+
     def total(self, body: Any, response: requests.Response) -> int | None:
         return _total(body, response, self.total_path, self.total_header)
 
     def check(self, body: Any, response: requests.Response) -> None:
         total = self.total(body, response)
         if total is None:
+            if self.first_total is not None:
+                raise InconsistentPagesError(
+                    f"{self.label}: the API reported a total of {self.first_total} on the first "
+                    "page and none on a later one, so its pages cannot be checked against it"
+                )
             return
         if self.first_total is None:
             self.first_total = total
             # an absurd total fails now, not after max_pages requests one by one
             self._page_count()
         elif total != self.first_total:
-            raise PaginationError(
+            raise InconsistentPagesError(
                 f"{self.label}: the API's total changed from {self.first_total} to {total} "
                 "during the run, so pages would overlap or skip records; nothing was written. "
                 "Re-run the partition once the source is quiet for it."
@@ -195,6 +224,8 @@ class OffsetPaginator(_CountingPaginator):
 class PageNumberPaginator(_CountingPaginator):
     """`page`/`page_size` parameters."""
 
+    fixed_positions = True
+
     def __init__(self, spec: PagePagination, label: str) -> None:
         super().__init__(spec.max_pages, label)
         self.spec = spec
@@ -223,7 +254,7 @@ class PageNumberPaginator(_CountingPaginator):
         value = json_path(body, self.spec.total_pages_path)
         pages = int(value) if isinstance(value, int | str) and str(value).isdigit() else None
         if pages is not None and self.total_pages is not None and pages != self.total_pages:
-            raise PaginationError(
+            raise InconsistentPagesError(
                 f"{self.label}: the API's total changed from {self.total_pages} to {pages} "
                 "pages during the run, so pages would overlap or skip records; nothing was "
                 "written. Re-run the partition once the source is quiet for it."
@@ -242,8 +273,11 @@ class PageNumberPaginator(_CountingPaginator):
         self._note_pages(body)
         page = int(request.params[self.spec.page_param])
         pages_done = page - self.spec.first_page + 1
-        if self.total_pages is not None and pages_done >= self.total_pages:
-            return None
+        if self.total_pages is not None:
+            self.check(body, response)
+            # the page count decides, not a short or empty page: one before the last is a fault
+            # the reader reports, never a silent end
+            return None if pages_done >= self.total_pages else self._request(request, page + 1)
         if self._ends(body, response, records, pages_done * self.spec.size):
             return None
         return self._request(request, page + 1)

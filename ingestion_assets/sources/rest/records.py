@@ -4,8 +4,11 @@ A page whose values all have the plain JSON form of their declared type is conve
 column by Arrow (exact or an error, never rounded); any other page goes record by record through
 the same coercers, so a bad value is reported with its record's key and field, and fails the run
 or is kept for the stream's `_rejected` table (`on_invalid`). Records whose partition field falls
-outside the window are dropped and counted: an API that ignores the date filter cannot write into
-another day. No HTTP here: this module is the pure core the reader feeds pages into.
+outside the window fail the read with a sample of their values (`outside_window: fail`, the
+default: the API misread the window parameters, so what it sent for the window cannot be trusted
+to be the window), or are dropped and counted (`drop`, for an API known to ignore the filter);
+either way they never land in another day. No HTTP here: this module is the pure core the reader
+feeds pages into.
 """
 
 from __future__ import annotations
@@ -25,6 +28,28 @@ from ingestion_assets.errors import SourceError
 from ingestion_assets.sources.stream import RejectedRecord
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import FIELD_TYPE, StreamSpec
+
+OUTSIDE_SAMPLE_SIZE = 5
+
+
+class OutsideWindowError(SourceError):
+    """Records whose partition field is outside the window asked for: the API misread it."""
+
+
+def outside_window_error(
+    label: str, stream: StreamSpec, window: PartitionWindow, outside: int, sample: Sequence[Any]
+) -> OutsideWindowError:
+    """The error for `outside` records of a window, with a sample of their partition values."""
+    shown = ", ".join(str(value) for value in sample[:OUTSIDE_SAMPLE_SIZE])
+    return OutsideWindowError(
+        f"{label}: the API answered {outside} record(s) whose {stream.partition_field} is "
+        f"outside the window [{window.start.isoformat()}, {window.end.isoformat()}) (e.g. "
+        f"{shown}); nothing was written. The API misreads the window: check the stream's "
+        "window parameters (`params`: the placeholder and its format, e.g. "
+        "`{start:%Y-%m-%dT%H:%M:%S}` for an API that compares text, `{end_inclusive}` for an "
+        "inclusive upper bound), or set `outside_window: drop` on the stream if the API is "
+        "known to ignore the filter."
+    )
 
 
 class RecordError(ValueError):
@@ -160,6 +185,12 @@ class ConversionStatistics:
     outside_window: int = 0
     rejected: list[RejectedRecord] = field(default_factory=list)
 
+    def reset(self) -> None:
+        """Back to nothing seen, for a window read again from its first page."""
+        self.records = self.outside_window = 0
+        # cleared in place: the stream handed this list to its writer already
+        self.rejected.clear()
+
 
 def _plain_column(
     raw: list[Any], kind: pa.DataType, coerce: Callable[[Any], Any]
@@ -249,13 +280,27 @@ class RecordConverter:
             inside = [self._in_window(value) for value in partition_values]
             outside = inside.count(False)
             if outside:
-                self.statistics.outside_window += outside
+                name = self.stream.partition_field
+                self._outside(
+                    [
+                        record.get(name)
+                        for record, kept in zip(records, inside, strict=True)
+                        if not kept
+                    ]
+                )
                 batch = batch.filter(pa.array(inside))
         return batch
+
+    def _outside(self, values: Sequence[Any]) -> None:
+        """Records outside the window: fail with a sample, or count them as dropped."""
+        if self.stream.outside_window == "fail" and self.window is not None:
+            raise outside_window_error(self.label, self.stream, self.window, len(values), values)
+        self.statistics.outside_window += len(values)
 
     def _convert_records(self, records: Sequence[Any]) -> pa.RecordBatch:
         columns: dict[str, list[Any]] = {name: [] for name in self.schema.names}
         partition_field = self.stream.partition_field
+        outside: list[Any] = []
         for record in records:
             self.statistics.records += 1
             if not isinstance(record, Mapping):
@@ -271,10 +316,12 @@ class RecordConverter:
                     self._invalid(record, partition_field, "the partition field is empty", None)
                     continue
                 if not self._in_window(values[partition_field]):
-                    self.statistics.outside_window += 1
+                    outside.append(record.get(partition_field))
                     continue
             for name, value in values.items():
                 columns[name].append(value)
+        if outside:
+            self._outside(outside)
         return pa.RecordBatch.from_pydict(columns, schema=self.schema)
 
     def _coerce(self, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,3 +395,17 @@ def within_window(
     end = pa.scalar(window.end.replace(tzinfo=None), pa.timestamp("us"))
     keep = pc.and_(pc.greater_equal(values, start), pc.less(values, end))
     return table.filter(pc.fill_null(keep, True))
+
+
+def outside_window_values(
+    table: pa.Table, partition_field: str | None, window: PartitionWindow | None
+) -> list[Any]:
+    """The partition values (as ISO text) of the rows `within_window` leaves out, a sample."""
+    if window is None or not partition_field or partition_field not in table.schema.names:
+        return []
+    values = table.column(partition_field)
+    start = pa.scalar(window.start.replace(tzinfo=None), pa.timestamp("us"))
+    end = pa.scalar(window.end.replace(tzinfo=None), pa.timestamp("us"))
+    keep = pc.fill_null(pc.and_(pc.greater_equal(values, start), pc.less(values, end)), True)
+    outside = values.filter(pc.invert(keep)).slice(0, OUTSIDE_SAMPLE_SIZE).to_pylist()
+    return [value.isoformat() for value in outside]
