@@ -89,6 +89,8 @@ class _WindowPages:
     received: int = 0
     keys: list[pa.Table] = field(default_factory=list)
     order_last: Any = None
+    # the total the API reported for the window, once the last page agreed with it
+    expected: int | None = None
 
     def page(self, records: list[Any], fixed_size: int | None, last: bool) -> None:
         """One page's records arrived (`last`: no page follows it; `fixed_size`: the size of
@@ -144,6 +146,7 @@ class _WindowPages:
 
     def finish(self, expected: int | None) -> None:
         """The last page arrived: the records add up to the total, no key came twice."""
+        self.expected = expected
         if expected is not None and self.received != expected:
             raise InconsistentPagesError(
                 f"{self.label}: the API reported {expected} records for the window but its "
@@ -369,9 +372,17 @@ class RestStreamReader:
             if self.stream.fields is None:
                 return self._read_inferred(window, label)
             converter = RecordConverter(self.stream, self.zone, window, label)
-            return SourceStream(
+
+            def reported(total: int | None) -> None:
+                # the API's own filtered total, less the records dropped outside the window:
+                # what the audit reconciles the window's rows with, without asking again
+                if total is not None:
+                    stream.reported_total = total - converter.statistics.outside_window
+
+            stream = SourceStream(
                 reader=pa.RecordBatchReader.from_batches(
-                    converter.schema, self._masked_iter(self._batches(window, converter, label))
+                    converter.schema,
+                    self._masked_iter(self._batches(window, converter, label, reported)),
                 ),
                 metadata=lambda: self._metadata(
                     converter.statistics.records,
@@ -382,6 +393,7 @@ class RestStreamReader:
                 rejected=converter.statistics.rejected,
                 quarantine=self.stream.on_invalid == "quarantine",
             )
+            return stream
 
     def _read_inferred(self, window: PartitionWindow | None, label: str) -> SourceStream:
         for _ in range(self.stream.max_restarts + 1):
@@ -406,11 +418,16 @@ class RestStreamReader:
                 reader=table.to_reader(),
                 path="api pages",
                 metadata=functools.partial(self._metadata, received.num_rows, outside, 0),
+                reported_total=None if seen.expected is None else seen.expected - outside,
             )
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _batches(
-        self, window: PartitionWindow | None, converter: RecordConverter, label: str
+        self,
+        window: PartitionWindow | None,
+        converter: RecordConverter,
+        label: str,
+        reported: Callable[[int | None], None] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         with tempfile.TemporaryDirectory(prefix="rest-window-") as directory:
             for attempt in range(self.stream.max_restarts + 1):
@@ -431,6 +448,8 @@ class RestStreamReader:
                     self.restarts += 1
                     continue
                 # the window's pages agree: only now does the writer see its rows
+                if reported is not None:
+                    reported(seen.expected)
                 with pa.OSFile(str(spill), "rb") as source:
                     yield from pa.ipc.open_stream(source)
                 return
