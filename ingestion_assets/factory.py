@@ -205,13 +205,13 @@ def dataset_asset(
                 return stream.reported_total
             return source.count(table, counted)
 
-        unreachable = (
-            source.unreachable_rows(table)
-            if checks.counts_unpartitioned_rows
-            and (UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn")
-            else None
+        judges_unreachable = checks.counts_unpartitioned_rows and (
+            UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn"
         )
+        unreachable: int | None = None
         if asset_key not in context.selected_asset_keys:
+            if judges_unreachable:
+                unreachable = source.unreachable_rows(table)
             yield from _judge_committed(
                 context, writer, checks, window, partition_keys, selected, count_at_source
             )
@@ -242,9 +242,9 @@ def dataset_asset(
         staged = writer.stage(request, stream)
         try:
             evaluations = checks.audit(staged_audit_data(staged, stream), count_at_source)
-            if checks.counts_unpartitioned_rows and (
-                UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn"
-            ):
+            if judges_unreachable:
+                # counted after the read, whose errors (a missing column) are the clearer
+                unreachable = source.unreachable_rows(table)
                 evaluations.append(checks.unpartitioned_evaluation(unreachable))
         except BaseException:
             staged.abort()

@@ -1227,7 +1227,7 @@ def test_records_outside_the_window_are_dropped_counted_and_never_written_to_oth
     metadata = run_metadata(second)
     assert metadata["records_outside_window"] == 2
     assert metadata["records_received"] == 5
-    assert metadata["dagster/row_count"] == 3
+    assert metadata["dagster/partition_row_count"] == 3
     table = project.delta("orders").to_pyarrow_table()
     by_day: dict[datetime.date, list[int]] = {}
     for row in table.select(["id", PARTITION_DATE]).to_pylist():
