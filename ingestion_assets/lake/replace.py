@@ -98,12 +98,18 @@ def fit_schema(
     table_types = delta_type_names(table_schema)
     diff = schema_diff(table_types, delta_type_names(target))
     if diff.changed or (diff and policy == "freeze"):
-        fix = (
-            "Change the column back at the source, or write to a new table (asset_name)."
-            if diff.changed
-            else "The table's schema_policy is `freeze`: set it to `evolve` to accept "
-            "added columns, or change the source back."
-        )
+        if diff.changed:
+            fix = "Change the column back at the source, or write to a new table (asset_name)."
+        elif diff.added:
+            fix = (
+                "The table's schema_policy is `freeze`: set it to `evolve` to accept added "
+                "columns, or change the source back."
+            )
+        else:
+            fix = (
+                "The table's schema_policy is `freeze`: set it to `evolve` to keep the column "
+                "(new rows get nulls in it), or change the source back."
+            )
         raise SchemaDriftError(
             f"{where}: the source schema no longer matches the Delta table at {uri}: "
             f"{diff.describe()}. {fix}"
