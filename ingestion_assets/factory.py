@@ -47,6 +47,7 @@ from ingestion_assets.io_managers.contract import (
     WriteRequest,
     partition_row_counts,
 )
+from ingestion_assets.lake.replace import held_interrupts
 from ingestion_assets.lake.rows import (
     INGESTED_AT,
     PARTITION_DATE,
@@ -274,14 +275,17 @@ def dataset_asset(
             list(partition_keys.values()), staged.plan.rows_by_day
         ).items():
             context.add_asset_metadata({PARTITION_ROW_COUNT: rows}, partition_key=key)
-        metadata = staged.commit()
-        if table.unpartitioned_rows == "quarantine" and checks.counts_unpartitioned_rows:
-            metadata.update(
-                _quarantine_unreachable(
-                    context, source, writer, spec, table, asset_key, unreachable
+        # a stop request (SIGTERM from a cancel) waits until the commit is recorded as a
+        # materialization: a run whose rows landed is never reported as having written nothing
+        with held_interrupts():
+            metadata = staged.commit()
+            if table.unpartitioned_rows == "quarantine" and checks.counts_unpartitioned_rows:
+                metadata.update(
+                    _quarantine_unreachable(
+                        context, source, writer, spec, table, asset_key, unreachable
+                    )
                 )
-            )
-        yield MaterializeResult(asset_key=asset_key, metadata=metadata)
+            yield MaterializeResult(asset_key=asset_key, metadata=metadata)
         targets = materialization_targets(
             context.instance, asset_key, list(partition_keys.values()), context.run_id
         )

@@ -33,6 +33,7 @@ from ingestion_assets.io_managers.contract import (
 from ingestion_assets.lake.replace import (
     StagedReplace,
     fit_schema,
+    held_interrupts,
     open_table,
     replace_with_writer,
     stage_partitions,
@@ -149,8 +150,9 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
         )
         staged = self.stage(request, obj)
-        context.add_output_metadata(staged.commit())
-        add_partition_row_counts(context, staged.plan)
+        with held_interrupts():
+            context.add_output_metadata(staged.commit())
+            add_partition_row_counts(context, staged.plan)
 
     def write_rejected(
         self, uri: str, source_stream: SourceStream, plan: WritePlan, log: RunLog

@@ -120,7 +120,7 @@ def _compact_month(
                 RemoveAction(path=path, data_change=False, deletion_timestamp=now, size=size)
                 for path, size in files
             ]
-            commit(table, [*adds, *removes], schema)
+            commit(table, [*adds, *removes], schema, files=(writer,))
             return len(files)
         except BaseException:
             writer.abort()

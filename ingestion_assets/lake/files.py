@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from deltalake.transaction import AddAction
 
 from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.lake.stats import FileStatistics
+from ingestion_assets.sources.cancel import CancelScope
 
 # rows buffered per file before they are written as one Parquet row group
 ROW_GROUP_ROWS = 64 * 1024
@@ -45,6 +46,9 @@ PENDING_ROWS = 128 * 1024
 DEFAULT_MAX_FILE_BYTES = 128 << 20
 # batches read ahead of the writer: the source keeps sending while files are encoded
 READ_AHEAD_BATCHES = 4
+# how long a reader told to stop (its source cancelled) gets to end: a failed or cancelled
+# run's process exits within seconds, whatever the source does
+READ_AHEAD_STOP_SECONDS = 5.0
 
 
 def month_of(day: datetime.date) -> tuple[int, int]:
@@ -74,6 +78,7 @@ class ClusteredFileWriter:
         self.actions: list[AddAction] = []
         self.written: list[str] = []
         self.pending_rows = 0
+        self.landed = False
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Append rows (with `_partition_date`, in the table's schema) to their months' files."""
@@ -141,13 +146,22 @@ class ClusteredFileWriter:
             self._close(next(iter(self.open)))
         return self.actions
 
+    def committed(self) -> None:
+        """The add actions are in a table version now: `abort` must leave the files alone."""
+        self.landed = True
+
     def abort(self) -> None:
-        """Remove what was written (best effort: a vacuum removes any leftover)."""
+        """Remove what was written (best effort: a vacuum removes any leftover), unless it was
+        committed (an interrupt that arrives once the commit landed must not delete its files)."""
         for current in list(self.open.values()):
+            # a full disk fails the footer's write too: the stream is closed all the same
             with contextlib.suppress(Exception):
                 current.writer.close()
+            with contextlib.suppress(Exception):
                 current.stream.close()
         self.open.clear()
+        if self.landed:
+            return
         for path in self.written:
             with contextlib.suppress(Exception):
                 self.filesystem.delete_file(path)
@@ -209,9 +223,12 @@ def read_ahead(
     The source (a database cursor, HTTP pages) keeps producing while the caller encodes and
     writes files, so reading and writing overlap on two cores; the bounded queue keeps memory
     flat. The source is opened, read and closed only in the background thread. An error there
-    is re-raised here as it was; stopping early (an error while writing) stops the thread."""
+    is re-raised here as it was. Stopping early (an error while writing, a cancelled run) stops
+    the thread within READ_AHEAD_STOP_SECONDS: a source between batches sees the stop at once,
+    one blocked on its server is cancelled (sources.cancel), and the thread is joined."""
     handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    scope = CancelScope()
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -223,19 +240,23 @@ def read_ahead(
         return False
 
     def produce() -> None:
-        iterator = iter(batches)
-        try:
-            for batch in iterator:
-                if not put(batch):
-                    return
-            put(_END)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            put(_Failure(error))
-        finally:
-            close = getattr(iterator, "close", None) or getattr(batches, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
+        with scope.entered():
+            iterator = iter(batches)
+            try:
+                for batch in iterator:
+                    if not put(batch):
+                        return
+                put(_END)
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                put(_Failure(error))
+            finally:
+                # the iterator, and the reader it came from: a RecordBatchReader over a
+                # generator finalizes that generator (its connection, its threads) on close
+                for closeable in (iterator, batches):
+                    close = getattr(closeable, "close", None)
+                    if close is not None:
+                        with contextlib.suppress(Exception):
+                            close()
 
     thread = threading.Thread(target=produce, name="ingestion-read-ahead", daemon=True)
     thread.start()
@@ -249,7 +270,16 @@ def read_ahead(
             yield item
     finally:
         stop.set()
-        thread.join()
+        stop_thread(thread, scope.cancel)
+
+
+def stop_thread(thread: threading.Thread, cancel: Callable[[], None]) -> None:
+    """Join a reading thread told to stop, once `cancel` interrupted what it may be blocked in
+    (the source's query: a consumer that stops early gives the rest up); a thread still stuck
+    after READ_AHEAD_STOP_SECONDS is left (a daemon) rather than keep the process alive."""
+    if thread.is_alive():
+        cancel()
+        thread.join(timeout=READ_AHEAD_STOP_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ never loses a row an ingestion run committed meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import pathlib
 import random
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, NoReturn, TypeVar
@@ -80,14 +83,60 @@ def retry_commit(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def commit(table: DeltaTable, actions: list[AddAction | RemoveAction], schema: pa.Schema) -> None:
-    """Commit add and remove actions on exactly the version `table` is at (no rebase)."""
-    table.create_write_transaction(
-        actions,
-        mode="append",
-        schema=schema,
-        commit_properties=CommitProperties(max_commit_retries=0),
-    )
+def commit(
+    table: DeltaTable,
+    actions: list[AddAction | RemoveAction],
+    schema: pa.Schema,
+    files: Iterable[ClusteredFileWriter] = (),
+) -> None:
+    """Commit add and remove actions on exactly the version `table` is at (no rebase); the
+    writers of the added `files` learn that it landed, so that no later abort deletes them.
+
+    A stop request (SIGTERM, SIGINT) arriving meanwhile waits until both are done: the run then
+    stops either before the commit (nothing written) or after it (every file kept)."""
+    with held_interrupts():
+        table.create_write_transaction(
+            actions,
+            mode="append",
+            schema=schema,
+            commit_properties=CommitProperties(max_commit_retries=0),
+        )
+        for writer in files:
+            writer.committed()
+
+
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+_holding = threading.local()
+
+
+@contextlib.contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM until the block ends, then deliver them to the handlers that
+    were in place (Dagster's raise its interrupt). Re-entrant; only the main thread receives
+    signals, so elsewhere the block simply runs."""
+    if threading.current_thread() is not threading.main_thread() or getattr(
+        _holding, "active", False
+    ):
+        yield
+        return
+    received: list[int] = []
+    # a handler not installed from Python (None) cannot be put back: such a signal is not held
+    previous = {
+        number: handler
+        for number in _INTERRUPTS
+        if (handler := signal.getsignal(number)) is not None
+    }
+    for held in previous:
+        signal.signal(held, lambda number, _frame: received.append(number))
+    _holding.active = True
+    try:
+        yield
+    finally:
+        _holding.active = False
+        for held, handler in previous.items():
+            signal.signal(held, handler)
+        for number in dict.fromkeys(received):
+            signal.raise_signal(number)
 
 
 def fit_schema(
@@ -101,12 +150,18 @@ def fit_schema(
     table_types = delta_type_names(table_schema)
     diff = schema_diff(table_types, delta_type_names(target))
     if diff.changed or (diff and policy == "freeze"):
-        fix = (
-            "Change the column back at the source, or write to a new table (asset_name)."
-            if diff.changed
-            else "The table's schema_policy is `freeze`: set it to `evolve` to accept "
-            "added columns, or change the source back."
-        )
+        if diff.changed:
+            fix = "Change the column back at the source, or write to a new table (asset_name)."
+        elif diff.added:
+            fix = (
+                "The table's schema_policy is `freeze`: set it to `evolve` to accept added "
+                "columns, or change the source back."
+            )
+        else:
+            fix = (
+                "The table's schema_policy is `freeze`: set it to `evolve` to keep the column "
+                "(new rows get nulls in it), or change the source back."
+            )
         raise SchemaDriftError(
             f"{where}: the source schema no longer matches the Delta table at {uri}: "
             f"{diff.describe()}. {fix}"
@@ -282,7 +337,8 @@ class StagedReplace:
                 removes = _replace_window(table, filesystem, kept, plan.target, plan.days)
                 written = [*adds, *kept.finish()]
                 _check_columns(table, plan)
-                commit(table, [*written, *removes], plan.target)
+                staged_files = [kept] if self._files is None else [self._files, kept]
+                commit(table, [*written, *removes], plan.target, files=staged_files)
                 return [(action.path, action.size) for action in written]
             except BaseException:
                 kept.abort()

@@ -307,10 +307,18 @@ class WritePlan:
                         f"{self.table_label} {self.partition_label}: {self.rows:,} rows in "
                         f"{elapsed:.0f} s ({self.rows / elapsed:,.0f} rows/s)"
                     )
+        except GeneratorExit:
+            # the writer stopped early: not the source's error
+            raise
         except BaseException as error:
             # delta-rs only sees an opaque stream failure: keep the real error to re-raise
             self.source_error = error
             raise
+        finally:
+            # stop the source now (a read-ahead thread, a query), not when it is collected
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
 
 
 def _repeat(value: Any, kind: pa.DataType, count: int) -> pa.Array:

@@ -11,14 +11,16 @@ import contextlib
 import io
 import os
 import re
+import select
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 
+from ingestion_assets.sources.cancel import on_cancel
 from ingestion_assets.sources.types import NOT_A_NUMBER_FIX
 
 # Arrow types the CSV reader parses exactly from PostgreSQL's text output
@@ -35,6 +37,8 @@ _PARSEABLE = (
 MIN_BLOCK_BYTES = 1 << 20
 MAX_BLOCK_BYTES = 4 << 20
 BYTES_PER_ROW_GUESS = 160
+# how long a COPY thread gets to end once its query is cancelled and its pipe closed
+COPY_STOP_SECONDS = 5.0
 
 
 def copy_supported(schema: pa.Schema) -> bool:
@@ -116,17 +120,53 @@ def _parse_types(schema: pa.Schema) -> dict[str, pa.DataType]:
     }
 
 
+class _PipeWriter:
+    """The write end of the pipe COPY writes into, for psycopg2's `copy_expert`.
+
+    Non-blocking underneath: a write waiting for a consumer that stopped reading gives up as
+    soon as `stop()` is called, where a plain pipe would block the COPY thread for good."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd: int | None = fd
+        self._stopped = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        """Write all of `data`, waiting for room in the pipe unless stopped."""
+        view = memoryview(data)
+        while view:
+            if self._stopped.is_set() or self._fd is None:
+                raise BrokenPipeError("the reader of the COPY output stopped")
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                select.select([], [self._fd], [], 0.1)
+        return len(data)
+
+    def stop(self) -> None:
+        """Make the pending and every later write fail (from any thread)."""
+        self._stopped.set()
+
+    def close(self) -> None:
+        """Close the write end: the reader sees the end of the text."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 def copy_batches(
     dbapi_connection: Any, statement: str, schema: pa.Schema, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
     """Run COPY in a thread into a pipe and yield Arrow batches of `schema` as the text arrives.
 
     A failure on either side (the connection dropped, a value that does not parse) raises here,
-    never a silently shortened stream."""
+    never a silently shortened stream. A consumer that stops early, or cancels the reading
+    thread's scope (sources.cancel) while it waits, cancels the COPY on the server and stops
+    the pipe: the COPY thread ends within moments and the text ends for the parser."""
     read_fd, write_fd = os.pipe()
     # each end is closed by its own side: the writer when COPY ends, the reader when done
     reader_file = io.BufferedReader(io.FileIO(read_fd, "rb"), 1 << 16)
-    writer_file = open(write_fd, "wb")  # noqa: SIM115
+    writer_file = _PipeWriter(write_fd)
     failure: list[BaseException] = []
 
     def produce() -> None:
@@ -137,40 +177,54 @@ def copy_batches(
             failure.append(error)
         finally:
             cursor.close()
-            # the consumer may have hung up first: its own error is the one to report
-            with contextlib.suppress(OSError):
-                writer_file.close()
+            writer_file.close()
+
+    def stop() -> None:
+        # both are safe from any thread: PQcancel ends a COPY waiting on the server, the
+        # stopped pipe a COPY waiting for room in it
+        writer_file.stop()
+        with contextlib.suppress(Exception):
+            dbapi_connection.cancel()
 
     producer = threading.Thread(target=produce, name="postgres-copy", daemon=True)
     producer.start()
     block_bytes = min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, batch_rows * BYTES_PER_ROW_GUESS))
+    blocks = csv_blocks(reader_file, schema, block_bytes)
+    finished = False
     try:
-        for batch in csv_blocks(reader_file, schema, block_bytes):
-            if failure:
-                break
-            # blocks are sized in bytes; batches keep the configured row bound
-            for offset in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(offset, batch_rows)
+        with on_cancel(stop):
+            for batch in blocks:
+                if failure:
+                    break
+                # blocks are sized in bytes; batches keep the configured row bound
+                for offset in range(0, batch.num_rows, batch_rows):
+                    yield batch.slice(offset, batch_rows)
+        finished = True
     except pa.ArrowInvalid as error:
-        producer.join(timeout=30)
+        producer.join(timeout=COPY_STOP_SECONDS)
         if failure:
             raise failure[0] from None
         raise _with_column_names(error, schema) from None
     except OSError:
-        producer.join(timeout=30)
+        producer.join(timeout=COPY_STOP_SECONDS)
         if failure:
             raise failure[0] from None
         raise
     finally:
+        if not finished:
+            stop()
+        # the COPY thread ends first, so the parser's reads see the end of the text, not a
+        # closed file
+        producer.join(timeout=COPY_STOP_SECONDS)
+        blocks.close()
         reader_file.close()
-        producer.join(timeout=30)
     if failure:
         raise failure[0]
 
 
 def csv_blocks(
     text: io.BufferedIOBase, schema: pa.Schema, block_bytes: int
-) -> Iterator[pa.RecordBatch]:
+) -> Generator[pa.RecordBatch]:
     """COPY's CSV text as record batches of `schema`, parsed a block of text at a time; a record
     longer than a block is parsed on its own (see WholeRecords). No batch for no text."""
     for section, section_block_bytes in WholeRecords(text, block_bytes).sections():
