@@ -97,7 +97,13 @@ def checked(
 
 def test_every_check_passes_on_good_data(checked: IngestProject, instance: DagsterInstance) -> None:
     evaluations = _run_checks(checked, instance)
-    assert set(evaluations) == {"schema_contract", "row_count", "primary_key", "freshness"}
+    assert set(evaluations) == {
+        "schema_contract",
+        "row_count",
+        "primary_key",
+        "freshness",
+        "unpartitioned_rows",
+    }
     for name, evaluation in evaluations.items():
         assert evaluation.passed, (name, evaluation.description)
     rows = evaluations["row_count"].metadata

@@ -536,7 +536,6 @@ EDGE_ROWS: dict[int, datetime.datetime | None] = {
 }
 
 
-@pytest.mark.parametrize("end_date", [UNREACHABLE_END, None], ids=["end date", "open end"])
 def _edges_table(source_database: SourceDatabase) -> str:
     """Create `edges` (EDGE_ROWS) at the source; its schema."""
     schema = source_database.schema("Sales")
@@ -557,6 +556,7 @@ def _edges_table(source_database: SourceDatabase) -> str:
     return schema
 
 
+@pytest.mark.parametrize("end_date", [UNREACHABLE_END, None], ids=["end date", "open end"])
 def test_rows_no_partition_reaches_are_counted_and_read_exactly_at_the_source(
     source_database: SourceDatabase, tmp_path: pathlib.Path, end_date: datetime.date | None
 ) -> None:

@@ -54,6 +54,12 @@ class CancelScope:
                 self._callbacks.remove(callback)
 
 
+def current_scope() -> CancelScope | None:
+    """The scope the current thread reads under (to hand to a thread it reads through)."""
+    scope: CancelScope | None = getattr(_current, "scope", None)
+    return scope
+
+
 @contextlib.contextmanager
 def on_cancel(callback: Callable[[], None]) -> Iterator[None]:
     """While the block runs, cancelling the current thread's scope calls `callback` (from the

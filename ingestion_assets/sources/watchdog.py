@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ingestion_assets.sources.cancel import current_scope
+
 # batches fetched ahead of the consumer: the fetch overlaps the write, memory stays bounded
 READ_AHEAD_BATCHES = 2
 # how often a producer blocked on a full queue looks whether the consumer went away
@@ -103,6 +105,8 @@ def watched_batches(
         return
     handover: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=READ_AHEAD_BATCHES)
     consumer_gone = threading.Event()
+    # the reading thread's cancel scope reaches the source through this thread too
+    scope = current_scope()
 
     def hand_over(item: tuple[str, Any]) -> bool:
         while not consumer_gone.is_set():
@@ -115,10 +119,11 @@ def watched_batches(
 
     def produce() -> None:
         try:
-            for batch in batches:
-                if not hand_over(("batch", batch)):
-                    return
-            hand_over(("end", None))
+            with scope.entered() if scope is not None else contextlib.nullcontext():
+                for batch in batches:
+                    if not hand_over(("batch", batch)):
+                        return
+                hand_over(("end", None))
         except BaseException as error:  # re-raised by the consumer below
             hand_over(("error", error))
         finally:
