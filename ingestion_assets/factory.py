@@ -384,6 +384,7 @@ def _judge_committed(
                 False,
             )
             for name in selected
+            if name in checks.enabled
             for day in (window.days() if window else [None])
         ]
     else:

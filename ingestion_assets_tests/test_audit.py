@@ -303,3 +303,25 @@ def test_a_reconciliation_with_an_unknown_asset_is_a_load_time_error(
             {"name": "Orders"},
             {"name": "OrdersCopy", "checks": {"reconcile_with": reconcile_with}},
         )
+
+
+def test_checks_executed_before_the_first_materialization_fail_saying_so(
+    memory_kind: None, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    defs = _defs(tmp_path / "lake")
+
+    result = materialize(
+        [defs.get_assets_def(KEY)],
+        resources=defs.resources,
+        instance=instance,
+        # a checks-only selection has no asset to take the partition from: name it by tag
+        tags={"dagster/partition": DAY},
+        selection=AssetSelection.checks_for_assets(KEY),
+        raise_on_error=False,
+    )
+
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == {"schema_contract", "row_count", "primary_key"}
+    for evaluation in evaluations:
+        assert (evaluation.passed, evaluation.partition) == (False, DAY)
+        assert evaluation.description == "no table yet: materialize the asset first"
