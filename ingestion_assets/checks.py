@@ -625,7 +625,7 @@ def materialization_targets(
     partition_keys: Sequence[str],
     run_id: str | None = None,
 ) -> dict[str | None, AssetCheckEvaluationTargetMaterializationData]:
-    """The latest materialization of each partition (of the whole asset: key None), from
+    """The latest materialization of each partition (key None: the newest of all), from
     `run_id` when given: what each check evaluation judged."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=asset_key, asset_partitions=list(partition_keys) or None),
@@ -636,11 +636,13 @@ def materialization_targets(
         entry = record.event_log_entry
         if run_id is not None and entry.run_id != run_id:
             continue
-        partition = record.partition_key if partition_keys else None
-        if partition not in targets:
-            targets[partition] = AssetCheckEvaluationTargetMaterializationData(
-                storage_id=record.storage_id, run_id=entry.run_id, timestamp=record.timestamp
-            )
+        target = AssetCheckEvaluationTargetMaterializationData(
+            storage_id=record.storage_id, run_id=entry.run_id, timestamp=record.timestamp
+        )
+        # a table-wide check of a partitioned asset judged the newest materialization
+        targets.setdefault(None, target)
+        if partition_keys:
+            targets.setdefault(record.partition_key, target)
     return targets
 
 
