@@ -396,7 +396,7 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "project-backfill-asset",
-        "project: backfill, one run, asset only (no checks)",
+        "project: backfill, one run, checks judged, none recorded",
         "sql",
         "project",
         _all("postgres"),
