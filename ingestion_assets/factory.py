@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
@@ -346,6 +347,11 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
     plan = staged.plan
     key = list(plan.key_columns)
     set_aside = stream.rejected_by_day()
+    keys = plan.staged_keys() if key else None
+    # only kept rows that share a staged key's first column can collide with a staged key
+    among = (
+        pc.unique(keys.column(key[0]).combine_chunks()).drop_null() if keys is not None else None
+    )
     return AuditData(
         window=plan.window,
         rows_by_day=dict(plan.rows_by_day) if plan.window else {plan.first_day: plan.rows},
@@ -358,8 +364,8 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
         expected_columns=(
             delta_type_names(staged.table_schema) if staged.table_schema is not None else None
         ),
-        keys=plan.staged_keys() if key else None,
-        other_keys=staged.kept_rows(key) if key else None,
+        keys=keys,
+        other_keys=staged.kept_rows(key, among) if key else None,
     )
 
 

@@ -58,8 +58,9 @@ class StagedWrite(Protocol):
     incoming_schema: pa.Schema
     table_schema: pa.Schema | None
 
-    def kept_rows(self, columns: list[str]) -> pa.Table | None:
-        """`columns` of the rows the commit keeps outside the window; None if unknown here."""
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table | None:
+        """`columns` of the rows the commit keeps outside the window (with `among`: only those
+        whose first column holds one of its values); None if unknown here."""
         ...
 
     def commit(self) -> dict[str, Any]:

@@ -358,7 +358,7 @@ class DatabricksStagedWrite:
         # the Unity Catalog table's columns are not read here
         self.table_schema: pa.Schema | None = None
 
-    def kept_rows(self, columns: list[str]) -> pa.Table | None:
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table | None:
         """Unknown here: the table's other rows are in Unity Catalog."""
         return None
 

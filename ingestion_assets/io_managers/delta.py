@@ -215,9 +215,9 @@ class DeltaStagedWrite:
         self.incoming_schema: pa.Schema = staged.plan.target
         self.table_schema: pa.Schema | None = None
 
-    def kept_rows(self, columns: list[str]) -> pa.Table:
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
         """`columns` of the table's rows outside the window, which the commit keeps."""
-        return self.staged.kept_rows(columns)
+        return self.staged.kept_rows(columns, among)
 
     def abort(self) -> None:
         """Remove the staged files; the table stays at its previous version."""

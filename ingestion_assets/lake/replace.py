@@ -266,19 +266,25 @@ class StagedReplace:
             for batch in batches:
                 writer.write_batch(batch)
 
-    def kept_rows(self, columns: list[str]) -> pa.Table:
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
         """`columns` of the rows the commit keeps: the table's rows outside the window (none for
         a snapshot, whose every row is replaced), as of the version the write was planned on.
-        A column the table does not have yet comes back as nulls."""
+        With `among`, only rows whose first column holds one of its values (read with that
+        filter pushed down, so a large table's other keys never reach memory). A column the
+        table does not have yet comes back as nulls."""
         schema = pa.schema([self.plan.target.field(name) for name in columns])
         if self.existing is None or self.plan.window is None:
             return schema.empty_table()
         present = set(pa.schema(self.existing.schema().to_arrow()).names)
+        if among is not None and columns[0] not in present:
+            return schema.empty_table()
         day = pc.field(PARTITION_DATE)
         first, last = pa.scalar(self.plan.first_day), pa.scalar(self.plan.last_day)
+        outside = (day < first) | (day > last)
+        if among is not None:
+            outside = outside & pc.field(columns[0]).isin(among)
         rows = self.existing.to_pyarrow_dataset().to_table(
-            columns=[name for name in columns if name in present],
-            filter=(day < first) | (day > last),
+            columns=[name for name in columns if name in present], filter=outside
         )
         return conform(rows, schema)
 
