@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import pyarrow as pa
@@ -187,83 +187,131 @@ def dataset_asset(
     def _table(context) -> Iterator[Any]:  # type: ignore[no-untyped-def]
         # Dagster reads the `context` annotation at run time: it stays bare
         context = cast(AssetExecutionContext, context)
-        window = None
-        partition_keys: dict[datetime.date, str] = {}
-        if partitions_def is not None:
+        run = AssetRun(
+            context,
+            source_name,
+            spec,
+            table,
+            checks,
+            getattr(context.resources, resource_key),
+            getattr(context.resources, io_manager_key),
+        )
+        if asset_key in context.selected_asset_keys:
+            yield from run.publish()
+        else:
+            yield from run.judge_committed()
+
+    return _table
+
+
+class AssetRun:
+    """One execution of an ingestion asset: read, stage, audit, then commit or refuse; or, with
+    the checks selected alone, judge the committed table."""
+
+    def __init__(
+        self,
+        context: AssetExecutionContext,
+        source_name: str,
+        spec: SourceSpecBase,
+        table: DatasetSpec,
+        checks: DatasetChecks,
+        source: SourceResource,
+        writer: TableWriter,
+    ) -> None:
+        self.context, self.source_name, self.spec, self.table = context, source_name, spec, table
+        self.checks, self.source, self.writer = checks, source, writer
+        self.asset_key = checks.asset_key
+        self.window: PartitionWindow | None = None
+        self.partition_keys: dict[datetime.date, str] = {}
+        if checks.partitions_def is not None:
             time_window = context.partition_time_window
-            window = PartitionWindow(time_window.start, time_window.end)
-            partition_keys = {
+            self.window = PartitionWindow(time_window.start, time_window.end)
+            self.partition_keys = {
                 datetime.date.fromisoformat(key[:10]): key for key in context.partition_keys
             }
-        source: SourceResource = getattr(context.resources, resource_key)
-        writer: TableWriter = getattr(context.resources, io_manager_key)
-        selected = {key.name for key in context.selected_asset_check_keys}
-
-        stream: SourceStream | None = None
-
-        def count_at_source(counted: PartitionWindow | None) -> int | None:
-            # the total an API reported while it was read is its count of the run's window
-            if stream is not None and counted == window and stream.reported_total is not None:
-                return stream.reported_total
-            return source.count(table, counted)
-
-        judges_unreachable = checks.counts_unpartitioned_rows and (
-            UNPARTITIONED_ROWS in selected or table.unpartitioned_rows != "warn"
+        self.selected = {key.name for key in context.selected_asset_check_keys}
+        self.stream: SourceStream | None = None
+        # the rows no partition reaches are counted when their check is asked for, or when
+        # they decide the commit (fail) or land somewhere (quarantine)
+        self.judges_unreachable = checks.counts_unpartitioned_rows and (
+            UNPARTITIONED_ROWS in self.selected or table.unpartitioned_rows != "warn"
         )
-        unreachable: int | None = None
-        if asset_key not in context.selected_asset_keys:
-            if judges_unreachable:
-                unreachable = source.unreachable_rows(table)
-            yield from _judge_committed(
-                context, writer, checks, window, partition_keys, selected, count_at_source
-            )
-            if UNPARTITIONED_ROWS in selected:
-                yield from check_evaluations(
-                    asset_key,
-                    [checks.unpartitioned_evaluation(unreachable)],
-                    partition_keys,
-                    assets_def=context.assets_def,
+
+    def count_at_source(self, window: PartitionWindow | None) -> int | None:
+        """The source's count of a window; for the run's own window, the total an API reported
+        while it was read, when it reported one."""
+        stream = self.stream
+        if stream is not None and window == self.window and stream.reported_total is not None:
+            return stream.reported_total
+        return self.source.count(self.table, window)
+
+    def judge_committed(self) -> Iterator[Any]:
+        """The checks executed without the asset: judged on the committed table."""
+        context, checks, window = self.context, self.checks, self.window
+        data = committed_audit_data(
+            self.writer, self.asset_key, self.table, window, context.instance
+        )
+        if data is None:
+            evaluations = [
+                Evaluation(
+                    name,
+                    day,
+                    Verdict(False, {}, "no table yet: materialize the asset first"),
+                    AssetCheckSeverity.ERROR,
+                    False,
                 )
-            return
+                for name in self.selected
+                if name in checks.enabled
+                for day in (window.days() if window else [None])
+            ]
+        else:
+            evaluations = checks.audit(data, self.count_at_source, self.selected)
+        if UNPARTITIONED_ROWS in self.selected:
+            unreachable = self.source.unreachable_rows(self.table)
+            evaluations.append(checks.unpartitioned_evaluation(unreachable))
+        targets = materialization_targets(
+            context.instance, self.asset_key, list(self.partition_keys.values())
+        )
+        yield from check_evaluations(
+            self.asset_key, evaluations, self.partition_keys, targets, context.assets_def
+        )
+
+    def publish(self) -> Iterator[Any]:
+        """Read the window, stage it, judge it; commit and record, or refuse and fail."""
+        context, table, window = self.context, self.table, self.window
         context.log.info(
-            f"reading {table.qualified_name} from source '{source_name}'"
+            f"reading {table.qualified_name} from source '{self.source_name}'"
             + (f" for [{window.start.isoformat()}, {window.end.isoformat()})" if window else "")
         )
-        stream = source.read(table, window)
+        stream = self.stream = self.source.read(table, window)
         context.log.info(f"fetching {table.qualified_name} through {stream.path}")
         request = WriteRequest(
-            asset_path=tuple(asset_key.path),
+            asset_path=tuple(self.asset_key.path),
             window=window,
             run_id=context.run_id,
             partition_column=table.partition_column,
             log=context.log,
             schema_policy=table.schema_policy,
             nanoseconds=table.timestamp_nanoseconds,
-            key_columns=tuple(table.primary_key) if PRIMARY_KEY in checks.enabled else (),
+            key_columns=tuple(table.primary_key) if PRIMARY_KEY in self.checks.enabled else (),
         )
-        staged = writer.stage(request, stream)
+        staged = self.writer.stage(request, stream)
+        unreachable: int | None = None
         try:
-            evaluations = checks.audit(staged_audit_data(staged, stream), count_at_source)
-            if judges_unreachable:
+            evaluations = self.checks.audit(staged_audit_data(staged, stream), self.count_at_source)
+            if self.judges_unreachable:
                 # counted after the read, whose errors (a missing column) are the clearer
-                unreachable = source.unreachable_rows(table)
-                evaluations.append(checks.unpartitioned_evaluation(unreachable))
+                unreachable = self.source.unreachable_rows(table)
+                evaluations.append(self.checks.unpartitioned_evaluation(unreachable))
         except BaseException:
             staged.abort()
             raise
-        recorded = [e for e in evaluations if e.check_name in selected]
-        for evaluation in evaluations:
-            if not evaluation.verdict.passed and not evaluation.stops_the_commit:
-                context.log.warning(
-                    f"{staged.table_name}"
-                    + (f" {evaluation.day}" if evaluation.day else "")
-                    + f": check {evaluation.check_name} "
-                    f"({evaluation.severity.value}) failed: {evaluation.verdict.description}"
-                )
+        recorded = [e for e in evaluations if e.check_name in self.selected]
+        self._warn(staged, evaluations)
         if any(evaluation.stops_the_commit for evaluation in evaluations):
             staged.abort()
             yield from check_evaluations(
-                asset_key, recorded, partition_keys, assets_def=context.assets_def
+                self.asset_key, recorded, self.partition_keys, assets_def=context.assets_def
             )
             raise AuditFailedError(
                 f"{staged.table_name} ({staged.plan.partition_label}): nothing was committed, "
@@ -273,71 +321,67 @@ def dataset_asset(
                 "the data back can be set to severity WARN in the project file."
             )
         for key, rows in partition_row_counts(
-            list(partition_keys.values()), staged.plan.rows_by_day
+            list(self.partition_keys.values()), staged.plan.rows_by_day
         ).items():
             context.add_asset_metadata({PARTITION_ROW_COUNT: rows}, partition_key=key)
         # a stop request (SIGTERM from a cancel) waits until the commit is recorded as a
         # materialization: a run whose rows landed is never reported as having written nothing
         with held_interrupts():
             metadata = staged.commit()
-            if table.unpartitioned_rows == "quarantine" and checks.counts_unpartitioned_rows:
-                metadata.update(
-                    _quarantine_unreachable(
-                        context, source, writer, spec, table, asset_key, unreachable
-                    )
-                )
-            yield MaterializeResult(asset_key=asset_key, metadata=metadata)
+            if table.unpartitioned_rows == "quarantine" and self.checks.counts_unpartitioned_rows:
+                metadata.update(self._quarantine_unreachable(unreachable))
+            yield MaterializeResult(asset_key=self.asset_key, metadata=metadata)
         targets = materialization_targets(
-            context.instance, asset_key, list(partition_keys.values()), context.run_id
+            context.instance, self.asset_key, list(self.partition_keys.values()), context.run_id
         )
         yield from check_evaluations(
-            asset_key, recorded, partition_keys, targets, context.assets_def
+            self.asset_key, recorded, self.partition_keys, targets, context.assets_def
         )
 
-    return _table
+    def _warn(self, staged: StagedWrite, evaluations: list[Evaluation]) -> None:
+        """Log each failed check that does not hold the commit back."""
+        for evaluation in evaluations:
+            if not evaluation.verdict.passed and not evaluation.stops_the_commit:
+                self.context.log.warning(
+                    f"{staged.table_name}"
+                    + (f" {evaluation.day}" if evaluation.day else "")
+                    + f": check {evaluation.check_name} ({evaluation.severity.value}) failed: "
+                    f"{evaluation.verdict.description}"
+                )
 
-
-def _quarantine_unreachable(
-    context: AssetExecutionContext,
-    source: SourceResource,
-    writer: TableWriter,
-    spec: SourceSpecBase,
-    table: DatasetSpec,
-    asset_key: AssetKey,
-    unreachable: int | None,
-) -> dict[str, Any]:
-    """Replace `<table>_unpartitioned` with the rows no partition reaches and the reason of
-    each (`unpartitioned_rows: quarantine`); left alone while there are none and never were."""
-    path = (*asset_key.path[:-1], f"{asset_key.path[-1]}_unpartitioned")
-    if not unreachable and writer.committed_schema(path) is None:
-        return {"unpartitioned_table": "none (every row falls in a partition)"}
-    column = table.partition_column or ""
-    first_day = spec.start_date_of(table)
-    stream = source.read_unreachable(table)
-    reasons = (
-        with_unpartitioned_reasons(batch, column, spec.timezone, first_day, spec.end_date)
-        for batch in stream.reader
-    )
-    schema = stream.reader.schema.append(pa.field(UNPARTITIONED_REASON, pa.string()))
-    request = WriteRequest(
-        asset_path=path,
-        window=None,
-        run_id=context.run_id,
-        partition_column=None,
-        log=context.log,
-        schema_policy="evolve",
-        nanoseconds=table.timestamp_nanoseconds,
-    )
-    quarantined = writer.stage(request, pa.RecordBatchReader.from_batches(schema, reasons))
-    written = quarantined.commit()
-    context.log.warning(
-        f"{'.'.join(asset_key.path)}: {quarantined.plan.rows} row(s) no partition reaches are "
-        f"kept in {'.'.join(path)} with the reason"
-    )
-    return {
-        "unpartitioned_table": ".".join(path),
-        "unpartitioned_rows_quarantined": written.get("rows_written", quarantined.plan.rows),
-    }
+    def _quarantine_unreachable(self, unreachable: int | None) -> dict[str, Any]:
+        """Replace `<table>_unpartitioned` with the rows no partition reaches and the reason of
+        each (`unpartitioned_rows: quarantine`); left alone while there are none and never were."""
+        context, spec, table, writer = self.context, self.spec, self.table, self.writer
+        path = (*self.asset_key.path[:-1], f"{self.asset_key.path[-1]}_unpartitioned")
+        if not unreachable and writer.committed_schema(path) is None:
+            return {"unpartitioned_table": "none (every row falls in a partition)"}
+        column = table.partition_column or ""
+        first_day = spec.start_date_of(table)
+        stream = self.source.read_unreachable(table)
+        reasons = (
+            with_unpartitioned_reasons(batch, column, spec.timezone, first_day, spec.end_date)
+            for batch in stream.reader
+        )
+        schema = stream.reader.schema.append(pa.field(UNPARTITIONED_REASON, pa.string()))
+        request = WriteRequest(
+            asset_path=path,
+            window=None,
+            run_id=context.run_id,
+            partition_column=None,
+            log=context.log,
+            nanoseconds=table.timestamp_nanoseconds,
+        )
+        quarantined = writer.stage(request, pa.RecordBatchReader.from_batches(schema, reasons))
+        written = quarantined.commit()
+        context.log.warning(
+            f"{'.'.join(self.asset_key.path)}: {quarantined.plan.rows} row(s) no partition "
+            f"reaches are kept in {'.'.join(path)} with the reason"
+        )
+        return {
+            "unpartitioned_table": ".".join(path),
+            "unpartitioned_rows_quarantined": written.get("rows_written", quarantined.plan.rows),
+        }
 
 
 def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
@@ -366,40 +410,6 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
         ),
         keys=keys,
         other_keys=staged.kept_rows(key, among) if key else None,
-    )
-
-
-def _judge_committed(
-    context: AssetExecutionContext,
-    writer: TableWriter,
-    checks: DatasetChecks,
-    window: PartitionWindow | None,
-    partition_keys: dict[datetime.date, str],
-    selected: set[str],
-    count_at_source: Callable[[PartitionWindow | None], int | None],
-) -> Iterator[Any]:
-    """The checks executed without the asset: judged on the committed table."""
-    data = committed_audit_data(writer, checks.asset_key, checks.dataset, window, context.instance)
-    if data is None:
-        evaluations = [
-            Evaluation(
-                name,
-                day,
-                Verdict(False, {}, "no table yet: materialize the asset first"),
-                AssetCheckSeverity.ERROR,
-                False,
-            )
-            for name in selected
-            if name in checks.enabled
-            for day in (window.days() if window else [None])
-        ]
-    else:
-        evaluations = checks.audit(data, count_at_source, selected)
-    targets = materialization_targets(
-        context.instance, checks.asset_key, list(partition_keys.values())
-    )
-    yield from check_evaluations(
-        checks.asset_key, evaluations, partition_keys, targets, context.assets_def
     )
 
 

@@ -93,24 +93,34 @@ def source_url(text: str, source_name: str) -> sa.URL:
     scheme, separator, rest = text.partition("://")
     # SQLAlchemy reads a password up to its first '@' and takes what follows for the host (or
     # port): a raw '@' in a password would send part of it to DNS and print it as the host
-    raw_at = separator and rest.split("?", 1)[0].count("@") > 1
+    # (a raw '?' or '/' in the password ends the host early too, so the '@' is counted over
+    # the whole text: one there must be percent-encoded wherever it is)
+    raw_at = bool(separator) and rest.count("@") > 1
     try:
         url = sa.make_url(text)
     except (sa.exc.ArgumentError, ValueError):
-        # SQLAlchemy's message quotes the whole text, password included; the scheme is shown
-        # only when there is one (text without :// may be anything, a bare password too)
+        # SQLAlchemy's message quotes the whole text, password included
         if raw_at:
             raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}") from None
-        plain = separator and re.fullmatch(r"[a-z0-9+_]{1,40}", scheme)
-        shown = f" (scheme '{scheme}')" if plain else ""
-        raise SourceError(
-            f"source '{source_name}': the connection url is not a SQLAlchemy URL{shown}; write "
-            "it as dialect+driver://user:password@host:port/db, with reserved characters in the "
-            "password percent-encoded (@ as %40, ? as %3F)"
-        ) from None
-    if "@" in (url.host or ""):
+        raise _not_a_url(source_name, scheme if separator else "") from None
+    if raw_at or "@" in (url.host or ""):
         raise SourceError(f"source '{source_name}': {_URL_WITH_RAW_AT}")
+    if "@" in rest and not url.host:
+        # a raw '?' or '/' in the password ended the host early: no part of it is shown
+        raise _not_a_url(source_name, scheme)
     return url
+
+
+def _not_a_url(source_name: str, scheme: str) -> SourceError:
+    """The error of URL text SQLAlchemy cannot take apart; only a plain scheme is shown (text
+    without :// may be anything, a bare password too)."""
+    plain = re.fullmatch(r"[a-z0-9+_]{1,40}", scheme)
+    shown = f" (scheme '{scheme}')" if plain else ""
+    return SourceError(
+        f"source '{source_name}': the connection url is not a SQLAlchemy URL{shown}; write it "
+        "as dialect+driver://user:password@host:port/db, with reserved characters in the "
+        "password percent-encoded (@ as %40, ? as %3F)"
+    )
 
 
 @dataclass(frozen=True)
