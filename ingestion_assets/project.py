@@ -12,7 +12,7 @@ import yaml
 from dagster import EnvVar
 from pydantic import BaseModel, ValidationError
 
-from ingestion_assets.errors import ConfigError
+from ingestion_assets.errors import ConfigError, SourceError
 from ingestion_assets.sources.base import source_kinds
 from ingestion_assets.specs import ProjectSpec, SourceSpecBase, env_reference
 
@@ -241,7 +241,23 @@ def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = No
     ]
     if missing:
         raise ConfigError(f"{origin}: missing secrets:\n  - " + "\n  - ".join(missing))
+    _check_connection_urls(raw, environment, origin)
     return project
+
+
+def _check_connection_urls(raw: Any, environment: Mapping[str, str], origin: str) -> None:
+    """A whole connection URL from the environment (`url: ${DB_URL}`) must parse as one: a raw
+    `@` in its password would otherwise be taken for the host. Refused here, before Dagster
+    starts, with the key path and the fix, and without quoting any of the value."""
+    from ingestion_assets.sources.sql import source_url
+
+    for location, name in _environment_references(raw):
+        if location[-2:] != ("connection", "url") or location[0] != "sources":
+            continue
+        try:
+            source_url(environment[name], str(location[1]))
+        except SourceError as error:
+            raise ConfigError(f"{origin}: {format_path(location)} (${{{name}}}): {error}") from None
 
 
 def load_project(path: pathlib.Path | None = None) -> ProjectSpec:

@@ -290,3 +290,36 @@ def test_an_alias_that_refers_to_itself_is_a_config_error_not_a_recursion_error(
 def test_any_nesting_past_the_limit_is_refused_with_its_line(depth: int, opening: str) -> None:
     with pytest.raises(ConfigError, match=r"^f\.yaml: line \d+: the YAML is nested more than 64"):
         parse_project(opening * depth, "f.yaml", ENV)
+
+
+@pytest.mark.parametrize(
+    "password", ["p@ss", "@0?/", "a@b@c"], ids=["one at", "at then query", "two ats"]
+)
+def test_a_whole_url_from_the_environment_with_a_raw_at_is_refused_when_the_file_loads(
+    password: str,
+) -> None:
+    text = textwrap.dedent(
+        """
+        sources:
+          erp:
+            type: sql
+            connection: {url: "${DB_URL}"}
+            start_date: 2024-01-01
+            tables: [{schema: Sales, name: Orders, partition_column: ModifiedDate}]
+        """
+    )
+    url = f"postgresql+psycopg2://reader:{password}@127.0.0.1:5432/sales"
+
+    with pytest.raises(ConfigError) as refused:
+        parse_project(text, "ingestion.yaml", {"DB_URL": url})
+
+    message = str(refused.value)
+    assert message.startswith("ingestion.yaml: sources.erp.connection.url (${DB_URL}): ")
+    assert "%40" in message
+    assert password not in message
+    assert "127.0.0.1" not in message
+    encoded = password.replace("@", "%40").replace("?", "%3F").replace("/", "%2F")
+    loaded = parse_project(
+        text, "ingestion.yaml", {"DB_URL": url.replace(f":{password}@", f":{encoded}@")}
+    )
+    assert "erp" in loaded.sources
