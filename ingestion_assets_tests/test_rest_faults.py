@@ -366,12 +366,21 @@ def test_order_by_is_asked_for_on_every_page_and_an_api_that_ignores_it_fails(
 
 @dataclass
 class DrippingServer:
-    """An HTTP server that sends its headers at once, then its body a byte at a time."""
+    """An HTTP server that sends its headers at once, then its body a byte at a time (with
+    `headers_too`, its status line and headers as well)."""
 
     body: bytes
     seconds_per_byte: float
+    headers_too: bool = False
     sent: list[int] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+
+    def head(self) -> bytes:
+        """The status line and headers, long enough to take a while a byte at a time."""
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(self.body)}\r\nX-Padding: {'a' * 200}\r\n\r\n".encode()
+        )
 
     @contextlib.contextmanager
     def running(self) -> Iterator[str]:
@@ -382,13 +391,17 @@ class DrippingServer:
                 """Quiet."""
 
             def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(drip.body)))
-                self.end_headers()
+                dripped = drip.body
+                if drip.headers_too:
+                    dripped = drip.head() + drip.body
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(drip.body)))
+                    self.end_headers()
                 sent = 0
                 try:
-                    for byte in drip.body:
+                    for byte in dripped:
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
                         sent += 1
@@ -431,6 +444,28 @@ def test_a_body_dripped_a_byte_at_a_time_is_cut_off_at_the_response_deadline() -
     # two attempts, each hung up on long before the body's end
     assert len(drip.sent) == 2
     assert all(sent < len(body) // 2 for sent in drip.sent)
+
+
+def test_headers_dripped_a_byte_at_a_time_are_cut_off_at_the_response_deadline() -> None:
+    body = json.dumps({"data": [{"id": i} for i in range(3)]}).encode()
+    drip = DrippingServer(body, seconds_per_byte=0.05, headers_too=True)
+    stream = KEYED.model_copy(update={"response_deadline_seconds": 0.5})
+    with drip.running() as url:
+        # no response object exists yet while the headers arrive: the socket is shut all the same
+        reader = reader_of(url, {"type": "offset", "limit": 100}, stream, read_timeout=5.0)
+        started = time.monotonic()
+        with pytest.raises(SourceError) as caught:
+            read_ids(reader)
+        elapsed = time.monotonic() - started
+        deadline = time.monotonic() + SERVER_DEADLINE_SECONDS
+        while len(drip.sent) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert "did not arrive within 0.5 s (`response_deadline_seconds`)" in str(caught.value)
+    assert len(drip.sent) == 2
+    assert all(sent < len(drip.head()) for sent in drip.sent), "cut off inside the headers"
+    # two attempts of half a second and a backoff, far below the 12 s the headers would take
+    assert elapsed < 5
 
 
 @pytest.mark.parametrize("declared", [True, False])

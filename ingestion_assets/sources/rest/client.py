@@ -9,9 +9,11 @@ The client is shared by every stream of a run (one session, one token), so the c
 reports are passed in by its reader, and so are the stream's limits (`RequestLimits`).
 
 Every response is read as a stream, under a whole-response deadline: `requests`' read timeout
-bounds each wait for bytes only, so a server that drips a byte a second would hold a run for as
-long as it likes; a timer shuts the socket when the deadline passes (a passing fault, retried),
-and a body larger than the size limit fails at once. Redirects are followed here, not by
+bounds each wait for bytes only, so a server that drips a byte a second (of its headers or of its
+body) would hold a run for as long as it likes; a timer shuts the request's socket when the
+deadline passes (a passing fault, retried), and a body larger than the size limit fails at once.
+The socket is known from the moment the request is sent: the sessions' connection classes record
+themselves for the request that uses them (`DeadlineAdapter`). Redirects are followed here, not by
 `requests`, so that every hop is checked: the API's own origin gets the session (credentials,
 cookies); an origin the stream allows gets a bare request (no credential, no API key, no
 cookie); any other origin fails the read.
@@ -28,6 +30,7 @@ import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 import weakref
@@ -37,6 +40,9 @@ from typing import Any
 from urllib.parse import urlencode, urljoin
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 
 from ingestion_assets.errors import SourceError
 from ingestion_assets.sources.rest.auth import (
@@ -72,6 +78,69 @@ class ForeignOriginError(SourceError):
 
 class _DeadlinePassed(Exception):
     """The whole response did not arrive within its deadline."""
+
+
+# the connections the current thread's request has used, for its deadline to shut
+_current_request = threading.local()
+
+
+class _RequestConnections:
+    """The connections one request (with its redirects) went through."""
+
+    def __init__(self) -> None:
+        self.connections: list[Any] = []
+
+    def shut(self) -> None:
+        """Shut their sockets: a read blocked on a dripping server wakes and fails."""
+        for connection in list(self.connections):
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def _recorded(connection: Any) -> None:
+    holder = getattr(_current_request, "holder", None)
+    if holder is not None:
+        holder.connections.append(connection)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _recorded(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _recorded(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnectionPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that record themselves for the request that uses
+    them, so that its deadline can shut the socket while the headers are still arriving."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPConnectionPool,
+            "https": _WatchedHTTPSConnectionPool,
+        }
+
+
+def _watched(session: requests.Session) -> requests.Session:
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, DeadlineAdapter())
+    return session
 
 
 @dataclass(frozen=True)
@@ -191,12 +260,12 @@ class RestClient:
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.session = session or ApiSession()
+        self.session = _watched(session or ApiSession())
         # applied by the session to every request it prepares for the API's origin
         self.session.auth = auth
         # requests to another origin a stream allows: prepared bare (no auth, no cookie, no
         # .netrc) and sent through a session that keeps no cookie either
-        self._bare = requests.Session()
+        self._bare = _watched(requests.Session())
         self._bare.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._sleep = sleep
         # urllib3 logs each request line, an API key in the query with it, at DEBUG
@@ -335,7 +404,38 @@ class RestClient:
         deadline_at: float,
         label: str,
     ) -> requests.Response:
-        """One attempt: GET, redirects followed hop by hop, the body read within the limits."""
+        """One attempt: GET, redirects followed hop by hop, the body read within the limits;
+        headers and body both within the deadline."""
+        holder = _RequestConnections()
+        passed = threading.Event()
+
+        def cut() -> None:
+            passed.set()
+            holder.shut()
+
+        timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        _current_request.holder = holder
+        try:
+            return self._follow(url, params, headers, limits, deadline_at, label)
+        except (requests.RequestException, OSError):
+            if passed.is_set():
+                raise _DeadlinePassed from None
+            raise
+        finally:
+            _current_request.holder = None
+            timer.cancel()
+
+    def _follow(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        headers: Mapping[str, str],
+        limits: RequestLimits,
+        deadline_at: float,
+        label: str,
+    ) -> requests.Response:
         current, current_params = url, dict(params)
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send(current, current_params, headers, limits, deadline_at, label)
