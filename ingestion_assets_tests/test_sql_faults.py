@@ -244,6 +244,41 @@ def test_a_source_that_stops_sending_mid_result_fails_the_read_within_the_stall_
     assert seconds < BOUND_SECONDS
 
 
+@pytest.mark.parametrize("fixture", ["postgres_database", "mariadb_database"])
+def test_a_count_query_the_source_never_answers_fails_within_the_stall_timeout(
+    request: pytest.FixtureRequest, fixture: str
+) -> None:
+    # every run's audit counts the window at the source: that query is bounded like a read
+    database: SourceDatabase = request.getfixturevalue(fixture)
+    create_stalling_table(database)
+    upstream = 5432 if database.dialect == "postgresql" else 3306
+    limits = SessionLimits(connect_timeout=10, read_stall_timeout=STALL_SECONDS)
+    spec = TableSpec(schema=database.schema("Sales"), name="stalling", partition_column="at")
+    with stalling_proxy(upstream, marker=b"count(", forward_bytes=0) as proxy:
+        engine = create_source_engine(
+            through(database, sa.make_url(database.url), proxy.port), database.sqlite_attach, limits
+        )
+        try:
+            reader = SqlTableReader(engine, SOURCE, spec, batch_size=500, limits=limits)
+            started = time.monotonic()
+            with pytest.raises(SourceError) as caught:
+                reader.count(WINDOW)
+            seconds = time.monotonic() - started
+        finally:
+            engine.dispose()
+        assert proxy.stalled.is_set()
+    message = str(caught.value)
+    assert message.startswith(f"source '{SOURCE}', table '{spec.qualified_name}', partition ")
+    # the watchdog's bound, or (MariaDB) PyMySQL's read timeout at twice the stall timeout
+    assert (
+        f"did not answer a count query within {STALL_SECONDS + 10:g} s (read_stall_timeout "
+        f"{STALL_SECONDS:g} s after connect_timeout 10 s)"
+        in message
+        or ("timed out" in message and "raise `read_stall_timeout`" in message)
+    ), message
+    assert seconds < BOUND_SECONDS
+
+
 def test_a_stalled_postgresql_source_fails_the_run_and_writes_nothing(
     postgres_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ingestion_assets.demo.generate import demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES, demo_metadata, table_for
-from ingestion_assets.errors import SourceError
+from ingestion_assets.errors import ConfigError, SourceError
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
 from ingestion_assets.resources import SqlSourceResource
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine, source_url
@@ -446,16 +446,25 @@ def test_a_url_from_the_environment_with_a_raw_at_sign_is_refused_with_the_fix_a
     leaked: str,
 ) -> None:
     url = sa.make_url(postgres_database.url)
-    monkeypatch.setenv(
-        "INGEST_TEST_RAW_AT_URL",
-        f"postgresql+psycopg2://{userinfo}@127.0.0.1:{url.port}/{url.database}",
-    )
+    raw = f"postgresql+psycopg2://{userinfo}@127.0.0.1:{url.port}/{url.database}"
+    monkeypatch.setenv("INGEST_TEST_RAW_AT_URL", raw)
     database = dataclasses.replace(postgres_database, url_variable="INGEST_TEST_RAW_AT_URL")
     database.load_demo()
-    project = build_project(
-        database, tmp_path / "lake", [table_entry(database, "Sales.SalesOrderHeader")]
-    )
+    tables = [table_entry(database, "Sales.SalesOrderHeader")]
 
+    # refused when the project file loads, naming the key
+    with pytest.raises(ConfigError) as refused:
+        build_project(database, tmp_path / "lake", tables)
+    loading = str(refused.value)
+    assert "sources.src.connection.url (${INGEST_TEST_RAW_AT_URL})" in loading
+    assert "percent-encode every '@' in the user name or password as %40" in loading
+    assert leaked not in loading
+    assert userinfo.partition(":")[2] not in loading
+
+    # and when the variable changed after the definitions loaded, as the run's resources start
+    monkeypatch.setenv("INGEST_TEST_RAW_AT_URL", postgres_database.url)
+    project = build_project(database, tmp_path / "lake", tables)
+    monkeypatch.setenv("INGEST_TEST_RAW_AT_URL", raw)
     result = project.materialize(
         ["sales_order_header"], instance, partition=DAY.isoformat(), raise_on_error=False
     )

@@ -8,7 +8,7 @@ import math
 import re
 import socket
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from ingestion_assets.sources.postgres import (
 )
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
-from ingestion_assets.sources.watchdog import StallBreaker, watched_batches
+from ingestion_assets.sources.watchdog import StallBreaker, watched_batches, watched_call
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, TableSpec
 
@@ -494,11 +494,25 @@ class SqlTableReader:
         `unreachable`, the rows no partition of that range reaches instead."""
         if unreachable is not None:
             window = unreachable.window()
-        with self._connect(window) as connection:
-            table = self.reflect(connection, window)
-            columns = self._selected_columns(table)
-            schema = self.arrow_schema(table, connection.dialect.name)
-            expressions = self._select_expressions(connection, table, columns)
+
+        def reflected(
+            breaker: StallBreaker,
+        ) -> tuple[sa.Table, list[Any], pa.Schema, list[sa.ColumnElement[Any]]]:
+            with self._connect(window) as connection:
+                breaker.add_connection(connection.connection.dbapi_connection)
+                table = self.reflect(connection, window)
+                columns = self._selected_columns(table)
+                schema = self.arrow_schema(table, connection.dialect.name)
+                expressions = self._select_expressions(connection, table, columns)
+            return table, columns, schema, expressions
+
+        # the table's reflection is bounded like the read that follows it (connecting has its
+        # own bound, connect_timeout, and its own message)
+        table, columns, schema, expressions = watched_call(
+            reflected,
+            self._answer_seconds(),
+            lambda: self._unanswered("the table's reflection", window),
+        )
         driver = self.engine.dialect.driver
         breaker = StallBreaker()
         batches: Iterator[pa.RecordBatch] | None = None
@@ -664,34 +678,79 @@ class SqlTableReader:
 
     def count(self, window: PartitionWindow | None) -> int:
         """Rows of the table in the window (or in all), counted by the database."""
-        with self._connect(window) as connection:
-            table = self.reflect(connection, window)
-            query = window_query(
-                table,
-                [sa.func.count().label("rows")],
-                self.table.partition_column,
-                window,
-                connection.dialect.name,
-            )
-            try:
-                return int(connection.execute(query).scalar_one())
-            except sa.exc.DBAPIError as error:
-                raise SourceError(
-                    f"{self._where(window)}: counting rows failed: {_first_line(error.orig)}"
-                ) from None
+
+        def counted(breaker: StallBreaker) -> int:
+            with self._connect(window) as connection:
+                breaker.add_connection(connection.connection.dbapi_connection)
+                table = self.reflect(connection, window)
+                query = window_query(
+                    table,
+                    [sa.func.count().label("rows")],
+                    self.table.partition_column,
+                    window,
+                    connection.dialect.name,
+                )
+                return self._scalar(connection, query, window)
+
+        return self._watched_count(counted, window)
 
     def count_unreachable(self, partitions: PartitionRange) -> int:
         """Rows no partition of the range reaches, counted by the database (one query)."""
         window = partitions.window()
-        with self._connect(window) as connection:
-            table = self.reflect(connection, window)
-            query = self._query(table, [sa.func.count().label("rows")], window, partitions)
-            try:
-                return int(connection.execute(query).scalar_one())
-            except sa.exc.DBAPIError as error:
-                raise SourceError(
-                    f"{self._where(window)}: counting rows failed: {_first_line(error.orig)}"
-                ) from None
+
+        def counted(breaker: StallBreaker) -> int:
+            with self._connect(window) as connection:
+                breaker.add_connection(connection.connection.dbapi_connection)
+                table = self.reflect(connection, window)
+                query = self._query(table, [sa.func.count().label("rows")], window, partitions)
+                return self._scalar(connection, query, window)
+
+        return self._watched_count(counted, window)
+
+    def _scalar(
+        self, connection: sa.Connection, query: sa.Select[Any], window: PartitionWindow | None
+    ) -> int:
+        try:
+            return int(connection.execute(query).scalar_one())
+        except sa.exc.DBAPIError as error:
+            reason = _first_line(error.orig)
+            # PyMySQL's own read timeout (twice read_stall_timeout) can end a stall first
+            stalled = (
+                " The source stopped answering: raise `read_stall_timeout` on the source in "
+                "the project file if counting is only slow."
+                if "timed out" in reason
+                else ""
+            )
+            raise SourceError(
+                f"{self._where(window)}: counting rows failed: {reason}. "
+                f"{_timeout_hint(reason)}{stalled}".rstrip()
+            ) from None
+
+    def _watched_count(
+        self, counted: Callable[[StallBreaker], int], window: PartitionWindow | None
+    ) -> int:
+        """A count query (and its reflection) bounded like a read: no answer within
+        `read_stall_timeout` breaks the connection and fails, naming the setting."""
+        return watched_call(
+            counted, self._answer_seconds(), lambda: self._unanswered("a count query", window)
+        )
+
+    def _answer_seconds(self) -> float | None:
+        """How long a query outside the streamed read (reflection, a count) may go unanswered:
+        the stall timeout, after the connect timeout (which fails on its own first)."""
+        stall = self.limits.read_stall_timeout
+        return None if stall is None else stall + self.limits.connect_timeout
+
+    def _unanswered(self, what: str, window: PartitionWindow | None) -> SourceError:
+        stall, connect = self.limits.read_stall_timeout or 0, self.limits.connect_timeout
+        return SourceError(
+            f"{self._where(window)}: the source did not answer {what} within {stall + connect:g} "
+            f"s (read_stall_timeout {stall:g} s after connect_timeout {connect:g} s); the "
+            "connection was closed and nothing was written. If the "
+            "source is only slow (counting a table without an index on the partition column), "
+            "raise `read_stall_timeout` on the source in the project file; otherwise re-run "
+            "the partition once the source answers."
+        )
 
     def changed_days(
         self, change_column: str, since: str | None, zone: str, max_days: int = 100_000

@@ -18,11 +18,13 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from ingestion_assets.sources.cancel import current_scope
+
+T = TypeVar("T")
 
 # batches fetched ahead of the consumer: the fetch overlaps the write, memory stays bounded
 READ_AHEAD_BATCHES = 2
@@ -150,3 +152,40 @@ def watched_batches(
             yield value
     finally:
         consumer_gone.set()
+
+
+def watched_call(
+    call: Callable[[StallBreaker], T],
+    stall_seconds: float | None,
+    stalled: Callable[[], BaseException],
+) -> T:
+    """`call(breaker)` (a count, a reflection) in a thread; when it has not returned within
+    `stall_seconds`, its connection is broken through the breaker it registered with, and
+    `stalled()` is raised. None: not watched."""
+    breaker = StallBreaker()
+    if stall_seconds is None:
+        return call(breaker)
+    outcome: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            outcome.put((True, call(breaker)))
+        except BaseException as error:  # re-raised by the caller below
+            outcome.put((False, error))
+
+    scope = current_scope()
+
+    def run_in_scope() -> None:
+        with scope.entered() if scope is not None else contextlib.nullcontext():
+            run()
+
+    threading.Thread(target=run_in_scope, name="source-call", daemon=True).start()
+    try:
+        succeeded, value = outcome.get(timeout=stall_seconds)
+    except queue.Empty:
+        breaker.fire()
+        raise stalled() from None
+    if not succeeded:
+        raise value
+    result: T = value
+    return result
