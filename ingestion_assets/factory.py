@@ -17,6 +17,7 @@ from dagster import (
     AssetSpec,
     BackfillPolicy,
     DailyPartitionsDefinition,
+    Failure,
     MaterializeResult,
     TableColumn,
     TableSchema,
@@ -37,7 +38,7 @@ from ingestion_assets.checks import (
     materialization_targets,
     reconciliation_checks,
 )
-from ingestion_assets.errors import AuditFailedError
+from ingestion_assets.errors import AuditFailedError, IngestionError
 from ingestion_assets.io_managers.contract import (
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
@@ -196,10 +197,15 @@ def dataset_asset(
             getattr(context.resources, resource_key),
             getattr(context.resources, io_manager_key),
         )
-        if asset_key in context.selected_asset_keys:
-            yield from run.publish()
-        else:
-            yield from run.judge_committed()
+        try:
+            if asset_key in context.selected_asset_keys:
+                yield from run.publish()
+            else:
+                yield from run.judge_committed()
+        except IngestionError as error:
+            # a Failure is shown as it is: the run's error leads with the project's message
+            # (source, table, partition, the fix), not with Dagster's wrapper around it
+            raise Failure(description=str(error), allow_retries=False) from error
 
     return _table
 
