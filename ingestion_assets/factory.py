@@ -163,11 +163,15 @@ def dataset_asset(
     }
     if table.primary_key:
         metadata["primary_key"] = ", ".join(table.primary_key)
+    metadata["dagster/storage_kind"] = (
+        "databricks" if io_manager_key != "io_manager" else "deltalake"
+    )
     asset_spec = AssetSpec(
         asset_key,
         group_name=source_name,
         description=_description(spec, table, kind),
-        kinds={kind, "delta", *(["databricks"] if io_manager_key != "io_manager" else [])},
+        # `deltalake` is the kind Dagster draws the Delta Lake icon for
+        kinds={kind, "deltalake", *(["databricks"] if io_manager_key != "io_manager" else [])},
         owners=list(table.owners or spec.owners),
         tags={**spec.tags, **table.tags},
         metadata=metadata,

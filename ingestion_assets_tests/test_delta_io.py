@@ -339,3 +339,20 @@ def test_backfill_tags_drive_a_single_run(
     assert set(counts.values()) == {1}
     # the table's total, on every partition's materialization
     assert {m.metadata["dagster/row_count"].value for m in materializations} == {31}
+
+
+def test_a_relative_lake_root_is_reported_as_an_absolute_uri(
+    tmp_path: pathlib.Path, instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    @asset(key=["t", "plain"])
+    def plain() -> pa.Table:
+        return pa.table({"n": [1, 2]})
+
+    result = materialize(
+        [plain], instance=instance, resources={"io_manager": DeltaLakeIOManager(root_uri="lake")}
+    )
+
+    uri = str(result.asset_materializations_for_node("t__plain")[0].metadata["dagster/uri"].value)
+    assert uri == str((tmp_path / "lake" / "t" / "plain").resolve())

@@ -155,7 +155,8 @@ def test_definitions_pin_the_graph_without_touching_the_source(
     assert header.backfill_policy.policy_type == BackfillPolicyType.SINGLE_RUN
     spec = header.specs_by_key[AssetKey(["erp", "sales_order_header"])]
     assert spec.group_name == "erp"
-    assert set(spec.kinds) == {"sqlserver", "delta"}
+    assert set(spec.kinds) == {"sqlserver", "deltalake"}
+    assert spec.metadata["dagster/storage_kind"] == "deltalake"
     assert "dagster/column_schema" in spec.metadata
     assert header.get_op_def_for_asset_key(AssetKey(["erp", "sales_order_header"])).pool == "erp"
     product = defs.get_assets_def(AssetKey(["erp", "product"]))

@@ -7,6 +7,7 @@ the table layout, the replace and its commit live in `ingestion_assets.lake`."""
 from __future__ import annotations
 
 import datetime
+import pathlib
 import time
 from typing import Any
 
@@ -197,6 +198,14 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         )
 
 
+def absolute_uri(uri: str) -> str:
+    """A table's location as the UI should show it: object-store URIs as they are, a local
+    folder as its absolute path (the lake root may be relative to where Dagster runs)."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return str(pathlib.Path(uri.removeprefix("file://")).resolve())
+
+
 class DeltaStagedWrite:
     """A staged replace of one Delta table (see `StagedWrite`)."""
 
@@ -240,7 +249,7 @@ class DeltaStagedWrite:
             "rows_written": plan.rows,
             "dagster/column_schema": column_schema(pa.schema(table.schema().to_arrow())),
             "dagster/table_name": self.table_name,
-            "dagster/uri": MetadataValue.path(uri),
+            "dagster/uri": MetadataValue.path(absolute_uri(uri)),
             **write_timing_metadata(plan, elapsed),
             "delta_version": table.version(),
             "files_written": len(written),

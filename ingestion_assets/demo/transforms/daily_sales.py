@@ -92,7 +92,7 @@ def daily_sales_assets(
         ),
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        kinds={"spark", "delta"},
+        kinds={"spark", "deltalake"},
         required_resource_keys={PYSPARK_RESOURCE_KEY},
         metadata={
             "dagster/column_schema": _COLUMNS,

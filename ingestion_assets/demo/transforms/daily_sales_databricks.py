@@ -106,7 +106,7 @@ def daily_sales_databricks_assets(
         ),
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
-        kinds={"databricks", "spark", "delta"},
+        kinds={"databricks", "spark", "deltalake"},
         metadata={"dagster/table_name": spec.target_table, "script_path": spec.script_path},
         required_resource_keys={DATABRICKS_RESOURCE_KEY},
     )
