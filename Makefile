@@ -6,6 +6,8 @@ UV := $(PYTHON) -m uv
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.data/dagster
+# the port `make ui` serves the Dagster UI on
+PORT ?= 3000
 SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -46,7 +48,7 @@ demo: setup
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ingestion_assets.demo ui
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ingestion_assets.demo ui --port $(PORT)
 
 lint: setup-python
 	$(BIN)/ruff check .

@@ -67,6 +67,14 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(tmp_path: pathlib.Path) -> 
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "delta version" in completed.stdout
+    # quiet: no Beta/Preview/Supersession (or any other Python) warning from the demo's run
+    output = completed.stdout + completed.stderr
+    assert not [line for line in output.splitlines() if "Warning:" in line], output[-3000:]
+    summary = {
+        line.split()[0]: line.split()
+        for line in completed.stdout.splitlines()
+        if line.startswith("adventureworks")
+    }
 
     demo, lake = checkout / ".data" / "demo", checkout / ".data" / "lake"
     for logical in ORDER_TABLES:
@@ -76,6 +84,10 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(tmp_path: pathlib.Path) -> 
         source_counts = _source_counts(demo, logical)
         assert sum(source_counts.values()) > 1000
         assert dict(lake_counts) == source_counts, logical
+        # the summary's rows are the run's (not the table's total once per partition)
+        line = summary[f"adventureworks/{snake_case(logical.split('.')[1])}"]
+        assert line[2] == f"{sum(source_counts.values()):,}", line
+        assert line[-3] == line[-1], f"every check passed: {line}"
     for logical in SNAPSHOT_TABLES:
         schema, name = logical.split(".")
         connection = sqlite3.connect(demo / f"{schema}.db")

@@ -14,7 +14,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dagster import AssetKey, BetaWarning, DagsterInstance, Definitions
+from dagster import (
+    AssetKey,
+    BetaWarning,
+    DagsterInstance,
+    Definitions,
+    PreviewWarning,
+    SupersessionWarning,
+)
 from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
@@ -36,7 +43,9 @@ class AssetSummary:
     partitions: int
     rows: int
     delta_version: int
-    seconds: float
+    write_seconds: float
+    checks_passed: int
+    checks: int
 
 
 def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]:
@@ -78,13 +87,17 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]
             by_asset.setdefault(materialization.asset_key, []).append(metadata)
         for key, events in sorted(by_asset.items(), key=lambda item: item[0].to_user_string()):
             uri = str(events[0]["dagster/uri"])
+            judged = [e for e in evaluations if e.asset_key == key]
             summaries.append(
                 AssetSummary(
                     asset=key.to_user_string(),
                     partitions=sum(1 for item in events if item["partition"] is not None),
-                    rows=sum(int(str(item["dagster/row_count"])) for item in events),
+                    # the run's rows (dagster/row_count is the table's total)
+                    rows=int(str(events[0]["rows_written"])),
                     delta_version=DeltaTable(uri).version(),
-                    seconds=float(str(events[0]["seconds"])),
+                    write_seconds=float(str(events[0]["seconds"])),
+                    checks_passed=sum(1 for e in judged if e.passed),
+                    checks=len(judged),
                 )
             )
     return summaries
@@ -92,14 +105,15 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]
 
 def format_summary(summaries: Sequence[AssetSummary]) -> str:
     """The summary as an aligned text table."""
-    header = ("asset", "partitions", "rows", "delta version", "seconds")
+    header = ("asset", "partitions", "rows", "delta version", "write seconds", "checks passed")
     rows = [
         (
             item.asset,
             str(item.partitions) if item.partitions else "snapshot",
             f"{item.rows:,}",
             str(item.delta_version),
-            f"{item.seconds:.2f}",
+            f"{item.write_seconds:.2f}",
+            f"{item.checks_passed:,} of {item.checks:,}",
         )
         for item in summaries
     ]
@@ -139,31 +153,38 @@ def _prepare(data_dir: pathlib.Path, regenerate: bool) -> pathlib.Path:
     os.environ.setdefault("DAGSTER_HOME", str((data_dir / "dagster").resolve()))
     home = pathlib.Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    # an empty dagster.yaml: the default local instance, without Dagster's notice about it
-    (home / "dagster.yaml").touch()
+    # the default local instance (without Dagster's notice about a missing file), telemetry off
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     return demo_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`run` (default): build the demo data and ingest it; `ui`: serve the Dagster UI over it."""
-    warnings.filterwarnings("ignore", category=BetaWarning)
+    # Dagster's notices about its own APIs' maturity say nothing to a demo's user
+    for category in (BetaWarning, PreviewWarning, SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
     command = (list(argv) if argv is not None else sys.argv[1:]) or ["run"]
     # the demo project file names .data/... relative to the working directory
     data_dir = pathlib.Path(".data")
-    if command == ["ui"]:
+    if command[:1] == ["ui"]:
+        port = command[2] if command[1:2] == ["--port"] and len(command) == 3 else "3000"
+        if not port.isdigit() or len(command) not in (1, 3):
+            print("usage: python -m ingestion_assets.demo ui [--port N]", file=sys.stderr)
+            return 2
         demo_dir = _prepare(data_dir, regenerate=False)
         with demo_api(demo_dir) as api:
-            print(f"demo API at {api.url}; starting the Dagster UI on http://127.0.0.1:3000")
+            print(f"demo API at {api.url}; starting the Dagster UI on http://127.0.0.1:{port}")
             ui = subprocess.run(
-                ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"],
+                ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", port],
                 check=False,
             )
         return ui.returncode
     if command != ["run"]:
-        print("usage: python -m ingestion_assets.demo [run | ui]", file=sys.stderr)
+        print("usage: python -m ingestion_assets.demo [run | ui [--port N]]", file=sys.stderr)
         return 2
     demo_dir = _prepare(data_dir, regenerate=True)
     with demo_api(demo_dir), DagsterInstance.get() as instance:
+        print("loading the demo's definitions", flush=True)
         defs = build_definitions(load_project(DEMO_PROJECT_FILE))
         summaries = run_jobs(defs, instance)
     print()
