@@ -188,13 +188,25 @@ def failure_sensor() -> SensorDefinition:
 
 
 def describe_failed_run(context: RunFailureSensorContext) -> str:
-    """`run R of job J failed for partitions P: <error>`."""
+    """`run R of job J failed for partitions P: <step>: <root cause>`: each failed step's own
+    error (the project's message: source, table, partition, fix), not only that the run failed."""
     run = context.dagster_run
-    message = context.failure_event.message or "no message"
+    causes = [
+        f"{event.step_key}: {_error_line(event.step_failure_data.error.message)}"
+        for event in context.get_step_failure_events()
+        if event.step_failure_data.error is not None
+    ]
+    message = "; ".join(causes) or context.failure_event.message or "no message"
     return (
         f"run {run.run_id} of job {run.job_name} failed for partitions "
         f"{failed_run_partitions(run.tags)}: {message}"
     )
+
+
+def _error_line(message: str) -> str:
+    """An error's first line, without the qualified name of Dagster's `Failure` before it."""
+    first = message.strip().splitlines()[0] if message.strip() else "no message"
+    return first.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
 def source_automation(

@@ -260,7 +260,10 @@ def test_the_failure_sensor_names_the_failed_run_and_its_partitions(
     text = describe_failed_run(context)
     assert failed.run_id in text
     assert "partitions 2024-01-02..2024-01-05" in text
-    project.defs.get_sensor_def("ingestion_run_failures")(context)
+    # the root cause, the project's message, not "Execution of run ... failed"
+    assert "src__missing: source 'src', table 'Sales.Missing'" in text, text
+    assert "Execution of run" not in text
+    project.defs.resolve_sensor_def("ingestion_run_failures")(context)
 
 
 def test_the_rest_sensor_finds_new_records_through_the_api_date_filter(
