@@ -12,7 +12,7 @@ import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import sqlalchemy as sa
-from dagster import Config, ConfigurableResource, InitResourceContext
+from dagster import Config, ConfigurableResource, InitResourceContext, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
@@ -368,6 +368,8 @@ class RestSourceResource(SourceResource):
             self.timezone,
             self.parallel_requests,
             self.batch_size,
+            # retries reported in the run's log as they happen
+            logger=get_dagster_logger("ingestion_assets.rest"),
         )
 
     def reader(self, stream: StreamSpec, pagination: Pagination | None = None) -> RestStreamReader:

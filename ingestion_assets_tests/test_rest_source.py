@@ -1001,6 +1001,17 @@ def test_503_twice_then_200_writes_the_rows_and_reports_two_retries(
     assert metadata["api_requests"] == 3
     assert metadata["dagster/row_count"] == len(ORDER_IDS)
     httpserver.check_assertions()
+    # each retry is in the run's log as it happens: where, what and how long it waits
+    retries = [
+        str(entry.user_message)
+        for entry in instance.all_logs(result.run_id)
+        if "retrying in" in str(entry.user_message)
+    ]
+    assert len(retries) == 2, retries
+    for number, line in enumerate(retries, start=2):
+        assert f"source '{SOURCE}', table 'orders', partition {DAY}: GET " in line
+        assert ": HTTP 503; retrying in " in line
+        assert f"s (attempt {number} of " in line
 
 
 def hang_up(request: Request) -> Response:

@@ -252,8 +252,11 @@ class RestClient:
         retry: RetryPolicy | None = None,
         session: ApiSession | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.source_name = source_name
+        # where each retry is reported as it happens (the run's log, when a resource passes it)
+        self.logger = logger or logging.getLogger(__name__)
         self.base_url = base_url.rstrip("/") + "/"
         self.origin = origin_of(self.base_url)
         self.auth = auth
@@ -388,6 +391,13 @@ class RestClient:
             if time.monotonic() + wait > give_up_at:
                 last_problem += f"; the next wait ({wait:.1f} s) would pass the time limit"
                 break
+            self.logger.warning(
+                redact(
+                    f"{label}: GET {self.shown(url, params)}: {last_problem}; retrying in "
+                    f"{wait:.1f} s (attempt {attempt + 1} of {self.retry.max_attempts})",
+                    self.secrets(),
+                )
+            )
             self._sleep(wait)
         raise SourceError(
             f"{label}: GET {self.shown(url, params)} failed after {attempt} attempt(s): "

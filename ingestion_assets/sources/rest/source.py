@@ -10,6 +10,7 @@ read's own: its pagination state and the request counts its materialization repo
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 from collections.abc import Mapping
 from zoneinfo import ZoneInfo
@@ -38,8 +39,10 @@ class RestSource(Source):
         timezone: str = "UTC",
         parallel_requests: int = 4,
         batch_size: int = 10_000,
+        logger: logging.Logger | None = None,
     ) -> None:
         super().__init__(source_name)
+        self.logger = logger
         self.base_url = base_url
         self.auth = auth
         self.headers = dict(headers or {})
@@ -71,6 +74,7 @@ class RestSource(Source):
                     self.timeout,
                     self.retry,
                     session,
+                    logger=self.logger,
                 )
             return self._client
 
