@@ -57,11 +57,22 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
-def format_path(location: tuple[int | str, ...]) -> str:
-    """('sources', 'erp', 'tables', 2, 'name') -> 'sources.erp.tables[2].name'."""
+def format_path(location: tuple[int | str, ...], raw: Any = None) -> str:
+    """('sources', 'erp', 'tables', 2, 'name') -> 'sources.erp.tables[2].name'; with the file's
+    data, a table or stream is named too: 'sources.erp.tables[2] (Sales.Orders).name'."""
     text = ""
+    node = raw
     for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int):
+            text += f"[{part}]"
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            name = node.get("name") if isinstance(node, Mapping) else None
+            if isinstance(name, str):
+                schema = node.get("schema") if isinstance(node, Mapping) else None
+                text += f" ({schema}.{name})" if isinstance(schema, str) else f" ({name})"
+        else:
+            text += f".{part}" if text else str(part)
+            node = node.get(part) if isinstance(node, Mapping) else None
     return text
 
 
@@ -121,10 +132,10 @@ def _walk(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], list[
     return tuple(path), candidates
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _describe(error: Mapping[str, Any], data: Any = None) -> str:
     raw = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
     location, holders = _walk(raw)
-    path = format_path(location) or "(top level)"
+    path = format_path(location, data) or "(top level)"
     if error["type"] == "extra_forbidden":
         key = str(location[-1])
         allowed = sorted(
@@ -230,7 +241,7 @@ def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = No
     try:
         project = ProjectSpec.model_validate(raw)
     except ValidationError as error:
-        problems = "\n  - ".join(_describe(item) for item in error.errors())
+        problems = "\n  - ".join(_describe(item, raw) for item in error.errors())
         raise ConfigError(f"{origin}: invalid project file:\n  - {problems}") from None
     environment = os.environ if environ is None else environ
     missing = [

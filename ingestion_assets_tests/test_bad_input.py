@@ -394,9 +394,10 @@ def test_an_asset_name_that_is_not_one_folder_is_rejected(name: str, kind: str) 
     with pytest.raises(ConfigError) as raised:
         parse_project(text, "ingestion.yaml")
 
-    assert f"  - sources.{path}[0].asset_name: asset_name '{name}' must be snake_case" in str(
-        raised.value
-    )
+    # the entry is named after its index: tables[0] (Sales.orders)
+    message = str(raised.value)
+    assert f"  - sources.{path}[0] (" in message
+    assert f"orders).asset_name: asset_name '{name}' must be snake_case" in message
 
 
 @pytest.mark.parametrize("name", ["..", ".", "/", "../..", "\\", "é", "__"])
@@ -411,7 +412,8 @@ def test_a_name_that_gives_no_asset_name_is_rejected_naming_the_key(name: str, k
         parse_project(text, "ingestion.yaml")
 
     message = str(raised.value)
-    assert f"  - sources.{path}[0]: '{name}' has no ASCII letter or digit in its name" in message
+    assert f"  - sources.{path}[0] (" in message
+    assert f"{name}): '{name}' has no ASCII letter or digit in its name" in message
     assert "set asset_name" in message
 
 
@@ -437,7 +439,7 @@ def test_an_error_names_a_source_named_like_the_other_source_type(
         parse_project(text, "ingestion.yaml")
 
     message = str(raised.value)
-    assert f"  - sources.{source_name}.{datasets}[0].nmae: unknown key 'nmae'; " in message
+    assert f"  - sources.{source_name}.{datasets}[0] (orders).nmae: unknown key 'nmae'; " in message
     assert "did you mean 'name'?" in message
 
 

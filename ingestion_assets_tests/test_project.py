@@ -67,7 +67,7 @@ def test_an_unknown_key_names_the_file_the_path_and_the_fix() -> None:
         )
     )
     assert "projects/ingestion.yaml" in message
-    assert "sources.erp.tables[0].partition" in message
+    assert "sources.erp.tables[0] (Sales.SalesOrderHeader).partition" in message
     assert "did you mean 'partition_column'?" in message
 
 
