@@ -229,7 +229,7 @@ def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = No
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ConfigError(f"{origin}: not valid YAML: {error}") from None
+        raise ConfigError(_yaml_error(origin, error)) from None
     except RecursionError:
         # anchors and aliases can nest without nesting the text
         raise ConfigError(
@@ -269,6 +269,18 @@ def _check_connection_urls(raw: Any, environment: Mapping[str, str], origin: str
             source_url(environment[name], str(location[1]))
         except SourceError as error:
             raise ConfigError(f"{origin}: {format_path(location)} (${{{name}}}): {error}") from None
+
+
+def _yaml_error(origin: str, error: yaml.YAMLError) -> str:
+    """`file: line L, column C: not valid YAML: <problem> (<context>)`: the file's own name and
+    position, not PyYAML's `<unicode string>`."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return f"{origin}: not valid YAML: {error}"
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{origin}: {where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def load_project(path: pathlib.Path | None = None) -> ProjectSpec:

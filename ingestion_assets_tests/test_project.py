@@ -324,3 +324,16 @@ def test_a_whole_url_from_the_environment_with_a_raw_at_is_refused_when_the_file
         text, "ingestion.yaml", {"DB_URL": url.replace(f":{password}@", f":{encoded}@")}
     )
     assert "erp" in loaded.sources
+
+
+def test_yaml_that_does_not_parse_names_the_file_line_and_column() -> None:
+    # a flow mapping whose value is a ${VAR} without quotes: `{` opens another mapping
+    text = "sources:\n  erp:\n    auth: {type: basic, username: u, password: ${P}}\n"
+
+    with pytest.raises(ConfigError) as refused:
+        parse_project(text, "ingestion.yaml")
+
+    message = str(refused.value)
+    assert message.startswith("ingestion.yaml: line 3, column "), message
+    assert ": not valid YAML: " in message
+    assert "<unicode string>" not in message
