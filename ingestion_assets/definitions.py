@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from dagster import (
@@ -11,7 +13,9 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSelection,
+    BetaWarning,
     Definitions,
+    PreviewWarning,
     ScheduleDefinition,
     SensorDefinition,
     define_asset_job,
@@ -31,7 +35,7 @@ from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
 from ingestion_assets.project import config_value, load_project
-from ingestion_assets.specs import DatabricksSpec, ProjectSpec, SourceSpecBase
+from ingestion_assets.specs import DatabricksSpec, DatasetSpec, ProjectSpec, SourceSpecBase
 
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
 # extension modules: a `transforms.<name>` entry of the project file -> the function
@@ -96,7 +100,18 @@ def transform_definitions(project: ProjectSpec, name: str, settings: Any) -> Def
 
 
 def build_definitions(project: ProjectSpec) -> Definitions:
-    """Everything Dagster needs, from validated specs; connects to nothing."""
+    """Everything Dagster needs, from validated specs; connects to nothing.
+
+    Dagster's notices that an API the project chose (partitioned asset checks, code references)
+    is still beta or preview are not repeated on every code load: they say nothing a user of
+    the project can act on."""
+    with warnings.catch_warnings():
+        for category in (BetaWarning, PreviewWarning):
+            warnings.filterwarnings("ignore", category=category)
+        return _build_definitions(project)
+
+
+def _build_definitions(project: ProjectSpec) -> Definitions:
     resources: dict[str, object] = {
         "io_manager": DeltaLakeIOManager(
             root_uri=project.lake.root,
@@ -107,6 +122,10 @@ def build_definitions(project: ProjectSpec) -> Definitions:
     }
     assets: list[AssetsDefinition] = []
     jobs: list[Any] = []
+
+    def locate(source_name: str) -> Callable[[DatasetSpec], tuple[str, int] | None]:
+        return lambda dataset: project.entry_location(source_name, dataset)
+
     checks: list[AssetChecksDefinition] = []
     schedules: list[ScheduleDefinition] = []
     sensors: list[SensorDefinition] = [failure_sensor()]
@@ -115,10 +134,12 @@ def build_definitions(project: ProjectSpec) -> Definitions:
         if project.io_manager_of(source_name) == "databricks":
             assert project.lake.databricks is not None  # ProjectSpec validates it
             resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)
-            assets.extend(source_assets(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
+            assets.extend(
+                source_assets(source_name, spec, DATABRICKS_IO_MANAGER_KEY, locate(source_name))
+            )
             checks.extend(source_checks(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
         else:
-            assets.extend(source_assets(source_name, spec))
+            assets.extend(source_assets(source_name, spec, locate=locate(source_name)))
             checks.extend(source_checks(source_name, spec))
         selections = source_job_selections(source_name, spec)
         jobs.extend(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pyarrow as pa
@@ -16,8 +16,10 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
+    CodeReferencesMetadataValue,
     DailyPartitionsDefinition,
     Failure,
+    LocalFileCodeReference,
     MaterializeResult,
     TableColumn,
     TableSchema,
@@ -131,6 +133,7 @@ def dataset_asset(
     spec: SourceSpecBase,
     table: DatasetSpec,
     io_manager_key: str = "io_manager",
+    location: tuple[str, int] | None = None,
 ) -> AssetsDefinition:
     """The asset `[source, table]` that streams one table's (or stream's) days into Delta
     (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's), with its
@@ -166,6 +169,11 @@ def dataset_asset(
     metadata["dagster/storage_kind"] = (
         "databricks" if io_manager_key != "io_manager" else "deltalake"
     )
+    if location is not None:
+        # the entry of the project file this asset comes from, linked from the asset's page
+        metadata["dagster/code_references"] = CodeReferencesMetadataValue(
+            code_references=[LocalFileCodeReference(file_path=location[0], line_number=location[1])]
+        )
     asset_spec = AssetSpec(
         asset_key,
         group_name=source_name,
@@ -424,10 +432,19 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
 
 
 def source_assets(
-    source_name: str, spec: SourceSpecBase, io_manager_key: str = "io_manager"
+    source_name: str,
+    spec: SourceSpecBase,
+    io_manager_key: str = "io_manager",
+    locate: Callable[[DatasetSpec], tuple[str, int] | None] | None = None,
 ) -> Sequence[AssetsDefinition]:
-    """One asset per table or stream of a source, written by the IO manager `io_manager_key`."""
-    return [dataset_asset(source_name, spec, dataset, io_manager_key) for dataset in spec.datasets]
+    """One asset per table or stream of a source, written by the IO manager `io_manager_key`;
+    `locate` gives each entry's project file and line (the UI links the asset to it)."""
+    return [
+        dataset_asset(
+            source_name, spec, dataset, io_manager_key, locate(dataset) if locate else None
+        )
+        for dataset in spec.datasets
+    ]
 
 
 def source_checks(

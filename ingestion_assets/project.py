@@ -293,7 +293,34 @@ def load_project(path: pathlib.Path | None = None) -> ProjectSpec:
             f"{path}: cannot read the project file ({error.strerror}); set "
             f"{PROJECT_FILE_VARIABLE} to the path of your ingestion.yaml"
         ) from None
-    return parse_project(decode_project_file(data, str(path)), str(path))
+    text = decode_project_file(data, str(path))
+    project = parse_project(text, str(path))
+    project._path = str(path.resolve())
+    project._entry_lines = _entry_lines(text)
+    return project
+
+
+def _entry_lines(text: str) -> dict[tuple[str, int], int]:
+    """The 1-based line of each `sources.<name>.<tables|streams>[i]` entry (for the UI's code
+    references); empty when the file's shape is not that."""
+    lines: dict[tuple[str, int], int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    sources = _mapping_value(root, "sources")
+    if not isinstance(sources, yaml.MappingNode):
+        return lines
+    for key, source in sources.value:
+        for datasets in ("tables", "streams"):
+            entries = _mapping_value(source, datasets)
+            if isinstance(entries, yaml.SequenceNode):
+                for index, entry in enumerate(entries.value):
+                    lines[(str(key.value), index)] = entry.start_mark.line + 1
+    return lines
+
+
+def _mapping_value(node: Any, key: str) -> Any:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for name, value in node.value if name.value == key), None)
 
 
 def config_value(value: str) -> str | EnvVar:

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -995,6 +996,11 @@ def validate_sources(value: Any) -> Any:
 class ProjectSpec(Spec):
     """The whole project file."""
 
+    # where each table or stream entry is in the file: (source, index) -> 1-based line, and the
+    # file's path (set by project.load_project; None for text parsed without a file)
+    _entry_lines: dict[tuple[str, int], int] = PrivateAttr(default_factory=dict)
+    _path: str | None = PrivateAttr(default=None)
+
     lake: LakeSpec = Field(default_factory=LakeSpec)
     sources: dict[str, SourceSpecBase] = Field(
         min_length=1, description="Sources by name; each one's `type` picks its kind."
@@ -1019,6 +1025,14 @@ class ProjectSpec(Spec):
                     f"and folder), e.g. '{snake_case(name) or 'erp'}'"
                 )
         return value
+
+    def entry_location(self, source_name: str, dataset: DatasetSpec) -> tuple[str, int] | None:
+        """The project file and line of a table's or stream's entry; None when not known."""
+        if self._path is None:
+            return None
+        index = self.sources[source_name].datasets.index(dataset)
+        line = self._entry_lines.get((source_name, index))
+        return None if line is None else (self._path, line)
 
     def io_manager_of(self, source_name: str) -> IoManagerName:
         """The writer of a source's tables: its own `io_manager`, else the lake's."""

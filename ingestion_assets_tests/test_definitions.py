@@ -7,9 +7,11 @@ every job, schedule and sensor resolves by name. A change to any name fails here
 from __future__ import annotations
 
 import pytest
-from dagster import Definitions
+from dagster import AssetKey, Definitions
 
 from ingestion_assets.definitions import defs
+from ingestion_assets.project import DEMO_PROJECT_FILE
+from ingestion_assets.specs import snake_case
 
 ORDER_ASSETS = {
     "sales_order_header",
@@ -68,3 +70,21 @@ def test_every_demo_job_schedule_and_sensor_resolves_by_name(demo_defs: Definiti
     assert {sensor.name for sensor in demo_defs.sensors or []} == SENSORS
     for name in SENSORS:
         assert demo_defs.resolve_sensor_def(name).name == name
+
+
+def test_every_ingestion_asset_links_to_its_entry_in_the_project_file(
+    demo_defs: Definitions,
+) -> None:
+    lines = DEMO_PROJECT_FILE.read_text().splitlines()
+    for key in ASSET_KEYS:
+        asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
+        references = asset.metadata_by_key[asset.key]["dagster/code_references"].code_references
+        assert len(references) == 1, key
+        reference = references[0]
+        assert reference.file_path == str(DEMO_PROJECT_FILE.resolve())
+        # the line where the table's or stream's own entry begins (`- schema: ...` or
+        # `- name: ...`), its name on it or on one of the next lines
+        assert lines[reference.line_number - 1].lstrip().startswith("- "), key
+        entry = lines[reference.line_number - 1 : reference.line_number + 3]
+        names = [line.split("name:", 1)[1].strip() for line in entry if " name:" in f" {line}"]
+        assert snake_case(names[0]) == key.split("/")[1], (key, entry)
