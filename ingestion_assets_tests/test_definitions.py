@@ -85,6 +85,8 @@ def test_every_ingestion_asset_links_to_its_entry_in_the_project_file(
         # the line where the table's or stream's own entry begins (`- schema: ...` or
         # `- name: ...`), its name on it or on one of the next lines
         assert lines[reference.line_number - 1].lstrip().startswith("- "), key
+        # and shows who owns it
+        assert asset.specs_by_key[asset.key].owners == ["team:data-platform"], key
         entry = lines[reference.line_number - 1 : reference.line_number + 3]
         names = [line.split("name:", 1)[1].strip() for line in entry if " name:" in f" {line}"]
         assert snake_case(names[0]) == key.split("/")[1], (key, entry)
