@@ -13,7 +13,7 @@ bounds each wait for bytes only, so a server that drips a byte a second (of its 
 body) would hold a run for as long as it likes; a timer shuts the request's socket when the
 deadline passes (a passing fault, retried), and a body larger than the size limit fails at once.
 The socket is known from the moment the request is sent: the sessions' connection classes record
-themselves for the request that uses them (`DeadlineAdapter`). Redirects are followed here, not by
+it for the request that uses them (`DeadlineAdapter`). Redirects are followed here, not by
 `requests`, so that every hop is checked: the API's own origin gets the session (credentials,
 cookies); an origin the stream allows gets a bare request (no credential, no API key, no
 cookie); any other origin fails the read.
@@ -85,36 +85,37 @@ _current_request = threading.local()
 
 
 class _RequestConnections:
-    """The connections one request (with its redirects) went through."""
+    """The sockets one request (with its redirects) went through."""
 
     def __init__(self) -> None:
-        self.connections: list[Any] = []
+        self.sockets: list[socket.socket] = []
 
     def shut(self) -> None:
-        """Shut their sockets: a read blocked on a dripping server wakes and fails."""
-        for connection in list(self.connections):
-            sock = getattr(connection, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        """Shut them: a read blocked on a dripping server wakes and fails."""
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _recorded(connection: Any) -> None:
+    # the socket is known once the request is sent; a response that says `Connection: close`
+    # takes it over and the connection forgets it, so it is kept here
     holder = getattr(_current_request, "holder", None)
-    if holder is not None:
-        holder.connections.append(connection)
+    sock = getattr(connection, "sock", None)
+    if holder is not None and isinstance(sock, socket.socket):
+        holder.sockets.append(sock)
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    def getresponse(self) -> Any:
         _recorded(self)
-        super().request(*args, **kwargs)
+        return super().getresponse()
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
+    def getresponse(self) -> Any:
         _recorded(self)
-        super().request(*args, **kwargs)
+        return super().getresponse()
 
 
 class _WatchedHTTPConnectionPool(urllib3.HTTPConnectionPool):
@@ -126,8 +127,8 @@ class _WatchedHTTPSConnectionPool(urllib3.HTTPSConnectionPool):
 
 
 class DeadlineAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter, with connections that record themselves for the request that uses
-    them, so that its deadline can shut the socket while the headers are still arriving."""
+    """requests' adapter, with connections that record their socket for the request that uses
+    them, so that its deadline can shut it while the headers are still arriving."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -423,12 +424,14 @@ class RestClient:
             passed.set()
             holder.shut()
 
+        # one timer for the whole response: the connections the request used are shut at the
+        # deadline, whether the headers or the body are arriving
         timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
         timer.daemon = True
         timer.start()
         _current_request.holder = holder
         try:
-            return self._follow(url, params, headers, limits, deadline_at, label)
+            response = self._follow(url, params, headers, limits, deadline_at, label, passed)
         except (requests.RequestException, OSError):
             if passed.is_set():
                 raise _DeadlinePassed from None
@@ -436,6 +439,10 @@ class RestClient:
         finally:
             _current_request.holder = None
             timer.cancel()
+        if passed.is_set():
+            # the socket was shut at the deadline: a body without a length may look complete
+            raise _DeadlinePassed
+        return response
 
     def _follow(
         self,
@@ -445,13 +452,14 @@ class RestClient:
         limits: RequestLimits,
         deadline_at: float,
         label: str,
+        passed: threading.Event,
     ) -> requests.Response:
         current, current_params = url, dict(params)
         for _ in range(MAX_REDIRECTS + 1):
             response = self._send(current, current_params, headers, limits, deadline_at, label)
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUS or not location:
-                self._read_body(response, limits, deadline_at, label, current, current_params)
+                self._read_body(response, limits, label, current, current_params, passed)
                 return response
             response.close()
             current, current_params = urljoin(response.url, location), {}
@@ -509,27 +517,17 @@ class RestClient:
         self,
         response: requests.Response,
         limits: RequestLimits,
-        deadline_at: float,
         label: str,
         url: str,
         params: Mapping[str, str],
+        passed: threading.Event,
     ) -> None:
-        """Read the body into the response within the deadline and the size limit."""
+        """Read the body into the response within the size limit (the request's deadline timer,
+        `passed` once it fired, shuts the socket of a body that drips)."""
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > limits.max_bytes:
             response.close()
             raise self._too_large(label, url, params, limits, f"declares {int(declared)} bytes")
-        passed = threading.Event()
-
-        def cut() -> None:
-            passed.set()
-            # wakes a read blocked on a dripping server; the read then fails
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
-                response.raw.shutdown()
-
-        timer = threading.Timer(max(0.0, deadline_at - time.monotonic()), cut)
-        timer.daemon = True
-        timer.start()
         chunks: list[bytes] = []
         size = 0
         try:
@@ -540,16 +538,8 @@ class RestClient:
                 chunks.append(chunk)
                 if passed.is_set():
                     raise _DeadlinePassed
-        except requests.RequestException:
-            if passed.is_set():
-                raise _DeadlinePassed from None
-            raise
         finally:
-            timer.cancel()
             response.close()
-        if passed.is_set():
-            # the socket was shut at the deadline: a body without a length may look complete
-            raise _DeadlinePassed
         response._content = b"".join(chunks)
 
     def _too_large(
