@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 from dagster import InputContext, OutputContext, TableColumn, TableSchema
 
+from ingestion_assets.lake.replace import held_interrupts
 from ingestion_assets.lake.rows import WritePlan
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
@@ -109,6 +110,28 @@ def output_reader(obj: Any) -> tuple[pa.RecordBatchReader, SourceStream | None]:
     if isinstance(obj, pa.RecordBatchReader):
         return obj, None
     return pa.table(obj).to_reader(), None
+
+
+def write_output(writer: TableWriter, context: OutputContext, obj: Any) -> None:
+    """`handle_output` of every writer, for assets that return Arrow data (no audit): stage and
+    commit at once, reporting the commit's metadata and each partition's rows. A stop request
+    waits until the commit and its metadata are done."""
+    if obj is None:
+        return
+    metadata = context.definition_metadata or {}
+    request = WriteRequest(
+        asset_path=tuple(context.asset_key.path),
+        window=context_window(context),
+        run_id=context.run_id,
+        partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
+        log=context.log,
+        schema_policy=metadata_text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve",
+        nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
+    )
+    staged = writer.stage(request, obj)
+    with held_interrupts():
+        context.add_output_metadata(staged.commit())
+        add_partition_row_counts(context, staged.plan)
 
 
 def partition_row_counts(

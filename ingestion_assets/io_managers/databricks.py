@@ -16,14 +16,10 @@ from pydantic import Field
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.io_managers.contract import (
-    NANOSECONDS_KEY,
-    PARTITION_COLUMN_KEY,
     WriteRequest,
-    add_partition_row_counts,
     column_schema,
-    context_window,
-    metadata_text,
     output_reader,
+    write_output,
     write_timing_metadata,
 )
 from ingestion_assets.lake.files import read_ahead
@@ -269,20 +265,7 @@ class DatabricksIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         """Stage the batches on the volume, create the table if needed, swap the window in."""
-        if obj is None:
-            return
-        metadata = context.definition_metadata or {}
-        request = WriteRequest(
-            asset_path=tuple(context.asset_key.path),
-            window=context_window(context),
-            run_id=context.run_id,
-            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
-            log=context.log,
-            nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
-        )
-        staged = self.stage(request, obj)
-        context.add_output_metadata(staged.commit())
-        add_partition_row_counts(context, staged.plan)
+        write_output(self, context, obj)
 
     def _stage(self, staged: StagedFiles, batches: Iterable[pa.RecordBatch]) -> None:
         for batch in batches:

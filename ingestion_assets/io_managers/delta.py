@@ -19,22 +19,17 @@ from pydantic import Field
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.io_managers.contract import (
-    NANOSECONDS_KEY,
-    PARTITION_COLUMN_KEY,
-    SCHEMA_POLICY_KEY,
     RunLog,
     WriteRequest,
-    add_partition_row_counts,
     column_schema,
     context_window,
-    metadata_text,
     output_reader,
+    write_output,
     write_timing_metadata,
 )
 from ingestion_assets.lake.replace import (
     StagedReplace,
     fit_schema,
-    held_interrupts,
     open_table,
     replace_with_writer,
     stage_partitions,
@@ -138,22 +133,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         """Write an asset's Arrow data: replace its partitions (or the whole table) in one commit."""
-        if obj is None:
-            return
-        metadata = context.definition_metadata or {}
-        request = WriteRequest(
-            asset_path=tuple(context.asset_key.path),
-            window=context_window(context),
-            run_id=context.run_id,
-            partition_column=metadata_text(metadata.get(PARTITION_COLUMN_KEY)),
-            log=context.log,
-            schema_policy=metadata_text(metadata.get(SCHEMA_POLICY_KEY)) or "evolve",
-            nanoseconds=metadata_text(metadata.get(NANOSECONDS_KEY)) or "error",
-        )
-        staged = self.stage(request, obj)
-        with held_interrupts():
-            context.add_output_metadata(staged.commit())
-            add_partition_row_counts(context, staged.plan)
+        write_output(self, context, obj)
 
     def write_rejected(
         self, uri: str, source_stream: SourceStream, plan: WritePlan, log: RunLog
