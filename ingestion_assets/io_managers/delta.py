@@ -117,14 +117,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             return None
         present = set(pa.schema(table.schema().to_arrow()).names)
         wanted = [name for name in dict.fromkeys([*columns, PARTITION_DATE]) if name in present]
-        dataset = table.to_pyarrow_dataset()
-        if window is None:
-            return dataset.to_table(columns=wanted)
-        day = pc.field(PARTITION_DATE)
-        return dataset.to_table(
-            columns=wanted,
-            filter=(day >= pa.scalar(window.first_day)) & (day <= pa.scalar(window.last_day)),
-        )
+        return table.to_pyarrow_dataset().to_table(columns=wanted, filter=_days_of(window))
 
     def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
         """The Delta table's schema; None before its first write."""
@@ -169,13 +162,16 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 f"table {'.'.join(asset_path)}: no Delta table at {uri}; materialize the "
                 "upstream asset first."
             )
-        window = context_window(context)
-        if window is None:
-            return table.to_pyarrow_table()
-        day = pc.field(PARTITION_DATE)
-        return table.to_pyarrow_dataset().to_table(
-            filter=(day >= pa.scalar(window.first_day)) & (day <= pa.scalar(window.last_day))
-        )
+        return table.to_pyarrow_dataset().to_table(filter=_days_of(context_window(context)))
+
+
+def _days_of(window: PartitionWindow | None) -> pc.Expression | None:
+    """The scan filter of a window's days (pruned by the files' `_partition_date` bounds);
+    None, every row, without one."""
+    if window is None:
+        return None
+    day = pc.field(PARTITION_DATE)
+    return (day >= pa.scalar(window.first_day)) & (day <= pa.scalar(window.last_day))
 
 
 def absolute_uri(uri: str) -> str:
