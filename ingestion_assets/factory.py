@@ -150,13 +150,13 @@ def dataset_asset(
         source_counts_unreachable=source_class.unreachable_rows is not Source.unreachable_rows,
     )
     kind = spec.asset_kind
-    backfill_policy = None
-    if partitions_def is not None:
-        backfill_policy = (
-            BackfillPolicy.single_run()
-            if spec.max_partitions_per_run is None
-            else BackfillPolicy.multi_run(spec.max_partitions_per_run)
-        )
+    # a snapshot table has the single-run policy too: a range over a whole source
+    # (`--select 'group:erp' --partition-range`) then runs its snapshots once, in the same run
+    backfill_policy = (
+        BackfillPolicy.single_run()
+        if partitions_def is None or spec.max_partitions_per_run is None
+        else BackfillPolicy.multi_run(spec.max_partitions_per_run)
+    )
     metadata: dict[str, Any] = {
         "source_table": table.qualified_name,
         "dagster/column_schema": _definition_column_schema(spec, table),

@@ -566,3 +566,28 @@ def test_infinity_and_nan_fail_every_read_path_with_the_same_message(
             "Replace it at the source: read the table through a view that casts it, e.g. CASE "
             f"WHEN isfinite({column}) THEN {column} END (NULL), or a date of your choosing."
         )
+
+
+def test_a_driver_that_is_not_installed_fails_the_run_naming_the_source_and_the_extra(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    # mysqlclient (MySQLdb) is not a dependency of the project: the driver a user may name
+    database = SourceDatabase(
+        dialect="mysql", url="mysql+mysqldb://root@127.0.0.1:3306/absent", schemas={}
+    )
+    project = build_project(
+        database,
+        tmp_path / "lake",
+        [{"schema": "Sales", "name": "orders", "partition_column": "at"}],
+    )
+    result = project.materialize(
+        ["orders"], instance, partition=DAY.isoformat(), raise_on_error=False
+    )
+    assert not result.success
+    message = failure_message(result)
+    assert (
+        f"source '{SOURCE}': the database driver of 'mysql+mysqldb' URLs" in message.splitlines()[0]
+    )
+    assert "No module named 'MySQLdb'" in message
+    assert "--extra mysql" in message
+    assert "'mysql+pymysql://...'" in message

@@ -193,6 +193,29 @@ def _set_statement_timeout(dbapi_connection: Any, dialect: str, seconds: float) 
         cursor.close()
 
 
+# the package extra that installs a driver for each SQLAlchemy dialect (pyproject.toml)
+DRIVER_EXTRAS = {
+    "postgresql": ("postgres", "psycopg2"),
+    "mysql": ("mysql", "pymysql"),
+    "mariadb": ("mysql", "pymysql"),
+}
+
+
+def driver_install_hint(drivername: str) -> str:
+    """How to install the driver of a `dialect+driver` URL, for an error message."""
+    dialect, _, driver = drivername.partition("+")
+    if dialect not in DRIVER_EXTRAS:
+        return f"install the Python package of the '{drivername}' driver into Dagster's environment"
+    extra, extra_driver = DRIVER_EXTRAS[dialect]
+    hint = (
+        f"install the '{extra}' extra: `uv sync --inexact --extra {extra}` in the repository, "
+        f"or `pip install 'ingestion_assets[{extra}]'`"
+    )
+    if driver != extra_driver:
+        hint += f", and name its driver in the URL: '{dialect}+{extra_driver}://...'"
+    return hint
+
+
 def create_source_engine(
     url: sa.URL,
     sqlite_attach: Mapping[str, str] | None = None,
@@ -952,7 +975,14 @@ class SqlSource(Source):
     def engine(self) -> sa.Engine:
         """The source's engine, created once."""
         if self._engine is None:
-            self._engine = create_source_engine(self.url, self.sqlite_attach, self.limits)
+            try:
+                self._engine = create_source_engine(self.url, self.sqlite_attach, self.limits)
+            except ModuleNotFoundError as error:
+                raise SourceError(
+                    f"source '{self.source_name}': the database driver of "
+                    f"'{self.url.drivername}' URLs is not installed ({error}); "
+                    f"{driver_install_hint(self.url.drivername)}"
+                ) from error
         return self._engine
 
     def reader(self, table: DatasetSpec) -> SqlTableReader:
