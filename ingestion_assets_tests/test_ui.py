@@ -600,6 +600,19 @@ def test_asset_page_shows_partitions_and_checks(
         expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
     screenshot(page, "asset-checks.png")
 
+    # a range run's check results, one per day: the check's Partitions tab counts them as Passed
+    passed_days = {
+        execution["partition"]
+        for execution in dagster_ui.check_executions("row_count")
+        if execution["evaluation"] and execution["evaluation"]["success"]
+    }
+    assert set(BACKFILL_DAYS) <= passed_days
+    page.get_by_role("tab", name="Partitions").last.click()
+    expect(page.get_by_text(f"Passed ({len(passed_days)})", exact=True)).to_be_visible()
+    expect(page.get_by_text("Failed (0)", exact=True)).to_be_visible()
+    expect(page.get_by_text(f"Missing ({120 - len(passed_days)})", exact=True)).to_be_visible()
+    screenshot(page, "check-partitions.png")
+
 
 def test_materialize_one_partition_from_the_ui(
     dagster_ui: DagsterUi, backfill: Backfill, page: Page
@@ -629,3 +642,81 @@ def test_materialize_one_partition_from_the_ui(
     after = lake_rows_per_day(dagster_ui.lake_table)
     source = source_rows_per_day(dagster_ui.demo_dir)
     assert after == {**before, UI_PARTITION: source[UI_PARTITION]}
+
+    # the overview's row count is the whole table's (dagster/row_count), not the one day's
+    page.goto(f"{dagster_ui.url}/assets/{'/'.join(ASSET_PATH)}")
+    total = sum(after.values())
+    assert total > source[UI_PARTITION]
+    row_count = page.get_by_text("Row count", exact=True)
+    expect(row_count).to_be_visible()
+    expect(row_count.locator("xpath=..")).to_contain_text(f"{total:,}")
+
+
+def launch_asset_run(dagster_ui: DagsterUi, path: list[str]) -> str:
+    """Launch a run of one unpartitioned asset through GraphQL, as the UI's button does."""
+    location = dagster_ui.graphql(
+        "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+    )["workspaceOrError"]["locationEntries"][0]["name"]
+    launched = dagster_ui.graphql(
+        """
+        mutation Launch($params: ExecutionParams!) {
+          launchRun(executionParams: $params) {
+            __typename
+            ... on LaunchRunSuccess { run { runId } }
+            ... on PythonError { message }
+            ... on InvalidSubsetError { message }
+          }
+        }
+        """,
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": location,
+                    "repositoryName": "__repository__",
+                    "jobName": "__ASSET_JOB",
+                    "assetSelection": [{"path": path}],
+                },
+                "mode": "default",
+            }
+        },
+    )["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id: str = launched["run"]["runId"]
+    return run_id
+
+
+def test_a_failed_run_leads_with_the_projects_message(dagster_ui: DagsterUi, page: Page) -> None:
+    """A source table that went away fails the run; its page opens with what, where and the fix."""
+    vendors = dagster_ui.demo_dir / "Purchasing.db"
+    connection = sqlite3.connect(vendors)
+    connection.execute('ALTER TABLE "Vendor" RENAME TO "VendorArchive"')
+    connection.commit()
+    try:
+        run_id = launch_asset_run(dagster_ui, ["adventureworks", "vendor"])
+
+        def failed() -> bool:
+            [run] = dagster_ui.runs({"runIds": [run_id]})
+            if run["status"] == "SUCCESS":
+                pytest.fail(f"run {run_id} succeeded without its source table")
+            return bool(run["status"] == "FAILURE")
+
+        wait_until(failed, RUN_SECONDS, lambda: f"run {run_id} not failed\n{dagster_ui.log_tail()}")
+    finally:
+        connection.execute('ALTER TABLE "VendorArchive" RENAME TO "Vendor"')
+        connection.commit()
+        connection.close()
+    page.goto(f"{dagster_ui.url}/runs/{run_id}")
+    failure = page.get_by_text("STEP_FAILURE", exact=True).first
+    expect(failure).to_be_visible()
+    # the step's error: its first line is the project's message, not a Dagster wrapper
+    first_line = page.get_by_text(
+        re.compile(
+            r"^[\w.]+: source 'adventureworks', table 'Purchasing\.Vendor', the whole table: "
+            r"the table does not exist at the source\. did you mean VendorArchive\?"
+        )
+    ).first
+    expect(first_line).to_be_visible()
+    expect(page.get_by_text("DagsterExecutionStepExecutionError")).to_have_count(0)
+    expect(page.get_by_text("Error occurred while")).to_have_count(0)
+    first_line.scroll_into_view_if_needed()
+    screenshot(page, "failed-run.png")
