@@ -190,7 +190,10 @@ class ChecksSpec(Spec):
     primary_key: CheckSpec = Field(
         default_factory=CheckSpec, description="Key unique and not null (needs primary_key)."
     )
-    freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
+    freshness: FreshnessCheckSpec = Field(
+        default_factory=FreshnessCheckSpec,
+        description="Deprecated: write `freshness:` (Dagster's freshness policy) on the entry.",
+    )
     reconcile_with: ReconcileWithSpec | None = Field(
         None, description="Reconcile with another asset holding the same data (off by default)."
     )
