@@ -1,4 +1,5 @@
-"""Schedules, new-data sensors and the run-failure sensor, generated from the sources' specs."""
+"""Schedules, new-data sensors, the automation condition sensor and the run-failure sensor,
+generated from the sources' specs (the conditions themselves: policies.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from zoneinfo import ZoneInfo
 
 from dagster import (
     AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -40,11 +44,18 @@ def previous_day(moment: datetime.datetime, zone: str) -> datetime.date:
     return moment.astimezone(ZoneInfo(zone)).date() - datetime.timedelta(days=1)
 
 
-def daily_schedule(source_name: str, spec: SourceSpecBase, job_name: str) -> ScheduleDefinition:
-    """Runs a source's job for the previous day's partition, at the spec's cron and zone."""
+def daily_schedule(
+    source_name: str, spec: SourceSpecBase, job_name: str, asset_keys: Sequence[AssetKey]
+) -> ScheduleDefinition | None:
+    """Runs a source's job for the previous day's partition, at the spec's cron and zone; the
+    assets with an `automation.on_cron` of their own are left to it (None: every one is)."""
     zone = spec.schedule.timezone or spec.timezone
     datasets = [d for d in spec.datasets if d.partition_column is not None]
     partitions = [p for p in (partitions_definition(spec, d) for d in datasets) if p is not None]
+    own_cron = {AssetKey([source_name, d.key_name]) for d in spec.datasets if spec.automation_of(d)}
+    scheduled = [key for key in asset_keys if key not in own_cron]
+    if not scheduled:
+        return None
 
     @schedule(
         name=f"{job_name}_daily",
@@ -61,7 +72,12 @@ def daily_schedule(source_name: str, spec: SourceSpecBase, job_name: str) -> Sch
         day = previous_day(moment, zone).isoformat()
         if partitions and not any(day in p.get_partition_keys() for p in partitions):
             return SkipReason(f"{day} is outside the partitions of source '{source_name}'")
-        return RunRequest(run_key=f"{job_name}:{day}", partition_key=day if partitions else None)
+        return RunRequest(
+            run_key=f"{job_name}:{day}",
+            partition_key=day if partitions else None,
+            # None: the whole job
+            asset_selection=scheduled if len(scheduled) < len(asset_keys) else None,
+        )
 
     return _daily
 
@@ -209,11 +225,43 @@ def _error_line(message: str) -> str:
     return first.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
+AUTOMATION_SENSOR = "default_automation_condition_sensor"
+
+
+def automation_condition_sensor(
+    assets: Iterable[object],
+) -> AutomationConditionSensorDefinition | None:
+    """The sensor that evaluates the assets' automation conditions, running from the start as
+    the schedules are; None when no asset has a condition. Named as the one Dagster would add
+    (stopped) by itself."""
+    keys = [
+        key
+        for definition in assets
+        if isinstance(definition, AssetsDefinition)
+        for key, condition in definition.automation_conditions_by_key.items()
+        if condition is not None
+    ]
+    if not keys:
+        return None
+    return AutomationConditionSensorDefinition(
+        AUTOMATION_SENSOR,
+        target=AssetSelection.assets(*keys),
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Requests the runs the assets' automation conditions call for: "
+        "`automation.on_cron` of ingested tables, downstream assets that follow their inputs.",
+    )
+
+
 def source_automation(
-    source_name: str, spec: SourceSpecBase, job_names: Sequence[str]
+    source_name: str, spec: SourceSpecBase, jobs: Mapping[str, Sequence[AssetKey]]
 ) -> tuple[list[ScheduleDefinition], list[SensorDefinition]]:
-    """A daily schedule per job of the source, and its new-data sensor."""
-    schedules = [daily_schedule(source_name, spec, name) for name in job_names]
+    """A daily schedule per job of the source (unless its every asset has its own
+    `automation.on_cron`), and its new-data sensor."""
+    schedules = [
+        schedule
+        for name, keys in jobs.items()
+        if (schedule := daily_schedule(source_name, spec, name, keys)) is not None
+    ]
     sensors = []
     if any(d.partition_column for d in spec.datasets):
         sensors.append(new_data_sensor(source_name, spec))

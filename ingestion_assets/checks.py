@@ -3,8 +3,8 @@
 A materialization stages its rows, `audit()` judges exactly what it is about to publish (the
 staged rows and, for key uniqueness, the rows the commit keeps), one verdict per partition, and
 the asset commits only when no blocking check failed. Executed alone (from the UI), the same
-checks judge the committed table. Freshness and cross-asset reconciliation judge committed
-tables, so they are checks of their own that run after the assets they read."""
+checks judge the committed table. Cross-asset reconciliation judges committed tables, so it is
+a check of its own that runs after the assets it reads. Freshness is Dagster's (policies.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckKey,
-    AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -45,7 +44,6 @@ from ingestion_assets.specs import CheckSpec, DatasetSpec
 SCHEMA_CONTRACT = "schema_contract"
 ROW_COUNT = "row_count"
 PRIMARY_KEY = "primary_key"
-FRESHNESS = "freshness"
 UNPARTITIONED_ROWS = "unpartitioned_rows"
 SAMPLE_SIZE = 10
 
@@ -166,24 +164,6 @@ def row_count(
             if source_rows is not None
             else f"{lake_rows} rows"
         ),
-    )
-
-
-def freshness(
-    last_materialized: datetime.datetime | None, now: datetime.datetime, max_age_hours: float
-) -> Verdict:
-    """The table was materialized within `max_age_hours`."""
-    if last_materialized is None:
-        return Verdict(False, {"max_age_hours": max_age_hours}, "never materialized")
-    age = (now - last_materialized).total_seconds() / 3600
-    return Verdict(
-        age <= max_age_hours,
-        {
-            "last_materialized": last_materialized.isoformat(),
-            "age_hours": round(age, 2),
-            "max_age_hours": max_age_hours,
-        },
-        f"last materialized {age:.1f} h ago (limit {max_age_hours} h)",
     )
 
 
@@ -656,42 +636,6 @@ def _first_schema(instance: DagsterInstance, asset_key: AssetKey) -> dict[str, s
         return None
     schema = cast(TableSchema, materialization.metadata["dagster/column_schema"].value)
     return {column.name: column.type for column in schema.columns}
-
-
-def freshness_checks(asset_key: AssetKey, dataset: DatasetSpec) -> AssetChecksDefinition | None:
-    """The freshness check of an asset (off by default): judged on the instance's record of
-    its materializations, after the asset ran."""
-    spec = dataset.checks.freshness
-    if not spec.enabled:
-        return None
-
-    @multi_asset_check(
-        name=f"{'__'.join(asset_key.path)}_freshness",
-        specs=[
-            AssetCheckSpec(
-                FRESHNESS,
-                asset=asset_key,
-                description=f"Materialized within the last {spec.max_age_hours} hours.",
-                blocking=is_blocking(spec),
-            )
-        ],
-    )
-    def _freshness(context) -> Iterator[AssetCheckResult]:  # type: ignore[no-untyped-def]
-        # Dagster reads the `context` annotation at run time: it stays bare
-        context = cast(AssetCheckExecutionContext, context)
-        event = context.instance.get_latest_materialization_event(asset_key)
-        last = datetime.datetime.fromtimestamp(event.timestamp, datetime.UTC) if event else None
-        verdict = freshness(last, datetime.datetime.now(datetime.UTC), spec.max_age_hours)
-        yield AssetCheckResult(
-            check_name=FRESHNESS,
-            asset_key=asset_key,
-            passed=verdict.passed,
-            severity=_severity(spec),
-            description=verdict.description,
-            metadata=verdict.metadata,
-        )
-
-    return _freshness
 
 
 def reconciliation(

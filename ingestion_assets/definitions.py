@@ -22,7 +22,11 @@ from dagster import (
     definitions,
 )
 
-from ingestion_assets.automation import failure_sensor, source_automation
+from ingestion_assets.automation import (
+    automation_condition_sensor,
+    failure_sensor,
+    source_automation,
+)
 from ingestion_assets.errors import ConfigError
 from ingestion_assets.factory import (
     partitions_definition,
@@ -150,7 +154,7 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
             )
             for name, keys in selections.items()
         )
-        source_schedules, source_sensors = source_automation(source_name, spec, list(selections))
+        source_schedules, source_sensors = source_automation(source_name, spec, selections)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
     maintenance = maintenance_job(project)
@@ -171,7 +175,10 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
         transform_definitions(project, name, settings)
         for name, settings in project.transforms.items()
     ]
-    return Definitions.merge(core, *extensions) if extensions else core
+    merged = Definitions.merge(core, *extensions) if extensions else core
+    # after the merge: the extensions' downstream assets have conditions too
+    automation = automation_condition_sensor(merged.assets or [])
+    return Definitions.merge(merged, Definitions(sensors=[automation])) if automation else merged
 
 
 @definitions

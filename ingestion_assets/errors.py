@@ -31,6 +31,10 @@ class AuditFailedError(IngestionError):
     """A blocking check rejected the rows a run staged: nothing was published."""
 
 
+class DeprecatedSettingWarning(FutureWarning):
+    """A project-file setting that still works but is replaced: the message names the new one."""
+
+
 def where(source: str, table: str, partition: str | None) -> str:
     """The 'where' of a message: source, table and `partition D` / `partitions A..B` label."""
     scope = partition or "the whole table"

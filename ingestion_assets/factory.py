@@ -36,7 +36,6 @@ from ingestion_assets.checks import (
     check_evaluations,
     committed_audit_data,
     failure_summary,
-    freshness_checks,
     materialization_targets,
     reconciliation_checks,
 )
@@ -60,6 +59,7 @@ from ingestion_assets.lake.rows import (
     delta_type_names,
     with_unpartitioned_reasons,
 )
+from ingestion_assets.policies import automation_condition, freshness_policy
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import Source, source_kind
 from ingestion_assets.sources.stream import SourceStream
@@ -184,6 +184,8 @@ def dataset_asset(
         tags={**spec.tags, **table.tags},
         metadata=metadata,
         partitions_def=partitions_def,
+        freshness_policy=freshness_policy(spec, table),
+        automation_condition=automation_condition(spec, table, partitions_def),
     ).with_io_manager_key(io_manager_key)
 
     @multi_asset(
@@ -451,16 +453,13 @@ def source_checks(
     source_name: str, spec: SourceSpecBase, io_manager_key: str = "io_manager"
 ) -> Sequence[AssetChecksDefinition]:
     """The checks of a source's tables that judge committed tables after the assets ran
-    (freshness, reconciliation with another asset); the others run in each asset's step."""
+    (reconciliation with another asset); the others run in each asset's step."""
     checks: list[AssetChecksDefinition] = []
     for dataset in spec.datasets:
         asset_key = AssetKey([source_name, dataset.key_name])
-        for definition in (
-            freshness_checks(asset_key, dataset),
-            reconciliation_checks(
-                asset_key, dataset, partitions_definition(spec, dataset), io_manager_key
-            ),
-        ):
-            if definition is not None:
-                checks.append(definition)
+        definition = reconciliation_checks(
+            asset_key, dataset, partitions_definition(spec, dataset), io_manager_key
+        )
+        if definition is not None:
+            checks.append(definition)
     return checks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import pathlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -12,9 +13,15 @@ import yaml
 from dagster import EnvVar
 from pydantic import BaseModel, ValidationError
 
-from ingestion_assets.errors import ConfigError, SourceError
+from ingestion_assets.errors import ConfigError, DeprecatedSettingWarning, SourceError
 from ingestion_assets.sources.base import source_kinds
-from ingestion_assets.specs import ProjectSpec, SourceSpecBase, env_reference
+from ingestion_assets.specs import (
+    ProjectSpec,
+    SourceSpecBase,
+    duration_text,
+    env_reference,
+    legacy_freshness_window,
+)
 
 PROJECT_FILE_VARIABLE = "INGEST_PROJECT_FILE"
 DEMO_PROJECT_FILE = pathlib.Path(__file__).parent / "demo" / "ingestion.yaml"
@@ -149,6 +156,16 @@ def _describe(error: Mapping[str, Any], data: Any = None) -> str:
         return f"{path}: required key is missing; add it"
     if error["type"] == "union_tag_invalid":
         return f"{path}: {message}"
+    if error["type"] == "union_tag_not_found":
+        key = str(location[-1])
+        fields = [(m, _field_named(m, key)) for m in holders]
+        kinds = {
+            str(getattr(kind.model_fields.get("type"), "default", ""))
+            for model, name in fields
+            if name is not None
+            for kind in _models_in(model.model_fields[name].annotation)
+        } - {""}
+        return f"{path}: `type` is missing; say which kind it is: {', '.join(sorted(kinds))}"
     if error["type"].startswith("date"):
         return f"{path}: {message}; write dates as YYYY-MM-DD, e.g. 2024-01-31"
     return f"{path}: {message}"
@@ -253,7 +270,32 @@ def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = No
     if missing:
         raise ConfigError(f"{origin}: missing secrets:\n  - " + "\n  - ".join(missing))
     _check_connection_urls(raw, environment, origin)
+    _warn_deprecated(project, raw, origin)
     return project
+
+
+def _warn_deprecated(project: ProjectSpec, raw: Any, origin: str) -> None:
+    """Say, once per load, which deprecated settings the file uses and what replaces them."""
+    for name, source in project.sources.items():
+        # the field holding the datasets (`tables`, `streams`) names their entries
+        field = next(
+            (key for key in type(source).model_fields if getattr(source, key) is source.datasets),
+            "datasets",
+        )
+        for index, dataset in enumerate(source.datasets):
+            legacy = dataset.checks.freshness
+            if not legacy.enabled:
+                continue
+            path = format_path(("sources", name, field, index, "checks", "freshness"), raw)
+            window = duration_text(legacy_freshness_window(legacy))
+            warnings.warn(
+                f"{origin}: {path} is deprecated: it now sets the asset's Dagster freshness policy "
+                "(evaluated by the daemon, shown on the asset) instead of a `freshness` asset "
+                "check, and its severity and blocking no longer apply; write `freshness: {type: "
+                f"time_window, fail_after: {window}}}` on the entry instead",
+                DeprecatedSettingWarning,
+                stacklevel=3,
+            )
 
 
 def _check_connection_urls(raw: Any, environment: Mapping[str, str], origin: str) -> None:

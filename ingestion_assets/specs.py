@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -145,12 +146,18 @@ class RowCountCheckSpec(CheckSpec):
 
 
 class FreshnessCheckSpec(CheckSpec):
-    """The newest partition was materialized within `max_age_hours`."""
+    """Deprecated: `enabled: true` sets the freshness policy `{type: time_window, fail_after:
+    <max_age_hours>h}` (the project's own check was replaced by Dagster's freshness)."""
 
     enabled: bool = False
     severity: Literal["ERROR", "WARN"] = "WARN"
     blocking: bool = False
     max_age_hours: float = Field(36.0, gt=0)
+
+
+def legacy_freshness_window(check: FreshnessCheckSpec) -> datetime.timedelta:
+    """The time window a deprecated `checks.freshness` check stands for: its `max_age_hours`."""
+    return datetime.timedelta(minutes=round(check.max_age_hours * 60))
 
 
 class ReconcileWithSpec(CheckSpec):
@@ -183,10 +190,143 @@ class ChecksSpec(Spec):
     primary_key: CheckSpec = Field(
         default_factory=CheckSpec, description="Key unique and not null (needs primary_key)."
     )
-    freshness: FreshnessCheckSpec = Field(default_factory=FreshnessCheckSpec)
+    freshness: FreshnessCheckSpec = Field(
+        default_factory=FreshnessCheckSpec,
+        description="Deprecated: write `freshness:` (Dagster's freshness policy) on the entry.",
+    )
     reconcile_with: ReconcileWithSpec | None = Field(
         None, description="Reconcile with another asset holding the same data (off by default)."
     )
+
+
+DURATION = re.compile(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?")
+DURATION_HELP = "whole numbers with units d, h and m (days, hours, minutes), e.g. 26h, 90m or 1d12h"
+
+
+def _duration(value: Any) -> Any:
+    """`26h`, `90m`, `1d12h` -> a timedelta of at least a minute (the least Dagster evaluates)."""
+    if isinstance(value, datetime.timedelta):
+        return value
+    match = DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or not any(match.groups()):
+        raise ValueError(f"{value!r} is no duration: write {DURATION_HELP}")
+    days, hours, minutes = (int(part or 0) for part in match.groups())
+    duration = datetime.timedelta(days=days, hours=hours, minutes=minutes)
+    if duration < datetime.timedelta(minutes=1):
+        raise ValueError(f"{value!r} is shorter than a minute, the least Dagster evaluates")
+    return duration
+
+
+def duration_text(duration: datetime.timedelta) -> str:
+    """A duration as the project file writes it: `2d`, `26h`, `1h30m`."""
+    minutes = int(duration.total_seconds()) // 60
+    if minutes and minutes % 1440 == 0:
+        return f"{minutes // 1440}d"
+    hours, minutes = divmod(minutes, 60)
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m")) if n) or "0m"
+
+
+Duration = Annotated[datetime.timedelta, BeforeValidator(_duration)]
+
+
+def _valid_cron(value: str) -> str:
+    # Dagster's own parser, imported here only: the specs load without Dagster (sources/ use
+    # them), and an expression passes exactly when Dagster's cron evaluation accepts it
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(value):
+        raise ValueError(
+            f"'{value}' is no cron expression: five fields (minute hour day-of-month month "
+            "day-of-week), e.g. '15 2 * * *' for 02:15 every day"
+        )
+    return value
+
+
+class TimeWindowFreshnessSpec(Spec):
+    """Fresh while the newest materialization is younger than `fail_after`; WARN past
+    `warn_after` (Dagster's `FreshnessPolicy.time_window`)."""
+
+    type: Literal["time_window"] = "time_window"
+    fail_after: Duration = Field(
+        description="FAIL once the newest materialization is older than this, e.g. 26h."
+    )
+    warn_after: Duration | None = Field(
+        None, description="WARN once it is older than this (shorter than fail_after), e.g. 25h."
+    )
+
+    @model_validator(mode="after")
+    def _warn_before_fail(self) -> TimeWindowFreshnessSpec:
+        if self.warn_after is not None and self.warn_after >= self.fail_after:
+            raise ValueError(
+                f"warn_after ({duration_text(self.warn_after)}) must be shorter than fail_after "
+                f"({duration_text(self.fail_after)}): an asset warns before it fails"
+            )
+        return self
+
+
+class CronFreshnessSpec(Spec):
+    """Fresh when it materialized within `lower_bound` before the last `deadline_cron` tick
+    (Dagster's `FreshnessPolicy.cron`): `0 6 * * *` with 24h means "by 06:00, a load since
+    yesterday 06:00"."""
+
+    type: Literal["cron"] = "cron"
+    deadline_cron: str = Field(
+        description="Cron expression of the deadlines, e.g. '0 6 * * *' (06:00 every day)."
+    )
+    lower_bound: Duration = Field(
+        description="How long before a deadline a materialization counts for it, e.g. 24h; at "
+        "most the time between two deadlines."
+    )
+    timezone: str | None = Field(None, description="Zone of deadline_cron; default: the source's.")
+
+    @field_validator("deadline_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        return _valid_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_zone(value)
+
+    @model_validator(mode="after")
+    def _bound_within_interval(self) -> CronFreshnessSpec:
+        from dagster._utils.schedules import get_smallest_cron_interval
+
+        # Dagster measures the interval in UTC (CronFreshnessPolicy): the same check, said here
+        interval = get_smallest_cron_interval(self.deadline_cron)
+        if self.lower_bound > interval:
+            raise ValueError(
+                f"lower_bound {duration_text(self.lower_bound)} is longer than the "
+                f"{duration_text(interval)} between two deadlines of '{self.deadline_cron}': a "
+                "materialization would count for two deadlines; use at most "
+                f"{duration_text(interval)}"
+            )
+        return self
+
+
+FreshnessSpec = Annotated[TimeWindowFreshnessSpec | CronFreshnessSpec, Field(discriminator="type")]
+
+
+class AutomationSpec(Spec):
+    """Declarative automation of an ingestion asset, evaluated by Dagster's automation sensor."""
+
+    on_cron: str | None = Field(
+        None,
+        description="At each tick (cron), materialize the last complete day "
+        "(`AutomationCondition.on_cron`); the daily schedule then leaves the asset out.",
+    )
+    timezone: str | None = Field(None, description="Zone of on_cron; default: the source's.")
+
+    @field_validator("on_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_zone(value)
 
 
 class ScheduleSpec(Spec):
@@ -257,6 +397,29 @@ class DatasetSpec(Spec):
     owners: tuple[str, ...] = ()
     tags: dict[str, str] = Field(default_factory=dict)
     checks: ChecksSpec = Field(default_factory=ChecksSpec)
+    freshness: FreshnessSpec | None = Field(
+        None,
+        description="Dagster freshness policy (`time_window` or `cron`) over the source's; "
+        "`null`: none for this dataset.",
+    )
+    automation: AutomationSpec | None = Field(
+        None, description="Automation condition over the source's; `{}`: none for this dataset."
+    )
+
+    @model_validator(mode="after")
+    def _one_freshness(self) -> DatasetSpec:
+        legacy = self.checks.freshness
+        if legacy.enabled and "freshness" in self.model_fields_set:
+            raise ValueError(
+                "both freshness and checks.freshness are set: freshness (the asset's Dagster "
+                "freshness policy) replaces checks.freshness; remove checks.freshness"
+            )
+        if legacy.enabled and legacy.max_age_hours * 60 < 1:
+            raise ValueError(
+                f"checks.freshness.max_age_hours {legacy.max_age_hours} is shorter than a "
+                "minute, the least Dagster evaluates"
+            )
+        return self
 
     @field_validator("asset_name")
     @classmethod
@@ -650,6 +813,14 @@ class SourceSpecBase(Spec):
     description: str | None = None
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     sensor: SensorSpec = Field(default_factory=SensorSpec)
+    freshness: FreshnessSpec | None = Field(
+        None,
+        description="Dagster freshness policy of every table or stream: `{type: time_window, "
+        "fail_after: 26h}` or `{type: cron, deadline_cron: '0 6 * * *', lower_bound: 24h}`.",
+    )
+    automation: AutomationSpec | None = Field(
+        None, description="Automation condition of every table or stream: `{on_cron: ...}`."
+    )
     io_manager: IoManagerName | None = Field(
         None, description="`delta` or `databricks`; default: the lake's `io_manager`."
     )
@@ -697,6 +868,21 @@ class SourceSpecBase(Spec):
                     f"{kind}[{index}] ('{dataset.qualified_name}') is partitioned but has no "
                     "start_date: set start_date on it or on the source"
                 )
+
+    def freshness_of(self, dataset: DatasetSpec) -> FreshnessSpec | None:
+        """The dataset's freshness: its own (`null` for none), else the one its deprecated
+        `checks.freshness` stands for, else the source's."""
+        if "freshness" in dataset.model_fields_set:
+            return dataset.freshness
+        legacy = dataset.checks.freshness
+        if legacy.enabled:
+            return TimeWindowFreshnessSpec(fail_after=legacy_freshness_window(legacy))
+        return self.freshness
+
+    def automation_of(self, dataset: DatasetSpec) -> AutomationSpec | None:
+        """The dataset's automation: its own, else the source's; None when it has no on_cron."""
+        automation = dataset.automation if dataset.automation is not None else self.automation
+        return automation if automation is not None and automation.on_cron else None
 
     def start_date_of(self, dataset: DatasetSpec) -> datetime.date:
         """The dataset's first partition day."""

@@ -1,4 +1,5 @@
-"""Schedules, new-data sensors and the failure sensor, evaluated against real sources and instances."""
+"""Schedules, new-data sensors, the automation sensor and the failure sensor, evaluated against
+real sources and instances."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from dagster import (
+    AssetKey,
+    AutomationConditionSensorDefinition,
     DagsterInstance,
+    DefaultSensorStatus,
     SensorDefinition,
     build_run_status_sensor_context,
     build_schedule_context,
@@ -32,6 +36,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import DemoScale, create_demo_sqlite
 from ingestion_assets.errors import ConfigError
+from ingestion_assets.policies import follows_upstream
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
     IngestProject,
@@ -382,3 +387,71 @@ def test_the_maintenance_job_has_an_op_per_table_and_its_own_schedule(
             ),
             "bad.yaml",
         )
+
+
+def test_the_daily_schedule_leaves_the_tables_with_their_own_cron_to_it(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    tables = [
+        table_entry(sqlite_database, "Sales.SalesOrderHeader", automation={"on_cron": "0 5 * * *"}),
+        table_entry(sqlite_database, "Sales.SalesOrderDetail"),
+    ]
+    project = build_project(sqlite_database, tmp_path / "lake", tables)
+    schedule = project.defs.resolve_schedule_def("ingest_src_daily")
+    context = build_schedule_context(
+        scheduled_execution_time=datetime.datetime(2024, 1, 9, 2, 15, tzinfo=datetime.UTC),
+        repository_def=project.defs.get_repository_def(),
+    )
+    (request,) = schedule.evaluate_tick(context).run_requests
+    # the header table runs at its own cron, once: the schedule takes the detail table only
+    assert request.partition_key == "2024-01-08"
+    assert request.asset_selection == [AssetKey(["src", "sales_order_detail"])]
+
+    # without the override every table has the source's cron: no schedule is left to run
+    everything = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [table_entry(sqlite_database, "Sales.SalesOrderDetail")],
+        automation={"on_cron": "0 5 * * *"},
+    )
+    assert "ingest_src_daily" not in {s.name for s in everything.defs.schedules or []}
+    assert "ingest_src" in {job.name for job in everything.defs.jobs or []}
+
+
+def test_the_automation_sensor_exists_only_for_assets_with_a_condition_and_runs_at_once(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    tables = [
+        table_entry(sqlite_database, "Sales.SalesOrderHeader", automation={"on_cron": "0 5 * * *"}),
+        table_entry(sqlite_database, "Sales.SalesOrderDetail"),
+    ]
+    project = build_project(sqlite_database, tmp_path / "lake", tables)
+    sensor = project.defs.resolve_sensor_def("default_automation_condition_sensor")
+    assert isinstance(sensor, AutomationConditionSensorDefinition)
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    graph = project.defs.resolve_asset_graph()
+    assert sensor.asset_selection.resolve(graph) == {AssetKey(["src", "sales_order_header"])}
+
+    plain = build_project(sqlite_database, tmp_path / "lake", tables[1:])
+    names = {s.name for s in plain.defs.get_repository_def().sensor_defs}
+    assert names == {"src_new_data", "ingestion_run_failures"}
+
+
+def test_the_demo_transform_follows_the_ingested_tables_through_the_automation_sensor(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    project = build_project(
+        sqlite_database,
+        tmp_path / "lake",
+        [
+            table_entry(sqlite_database, "Sales.SalesOrderHeader"),
+            table_entry(sqlite_database, "Sales.SalesOrderDetail"),
+        ],
+        project_options={"transforms": {"daily_sales_by_product": {"source": "src"}}},
+    )
+    transform = AssetKey(["src", "daily_sales_by_product"])
+    condition = project.defs.get_assets_def(transform).automation_conditions_by_key[transform]
+    assert condition == follows_upstream()
+    sensor = project.defs.resolve_sensor_def("default_automation_condition_sensor")
+    assert sensor.default_status == DefaultSensorStatus.RUNNING
+    assert sensor.asset_selection.resolve(project.defs.resolve_asset_graph()) == {transform}

@@ -11,23 +11,18 @@ import pytest
 from dagster import (
     AssetIn,
     AssetKey,
-    AssetMaterialization,
     AssetSelection,
     DagsterInstance,
     ExecuteInProcessResult,
     asset,
-    instance_for_test,
     materialize,
 )
-from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
-from dagster._core.events.log import EventLogEntry
 from deltalake import DeltaTable, write_deltalake
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingestion_assets.checks import (
     AuditData,
-    freshness,
     key_violations,
     keys_by_day,
     row_count,
@@ -56,13 +51,14 @@ def _project(database: SourceDatabase, lake: pathlib.Path, **checks: Any) -> Ing
 
 def _run_checks(project: IngestProject, instance: DagsterInstance) -> dict[str, Any]:
     """Run every check of the header table for DAY; name -> evaluation."""
-    checks = next(
+    # the asset's own checks, and the checks of their own on it (reconciliation), if any
+    checks = [
         definition
         for definition in project.defs.asset_checks or []
         if any(key.asset_key == KEY for key in definition.check_keys)
-    )
+    ]
     result = materialize(
-        [project.asset("sales_order_header"), checks],
+        [project.asset("sales_order_header"), *checks],
         instance=instance,
         resources=project.defs.resources,
         # a checks-only selection has no asset to take the partition from: name it by tag
@@ -88,9 +84,7 @@ def _rewrite(project: IngestProject, change: Any) -> None:
 def checked(
     sqlite_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> IngestProject:
-    project = _project(
-        sqlite_database, tmp_path / "lake", freshness={"enabled": True, "max_age_hours": 1}
-    )
+    project = _project(sqlite_database, tmp_path / "lake")
     assert project.materialize(["sales_order_header"], instance, partition=DAY).success
     return project
 
@@ -101,7 +95,6 @@ def test_every_check_passes_on_good_data(checked: IngestProject, instance: Dagst
         "schema_contract",
         "row_count",
         "primary_key",
-        "freshness",
         "unpartitioned_rows",
     }
     for name, evaluation in evaluations.items():
@@ -161,33 +154,6 @@ def test_a_duplicate_and_a_null_key_fail_the_key_check_with_samples(
     assert "SalesOrderID" in sample[0]
 
 
-def test_a_stale_table_fails_freshness(checked: IngestProject) -> None:
-    # an instance whose only record of the asset is a materialization two days old
-    two_days_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
-    with instance_for_test() as stale_instance:
-        stale_instance.store_event(
-            EventLogEntry(
-                error_info=None,
-                level="debug",
-                user_message="",
-                run_id="stale-run",
-                timestamp=two_days_ago.timestamp(),
-                dagster_event=DagsterEvent(
-                    DagsterEventType.ASSET_MATERIALIZATION.value,
-                    job_name="ingest_src",
-                    event_specific_data=StepMaterializationData(
-                        AssetMaterialization(asset_key=KEY, partition=DAY)
-                    ),
-                ),
-            )
-        )
-        evaluation = _run_checks(checked, stale_instance)["freshness"]
-    assert not evaluation.passed
-    assert evaluation.metadata["age_hours"].value >= 47
-    assert evaluation.metadata["max_age_hours"].value == 1
-    assert evaluation.severity.value == "WARN"
-
-
 def test_a_failing_blocking_check_stops_a_downstream_asset(
     checked: IngestProject, instance: DagsterInstance
 ) -> None:
@@ -235,10 +201,6 @@ def test_check_functions_report_what_a_person_needs() -> None:
     keys = key_violations(pa.table({"k": [1, 1, 2, None], PARTITION_DATE: days * 2}), ["k"])
     assert keys.metadata["duplicate_keys"] == 1
     assert keys.metadata["null_keys"] == 1
-    now = datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC)
-    assert freshness(now - datetime.timedelta(hours=2), now, 1).passed is False
-    assert freshness(now - datetime.timedelta(minutes=30), now, 1).passed is True
-    assert freshness(None, now, 1).passed is False
 
 
 @settings(max_examples=150, deadline=None)

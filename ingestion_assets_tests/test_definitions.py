@@ -6,8 +6,10 @@ every job, schedule and sensor resolves by name. A change to any name fails here
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
-from dagster import AssetKey, Definitions
+from dagster import AssetKey, Definitions, FreshnessPolicy
 
 from ingestion_assets.definitions import defs
 from ingestion_assets.project import DEMO_PROJECT_FILE
@@ -23,7 +25,7 @@ ASSET_KEYS = {
     *(f"adventureworks/{name}" for name in {*ORDER_ASSETS, "product", "vendor", "customer"}),
     *(f"adventureworks_api/{name}" for name in ORDER_ASSETS),
 }
-# the checks every table gets by default (the demo file turns none off and freshness not on)
+# the checks every table gets by default (the demo file turns none off)
 CHECKS = {"schema_contract", "row_count", "primary_key"}
 JOBS = {"ingest_adventureworks", "ingest_adventureworks_api", "maintain_tables"}
 SCHEDULE_JOBS = {
@@ -90,3 +92,18 @@ def test_every_ingestion_asset_links_to_its_entry_in_the_project_file(
         entry = lines[reference.line_number - 1 : reference.line_number + 3]
         names = [line.split("name:", 1)[1].strip() for line in entry if " name:" in f" {line}"]
         assert snake_case(names[0]) == key.split("/")[1], (key, entry)
+
+
+def test_the_demo_tables_carry_a_freshness_policy_and_no_automation_condition(
+    demo_defs: Definitions,
+) -> None:
+    daily = FreshnessPolicy.time_window(
+        fail_window=datetime.timedelta(hours=25), warn_window=datetime.timedelta(hours=24)
+    )
+    for key in ASSET_KEYS:
+        asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
+        spec = asset.specs_by_key[asset.key]
+        # the SQL source sets one for its tables; the API's streams have none
+        assert spec.freshness_policy == (daily if key.startswith("adventureworks/") else None), key
+        # the demo runs by its schedules and sensors: no condition, so no automation sensor
+        assert spec.automation_condition is None, key

@@ -111,6 +111,94 @@ def test_secrets_must_be_references_and_connections_unambiguous(change: str, exp
     assert "sources.erp.connection" in message
 
 
+HEADER_ENTRY = "{schema: Sales, name: SalesOrderHeader, partition_column: ModifiedDate, "
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (
+            "freshness: {type: time_window, fail_after: 26}",
+            "sources.erp.freshness.fail_after: 26 is no duration: write whole numbers with "
+            "units d, h and m (days, hours, minutes), e.g. 26h, 90m or 1d12h",
+        ),
+        (
+            "freshness: {type: time_window, fail_after: 1.5h}",
+            "sources.erp.freshness.fail_after: '1.5h' is no duration",
+        ),
+        (
+            "freshness: {type: time_window, fail_after: 30s}",
+            "sources.erp.freshness.fail_after: '30s' is no duration",
+        ),
+        (
+            "freshness: {type: time_window, fail_after: 0m}",
+            "sources.erp.freshness.fail_after: '0m' is shorter than a minute",
+        ),
+        (
+            "freshness: {type: time_window, fail_after: 24h, warn_after: 1d}",
+            "sources.erp.freshness: warn_after (1d) must be shorter than fail_after (1d)",
+        ),
+        (
+            "freshness: {type: cron, deadline_cron: '0 25 * * *', lower_bound: 1h}",
+            "sources.erp.freshness.deadline_cron: '0 25 * * *' is no cron expression",
+        ),
+        (
+            "freshness: {type: cron, deadline_cron: '0 6 * * *', lower_bound: 25h}",
+            "sources.erp.freshness: lower_bound 25h is longer than the 1d between two deadlines "
+            "of '0 6 * * *'",
+        ),
+        (
+            "freshness: {type: cron, deadline_cron: '0 6 * * *', lower_bound: 1h, timezone: X/Y}",
+            "sources.erp.freshness.timezone: unknown time zone 'X/Y'",
+        ),
+        (
+            "freshness: {type: hourly}",
+            "sources.erp.freshness: Input tag 'hourly' found using 'type' does not match any of "
+            "the expected tags: 'time_window', 'cron'",
+        ),
+        (
+            "freshness: {fail_after: 26h}",
+            "sources.erp.freshness: `type` is missing; say which kind it is: cron, time_window",
+        ),
+        (
+            "automation: {on_cron: daily}",
+            "sources.erp.automation.on_cron: 'daily' is no cron expression: five fields",
+        ),
+        (
+            "automation: {on_cron: '15 2 * * *', cron: x}",
+            "sources.erp.automation.cron: unknown key 'cron'; did you mean 'on_cron'?",
+        ),
+    ],
+)
+def test_a_bad_freshness_or_automation_names_the_key_path_and_the_form(
+    setting: str, expected: str
+) -> None:
+    assert expected in _error(
+        VALID.replace("    start_date: 2024-01-01", f"    {setting}\n    start_date: 2024-01-01")
+    )
+
+
+def test_a_tables_freshness_and_automation_errors_name_the_table() -> None:
+    detail = "name: SalesOrderDetail, partition_column: ModifiedDate"
+    message = _error(
+        VALID.replace(detail, detail + ", freshness: {type: time_window, fail_after: 2 days}")
+    )
+    assert "sources.erp.tables[1] (Sales.SalesOrderDetail).freshness.fail_after: '2 days'" in (
+        message
+    )
+    message = _error(
+        VALID.replace(
+            HEADER_ENTRY,
+            HEADER_ENTRY + "checks: {freshness: {enabled: true}}, "
+            "freshness: {type: time_window, fail_after: 2h}, ",
+        )
+    )
+    assert (
+        "sources.erp.tables[0] (Sales.SalesOrderHeader): both freshness and checks.freshness "
+        "are set" in message
+    )
+
+
 def test_a_partitioned_table_needs_a_start_date_and_sources_need_snake_case_names() -> None:
     assert "has no start_date" in _error(VALID.replace("    start_date: 2024-01-01\n", ""))
     assert "snake_case" in _error(VALID.replace("  erp:", "  Erp-Source:"))

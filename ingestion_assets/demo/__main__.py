@@ -153,8 +153,11 @@ def _prepare(data_dir: pathlib.Path, regenerate: bool) -> pathlib.Path:
     os.environ.setdefault("DAGSTER_HOME", str((data_dir / "dagster").resolve()))
     home = pathlib.Path(os.environ["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
-    # the default local instance (without Dagster's notice about a missing file), telemetry off
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # the default local instance (without Dagster's notice about a missing file), telemetry off,
+    # freshness policies evaluated (Dagster 1.13's default, written out so that it stays on)
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nfreshness:\n  enabled: true\n"
+    )
     return demo_dir
 
 

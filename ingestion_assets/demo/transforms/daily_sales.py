@@ -27,6 +27,7 @@ from dagster_pyspark import PySparkResource
 from ingestion_assets.demo.transforms.daily_sales_job import ORDER_DAY, aggregate_daily_sales
 from ingestion_assets.io_managers.contract import PARTITION_COLUMN_KEY, SCHEMA_POLICY_KEY
 from ingestion_assets.lake.rows import PARTITION_DATE
+from ingestion_assets.policies import follows_upstream
 
 DAILY_SALES_ASSET = "daily_sales_by_product"
 PYSPARK_RESOURCE_KEY = "pyspark"
@@ -92,6 +93,8 @@ def daily_sales_assets(
         ),
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
+        # a day is recomputed once its ingested orders change (the automation sensor runs it)
+        automation_condition=follows_upstream(),
         kinds={"spark", "deltalake"},
         required_resource_keys={PYSPARK_RESOURCE_KEY},
         metadata={

@@ -29,6 +29,7 @@ from ingestion_assets.demo.transforms.daily_sales import (
     DETAIL_ASSET,
     HEADER_ASSET,
 )
+from ingestion_assets.policies import follows_upstream
 
 DATABRICKS_RESOURCE_KEY = "databricks"
 
@@ -106,6 +107,7 @@ def daily_sales_databricks_assets(
         ),
         partitions_def=partitions_def,
         backfill_policy=BackfillPolicy.single_run(),
+        automation_condition=follows_upstream(),
         kinds={"databricks", "spark", "deltalake"},
         metadata={"dagster/table_name": spec.target_table, "script_path": spec.script_path},
         required_resource_keys={DATABRICKS_RESOURCE_KEY},
