@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pathlib
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dagster import (
     AssetsDefinition,
     AssetSelection,
     BetaWarning,
+    DagsterInvalidDefinitionError,
     Definitions,
     PreviewWarning,
     ScheduleDefinition,
@@ -27,6 +29,7 @@ from ingestion_assets.automation import (
     failure_sensor,
     source_automation,
 )
+from ingestion_assets.demo.autostart import ensure_demo_api
 from ingestion_assets.errors import ConfigError
 from ingestion_assets.factory import (
     partitions_definition,
@@ -38,7 +41,12 @@ from ingestion_assets.factory import (
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
-from ingestion_assets.project import config_value, load_project
+from ingestion_assets.project import (
+    DEMO_PROJECT_FILE,
+    config_value,
+    load_project,
+    project_file_path,
+)
 from ingestion_assets.specs import DatabricksSpec, DatasetSpec, ProjectSpec, SourceSpecBase
 
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
@@ -181,7 +189,28 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
     return Definitions.merge(merged, Definitions(sensors=[automation])) if automation else merged
 
 
+class ProjectFileError(ConfigError, DagsterInvalidDefinitionError):
+    """A ConfigError as Dagster reports it while loading a code location: Dagster passes its own
+    errors through as they are, where it would wrap any other one in a DagsterUserCodeLoadError
+    that the UI shows first (the project's message only below, as its cause)."""
+
+
+def project_definitions(
+    path: pathlib.Path, error_class: type[ProjectFileError] = ProjectFileError
+) -> Definitions:
+    """The Definitions of a project file, for Dagster to load: its ConfigErrors are raised as
+    `error_class`, which Dagster shows as they are; the demo project starts the demo API when
+    none is named."""
+    try:
+        if path.resolve() == DEMO_PROJECT_FILE.resolve():
+            ensure_demo_api(path)
+        return build_definitions(load_project(path))
+    except ConfigError as error:
+        # the original frames stay: the traceback still points at the key check that failed
+        raise error_class(str(error)).with_traceback(error.__traceback__) from error.__cause__
+
+
 @definitions
 def defs() -> Definitions:
     """The project's definitions, built from INGEST_PROJECT_FILE (the demo file by default)."""
-    return build_definitions(load_project())
+    return project_definitions(project_file_path())

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ingestion_assets.component import IngestionComponent
 from ingestion_assets.project import parse_project
 from ingestion_assets.specs import LakeSpec, TableSpec
 
@@ -59,6 +60,12 @@ def _validate(data: Any, text: str) -> None:
             TableSpec.model_validate(entry)
         return
     assert isinstance(data, dict), data
+    if data.get("type") == "ingestion_assets.IngestionComponent":
+        # a component's defs.yaml: its attributes as dg validates them
+        model = IngestionComponent.get_model_cls()
+        assert model is not None
+        model.model_validate(data["attributes"])
+        return
     if "sources" in data:
         sources = data["sources"]
         # a block may show some sources' keys only: give them the rest
