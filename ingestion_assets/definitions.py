@@ -34,6 +34,7 @@ from ingestion_assets.factory import (
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
+from ingestion_assets.preflight import check_sources_job
 from ingestion_assets.project import config_value, load_project
 from ingestion_assets.specs import DatabricksSpec, DatasetSpec, ProjectSpec, SourceSpecBase
 
@@ -153,6 +154,7 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
         source_schedules, source_sensors = source_automation(source_name, spec, list(selections))
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
+    jobs.append(check_sources_job(project))
     maintenance = maintenance_job(project)
     if maintenance is not None:
         jobs.append(maintenance)
