@@ -37,6 +37,7 @@ from dagster import (
     Output,
     op,
 )
+from dotenv import dotenv_values
 
 from ingestion_assets.errors import ConfigError, IngestionError
 from ingestion_assets.factory import source_resource, source_resource_key
@@ -297,6 +298,16 @@ def summary(reports: Sequence[SourceCheck], seconds: float) -> str:
     return text
 
 
+def load_environment_file(path: pathlib.Path) -> list[str]:
+    """The variables of a `.env` file set in the environment, as every `dagster` command sets
+    them (over the environment's own), so the check sees the secrets a run will; their names."""
+    if not path.is_file():
+        return []
+    values = {name: value for name, value in dotenv_values(path).items() if value is not None}
+    os.environ.update(values)
+    return sorted(values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`ingest check`: 0 when every source checks out (warnings allowed), 1 when anything is
     wrong, 2 when the project file or the arguments are."""
@@ -322,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the day (YYYY-MM-DD) REST streams are asked for (default: the last complete day)",
     )
     arguments = parser.parse_args(argv)
+    loaded = load_environment_file(pathlib.Path(".env"))
+    if loaded:
+        print(f"environment variables from .env: {', '.join(loaded)}")
     path = arguments.project or project_file_path()
     try:
         project = load_project(path, require_secrets=False)
