@@ -63,7 +63,8 @@ class DatasetCheck:
     """One table's or stream's findings; `checked` False: its source failed before it."""
 
     dataset: DatasetSpec
-    # its entry in the project file: `sources.erp.tables[0] (Sales.Orders)`
+    # its place in the source's list, and its entry: `sources.erp.tables[0] (Sales.Orders)`
+    index: int
     entry: str
     findings: list[Finding] = field(default_factory=list)
     checked: bool = True
@@ -120,8 +121,7 @@ class SourceCheck:
         label = self.name if item is None else f"{self.name}/{item.dataset.qualified_name}"
         if finding.key is not None and item is not None:
             where = f"{item.entry}.{finding.key}"
-            index = self.spec.datasets.index(item.dataset)
-            dumped = _dumped(self.spec)[_collection(self.spec)][index]
+            dumped = _dumped(self.spec)[_collection(self.spec)][item.index]
             variables = _variables_at(dumped, finding.key)
         elif finding.source_key is not None:
             where = f"sources.{self.name}.{finding.source_key}"
@@ -219,8 +219,8 @@ def sample_window(
 def _unchecked(source_name: str, spec: SourceSpecBase, findings: list[Finding]) -> SourceCheck:
     entries = _entries(source_name, spec)
     datasets = [
-        DatasetCheck(d, entry, checked=False)
-        for d, entry in zip(spec.datasets, entries, strict=True)
+        DatasetCheck(dataset, index, entries[index], checked=False)
+        for index, dataset in enumerate(spec.datasets)
     ]
     return SourceCheck(source_name, spec, findings, datasets)
 
@@ -242,8 +242,9 @@ def check_source(
     """Every table or stream of a source verified through its (initialized) resource; after a
     problem of the whole source (no connection, credentials refused) the rest are skipped."""
     report = SourceCheck(source_name, spec)
-    for dataset, entry in zip(spec.datasets, _entries(source_name, spec), strict=True):
-        item = DatasetCheck(dataset, entry)
+    entries = _entries(source_name, spec)
+    for index, dataset in enumerate(spec.datasets):
+        item = DatasetCheck(dataset, index, entries[index])
         report.datasets.append(item)
         if any(f.severity == "error" for f in report.findings):
             item.checked = False

@@ -34,6 +34,7 @@ from ingestion_assets_tests.conftest import (
     SourceDatabase,
     table_entry,
 )
+from ingestion_assets_tests.memory_source import memory_kind
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "right-Pa55word-for-the-demo"
@@ -42,6 +43,7 @@ PASSWORD_VARIABLE = "PREFLIGHT_API_PASSWORD"
 # the demo API's data: five days from 2024-01-01, so the last complete day is 2024-01-05
 API_SCALE = DemoScale(days=5, orders_per_day=4)
 API_END_DATE = "2024-01-06"
+__all__ = ["memory_kind"]  # the fixture, used by name
 ORDER_COLUMNS = 26
 
 
@@ -221,6 +223,39 @@ def test_an_unreachable_database_is_one_problem_naming_the_password_variable_and
     )
     assert lines[1][1] == "src/Sales.A: not checked, the source failed first (above)"
     assert "db-Secret-value" not in "\n".join(line for _, line in lines)
+
+
+def test_a_driver_that_is_not_installed_is_named_with_what_to_install(
+    tmp_path: pathlib.Path,
+) -> None:
+    source = {"type": "sql", "connection": {"url": "postgresql+pg8000://reader@127.0.0.1:1/erp"}}
+    source["tables"] = [{"schema": "Sales", "name": "Orders"}]
+    (report,) = checked(project_of({SOURCE: source}, tmp_path))
+    assert report.lines() == [
+        (
+            "problem",
+            "src: the driver of postgresql+pg8000 cannot be loaded (No module named 'pg8000'). "
+            "Fix: install the SQLAlchemy dialect and driver of postgresql+pg8000, or use one the "
+            "project ships: postgresql+psycopg2 or mysql+pymysql (extras postgres, mysql), "
+            "mssql+pyodbc, sqlite (sources.src.connection)",
+        ),
+        ("skipped", "src/Sales.Orders: not checked, the source failed first (above)"),
+    ]
+
+
+def test_a_source_kind_without_a_check_of_its_own_is_a_warning_not_a_failure(
+    memory_kind: None, tmp_path: pathlib.Path
+) -> None:
+    source = {"type": "memory", "start_date": "2024-03-01", "tables": [{"name": "Orders"}]}
+    (report,) = checked(project_of({"mem": source}, tmp_path))
+    assert not report.failed
+    assert report.lines() == [
+        (
+            "warning",
+            "mem/Orders: a MemorySource cannot be checked before a run. Fix: materialize one "
+            "partition to test the dataset",
+        )
+    ]
 
 
 # ---- REST: the demo API and a local HTTP server ------------------------------------------------
@@ -417,6 +452,23 @@ def test_each_stream_costs_one_request_of_one_record_and_a_missing_path_is_named
             "limit": "1",
         }
     ] * 2
+
+
+def test_an_api_that_refuses_a_page_of_one_record_is_asked_at_the_streams_own_size(
+    httpserver: HTTPServer, tmp_path: pathlib.Path
+) -> None:
+    def page(request: Request) -> Response:
+        if int(request.args["limit"]) < 10:
+            return Response('{"error": "limit must be 10..500"}', status=400)
+        body = {"data": [{"SalesOrderID": 1, "ModifiedDate": "2024-01-05T10:00:00", "Status": 5}]}
+        return Response(json.dumps(body), content_type="application/json")
+
+    httpserver.expect_request("/api/SalesOrderHeader").respond_with_handler(page)
+    source = api_source(httpserver.url_for("/"), [header_stream()])
+    source.pop("auth")
+    (report,) = checked(project_of({"api": source}, tmp_path))
+    assert [status for status, _ in report.lines()] == ["ok"]
+    assert [request.args["limit"] for request, _ in httpserver.log] == ["1", "500"]
 
 
 def test_an_api_that_answers_nothing_is_one_problem_of_the_source(tmp_path: pathlib.Path) -> None:

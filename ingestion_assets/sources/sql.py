@@ -1084,19 +1084,25 @@ class SqlSource(Source):
 
 
 def _driver_finding(source_name: str, url: sa.URL, error: Exception) -> Finding:
-    """A dialect or driver that is not installed: the extra that brings it."""
-    extras = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
-    extra = extras.get(url.get_backend_name())
+    """A dialect or driver that is not installed: the extra that brings it, where there is one."""
+    extras = {
+        "postgresql+psycopg2": "postgres",
+        "mysql+pymysql": "mysql",
+        "mariadb+pymysql": "mysql",
+    }
+    extra = extras.get(url.drivername)
     install = (
-        f"install the driver: pip install 'ingestion_assets[{extra}]'"
+        f"install its driver: pip install 'ingestion_assets[{extra}]'"
         if extra
-        else f"install the SQLAlchemy dialect and driver of {url.drivername}"
+        else f"install the SQLAlchemy dialect and driver of {url.drivername}, or use one the "
+        "project ships: postgresql+psycopg2 or mysql+pymysql (extras postgres, mysql), "
+        "mssql+pyodbc, sqlite"
     )
     return Finding(
         source_name,
         None,
         f"the driver of {url.drivername} cannot be loaded ({_first_line(error)})",
-        f"{install}, or fix the connection's scheme",
+        install,
         source_key="connection",
     )
 

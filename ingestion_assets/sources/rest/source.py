@@ -33,6 +33,7 @@ from ingestion_assets.sources.rest.client import (
     RetryPolicy,
     UnreachableError,
 )
+from ingestion_assets.sources.rest.paginators import PageRequest
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.records import arrow_field_type
 from ingestion_assets.sources.rest.templates import json_path, window_params
@@ -214,11 +215,8 @@ class RestSource(Source):
             return [finding(_without(label, error), fix, "params")]
         deadline = min(dataset.response_deadline_seconds or PROBE_SECONDS, PROBE_SECONDS)
         stream = dataset.model_copy(update={"response_deadline_seconds": deadline})
-        reader = RestStreamReader(
-            self._probe_client(), stream, _smallest_page(dataset.pagination), self.timezone, 1
-        )
         try:
-            request, body = reader.first_page(window)
+            request, body = self._first_page(stream, window)
         except CredentialsRefusedError as error:
             return [self._refused(error, dataset)]
         except UnreachableError as error:
@@ -242,8 +240,25 @@ class RestSource(Source):
                     "check the stream's settings, or check again once the API is healthy",
                 )
             ]
-        shown = _readable(reader.client.shown(request.url, request.params))
+        shown = _readable(self._probe_client().shown(request.url, request.params))
         return _first_page_findings(stream, body, shown, window, finding)
+
+    def _first_page(
+        self, stream: StreamSpec, window: PartitionWindow | None
+    ) -> tuple[PageRequest, Any]:
+        """The first page at one record; at the stream's own page size when the API refuses
+        that (some APIs have a smallest page)."""
+        assert stream.pagination is not None
+        smallest = _smallest_page(stream.pagination)
+        client = self._probe_client()
+        try:
+            return RestStreamReader(client, stream, smallest, self.timezone, 1).first_page(window)
+        except HttpStatusError as error:
+            if smallest == stream.pagination or error.status in (404, 410):
+                raise
+        return RestStreamReader(client, stream, stream.pagination, self.timezone, 1).first_page(
+            window
+        )
 
     def _refused(self, error: CredentialsRefusedError, stream: StreamSpec) -> Finding:
         """The credentials refused: a finding of the whole source, naming its `auth`."""
