@@ -41,6 +41,7 @@ from ingestion_assets.factory import (
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
+from ingestion_assets.preflight import check_sources_job
 from ingestion_assets.project import (
     DEMO_PROJECT_FILE,
     config_value,
@@ -165,6 +166,7 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
         source_schedules, source_sensors = source_automation(source_name, spec, selections)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
+    jobs.append(check_sources_job(project))
     maintenance = maintenance_job(project)
     if maintenance is not None:
         jobs.append(maintenance)

@@ -240,8 +240,14 @@ def _check_nesting(text: str, origin: str) -> None:
         return
 
 
-def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = None) -> ProjectSpec:
-    """Validate project-file text; `origin` names the file in error messages."""
+def parse_project(
+    text: str,
+    origin: str,
+    environ: Mapping[str, str] | None = None,
+    require_secrets: bool = True,
+) -> ProjectSpec:
+    """Validate project-file text; `origin` names the file in error messages. Without
+    `require_secrets`, a `${VAR}` that is not set is left for the caller to report."""
     _check_nesting(text, origin)
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -267,7 +273,7 @@ def parse_project(text: str, origin: str, environ: Mapping[str, str] | None = No
         for location, name in _environment_references(raw)
         if name not in environment
     ]
-    if missing:
+    if missing and require_secrets:
         raise ConfigError(f"{origin}: missing secrets:\n  - " + "\n  - ".join(missing))
     _check_connection_urls(raw, environment, origin)
     _warn_deprecated(project, raw, origin)
@@ -307,6 +313,8 @@ def _check_connection_urls(raw: Any, environment: Mapping[str, str], origin: str
     for location, name in _environment_references(raw):
         if location[-2:] != ("connection", "url") or location[0] != "sources":
             continue
+        if name not in environment:  # reported as a missing secret, or by the caller
+            continue
         try:
             source_url(environment[name], str(location[1]))
         except SourceError as error:
@@ -325,8 +333,9 @@ def _yaml_error(origin: str, error: yaml.YAMLError) -> str:
     return f"{origin}: {where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
-def load_project(path: pathlib.Path | None = None) -> ProjectSpec:
-    """Read and validate the project file (INGEST_PROJECT_FILE, or the demo file)."""
+def load_project(path: pathlib.Path | None = None, require_secrets: bool = True) -> ProjectSpec:
+    """Read and validate the project file (INGEST_PROJECT_FILE, or the demo file); without
+    `require_secrets`, a `${VAR}` that is not set is no error (`ingest check` reports it)."""
     path = path or project_file_path()
     try:
         data = path.read_bytes()
@@ -336,7 +345,7 @@ def load_project(path: pathlib.Path | None = None) -> ProjectSpec:
             f"{PROJECT_FILE_VARIABLE} to the path of your ingestion.yaml"
         ) from None
     text = decode_project_file(data, str(path))
-    project = parse_project(text, str(path))
+    project = parse_project(text, str(path), require_secrets=require_secrets)
     project._path = str(path.resolve())
     project._entry_lines = _entry_lines(text)
     return project

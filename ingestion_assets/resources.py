@@ -16,7 +16,7 @@ from dagster import Config, ConfigurableResource, InitResourceContext, get_dagst
 from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
-from ingestion_assets.sources.base import ChangedDays, Source
+from ingestion_assets.sources.base import ChangedDays, Finding, Source
 from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
@@ -83,6 +83,10 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
     def read_unreachable(self, dataset: DatasetSpec) -> SourceStream:
         """Exactly the rows no partition can reach, as Arrow batches (for quarantine)."""
         return self.source().read_unreachable(dataset)
+
+    def verify(self, dataset: DatasetSpec, window: PartitionWindow | None) -> list[Finding]:
+        """The dataset's declared names and the source's credentials checked at the source."""
+        return self.source().verify(dataset, window)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._source is not None:

@@ -27,7 +27,7 @@ ASSET_KEYS = {
 }
 # the checks every table gets by default (the demo file turns none off)
 CHECKS = {"schema_contract", "row_count", "primary_key"}
-JOBS = {"ingest_adventureworks", "ingest_adventureworks_api", "maintain_tables"}
+JOBS = {"ingest_adventureworks", "ingest_adventureworks_api", "maintain_tables", "check_sources"}
 SCHEDULE_JOBS = {
     "ingest_adventureworks_daily": "ingest_adventureworks",
     "ingest_adventureworks_api_daily": "ingest_adventureworks_api",

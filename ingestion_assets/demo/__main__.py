@@ -28,6 +28,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
 from ingestion_assets.maintenance_job import MAINTENANCE_JOB
+from ingestion_assets.preflight import CHECK_JOB
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -54,7 +55,7 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[AssetSummary]
     summaries: list[AssetSummary] = []
     repository = defs.get_repository_def()
     for job in repository.get_all_jobs():
-        if job.name.startswith("__") or job.name == MAINTENANCE_JOB:
+        if job.name.startswith("__") or job.name in (MAINTENANCE_JOB, CHECK_JOB):
             continue
         partitions_def = job.partitions_def
         tags = {}

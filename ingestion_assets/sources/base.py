@@ -1,7 +1,8 @@
 """The Source interface every source kind implements, and the registry of source kinds.
 
-A source turns (dataset spec, partition window) into Arrow batches, counts a window's rows, and
-tells which days changed since a cursor. It knows nothing of Dagster: the Dagster resource of a
+A source turns (dataset spec, partition window) into Arrow batches, counts a window's rows,
+tells which days changed since a cursor, and checks a dataset's declared names and its
+credentials without reading its rows (`verify`). It knows nothing of Dagster: the Dagster resource of a
 kind (`resource`, a dotted path imported only when definitions are built) holds its settings and
 opens it lazily in a run. Adding a kind is one module with its spec model, its `Source` and its
 resource, plus one `register_source_kind(...)` line.
@@ -10,10 +11,12 @@ resource, plus one `register_source_kind(...)` line.
 from __future__ import annotations
 
 import datetime
+import difflib
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
@@ -35,6 +38,47 @@ class DeclaredColumn:
     name: str
     type: str
     description: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What checking a dataset at its source found: a problem and its fix, or a note on what was
+    checked. `dataset` None: the whole source (its connection, its credentials)."""
+
+    source: str
+    dataset: str | None
+    problem: str
+    fix: str = ""
+    # the project-file key the fix changes: in the dataset's entry (`partition_column`), or in
+    # the source's (`auth`, `connection`); the command names the environment variables under it
+    key: str | None = None
+    source_key: str | None = None
+    # error: a run would fail; warning: a run may go wrong; note: what was checked, all well
+    severity: Literal["error", "warning", "note"] = "error"
+
+
+def _spelled_as(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate that is `name` but for letter case."""
+    return next((c for c in candidates if c.lower() == name.lower() and c != name), None)
+
+
+def did_you_mean(key: str, name: str, candidates: Sequence[str], what: str) -> str:
+    """The fix of `key`, whose `name` is not among the source's `candidates` (`what` they are):
+    the source's own spelling of it, the closest names (did you mean ...?), or the names there are."""
+    spelled = _spelled_as(name, candidates)
+    if spelled is not None:
+        return f"the source spells it '{spelled}': write `{key}` in that case"
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=3)
+    if close:
+        return (
+            f"did you mean {', '.join(lowered[c] for c in close)}? Write `{key}` as the source "
+            "spells it"
+        )
+    if not candidates:
+        return f"the source has no {what}: check `{key}` and where the source points"
+    listing = ", ".join(sorted(candidates)[:30]) + (", ..." if len(candidates) > 30 else "")
+    return f"`{key}` must name one of the {what}: {listing}"
 
 
 class Source(ABC):
@@ -76,6 +120,19 @@ class Source(ABC):
             f"partition reaches of '{dataset.qualified_name}': set unpartitioned_rows to warn "
             "or fail"
         )
+
+    def verify(self, dataset: DatasetSpec, window: PartitionWindow | None) -> list[Finding]:
+        """What is wrong with the dataset's declared names or the source's credentials, checked at
+        the source without reading its rows (`window`: the sample day a request asks for)."""
+        return [
+            Finding(
+                self.source_name,
+                dataset.qualified_name,
+                f"a {type(self).__name__} cannot be checked before a run",
+                "materialize one partition to test the dataset",
+                severity="warning",
+            )
+        ]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and sessions."""

@@ -17,7 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 
 from ingestion_assets.errors import SourceError, where
-from ingestion_assets.sources.base import ChangedDays, DeclaredColumn, Source
+from ingestion_assets.sources.base import (
+    ChangedDays,
+    DeclaredColumn,
+    Finding,
+    Source,
+    did_you_mean,
+)
 from ingestion_assets.sources.odbc import (
     ascii_statement,
     odbc_batches,
@@ -1055,3 +1061,185 @@ class SqlSource(Source):
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def verify(self, dataset: DatasetSpec, window: PartitionWindow | None = None) -> list[Finding]:
+        """The table, its schema and every column the project file names (partition, key, change
+        and listed columns) looked up in the database, with the closest names when one is not
+        there; then the read's own query with `LIMIT 1`. Nothing is counted, no window scanned."""
+        if not isinstance(dataset, TableSpec):
+            raise TypeError(f"a SQL source reads tables, not {type(dataset).__name__}")
+        name = dataset.qualified_name
+        try:
+            engine = self.engine
+        except (ImportError, sa.exc.NoSuchModuleError) as error:
+            return [_driver_finding(self.source_name, self.url, error)]
+        reader = self.reader(dataset)
+
+        def checked(breaker: StallBreaker) -> list[Finding]:
+            try:
+                connection = engine.connect()
+            except sa.exc.DBAPIError as error:
+                return [
+                    Finding(
+                        self.source_name,
+                        None,
+                        f"cannot connect to {engine.url.render_as_string(hide_password=True)}: "
+                        f"{_first_line(error.orig)}",
+                        "check that the database is up, and the connection settings and "
+                        "credentials",
+                        source_key="connection",
+                    )
+                ]
+            with connection:
+                breaker.add_connection(connection.connection.dbapi_connection)
+                return _table_findings(connection, reader, self.change_column)
+
+        stall, connect = self.limits.read_stall_timeout, self.limits.connect_timeout
+        seconds = None if stall is None else stall + connect
+        try:
+            return watched_call(checked, seconds, lambda: TimeoutError(seconds))
+        except TimeoutError:
+            return [
+                Finding(
+                    self.source_name,
+                    None,
+                    f"the database did not answer looking up {name} within {seconds:g} s "
+                    f"(read_stall_timeout {stall:g} s after connect_timeout {connect:g} s); "
+                    "the connection was closed",
+                    "check that the database answers; if it is only slow, raise "
+                    "`read_stall_timeout`",
+                    source_key="read_stall_timeout",
+                )
+            ]
+
+
+def _driver_finding(source_name: str, url: sa.URL, error: Exception) -> Finding:
+    """A dialect or driver that is not installed: the extra that brings it, where there is one."""
+    extras = {
+        "postgresql+psycopg2": "postgres",
+        "mysql+pymysql": "mysql",
+        "mariadb+pymysql": "mysql",
+    }
+    extra = extras.get(url.drivername)
+    install = (
+        f"install its driver: pip install 'ingestion_assets[{extra}]'"
+        if extra
+        else f"install the SQLAlchemy dialect and driver of {url.drivername}, or use one the "
+        "project ships: postgresql+psycopg2 or mysql+pymysql (extras postgres, mysql), "
+        "mssql+pyodbc, sqlite"
+    )
+    return Finding(
+        source_name,
+        None,
+        f"the driver of {url.drivername} cannot be loaded ({_first_line(error)})",
+        install,
+        source_key="connection",
+    )
+
+
+def _table_findings(
+    connection: sa.Connection, reader: SqlTableReader, change_column: str | None
+) -> list[Finding]:
+    """The declared schema, table and columns looked up in the database (reflection), then the
+    read's query of no window with LIMIT 1."""
+    spec = reader.table
+    name, schema = spec.name, spec.schema_name
+
+    def finding(problem: str, fix: str, key: str | None = None, **extra: Any) -> Finding:
+        return Finding(reader.source_name, spec.qualified_name, problem, fix, key, **extra)
+
+    inspector = sa.inspect(connection)
+    try:
+        if schema is not None:
+            schemas = inspector.get_schema_names()
+            if schema not in schemas and not inspector.has_table(name, schema=schema):
+                return [
+                    finding(
+                        f"there is no schema '{schema}' at the source",
+                        did_you_mean("schema", schema, schemas, "schemas"),
+                        "schema",
+                    )
+                ]
+        if not inspector.has_table(name, schema=schema):
+            existing = inspector.get_table_names(schema=schema) + inspector.get_view_names(
+                schema=schema
+            )
+            return [
+                finding(
+                    f"there is no table or view '{name}' in schema '{schema or 'default'}'",
+                    did_you_mean(
+                        "name", name, existing, f"tables or views in schema '{schema or 'default'}'"
+                    ),
+                    "name",
+                )
+            ]
+        table = reader.reflect(connection)
+    except sa.exc.DBAPIError as error:
+        return [
+            finding(
+                f"reading the table's columns failed: {_first_line(error.orig)}",
+                "check `schema`/`name` and the user's rights",
+            )
+        ]
+    columns = [column.name for column in table.c]
+    # (column, the key that names it); the change column is a key of the source
+    declared = [
+        *([(spec.partition_column, "partition_column")] if spec.partition_column else []),
+        *[(column, "primary_key") for column in spec.primary_key],
+        *[(column, "columns") for column in spec.columns or ()],
+        *([(change_column, "sensor.change_column")] if change_column else []),
+    ]
+    findings = [
+        finding(
+            f"'{column}' ({key}) is not a column of the table",
+            did_you_mean(key, column, columns, "table's columns"),
+            **({"source_key": key} if key.startswith("sensor.") else {"key": key}),
+        )
+        for column, key in dict.fromkeys(declared)
+        if column not in table.c
+    ]
+    partition = spec.partition_column
+    if partition and partition in table.c:
+        findings += _partition_type_findings(table.c[partition], connection.dialect, finding)
+    if any(item.severity == "error" for item in findings):
+        return findings
+    try:
+        selected = reader._selected_columns(table)
+        expressions = reader._select_expressions(connection, table, selected)
+        connection.execute(reader._query(table, expressions, None, None).limit(1)).first()
+    except sa.exc.DBAPIError as error:
+        return [
+            *findings,
+            finding(
+                f"reading a row failed: {_first_line(error.orig)}",
+                "grant the user SELECT on the table, or fix the column types it cannot read",
+            ),
+        ]
+    except (SourceError, OverflowError, ValueError) as error:
+        return [*findings, finding(f"reading a row failed: {error}", "check the column types")]
+    shown = f"; partition column {partition}" if partition else "; a snapshot (read whole)"
+    return [*findings, finding(f"{len(columns)} columns{shown}", "", severity="note")]
+
+
+def _partition_type_findings(
+    column: sa.Column[Any], dialect: sa.Dialect, finding: Callable[..., Finding]
+) -> list[Finding]:
+    """A partition column that holds no dates: the windows cannot compare it as one."""
+    kind = column.type
+    if isinstance(kind, sa.Date | sa.DateTime | sa.types.NullType):
+        return []
+    try:
+        shown = str(kind.compile(dialect=dialect))
+    except sa.exc.CompileError:
+        shown = type(kind).__name__
+    # SQLite compares text dates as text: a window works if the text is written as ISO dates
+    text_dates = dialect.name == "sqlite" and isinstance(kind, sa.String)
+    return [
+        finding(
+            f"partition_column '{column.name}' is {shown}, not a date or timestamp",
+            "partition by a DATE or TIMESTAMP column (or read a view that casts it), or leave "
+            "partition_column out to read the table whole",
+            key="partition_column",
+            severity="warning" if text_dates else "error",
+        )
+    ]

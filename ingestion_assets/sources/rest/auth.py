@@ -56,6 +56,15 @@ def without_params(url: str, names: Iterable[str]) -> str:
     return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
+class CredentialsRefusedError(SourceError):
+    """The API or its token endpoint (`refused_by`) refused the source's credentials."""
+
+    def __init__(self, message: str, status: int = 0, refused_by: str = "the API") -> None:
+        super().__init__(message)
+        self.status = status
+        self.refused_by = refused_by
+
+
 class Authenticator(AuthBase, ABC):
     """Puts credentials on the requests for its origin; may refresh them once after a 401."""
 
@@ -186,10 +195,12 @@ class OAuth2ClientCredentialsAuthenticator(Authenticator):
                 f"{redact(type(error).__name__, self.secrets)}"
             ) from None
         if response.status_code in (400, 401, 403):
-            raise SourceError(
+            raise CredentialsRefusedError(
                 f"{self._label}: the token endpoint refused the client credentials "
                 f"(HTTP {response.status_code}); check credentials for {self._label} (client_id "
-                "and the client secret's environment variable)"
+                "and the client secret's environment variable)",
+                response.status_code,
+                "the token endpoint",
             )
         if not 200 <= response.status_code < 300:  # a redirect too: it is not followed
             raise SourceError(

@@ -48,6 +48,7 @@ from ingestion_assets.errors import SourceError
 from ingestion_assets.sources.rest.auth import (
     ApiSession,
     Authenticator,
+    CredentialsRefusedError,
     Origin,
     origin_of,
     without_params,
@@ -70,6 +71,18 @@ class UnexpectedBodyError(ValueError):
 
 class ResponseTooLargeError(SourceError):
     """A response body larger than the stream's `max_response_bytes`."""
+
+
+class HttpStatusError(SourceError):
+    """The API answered an error status that a retry cannot change (a 4xx but 401/403)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UnreachableError(SourceError):
+    """No attempt of a request got an answer: connection refused, no such host, timeouts."""
 
 
 class ForeignOriginError(SourceError):
@@ -318,6 +331,7 @@ class RestClient:
         give_up_at = time.monotonic() + self.retry.max_elapsed_seconds
         refreshed = False
         last_problem = "no attempt"
+        answered = False
         attempt = 0
         while attempt < self.retry.max_attempts:
             attempt += 1
@@ -346,6 +360,7 @@ class RestClient:
                     "check base_url and the stream's path"
                 ) from None
             else:
+                answered = True
                 if (
                     response.status_code == 401
                     and not refreshed
@@ -356,18 +371,20 @@ class RestClient:
                     attempt -= 1  # a refreshed token gets a fresh try
                     continue
                 if response.status_code in (401, 403):
-                    raise SourceError(
+                    raise CredentialsRefusedError(
                         f"{label}: HTTP {response.status_code} from {self.shown(url, params)}: "
                         f"check credentials for source '{self.source_name}' (auth settings and "
-                        "the environment variables they name)"
+                        "the environment variables they name)",
+                        response.status_code,
                     )
                 if response.status_code in RETRYABLE_STATUS:
                     last_problem = f"HTTP {response.status_code}"
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
                 elif response.status_code >= 400:
-                    raise SourceError(
+                    raise HttpStatusError(
                         f"{label}: HTTP {response.status_code} from {self.shown(url, params)}: "
-                        f"{self._excerpt(response)}"
+                        f"{self._excerpt(response)}",
+                        response.status_code,
                     )
                 else:
                     try:
@@ -400,7 +417,9 @@ class RestClient:
                 )
             )
             self._sleep(wait)
-        raise SourceError(
+        # no answer at all: the API is not reachable (the same for every stream of the source)
+        failed = SourceError if answered else UnreachableError
+        raise failed(
             f"{label}: GET {self.shown(url, params)} failed after {attempt} attempt(s): "
             f"{last_problem}. Nothing was written; re-run the partition when the API is healthy "
             f"(retries: source '{self.source_name}' `retries`)."

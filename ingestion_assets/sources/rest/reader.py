@@ -365,6 +365,17 @@ class RestStreamReader:
                 )
             return total
 
+    def first_page(self, window: PartitionWindow | None) -> tuple[PageRequest, Any]:
+        """The window's first request and the body it answered, as it came: no records path
+        is looked for (a check of the stream's settings reports it); errors masked."""
+        with self._masked():
+            label = self._label(window)
+            request = self._first_request(paginator_for(self.pagination, label), window, label)
+            body, _ = self.client.get_json(
+                request.url, request.params, label, self.statistics, self.limits
+            )
+            return request, body
+
     def read(self, window: PartitionWindow | None) -> SourceStream:
         """The window's records as Arrow batches (streamed when the fields are declared)."""
         with self._masked():
