@@ -234,10 +234,11 @@ def test_a_driver_that_is_not_installed_is_named_with_what_to_install(
     assert report.lines() == [
         (
             "problem",
-            "src: the driver of postgresql+pg8000 cannot be loaded (No module named 'pg8000'). "
-            "Fix: install the SQLAlchemy dialect and driver of postgresql+pg8000, or use one the "
-            "project ships: postgresql+psycopg2 or mysql+pymysql (extras postgres, mysql), "
-            "mssql+pyodbc, sqlite (sources.src.connection)",
+            "src: the database driver of 'postgresql+pg8000' URLs is not installed "
+            "(No module named 'pg8000'). Fix: install the 'postgres' extra: `uv sync --inexact "
+            "--extra postgres` in the repository, or `pip install 'ingestion_assets[postgres]'`, "
+            "and name its driver in the URL: 'postgresql+psycopg2://...' "
+            "(sources.src.connection)",
         ),
         ("skipped", "src/Sales.Orders: not checked, the source failed first (above)"),
     ]

@@ -211,7 +211,11 @@ def driver_install_hint(drivername: str) -> str:
     """How to install the driver of a `dialect+driver` URL, for an error message."""
     dialect, _, driver = drivername.partition("+")
     if dialect not in DRIVER_EXTRAS:
-        return f"install the Python package of the '{drivername}' driver into Dagster's environment"
+        return (
+            f"install the SQLAlchemy dialect and driver of {drivername} into Dagster's "
+            "environment, or use one the project ships: postgresql+psycopg2 or mysql+pymysql "
+            "(extras postgres, mysql), mssql+pyodbc, sqlite"
+        )
     extra, extra_driver = DRIVER_EXTRAS[dialect]
     hint = (
         f"install the '{extra}' extra: `uv sync --inexact --extra {extra}` in the repository, "
@@ -220,6 +224,18 @@ def driver_install_hint(drivername: str) -> str:
     if driver != extra_driver:
         hint += f", and name its driver in the URL: '{dialect}+{extra_driver}://...'"
     return hint
+
+
+class DriverNotInstalledError(SourceError):
+    """A source URL whose SQLAlchemy dialect or driver is not installed, and how to install it."""
+
+    def __init__(self, source_name: str, drivername: str, error: Exception) -> None:
+        self.problem = (
+            f"the database driver of '{drivername}' URLs is not installed "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        )
+        self.fix = driver_install_hint(drivername)
+        super().__init__(f"source '{source_name}': {self.problem}; {self.fix}")
 
 
 def create_source_engine(
@@ -983,11 +999,9 @@ class SqlSource(Source):
         if self._engine is None:
             try:
                 self._engine = create_source_engine(self.url, self.sqlite_attach, self.limits)
-            except ModuleNotFoundError as error:
-                raise SourceError(
-                    f"source '{self.source_name}': the database driver of "
-                    f"'{self.url.drivername}' URLs is not installed ({error}); "
-                    f"{driver_install_hint(self.url.drivername)}"
+            except (ImportError, sa.exc.NoSuchModuleError) as error:
+                raise DriverNotInstalledError(
+                    self.source_name, self.url.drivername, error
                 ) from error
         return self._engine
 
@@ -1071,8 +1085,10 @@ class SqlSource(Source):
         name = dataset.qualified_name
         try:
             engine = self.engine
-        except (ImportError, sa.exc.NoSuchModuleError) as error:
-            return [_driver_finding(self.source_name, self.url, error)]
+        except DriverNotInstalledError as error:
+            return [
+                Finding(self.source_name, None, error.problem, error.fix, source_key="connection")
+            ]
         reader = self.reader(dataset)
 
         def checked(breaker: StallBreaker) -> list[Finding]:
@@ -1111,30 +1127,6 @@ class SqlSource(Source):
                     source_key="read_stall_timeout",
                 )
             ]
-
-
-def _driver_finding(source_name: str, url: sa.URL, error: Exception) -> Finding:
-    """A dialect or driver that is not installed: the extra that brings it, where there is one."""
-    extras = {
-        "postgresql+psycopg2": "postgres",
-        "mysql+pymysql": "mysql",
-        "mariadb+pymysql": "mysql",
-    }
-    extra = extras.get(url.drivername)
-    install = (
-        f"install its driver: pip install 'ingestion_assets[{extra}]'"
-        if extra
-        else f"install the SQLAlchemy dialect and driver of {url.drivername}, or use one the "
-        "project ships: postgresql+psycopg2 or mysql+pymysql (extras postgres, mysql), "
-        "mssql+pyodbc, sqlite"
-    )
-    return Finding(
-        source_name,
-        None,
-        f"the driver of {url.drivername} cannot be loaded ({_first_line(error)})",
-        install,
-        source_key="connection",
-    )
 
 
 def _table_findings(
