@@ -1091,11 +1091,13 @@ class SqlSource(Source):
 
     @classmethod
     def declared_columns(cls, dataset: DatasetSpec) -> list[DeclaredColumn]:
-        """The listed columns and the key; their types are known once the table is reflected."""
+        """The listed columns, the key and the partition column; their types are known once a
+        run reflects the table."""
         listed = dataset.columns if isinstance(dataset, TableSpec) else None
-        names = list(dict.fromkeys([*(listed or ()), *dataset.primary_key]))
+        named = [*(listed or ()), *dataset.primary_key, *filter(None, [dataset.partition_column])]
         return [
-            DeclaredColumn(name, "source type", "declared in the project file") for name in names
+            DeclaredColumn(name, source_type="reflected in each run")
+            for name in dict.fromkeys(named)
         ]
 
     def close(self) -> None:
