@@ -21,7 +21,6 @@ from dagster import (
     Failure,
     LocalFileCodeReference,
     MaterializeResult,
-    TableColumn,
     TableSchema,
     multi_asset,
 )
@@ -41,6 +40,7 @@ from ingestion_assets.checks import (
 )
 from ingestion_assets.errors import AuditFailedError, IngestionError
 from ingestion_assets.io_managers.contract import (
+    COLUMN_SCHEMA,
     NANOSECONDS_KEY,
     PARTITION_COLUMN_KEY,
     PARTITION_ROW_COUNT,
@@ -48,6 +48,7 @@ from ingestion_assets.io_managers.contract import (
     StagedWrite,
     TableWriter,
     WriteRequest,
+    described_column_schema,
     partition_row_counts,
 )
 from ingestion_assets.lake.replace import held_interrupts
@@ -100,18 +101,36 @@ def partitions_definition(
     )
 
 
-def _definition_column_schema(spec: SourceSpecBase, dataset: DatasetSpec) -> TableSchema:
+def _declared_source_types(spec: SourceSpecBase, dataset: DatasetSpec) -> dict[str, str]:
+    """The source types the spec declares (a stream's `fields`), by column."""
     declared = source_resource_class(spec).source_class.declared_columns(dataset)
-    columns = [
-        TableColumn(name=column.name, type=column.type, description=column.description)
-        for column in declared
-    ]
+    return {column.name: column.source_type for column in declared if column.source_type}
+
+
+def _definition_column_schema(spec: SourceSpecBase, dataset: DatasetSpec) -> TableSchema:
+    """The column schema the UI shows before the first run: the columns the spec names."""
+    declared = source_resource_class(spec).source_class.declared_columns(dataset)
+    columns = [(column.name, column.type) for column in declared]
     columns += [
-        TableColumn(name=PARTITION_DATE, type="date", description="the row's partition day"),
-        TableColumn(name=INGESTED_AT, type="timestamp[us, tz=UTC]", description="write time"),
-        TableColumn(name=RUN_ID, type="string", description="the Dagster run that wrote it"),
+        (PARTITION_DATE, "date"),
+        (INGESTED_AT, "timestamp[us, tz=UTC]"),
+        (RUN_ID, "string"),
     ]
-    return TableSchema(columns=columns)
+    return described_column_schema(
+        columns, dataset, spec.timezone, _declared_source_types(spec, dataset)
+    )
+
+
+def materialized_column_schema(
+    spec: SourceSpecBase, dataset: DatasetSpec, written: TableSchema, stream: SourceStream
+) -> TableSchema:
+    """The written table's column schema described, with the types the source reported."""
+    return described_column_schema(
+        [(column.name, column.type) for column in written.columns],
+        dataset,
+        spec.timezone,
+        {**_declared_source_types(spec, dataset), **stream.source_types},
+    )
 
 
 def _description(spec: SourceSpecBase, table: DatasetSpec, kind: str) -> str:
@@ -159,7 +178,7 @@ def dataset_asset(
     )
     metadata: dict[str, Any] = {
         "source_table": table.qualified_name,
-        "dagster/column_schema": _definition_column_schema(spec, table),
+        COLUMN_SCHEMA: _definition_column_schema(spec, table),
         PARTITION_COLUMN_KEY: table.partition_column or "",
         SCHEMA_POLICY_KEY: table.schema_policy,
         NANOSECONDS_KEY: table.timestamp_nanoseconds,
@@ -348,6 +367,11 @@ class AssetRun:
         # materialization: a run whose rows landed is never reported as having written nothing
         with held_interrupts():
             metadata = staged.commit()
+            written = metadata.get(COLUMN_SCHEMA)
+            if isinstance(written, TableSchema):
+                metadata[COLUMN_SCHEMA] = materialized_column_schema(
+                    self.spec, table, written, stream
+                )
             if table.unpartitioned_rows == "quarantine" and self.checks.counts_unpartitioned_rows:
                 metadata.update(self._quarantine_unreachable(unreachable))
             yield MaterializeResult(asset_key=self.asset_key, metadata=metadata)

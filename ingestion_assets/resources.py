@@ -140,6 +140,11 @@ class SqlSourceResource(SourceResource):
     tcp_keepalive: int = Field(
         60, description="Seconds of silence before TCP keepalive probes check the server."
     )
+    tinyint1_as_bool: bool = Field(
+        True,
+        description="MySQL/MariaDB: TINYINT(1) (BOOLEAN) columns land as booleans; false: as "
+        "numbers. Tables may override it.",
+    )
     start_date: str | None = Field(
         None, description="The source's first partition day (ISO); tables may start later."
     )
@@ -175,6 +180,7 @@ class SqlSourceResource(SourceResource):
             statement_timeout=spec.statement_timeout,
             read_stall_timeout=spec.read_stall_timeout,
             tcp_keepalive=spec.tcp_keepalive,
+            tinyint1_as_bool=spec.tinyint1_as_bool,
             start_date=spec.start_date.isoformat() if spec.start_date else None,
             end_date=spec.end_date.isoformat() if spec.end_date else None,
         )
@@ -220,6 +226,7 @@ class SqlSourceResource(SourceResource):
             change_column=self.change_column,
             timezone=self.timezone,
             limits=self.limits(),
+            tinyint1_as_bool=self.tinyint1_as_bool,
             start_date=datetime.date.fromisoformat(self.start_date) if self.start_date else None,
             end_date=datetime.date.fromisoformat(self.end_date) if self.end_date else None,
         )

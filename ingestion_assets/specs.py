@@ -475,6 +475,9 @@ class TableSpec(DatasetSpec):
         "without it the table is an unpartitioned snapshot, refreshed whole.",
     )
     columns: tuple[str, ...] | None = Field(None, description="Columns to read; default all.")
+    tinyint1_as_bool: bool | None = Field(
+        None, description="Override the source's `tinyint1_as_bool` for this table."
+    )
 
     @property
     def qualified_name(self) -> str:
@@ -943,6 +946,13 @@ class SqlSourceSpec(SourceSpecBase):
         le=7200,
         description="Seconds of silence after which TCP keepalive probes check that the server "
         "is still there (PostgreSQL through libpq, MariaDB/MySQL through PyMySQL).",
+    )
+    tinyint1_as_bool: bool = Field(
+        True,
+        description="MySQL/MariaDB: TINYINT(1) columns (what BOOLEAN and BOOL are stored as) "
+        "land as booleans, as PostgreSQL's boolean and SQL Server's bit do; a value other than "
+        "0 or 1 in one fails the run. false lands them as numbers (int8); a table may override "
+        "it.",
     )
 
     @property

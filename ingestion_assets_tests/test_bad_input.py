@@ -117,9 +117,6 @@ def same_value(lake: Any, source: Any) -> bool:
         if math.isnan(source):
             return math.isnan(lake)
         return lake == source and math.copysign(1, lake) == math.copysign(1, source)
-    if isinstance(source, bool):
-        # MariaDB's BOOLEAN is TINYINT(1): it lands as 0 or 1
-        return isinstance(lake, int) and lake == source
     return type(lake) is type(source) and bool(lake == source)
 
 

@@ -48,6 +48,7 @@ from ingestion_assets_tests.conftest import (
     require_service,
     table_entry,
 )
+from ingestion_assets_tests.test_sql_source import FLAG_ROWS, flags_table
 
 DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
 WINDOW = PartitionWindow(
@@ -551,6 +552,40 @@ def test_arrow_odbc_keeps_edge_values_exact(
         for key, value in from_bulk.slice(2, 1).to_pylist()[0].items()
         if key not in ("id", "ModifiedDate")
     )
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bulk", "pyodbc rows"])
+def test_mysql_booleans_through_odbc_land_as_through_pymysql_and_refuse_other_numbers(
+    mariadb_database: SourceDatabase, fast_path: bool
+) -> None:
+    # MariaDB's driver bulk-fetches a TINYINT(1) asked for as a bit as NULLs: fetched as int8
+    schema = flags_table(mariadb_database, [*FLAG_ROWS, (4, 1, 1, 1, 1, 1)])
+    native_engine = mariadb_database.engine()
+    odbc_engine = _mariadb_odbc_engine(mariadb_database)
+    spec = TableSpec(schema=schema, name="flags", partition_column="ModifiedDate")
+    try:
+        odbc = SqlTableReader(odbc_engine, "src", spec, batch_size=2, fast_path=fast_path)
+        through_odbc = odbc.read(WINDOW).read_all().sort_by("id")
+        expected = SqlTableReader(native_engine, "src", spec, 2).read(WINDOW).read_all()
+        assert odbc.path == ("odbc bulk fetch" if fast_path else "rows")
+        assert through_odbc.schema == expected.schema
+        assert through_odbc.schema.field("declared_boolean").type == pa.bool_()
+        assert through_odbc.to_pylist() == expected.sort_by("id").to_pylist()
+        assert through_odbc.column("IsActive").to_pylist() == [True, False, None, True]
+
+        with native_engine.begin() as connection:
+            connection.execute(sa.text(f"UPDATE `{schema}`.flags SET IsActive = -1 WHERE id = 4"))
+        with pytest.raises(SourceError) as refused:
+            SqlTableReader(odbc_engine, "src", spec, 2, fast_path=fast_path).read(WINDOW).read_all()
+    finally:
+        native_engine.dispose()
+        odbc_engine.dispose()
+    assert (
+        f"source 'src', table '{schema}.flags', partition {DAY.isoformat()}: column IsActive is "
+        "a TINYINT(1)"
+    ) in str(refused.value)
+    assert "but -1 is neither 0 nor 1, so it is no boolean" in str(refused.value)
+    assert "set `tinyint1_as_bool: false` on the table" in str(refused.value)
 
 
 def test_an_odbc_failure_names_the_table_and_partition_and_hides_the_password(

@@ -682,3 +682,174 @@ def test_rows_no_partition_reaches_are_reported_refused_or_quarantined_by_every_
         6: "at on or after end_date (2024-02-01)",
         7: "at on or after end_date (2024-02-01)",
     }
+
+
+# --- MySQL/MariaDB booleans: TINYINT(1) -------------------------------------------------------
+
+# BOOLEAN and BOOL are stored as TINYINT(1); an unsigned TINYINT(1) or a plain TINYINT is a number
+FLAG_COLUMNS = {
+    "id": "INT NOT NULL PRIMARY KEY",
+    "ModifiedDate": "DATETIME NOT NULL",
+    "IsActive": "TINYINT(1)",
+    "declared_boolean": "BOOLEAN NOT NULL",
+    "declared_bool": "BOOL",
+    "unsigned_flag": "TINYINT(1) UNSIGNED",
+    "tiny": "TINYINT",
+}
+# (id, IsActive, declared_boolean, declared_bool, unsigned_flag, tiny)
+FLAG_ROWS: list[tuple[Any, ...]] = [
+    (1, 1, 0, 1, 200, 5),
+    (2, 0, 1, None, 0, -5),
+    (3, None, 1, 0, None, None),
+]
+FLAG_DAY = datetime.datetime.combine(DAY, datetime.time(9))
+
+
+def flags_table(database: SourceDatabase, rows: list[tuple[Any, ...]] = FLAG_ROWS) -> str:
+    """Create `flags` (FLAG_COLUMNS, the rows dated DAY) at the MariaDB source; its schema."""
+    schema = database.schema("Sales")
+    columns = ", ".join(f"`{name}` {ddl}" for name, ddl in FLAG_COLUMNS.items())
+    names = [name for name in FLAG_COLUMNS if name != "ModifiedDate"]
+    engine = database.engine()
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"CREATE TABLE `{schema}`.flags ({columns})"))
+            markers = ", ".join(f":{name}" for name in FLAG_COLUMNS)
+            connection.execute(
+                sa.text(f"INSERT INTO `{schema}`.flags VALUES ({markers})"),
+                [{"ModifiedDate": FLAG_DAY, **dict(zip(names, row, strict=True))} for row in rows],
+            )
+    finally:
+        engine.dispose()
+    return schema
+
+
+def flags_entry(schema: str, **extra: Any) -> dict[str, Any]:
+    """The `tables:` entry of `flags`."""
+    return {
+        "schema": schema,
+        "name": "flags",
+        "partition_column": "ModifiedDate",
+        "primary_key": ["id"],
+        **extra,
+    }
+
+
+def test_mysql_boolean_columns_land_as_booleans_and_other_tinyints_as_numbers(
+    mariadb_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    schema = flags_table(mariadb_database)
+    project = build_project(mariadb_database, tmp_path / "lake", [flags_entry(schema)])
+
+    result = project.materialize(["flags"], instance, partition=DAY.isoformat())
+
+    assert result.success
+    # the source's count, the key and the schema contract agree with what landed
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} >= {"row_count", "primary_key", "schema_contract"}
+    assert all(e.passed for e in evaluations), [e.description for e in evaluations]
+    table = project.delta("flags").to_pyarrow_table().sort_by("id")
+    types = {name: table.schema.field(name).type for name in FLAG_COLUMNS}
+    assert types["IsActive"] == types["declared_boolean"] == types["declared_bool"] == pa.bool_()
+    # Delta has no unsigned byte: 0..255 widens to a short
+    assert (types["unsigned_flag"], types["tiny"]) == (pa.int16(), pa.int8())
+    assert table.column("IsActive").to_pylist() == [True, False, None]
+    assert table.column("declared_boolean").to_pylist() == [False, True, True]
+    assert table.column("declared_bool").to_pylist() == [True, None, False]
+    assert table.column("unsigned_flag").to_pylist() == [200, 0, None]
+    assert table.column("tiny").to_pylist() == [5, -5, None]
+
+
+@pytest.mark.parametrize(
+    ("on_source", "on_table", "lands_as"),
+    [
+        (None, None, pa.bool_()),
+        (False, None, pa.int8()),
+        (False, True, pa.bool_()),
+        (True, False, pa.int8()),
+    ],
+    ids=["default", "source opts out", "table opts back in", "table opts out"],
+)
+def test_tinyint1_as_bool_is_a_source_default_a_table_may_override(
+    mariadb_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    on_source: bool | None,
+    on_table: bool | None,
+    lands_as: pa.DataType,
+) -> None:
+    schema = flags_table(mariadb_database)
+    table_options = {} if on_table is None else {"tinyint1_as_bool": on_table}
+    source_options = {} if on_source is None else {"tinyint1_as_bool": on_source}
+    project = build_project(
+        mariadb_database,
+        tmp_path / "lake",
+        [flags_entry(schema, **table_options)],
+        **source_options,
+    )
+    spec = project.spec.sources[SOURCE]
+    resource = SqlSourceResource.from_spec(SOURCE, spec)
+    window = PartitionWindow.of_days(DAY, DAY, "UTC")
+    try:
+        rows = resource.read(spec.datasets[0], window).reader.read_all().sort_by("id")
+    finally:
+        resource.teardown_after_execution(None)  # type: ignore[arg-type]
+    for name in ("IsActive", "declared_boolean", "declared_bool"):
+        assert rows.schema.field(name).type == lands_as, name
+    expected = [True, False, None] if lands_as == pa.bool_() else [1, 0, None]
+    assert rows.column("IsActive").to_pylist() == expected
+    assert rows.schema.field("tiny").type == pa.int8()
+
+
+def test_a_tinyint1_holding_another_number_fails_the_run_naming_the_column_and_the_opt_out(
+    mariadb_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    schema = flags_table(mariadb_database, [*FLAG_ROWS, (4, 2, 1, 1, 1, 1)])
+    project = build_project(mariadb_database, tmp_path / "lake", [flags_entry(schema)])
+
+    result = project.materialize(
+        ["flags"], instance, partition=DAY.isoformat(), raise_on_error=False
+    )
+
+    assert not result.success
+    message = failure_message(result)
+    assert (
+        f"source 'src', table '{schema}.flags', partition {DAY.isoformat()}: column IsActive is "
+        "a TINYINT(1), which MySQL and MariaDB store for BOOLEAN and which lands as a boolean "
+        "(`tinyint1_as_bool`), but 2 is neither 0 nor 1, so it is no boolean. Nothing was "
+        "written. If the column holds numbers, set `tinyint1_as_bool: false` on the table"
+    ) in message
+    assert not (tmp_path / "lake" / SOURCE / "flags" / "_delta_log").exists()
+
+    # the opt-out the message names lands the numbers as they are
+    numbers = build_project(
+        mariadb_database, tmp_path / "lake", [flags_entry(schema, tinyint1_as_bool=False)]
+    )
+    assert numbers.materialize(["flags"], instance, partition=DAY.isoformat()).success
+    table = numbers.delta("flags").to_pyarrow_table().sort_by("id")
+    assert table.schema.field("IsActive").type == pa.int8()
+    assert table.column("IsActive").to_pylist() == [1, 0, None, 2]
+
+
+def test_a_table_written_with_tinyint1_as_numbers_refuses_booleans_and_names_the_setting(
+    mariadb_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    # a table ingested before TINYINT(1) landed as boolean holds the column as byte (int8)
+    schema = flags_table(mariadb_database)
+    lake = tmp_path / "lake"
+    before = build_project(mariadb_database, lake, [flags_entry(schema, tinyint1_as_bool=False)])
+    assert before.materialize(["flags"], instance, partition=DAY.isoformat()).success
+    version = before.delta("flags").version()
+
+    after = build_project(mariadb_database, lake, [flags_entry(schema)])
+    result = after.materialize(["flags"], instance, partition=DAY.isoformat(), raise_on_error=False)
+
+    assert not result.success
+    message = failure_message(result)
+    assert "column IsActive changed type from byte to boolean" in message
+    assert (
+        "set `tinyint1_as_bool` on the table (or its source) to what the table was written "
+        "with (`false` for byte), or write to a new table (asset_name)"
+    ) in message
+    assert after.delta("flags").version() == version
+    # the setting the message names keeps the table writable
+    assert before.materialize(["flags"], instance, partition=DAY.isoformat()).success

@@ -17,7 +17,12 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.types import TypeEngine
 
 from ingestion_assets.sources.sql import _timestamp_nanoseconds, _timestamp_offset_nanoseconds
-from ingestion_assets.sources.types import array_builder, arrow_type
+from ingestion_assets.sources.types import (
+    array_builder,
+    arrow_type,
+    declared_type,
+    integer_booleans,
+)
 
 EPOCH = datetime.datetime(1970, 1, 1)
 NS_PER_US = 1_000
@@ -101,6 +106,14 @@ def test_mssql_varbinary_is_binary_and_time7_is_nanoseconds() -> None:
         (postgresql.DOUBLE_PRECISION(), "postgresql", pa.float64()),
         (mysql.TINYINT(unsigned=True), "mysql", pa.uint8()),
         (mysql.TINYINT(), "mysql", pa.int8()),
+        # what MySQL/MariaDB store for BOOLEAN and BOOL, and reflect for TINYINT(1)
+        (mysql.TINYINT(display_width=1), "mysql", pa.bool_()),
+        (mysql.TINYINT(display_width=1), "mariadb", pa.bool_()),
+        # a number 0..255 (or zero-filled) is no flag, whatever its display width
+        (mysql.TINYINT(display_width=1, unsigned=True), "mysql", pa.uint8()),
+        (mysql.TINYINT(display_width=1, unsigned=True, zerofill=True), "mysql", pa.uint8()),
+        (mysql.TINYINT(display_width=4), "mysql", pa.int8()),
+        (mysql.TINYINT(display_width=2), "mysql", pa.int8()),
         (mysql.SMALLINT(unsigned=True), "mysql", pa.uint16()),
         (mysql.INTEGER(unsigned=True), "mysql", pa.uint32()),
         (mysql.BIGINT(unsigned=True), "mysql", pa.uint64()),
@@ -123,6 +136,24 @@ def test_arrow_type_of_other_dialects(
     column_type: TypeEngine[Any], dialect: str, expected: pa.DataType
 ) -> None:
     assert arrow_type(column_type, dialect) == expected
+
+
+def test_mysql_tinyint1_is_a_number_when_the_project_file_says_so() -> None:
+    assert arrow_type(mysql.TINYINT(display_width=1), "mysql", tinyint1_as_bool=False) == pa.int8()
+    # the setting is MySQL's TINYINT(1) only: other booleans stay booleans
+    assert arrow_type(postgresql.BOOLEAN(), "postgresql", tinyint1_as_bool=False) == pa.bool_()
+    assert arrow_type(mysql.BIT(1), "mysql", tinyint1_as_bool=False) == pa.bool_()
+
+
+def test_declared_types_are_the_source_s_own_words_without_charset_or_collation() -> None:
+    assert declared_type(mysql.TINYINT(display_width=1), mysql.dialect()) == "TINYINT(1)"
+    varchar = mysql.VARCHAR(25, charset="utf8mb4", collation="utf8mb4_general_ci")
+    assert declared_type(varchar, mysql.dialect()) == "VARCHAR(25)"
+    assert declared_type(mysql.DECIMAL(19, 4), mysql.dialect()) == "DECIMAL(19, 4)"
+    assert declared_type(mssql.DATETIME2(precision=7), mssql.dialect()) == "DATETIME2(7)"
+    assert declared_type(sa.types.NullType(), mssql.dialect()) == (
+        "a type SQLAlchemy does not know, read as text"
+    )
 
 
 # --- invariants over every dialect --------------------------------------------------------------
@@ -414,6 +445,22 @@ def test_booleans_from_every_driver(values: list[Any], expected: list[bool | Non
 def test_a_text_that_is_no_boolean_raises() -> None:
     with pytest.raises(ValueError, match="not a boolean"):
         array_builder(pa.bool_())(["yes please"])
+
+
+@given(st.integers(-128, 127).filter(lambda value: value not in (0, 1)))
+def test_a_tinyint_that_is_neither_0_nor_1_is_no_boolean_by_row_or_in_bulk(value: int) -> None:
+    message = f"{value} is neither 0 nor 1, so it is no boolean"
+    with pytest.raises(ValueError, match=message):
+        array_builder(pa.bool_())([1, None, value, 0])
+    with pytest.raises(ValueError, match=message):
+        integer_booleans(pa.array([1, None, value, 0], pa.int8()))
+
+
+def test_tinyint_zeros_and_ones_fetched_in_bulk_are_booleans() -> None:
+    booleans = integer_booleans(pa.array([1, None, 0, 1], pa.int8()))
+    assert booleans.type == pa.bool_()
+    assert booleans.to_pylist() == [True, None, False, True]
+    assert integer_booleans(pa.array([None, None], pa.int8())).to_pylist() == [None, None]
 
 
 def test_a_date_column_accepts_midnight_datetimes() -> None:

@@ -5,24 +5,33 @@ materialization reports."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
-from dagster import InputContext, OutputContext, TableColumn, TableSchema
+from dagster import (
+    InputContext,
+    OutputContext,
+    TableColumn,
+    TableColumnConstraints,
+    TableConstraints,
+    TableSchema,
+)
 
 from ingestion_assets.lake.replace import held_interrupts
-from ingestion_assets.lake.rows import WritePlan
+from ingestion_assets.lake.rows import INGESTED_AT, LINEAGE_COLUMNS, PARTITION_DATE, WritePlan
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets.specs import DatasetSpec
 
 # keys of the definition metadata through which an asset tells the IO manager how to write it
 PARTITION_COLUMN_KEY = "ingestion/partition_column"
 SCHEMA_POLICY_KEY = "ingestion/schema_policy"
 NANOSECONDS_KEY = "ingestion/timestamp_nanoseconds"
 PARTITION_ROW_COUNT = "dagster/partition_row_count"
+COLUMN_SCHEMA = "dagster/column_schema"
 
 
 class RunLog(Protocol):
@@ -168,6 +177,85 @@ def write_timing_metadata(plan: WritePlan, elapsed: float) -> dict[str, Any]:
 def column_schema(schema: pa.Schema) -> TableSchema:
     """Arrow schema -> the `dagster/column_schema` the UI shows."""
     return TableSchema(columns=[TableColumn(name=f.name, type=str(f.type)) for f in schema])
+
+
+def _lineage_description(name: str, dataset: DatasetSpec, timezone: str) -> str:
+    if name == PARTITION_DATE:
+        if dataset.partition_column is None:
+            return (
+                "Lineage: the day (UTC) of the run that wrote the snapshot; every run replaces "
+                "the whole table."
+            )
+        return (
+            f"Lineage: the row's partition day, the day of `{dataset.partition_column}` in "
+            f"{timezone}; a run replaces exactly its days."
+        )
+    if name == INGESTED_AT:
+        return "Lineage: when the run wrote the row (UTC), the same for every row of the run."
+    return "Lineage: the id of the Dagster run that wrote the row (the UI's Runs page finds it)."
+
+
+def _key_position(name: str, primary_key: Sequence[str]) -> str:
+    if len(primary_key) == 1:
+        return "primary key"
+    return f"primary key ({primary_key.index(name) + 1} of {len(primary_key)})"
+
+
+def described_column(
+    name: str,
+    column_type: str,
+    dataset: DatasetSpec,
+    timezone: str,
+    source_type: str | None = None,
+) -> TableColumn:
+    """One column of an ingested table as the UI shows it: for a source column its name as the
+    source spells it, its type there and its role (primary key, partition column), constraints
+    for a key; for a lineage column, what it holds."""
+    if name in LINEAGE_COLUMNS:
+        return TableColumn(
+            name=name,
+            type=column_type,
+            description=_lineage_description(name, dataset, timezone),
+            constraints=TableColumnConstraints(nullable=False, other=["lineage"]),
+        )
+    parts = [
+        f"Source column `{name}` of {dataset.origin}"
+        + (f"; source type {source_type}." if source_type else ".")
+    ]
+    other: list[str] = []
+    nullable, unique = True, False
+    if name in dataset.primary_key:
+        position = _key_position(name, dataset.primary_key)
+        parts.append(f"{position[0].upper()}{position[1:]}.")
+        other.append(position)
+        nullable, unique = False, len(dataset.primary_key) == 1
+    if name == dataset.partition_column:
+        parts.append(f"Partition column: its day in {timezone} is the row's `{PARTITION_DATE}`.")
+        other.append("partition column")
+    return TableColumn(
+        name=name,
+        type=column_type,
+        description=" ".join(parts),
+        constraints=TableColumnConstraints(nullable=nullable, unique=unique, other=other),
+    )
+
+
+def described_column_schema(
+    columns: Sequence[tuple[str, str]],
+    dataset: DatasetSpec,
+    timezone: str,
+    source_types: Mapping[str, str],
+) -> TableSchema:
+    """The `dagster/column_schema` of an ingested table: its (name, type) columns described
+    (see `described_column`), the primary key named as a table constraint."""
+    key = dataset.primary_key
+    return TableSchema(
+        columns=[
+            described_column(name, column_type, dataset, timezone, source_types.get(name))
+            for name, column_type in columns
+        ],
+        constraints=TableConstraints(other=[f"primary key ({', '.join(key)})"]) if key else None,
+    )
 
 
 def metadata_text(value: Any) -> str | None:

@@ -150,7 +150,14 @@ def fit_schema(
     table_types = delta_type_names(table_schema)
     diff = schema_diff(table_types, delta_type_names(target))
     if diff.changed or (diff and policy == "freeze"):
-        if diff.changed:
+        if any({old, new} == {"byte", "boolean"} for old, new in diff.changed.values()):
+            fix = (
+                "A MySQL/MariaDB TINYINT(1) column (what BOOLEAN is stored as) lands as boolean "
+                "while the source's `tinyint1_as_bool` is on (the default) and as byte (int8) "
+                "when it is off: set `tinyint1_as_bool` on the table (or its source) to what the "
+                "table was written with (`false` for byte), or write to a new table (asset_name)."
+            )
+        elif diff.changed:
             fix = "Change the column back at the source, or write to a new table (asset_name)."
         elif diff.added:
             fix = (

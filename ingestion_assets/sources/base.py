@@ -33,11 +33,13 @@ class ChangedDays:
 
 @dataclass(frozen=True)
 class DeclaredColumn:
-    """A column the project file declares for a dataset, as the UI shows it before any run."""
+    """A column the project file declares for a dataset, as the UI shows it before any run: its
+    name as the source spells it, its Arrow type ("" until a run reads it) and its type as the
+    source declares it, where the spec tells."""
 
     name: str
-    type: str
-    description: str
+    type: str = ""
+    source_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,10 @@ class Source(ABC):
 
     @classmethod
     def declared_columns(cls, dataset: DatasetSpec) -> list[DeclaredColumn]:
-        """The columns known from the spec alone (the UI's schema before the first run)."""
-        return [
-            DeclaredColumn(name, "source type", "declared in the project file")
-            for name in dataset.primary_key
-        ]
+        """The columns known from the spec alone (the UI's schema before the first run): the
+        key and the partition column."""
+        named = [*dataset.primary_key, *filter(None, [dataset.partition_column])]
+        return [DeclaredColumn(name) for name in dict.fromkeys(named)]
 
     def unreachable_rows(self, dataset: DatasetSpec) -> int | None:
         """Rows at the source that no partition can reach (partition column NULL, before the

@@ -41,7 +41,14 @@ from ingestion_assets.sources.postgres import (
     not_finite_message,
 )
 from ingestion_assets.sources.stream import SourceStream
-from ingestion_assets.sources.types import ArrayBuilder, array_builder, arrow_type
+from ingestion_assets.sources.types import (
+    ArrayBuilder,
+    array_builder,
+    arrow_type,
+    declared_type,
+    integer_booleans,
+    mysql_boolean,
+)
 from ingestion_assets.sources.watchdog import StallBreaker, watched_batches, watched_call
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, TableSpec
@@ -424,17 +431,22 @@ class SqlTableReader:
         batch_size: int,
         fast_path: bool = True,
         limits: SessionLimits | None = None,
+        tinyint1_as_bool: bool = True,
     ) -> None:
         self.engine = engine
         self.source_name = source_name
         self.table = table
         self.batch_size = batch_size
         self.limits = limits or SessionLimits()
+        # MySQL's TINYINT(1) (BOOLEAN) read as a boolean
+        self.tinyint1_as_bool = tinyint1_as_bool
         # the driver's bulk path where it is exact: COPY parsed by Arrow for PostgreSQL through
         # psycopg2, arrow-odbc for pyodbc sources; otherwise rows through SQLAlchemy
         self.fast_path = fast_path
         # how the last read() fetches: "copy", "odbc bulk fetch" or "rows"
         self.path = "rows"
+        # the last read's columns, each with its type as the source declares it
+        self.source_types: dict[str, str] = {}
 
     def _where(self, window: PartitionWindow | None) -> str:
         return where(self.source_name, self.table.qualified_name, window.label if window else None)
@@ -527,10 +539,32 @@ class SqlTableReader:
         """The exact Arrow schema of the selected columns, from the declared source types."""
         return pa.schema(
             [
-                pa.field(c.name, arrow_type(c.type, dialect), nullable=bool(c.nullable))
+                pa.field(
+                    c.name,
+                    arrow_type(c.type, dialect, self.tinyint1_as_bool),
+                    nullable=bool(c.nullable),
+                )
                 for c in self._selected_columns(table)
             ]
         )
+
+    def _booleans(self, columns: Sequence[sa.Column[Any]]) -> frozenset[str]:
+        """The TINYINT(1) columns read as booleans."""
+        if not self.tinyint1_as_bool:
+            return frozenset()
+        return frozenset(c.name for c in columns if mysql_boolean(c.type))
+
+    def _source_types(
+        self, columns: Sequence[sa.Column[Any]], dialect: sa.Dialect
+    ) -> dict[str, str]:
+        """Each selected column's type as the source declares it, for the column descriptions."""
+        booleans = self._booleans(columns)
+        return {
+            c.name: declared_type(c.type, dialect)
+            + ("" if c.nullable else " NOT NULL")
+            + (" (MySQL's BOOLEAN, read as boolean)" if c.name in booleans else "")
+            for c in columns
+        }
 
     def read(
         self, window: PartitionWindow | None, unreachable: PartitionRange | None = None
@@ -549,6 +583,7 @@ class SqlTableReader:
                 columns = self._selected_columns(table)
                 schema = self.arrow_schema(table, connection.dialect.name)
                 expressions = self._select_expressions(connection, table, columns)
+                self.source_types = self._source_types(columns, connection.dialect)
             return table, columns, schema, expressions
 
         # the table's reflection is bounded like the read that follows it (connecting has its
@@ -560,6 +595,7 @@ class SqlTableReader:
         )
         driver = self.engine.dialect.driver
         breaker = StallBreaker()
+        booleans = self._booleans(columns)
         batches: Iterator[pa.RecordBatch] | None = None
         if self.fast_path and driver == "psycopg2" and copy_supported(schema):
             query = self._query(table, copy_columns(expressions, schema), window, unreachable)
@@ -572,11 +608,12 @@ class SqlTableReader:
             query = self._query(table, expressions, window, unreachable)
             statement, parameters = odbc_statement(query, self.engine.dialect)
             if ascii_statement(statement):
-                batches = self._odbc_batches(statement, parameters, schema, window)
+                batches = self._odbc_batches(statement, parameters, schema, window, booleans)
                 self.path = "odbc bulk fetch"
         if batches is None:
             query = self._query(table, expressions, window, unreachable)
-            batches, self.path = self._batches(query, schema, window, breaker), "rows"
+            batches = self._batches(query, schema, window, breaker, booleans)
+            self.path = "rows"
         watched = watched_batches(
             batches,
             self.limits.read_stall_timeout,
@@ -639,23 +676,37 @@ class SqlTableReader:
         parameters: list[str | None],
         schema: pa.Schema,
         window: PartitionWindow | None,
+        booleans: frozenset[str] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         """ODBC sources: bulk fetches through arrow-odbc (see sources/odbc.py)."""
         from arrow_odbc import Error as OdbcError
 
         connection_string = odbc_connection_string(self.engine)
+        # MariaDB's driver answers a bulk fetch of a TINYINT(1) as a bit with NULLs (tested):
+        # those columns are fetched as the numbers they are, then checked and turned to booleans
+        fetched = pa.schema([f.with_type(pa.int8()) if f.name in booleans else f for f in schema])
         try:
-            yield from odbc_batches(
+            for batch in odbc_batches(
                 connection_string,
                 statement,
                 parameters,
-                schema,
+                fetched,
                 self.batch_size,
                 login_timeout=max(1, math.ceil(self.limits.connect_timeout)),
                 query_timeout=None
                 if self.limits.statement_timeout is None
                 else max(1, math.ceil(self.limits.statement_timeout)),
-            )
+            ):
+                if not booleans:
+                    yield batch
+                    continue
+                arrays = [
+                    self._column_array(integer_booleans, column, field, window, booleans)
+                    if field.name in booleans
+                    else column
+                    for column, field in zip(batch.columns, schema, strict=True)
+                ]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         except OdbcError as error:
             # the driver's diagnostic follows the first line ("ODBC emitted an error calling ...")
             text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
@@ -669,6 +720,32 @@ class SqlTableReader:
                 "source is reachable, or set `fast_path: false` on the source to read row by row "
                 "through pyodbc."
             ) from None
+
+    def _column_array(
+        self,
+        build: ArrayBuilder,
+        values: Sequence[Any],
+        field: pa.Field,
+        window: PartitionWindow | None,
+        booleans: frozenset[str],
+    ) -> pa.Array:
+        """One column of a batch of rows as Arrow; a value that does not fit names the column."""
+        try:
+            return build(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError) as error:
+            if field.name in booleans:
+                raise SourceError(
+                    f"{self._where(window)}: column {field.name} is a TINYINT(1), which MySQL "
+                    "and MariaDB store for BOOLEAN and which lands as a boolean "
+                    f"(`tinyint1_as_bool`), but {error}. Nothing was written. If the column "
+                    "holds numbers, set `tinyint1_as_bool: false` on the table (or on the "
+                    "source) in the project file to land TINYINT(1) columns as int8; if it is a "
+                    "flag, fix the row at the source."
+                ) from error
+            raise SourceError(
+                f"{self._where(window)}: column {field.name}: a value does not fit its column "
+                f"type ({field.type}): {error}. Check the source column's declared type."
+            ) from error
 
     def _copy_batches(
         self,
@@ -861,6 +938,7 @@ class SqlTableReader:
         schema: pa.Schema,
         window: PartitionWindow | None,
         breaker: StallBreaker,
+        booleans: frozenset[str] = frozenset(),
     ) -> Iterator[pa.RecordBatch]:
         builders: list[ArrayBuilder] = [array_builder(field.type) for field in schema]
         connection = self._connect(window)
@@ -871,15 +949,10 @@ class SqlTableReader:
             ).execute(query)
             for rows in result.partitions(self.batch_size):
                 columns = list(zip(*rows, strict=True)) if rows else [()] * len(builders)
-                try:
-                    arrays = [
-                        build(values) for build, values in zip(builders, columns, strict=True)
-                    ]
-                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError) as error:
-                    raise SourceError(
-                        f"{self._where(window)}: a value does not fit its column type: {error}. "
-                        "Check the source column's declared type."
-                    ) from error
+                arrays = [
+                    self._column_array(build, values, field, window, booleans)
+                    for build, values, field in zip(builders, columns, schema, strict=True)
+                ]
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
         except sa.exc.DBAPIError as error:
             reason = _first_line(error.orig)
@@ -980,8 +1053,10 @@ class SqlSource(Source):
         limits: SessionLimits | None = None,
         start_date: datetime.date | None = None,
         end_date: datetime.date | None = None,
+        tinyint1_as_bool: bool = True,
     ) -> None:
         super().__init__(source_name)
+        self.tinyint1_as_bool = tinyint1_as_bool
         self.limits = limits or SessionLimits()
         self.start_date = start_date
         self.end_date = end_date
@@ -1016,13 +1091,16 @@ class SqlSource(Source):
             self.batch_size,
             fast_path=self.fast_path,
             limits=self.limits,
+            tinyint1_as_bool=(
+                self.tinyint1_as_bool if table.tinyint1_as_bool is None else table.tinyint1_as_bool
+            ),
         )
 
     def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
         """The table's window as batches, through COPY, arrow-odbc or rows (`path`)."""
         reader = self.reader(dataset)
         batches = reader.read(window)
-        return SourceStream(reader=batches, path=reader.path)
+        return SourceStream(reader=batches, path=reader.path, source_types=reader.source_types)
 
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int:
         """Rows of the table in the window, counted by the database."""
@@ -1063,11 +1141,13 @@ class SqlSource(Source):
 
     @classmethod
     def declared_columns(cls, dataset: DatasetSpec) -> list[DeclaredColumn]:
-        """The listed columns and the key; their types are known once the table is reflected."""
+        """The listed columns, the key and the partition column; their types are known once a
+        run reflects the table."""
         listed = dataset.columns if isinstance(dataset, TableSpec) else None
-        names = list(dict.fromkeys([*(listed or ()), *dataset.primary_key]))
+        named = [*(listed or ()), *dataset.primary_key, *filter(None, [dataset.partition_column])]
         return [
-            DeclaredColumn(name, "source type", "declared in the project file") for name in names
+            DeclaredColumn(name, source_type="reflected in each run")
+            for name in dict.fromkeys(named)
         ]
 
     def close(self) -> None:

@@ -35,7 +35,9 @@ class SourceStream:
 
     `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`);
     `reported_total` is the count the source itself reported for the window while it was read
-    (an API's filtered total), which the audit reconciles with instead of asking again."""
+    (an API's filtered total), which the audit reconciles with instead of asking again;
+    `source_types` is each column's type as the source declares it (`DECIMAL(19, 4) NOT NULL`),
+    which the materialization's column descriptions show."""
 
     reader: pa.RecordBatchReader
     path: str = "rows"
@@ -43,6 +45,7 @@ class SourceStream:
     rejected: list[RejectedRecord] = field(default_factory=list)
     quarantine: bool = False
     reported_total: int | None = None
+    source_types: dict[str, str] = field(default_factory=dict)
 
     def rejected_by_day(self) -> dict[datetime.date | None, int]:
         """How many records of each day were set aside (kept in the rejected table)."""

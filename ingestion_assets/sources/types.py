@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql, postgresql
 from sqlalchemy.types import TypeEngine
@@ -71,8 +73,24 @@ def _numeric_type(column_type: sa.Numeric[Any] | sa.Float[Any], dialect: str) ->
     return pa.decimal128(digits, scale) if digits <= 38 else pa.decimal256(digits, scale)
 
 
-def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
-    """The Arrow type that holds every value of a source column exactly (never a float for a decimal)."""
+def mysql_boolean(column_type: TypeEngine[Any]) -> bool:
+    """Whether a column is what MySQL/MariaDB store for BOOLEAN and BOOL: a signed TINYINT(1)
+    (reflected as `TINYINT(display_width=1)`; the server keeps no other trace of BOOLEAN)."""
+    return (
+        isinstance(column_type, mysql.TINYINT)
+        and column_type.display_width == 1
+        and not column_type.unsigned
+        and not column_type.zerofill
+    )
+
+
+def arrow_type(
+    column_type: TypeEngine[Any], dialect: str, tinyint1_as_bool: bool = True
+) -> pa.DataType:
+    """The Arrow type that holds every value of a source column exactly (never a float for a
+    decimal); with `tinyint1_as_bool`, MySQL's TINYINT(1) is a boolean, as BOOLEAN declares it."""
+    if tinyint1_as_bool and mysql_boolean(column_type):
+        return pa.bool_()
     if isinstance(column_type, mssql.SMALLMONEY):
         return MSSQL_SMALLMONEY
     if isinstance(column_type, mssql.MONEY):
@@ -103,6 +121,17 @@ def arrow_type(column_type: TypeEngine[Any], dialect: str) -> pa.DataType:
         return pa.list_(arrow_type(column_type.item_type, dialect))
     # strings, uuid, xml, json, enums, intervals, network types, unknown types: text
     return pa.string()
+
+
+def declared_type(column_type: TypeEngine[Any], dialect: sa.Dialect) -> str:
+    """A column's type as the source declares it (`DECIMAL(19, 4)`, `TINYINT(1)`), without its
+    character set and collation."""
+    try:
+        text = str(column_type.compile(dialect=dialect))
+    except sa.exc.CompileError:
+        # a type SQLAlchemy does not know (hierarchyid, geography, ...): read as text
+        return "a type SQLAlchemy does not know, read as text"
+    return re.split(r" CHARACTER SET | COLLATE ", text, maxsplit=1)[0]
 
 
 def _to_text(value: Any) -> str:
@@ -178,11 +207,24 @@ def _to_bool(value: Any) -> bool:
             return _TEXT_BOOLEANS[value.strip().lower()]
         except KeyError:
             raise ValueError(f"{value!r} is not a boolean") from None
+    if isinstance(value, int) and value not in (0, 1):
+        # a TINYINT(1) holds -128..127: 2 is a number, never True
+        raise ValueError(f"{value} is neither 0 nor 1, so it is no boolean")
     return bool(value)
 
 
 def _bool_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:
     return pa.array([None if value is None else _to_bool(value) for value in values], arrow)
+
+
+def integer_booleans(values: pa.Array) -> pa.Array:
+    """Integers 0 and 1 (a TINYINT(1) fetched in bulk) as booleans; any other value raises."""
+    other = pc.and_(pc.not_equal(values, 0), pc.not_equal(values, 1))
+    if pc.any(other).as_py():
+        raise ValueError(
+            f"{values.filter(other)[0].as_py()} is neither 0 nor 1, so it is no boolean"
+        )
+    return pc.not_equal(values, 0)
 
 
 def _decimal_array(values: Sequence[Any], arrow: pa.DataType) -> pa.Array:

@@ -430,6 +430,7 @@ class RestStreamReader:
                 path="api pages",
                 metadata=functools.partial(self._metadata, received.num_rows, outside, 0),
                 reported_total=None if seen.expected is None else seen.expected - outside,
+                source_types={name: "inferred from the records" for name in table.column_names},
             )
         raise AssertionError("unreachable: the last attempt returns or raises")
 

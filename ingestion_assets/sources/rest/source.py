@@ -185,7 +185,9 @@ class RestSource(Source):
         """The declared fields with their Arrow types (the key alone when they are inferred)."""
         if isinstance(dataset, StreamSpec) and dataset.fields is not None:
             return [
-                DeclaredColumn(name, str(arrow_field_type(kind)), f"declared {kind}")
+                DeclaredColumn(
+                    name, str(arrow_field_type(kind)), f"{kind} (declared in the project file)"
+                )
                 for name, kind in dataset.fields.items()
             ]
         return super().declared_columns(dataset)
