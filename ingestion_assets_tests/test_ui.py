@@ -1,7 +1,8 @@
-"""The demo end to end through the Dagster UI: `dagster dev`, a GraphQL backfill, headless Chromium.
+"""The demo end to end through the Dagster UI: `dg dev`, a GraphQL backfill, headless Chromium.
 
-Everything is real: the demo SQLite database, the demo REST API, `dagster dev` (webserver and
-daemon) in its own process group, and Debian's Chromium driven by Playwright. The screenshots the
+Everything is real: the demo SQLite database, the demo REST API, a dg project whose definitions
+are the IngestionComponent over the demo project file, `dg dev` (webserver and daemon) in its
+own process group, and Debian's Chromium driven by Playwright. The screenshots the
 README shows are saved into `docs/`.
 """
 
@@ -31,6 +32,7 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwr
 
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
+from ingestion_assets.project import DEMO_PROJECT_FILE
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +74,7 @@ ASSET_GROUPS = {
     ],
 }
 ASSET_PATH = ["adventureworks", "sales_order_header"]
+UI_LOCATION = "ingestion_demo"
 BACKFILL_DAYS = [
     (datetime.date(2024, 1, 1) + datetime.timedelta(days=offset)).isoformat()
     for offset in range(30)
@@ -112,7 +115,7 @@ def free_port() -> int:
 
 @dataclass
 class DagsterUi:
-    """A running `dagster dev` over the demo project, and where its data lands."""
+    """A running `dg dev` over the demo project, and where its data lands."""
 
     url: str
     workdir: pathlib.Path
@@ -130,7 +133,7 @@ class DagsterUi:
         return self.workdir / ".data" / "lake" / pathlib.Path(*ASSET_PATH)
 
     def log_tail(self, lines: int = 60) -> str:
-        """The end of the `dagster dev` output, for failure messages."""
+        """The end of the `dg dev` output, for failure messages."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
@@ -283,7 +286,7 @@ def _sigint_inheritable() -> Iterator[None]:
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
-    # dagster dev runs in its own session: the group holds the webserver, daemon and code server
+    # dg dev runs in its own session: the group holds the webserver, daemon and code server
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -292,23 +295,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+UI_PROJECT_MODULE = "ui_demo"
+
+
+def write_dg_project(workdir: pathlib.Path) -> None:
+    """A dg project in `workdir` whose only definitions are an IngestionComponent over the
+    bundled demo project file: the UI below is the Component as `dg dev` loads it."""
+    package = workdir / UI_PROJECT_MODULE
+    (package / "defs" / "ingestion").mkdir(parents=True)
+    (workdir / "pyproject.toml").write_text(
+        f'[project]\nname = "{UI_PROJECT_MODULE}"\nversion = "0.1.0"\n\n'
+        '[tool.dg]\ndirectory_type = "project"\n\n'
+        f'[tool.dg.project]\nroot_module = "{UI_PROJECT_MODULE}"\n'
+        f'code_location_name = "{UI_LOCATION}"\n'
+    )
+    (package / "__init__.py").write_text("")
+    (package / "defs" / "__init__.py").write_text("")
+    (package / "definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\n"
+        "def defs() -> dg.Definitions:\n"
+        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
+    )
+    (package / "defs" / "ingestion" / "defs.yaml").write_text(
+        f"type: ingestion_assets.IngestionComponent\nattributes:\n  project: {DEMO_PROJECT_FILE}\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
-    """The demo database and API, and `dagster dev` over the demo project in a temporary folder."""
-    dagster = pathlib.Path(sys.executable).parent / "dagster"
-    if not dagster.exists():
-        pytest.fail(f"{dagster} is missing: install the project (`make setup`) in this venv")
+    """The demo database and API, and `dg dev` over a dg project holding the demo project file
+    as an IngestionComponent, in a temporary folder."""
+    dg = pathlib.Path(sys.executable).parent / "dg"
+    if not dg.exists():
+        pytest.fail(f"{dg} is missing: install the dev tools (`make setup-python`) in this venv")
     workdir = tmp_path_factory.mktemp("ui")
     create_demo_sqlite(workdir / ".data" / "demo")
     dagster_home = workdir / "dagster"
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    (workdir / "workspace.yaml").write_text(
-        "load_from:\n"
-        "  - python_module:\n"
-        "      module_name: ingestion_assets.definitions\n"
-        f"      working_directory: {workdir}\n"
-    )
+    write_dg_project(workdir)
     password = secrets.token_urlsafe(16)
     port = free_port()
     log = workdir / "dagster-dev.log"
@@ -318,11 +343,13 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
             "DAGSTER_HOME": str(dagster_home),
             "DEMO_API_URL": api.url,
             "DEMO_API_PASSWORD": password,
+            # the dg project's package, importable by its code server
+            "PYTHONPATH": str(workdir),
         }
-        env.pop("INGEST_PROJECT_FILE", None)  # the bundled demo project file
+        env.pop("INGEST_PROJECT_FILE", None)
         with log.open("wb") as output, _sigint_inheritable():
             process = subprocess.Popen(
-                [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                [str(dg), "dev", "--host", "127.0.0.1", "--port", str(port)],
                 cwd=workdir,
                 env=env,
                 stdout=output,
@@ -334,7 +361,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
 
             def up() -> bool:
                 if process.poll() is not None:
-                    pytest.fail(f"dagster dev exited with {process.returncode}\n{ui.log_tail()}")
+                    pytest.fail(f"dg dev exited with {process.returncode}\n{ui.log_tail()}")
                 return _server_answers(ui.url)
 
             wait_until(up, STARTUP_SECONDS, lambda: f"no webserver at {ui.url}\n{ui.log_tail()}")
@@ -720,3 +747,53 @@ def test_a_failed_run_leads_with_the_projects_message(dagster_ui: DagsterUi, pag
     expect(page.get_by_text("Error occurred while")).to_have_count(0)
     first_line.scroll_into_view_if_needed()
     screenshot(page, "failed-run.png")
+
+
+def freshness_status(dagster_ui: DagsterUi) -> str | None:
+    """The freshness daemon's verdict on `adventureworks/sales_order_header`, as the UI reads it."""
+    nodes = dagster_ui.graphql(
+        """
+        query Freshness($path: [String!]!) {
+          assetNodes(assetKeys: [{path: $path}]) { freshnessStatusInfo { freshnessStatus } }
+        }
+        """,
+        {"path": ASSET_PATH},
+    )["assetNodes"]
+    status: str | None = (nodes[0]["freshnessStatusInfo"] or {}).get("freshnessStatus")
+    return status
+
+
+def test_the_component_loaded_by_dg_shows_its_freshness_policy_and_code_references(
+    dagster_ui: DagsterUi, backfill: Backfill, page: Page
+) -> None:
+    """`dg dev` loaded the IngestionComponent (its location, its defs.yaml among the code
+    references), and the demo's freshness policy is on the asset, judged healthy after the
+    backfill by the daemon `dg dev` runs."""
+    locations = dagster_ui.graphql(
+        "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+    )["workspaceOrError"]["locationEntries"]
+    assert [entry["name"] for entry in locations] == [UI_LOCATION]
+    wait_until(
+        lambda: freshness_status(dagster_ui) == "HEALTHY",
+        RUN_SECONDS,
+        lambda: f"freshness is {freshness_status(dagster_ui)}\n{dagster_ui.log_tail()}",
+    )
+    page.goto(f"{dagster_ui.url}/assets/{'/'.join(ASSET_PATH)}")
+    expect(page.get_by_text(UI_LOCATION, exact=True).first).to_be_visible()
+    # the code references: the project file's entry (with its line) and the component's defs.yaml
+    entry = page.get_by_role("link", name=re.compile(r"^Open ingestion\.yaml"))
+    expect(entry).to_have_attribute("href", re.compile(r"/demo/ingestion\.yaml:\d+$"))
+    defs_yaml = page.get_by_role("link", name=re.compile(r"^Open defs\.yaml"))
+    expect(defs_yaml).to_have_attribute(
+        "href", re.compile(rf"/{UI_PROJECT_MODULE}/defs/ingestion/defs\.yaml:1$")
+    )
+    # the demo's policy (WARN past 24 h, FAIL past 25 h), and the daemon's verdict on it
+    expect(
+        page.get_by_text("Fails if more than 25 hours since last materialization", exact=True)
+    ).to_be_visible()
+    expect(
+        page.get_by_text("Warns if more than 24 hours since last materialization", exact=True)
+    ).to_be_visible()
+    expect(page.get_by_text("Passing", exact=True).first).to_be_visible()
+    page.mouse.move(VIEWPORT["width"] / 2, 10)
+    screenshot(page, "asset-overview.png")
