@@ -30,6 +30,8 @@ RUN pip install --no-cache-dir "uv>=0.9" \
 
 COPY ingestion_assets ./ingestion_assets
 COPY workspace.yaml ./
+# the deployment's instance (runs and events in PostgreSQL) and workspace (the user-code server)
+COPY deploy/dagster.yaml deploy/workspace.yaml $DAGSTER_HOME/
 RUN pip install --no-cache-dir --no-deps . \
     && useradd --create-home --uid 10001 dagster \
     && mkdir -p "$DAGSTER_HOME" \

@@ -11,11 +11,12 @@ PORT ?= 3000
 SYSTEM_PACKAGES := unixodbc odbc-postgresql odbc-mariadb chromium openjdk-17-jre-headless docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help uv setup setup-python setup-dev system-deps demo ui test test-fast lint format bench bench-layout clean
+.PHONY: help uv setup setup-python setup-dev system-deps demo ui demo-change test test-fast lint format bench bench-layout clean
 
 help:
 	@echo "make demo   - set up, generate the demo database, ingest everything into .data/lake"
-	@echo "make ui     - start the Dagster UI on http://127.0.0.1:3000 over the demo instance"
+	@echo "make ui     - start the Dagster UI on http://127.0.0.1:$(PORT) over the demo instance (PORT=N for another)"
+	@echo "make demo-change - change rows of an old and the newest day: the new-data sensor requests those days"
 	@echo "make test   - set up (system ODBC packages, all extras) and run lint, types and tests"
 	@echo "make test-fast - lint, types and the fast tests, on PostgreSQL only; installs no system packages"
 	@echo "make bench  - run the benchmarks in bench/ and print their figures"
@@ -49,6 +50,10 @@ demo: setup
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m ingestion_assets.demo ui --port $(PORT)
+
+# corrects and adds orders of two days in the demo database; `make ui`'s sensor then requests them
+demo-change: setup
+	$(BIN)/python -m ingestion_assets.demo change
 
 lint: setup-python
 	$(BIN)/ruff check .

@@ -355,15 +355,21 @@ def export_sqlite(table: pa.Table, directory: pathlib.Path) -> dict[str, str]:
         "rowguid": pc.replace_substring(table["rowguid"], "-", ""),
         "ModifiedDate": pc.strftime(table["ModifiedDate"], "%Y-%m-%d %H:%M:%S"),
     }
-    placeholders = ", ".join("?" for _ in table.column_names)
-    insert = f'INSERT INTO "SalesOrderDetail" VALUES ({placeholders})'
+    # the demo table's LoadedAt (when a row was written) is its ModifiedDate, as generated
+    converted["LoadedAt"] = converted["ModifiedDate"]
+    names = [*table.column_names, "LoadedAt"]
+    listed = ", ".join(f'"{name}"' for name in names)
+    placeholders = ", ".join("?" for _ in names)
+    insert = f'INSERT INTO "SalesOrderDetail" ({listed}) VALUES ({placeholders})'
     connection = sqlite3.connect(sales_path)
     try:
         for start in range(0, table.num_rows, 100_000):
             chunk_length = min(100_000, table.num_rows - start)
             columns = [
-                converted.get(name, table[name]).slice(start, chunk_length).to_pylist()
-                for name in table.column_names
+                (converted[name] if name in converted else table[name])
+                .slice(start, chunk_length)
+                .to_pylist()
+                for name in names
             ]
             connection.executemany(insert, zip(*columns, strict=True))
         connection.commit()

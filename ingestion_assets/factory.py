@@ -374,6 +374,12 @@ class AssetRun:
                 )
             if table.unpartitioned_rows == "quarantine" and self.checks.counts_unpartitioned_rows:
                 metadata.update(self._quarantine_unreachable(unreachable))
+            # Dagster writes one event per partition and check result, silently: for a long
+            # range that takes longer than the read and the write did
+            context.log.info(
+                f"{staged.table_name}: recording {max(len(self.partition_keys), 1):,} "
+                f"materialization(s) and {len(recorded):,} check result(s)"
+            )
             yield MaterializeResult(asset_key=self.asset_key, metadata=metadata)
         targets = materialization_targets(
             context.instance, self.asset_key, list(self.partition_keys.values()), context.run_id

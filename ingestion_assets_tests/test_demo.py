@@ -1,4 +1,6 @@
-"""`make demo` on a fresh copy of the repository: exits 0 and lands exactly the demo database."""
+"""`make demo` on a fresh copy of the repository: exits 0, quietly, saying what it does before each
+long stretch, and lands exactly the demo database; then `make ui` starts quietly over it, and its
+new-data sensor requests the days `make demo-change` wrote."""
 
 from __future__ import annotations
 
@@ -8,13 +10,18 @@ import pathlib
 import shutil
 import sqlite3
 import subprocess
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-from dagster import DagsterInstance
+import requests
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from deltalake import DeltaTable
 
+from ingestion_assets.demo.__main__ import DEMO_INSTANCE_FILE
 from ingestion_assets.demo.schema import ORDER_TABLES, SNAPSHOT_TABLES
 from ingestion_assets.specs import snake_case
+from ingestion_assets_tests.test_ui import _sigint_inheritable, _stop, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -49,32 +56,91 @@ def _source_counts(demo: pathlib.Path, logical: str) -> dict[str, int]:
     return {day: count for day, count in rows}
 
 
-def test_make_demo_from_a_fresh_copy_lands_every_row(tmp_path: pathlib.Path) -> None:
-    checkout = tmp_path / "checkout"
+@dataclass(frozen=True)
+class Demo:
+    """A fresh copy of the repository after `make demo`, and what `make demo` printed (stdout
+    and stderr as one stream)."""
+
+    checkout: pathlib.Path
+    environment: dict[str, str]
+    completed: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """`make demo` run once on a fresh copy, for the tests of this module."""
+    checkout = tmp_path_factory.mktemp("demo") / "checkout"
     _fresh_copy(checkout)
     environment = {
         key: value
         for key, value in os.environ.items()
         if key not in ("DAGSTER_HOME", "VIRTUAL_ENV", "INGEST_PROJECT_FILE")
     }
+    # one stream, in the order printed: the demo's lines (stdout) among Dagster's logs (stderr)
     completed = subprocess.run(
         ["make", "demo"],
         cwd=checkout,
         env=environment,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=900,
+        timeout=1500,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stdout[-6000:]
+    return Demo(checkout, environment, completed)
+
+
+def _after(lines: list[str], first: str, then: str) -> bool:
+    """Whether a line containing `then` comes right after the first line containing `first`."""
+    index = next(i for i, line in enumerate(lines) if first in line)
+    return then in lines[index + 1]
+
+
+@pytest.mark.timeout(1200)
+def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
+    checkout, completed = demo.checkout, demo.completed
     assert "delta version" in completed.stdout
     # quiet: no Beta/Preview/Supersession (or any other Python) warning from the demo's run
-    output = completed.stdout + completed.stderr
+    output = completed.stdout
     assert not [line for line in output.splitlines() if "Warning:" in line], output[-3000:]
+    # a line before each stretch that takes a while: building the database, loading the
+    # definitions, each job's planning, and each asset's recording of its events
+    lines = completed.stdout.splitlines()
+    assert _after(lines, "building the demo database in .data/demo", "demo database: ")
+    assert _after(lines, "demo database: ", "loading definitions from ingestion_assets/demo/")
+    assert _after(
+        lines,
+        "loading definitions from",
+        "running job ingest_adventureworks: 7 assets over partitions 2024-01-01..2024-04-29 "
+        "(120 days) in one run",
+    )
+    assert _after(
+        lines,
+        "job ingest_adventureworks: run",
+        "running job ingest_adventureworks_api: 4 assets over partitions",
+    )
+    wrote = [i for i, line in enumerate(lines) if ": wrote " in line and " rows as Delta " in line]
+    assert len(wrote) == 11, "\n".join(lines)
+    for index in wrote:
+        assert "recording " in lines[index + 1], lines[index : index + 2]
+    assert "recording 120 materialization(s) and 361 check result(s)" in completed.stdout
     summary = {
         line.split()[0]: line.split()
         for line in completed.stdout.splitlines()
         if line.startswith("adventureworks")
     }
+    # each job's wall time and checks, after the assets
+    jobs = {
+        line.split()[0]: line.split()
+        for line in completed.stdout.splitlines()
+        if line.startswith("ingest_adventureworks")
+    }
+    assert set(jobs) == {"ingest_adventureworks", "ingest_adventureworks_api"}
+    for line in jobs.values():
+        assert line[2] == "120", line
+        assert float(line[3]) > 0, line
+        assert line[4] == line[6], f"every check passed: {line}"
+    assert jobs["ingest_adventureworks"][4] == f"{4 * 361 + 3 * 3:,}"
 
     demo, lake = checkout / ".data" / "demo", checkout / ".data" / "lake"
     for logical in ORDER_TABLES:
@@ -87,7 +153,10 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(tmp_path: pathlib.Path) -> 
         # the summary's rows are the run's (not the table's total once per partition)
         line = summary[f"adventureworks/{snake_case(logical.split('.')[1])}"]
         assert line[2] == f"{sum(source_counts.values()):,}", line
-        assert line[-3] == line[-1], f"every check passed: {line}"
+        assert line[5] == line[7] == "361", f"every check passed: {line}"
+        assert " ".join(line[8:]) == (
+            "primary_key, row_count, schema_contract per day; unpartitioned_rows"
+        ), line
     for logical in SNAPSHOT_TABLES:
         schema, name = logical.split(".")
         connection = sqlite3.connect(demo / f"{schema}.db")
@@ -104,10 +173,17 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(tmp_path: pathlib.Path) -> 
         assert len(from_api) == sum(_source_counts(demo, logical).values())
         assert from_api == from_sql, logical
 
-    # the runs are recorded in the local instance that `make ui` opens
-    with DagsterInstance.from_config(str(checkout / ".data" / "dagster")) as instance:
-        jobs = sorted(run.job_name for run in instance.get_runs())
-        assert jobs == ["ingest_adventureworks", "ingest_adventureworks_api"]
+    # the runs are recorded in the local instance that `make ui` opens: the demo's, whose pools
+    # have a limit (the UI shows their slots, not a warning)
+    home = checkout / ".data" / "dagster"
+    assert (home / "dagster.yaml").read_text() == DEMO_INSTANCE_FILE.read_text()
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = sorted(run.job_name for run in instance.get_runs())
+        assert runs == ["ingest_adventureworks", "ingest_adventureworks_api"]
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
+        for pool in ("adventureworks", "adventureworks_api"):
+            assert instance.event_log_storage.get_concurrency_info(pool).limit == 2, pool
+        assert not instance.telemetry_enabled
 
 
 def _content(uri: pathlib.Path) -> list[dict[str, object]]:
@@ -115,3 +191,116 @@ def _content(uri: pathlib.Path) -> list[dict[str, object]]:
     table = DeltaTable(str(uri)).to_pyarrow_table().drop_columns(["_ingested_at", "_run_id"])
     rows = table.to_pylist()
     return sorted(rows, key=lambda row: sorted((k, str(v)) for k, v in row.items()))
+
+
+SENSOR = "adventureworks_new_data"
+UI_STARTUP_SECONDS = 300
+SENSOR_SECONDS = 180
+RUN_SECONDS = 600
+
+
+def _sensor_ticks(instance: DagsterInstance) -> list[Any]:
+    """The demo sensor's ticks, newest first (none before the daemon's first)."""
+    states = [s for s in instance.all_instigator_state() if s.instigator_name == SENSOR]
+    if not states:
+        return []
+    (state,) = states
+    return list(instance.get_ticks(state.instigator_origin_id, state.selector_id))
+
+
+def _sensor_runs(instance: DagsterInstance) -> list[DagsterRun]:
+    return list(instance.get_runs(RunsFilter(tags={"dagster/sensor_name": SENSOR})))
+
+
+@pytest.mark.timeout(1800)
+def test_make_ui_starts_quietly_and_its_sensor_runs_the_days_make_demo_change_wrote(
+    demo: Demo,
+) -> None:
+    checkout, home = demo.checkout, demo.checkout / ".data" / "dagster"
+    port = free_port()
+    log = checkout / "make-ui.log"
+    with log.open("wb") as output, _sigint_inheritable():
+        process = subprocess.Popen(
+            ["make", "ui", f"PORT={port}"],
+            cwd=checkout,
+            env=demo.environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def log_tail() -> str:
+            return log.read_text(errors="replace")[-4000:]
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"make ui exited with {process.returncode}\n{log_tail()}")
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=5).ok
+            except requests.ConnectionError:
+                return False
+
+        wait_until(answers, UI_STARTUP_SECONDS, lambda: f"no UI on port {port}\n{log_tail()}")
+        with DagsterInstance.from_config(str(home)) as instance:
+            # the daemon's first tick only marks where the source is
+            wait_until(
+                lambda: _sensor_ticks(instance),
+                SENSOR_SECONDS,
+                lambda: f"no tick of {SENSOR}\n{log_tail()}",
+            )
+            assert not _sensor_runs(instance)
+            changed = subprocess.run(
+                ["make", "demo-change"],
+                cwd=checkout,
+                env=demo.environment,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            assert changed.returncode == 0, changed.stdout + changed.stderr
+            expected = {
+                (asset, day)
+                for asset in (
+                    "adventureworks/sales_order_header",
+                    "adventureworks/sales_order_detail",
+                )
+                for day in ("2024-01-30", "2024-04-29")
+            }
+            days = " and ".join(sorted({day for _, day in expected}))
+            assert f"should request partitions {days}" in changed.stdout, changed.stdout
+
+            def requested() -> set[tuple[str, str]] | None:
+                runs = _sensor_runs(instance)
+                found = {
+                    (key.to_user_string(), run.tags["dagster/partition"])
+                    for run in runs
+                    for key in run.asset_selection or ()
+                }
+                return found if len(found) >= len(expected) else None
+
+            found = wait_until(
+                requested, SENSOR_SECONDS, lambda: f"{SENSOR} requested nothing\n{log_tail()}"
+            )
+            assert found == expected
+
+            def finished() -> bool:
+                statuses = {run.status for run in _sensor_runs(instance)}
+                assert not statuses & {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}, (
+                    log_tail()
+                )
+                return statuses == {DagsterRunStatus.SUCCESS}
+
+            wait_until(finished, RUN_SECONDS, lambda: f"the sensor's runs not done\n{log_tail()}")
+    finally:
+        _stop(process)
+    text = log.read_text(errors="replace")
+    # quiet: no Python warning, no Dagster WARNING (a dagster.yaml at the root, telemetry)
+    assert not [line for line in text.splitlines() if "Warning:" in line or "WARNING" in line], (
+        text[-4000:]
+    )
+    lines = text.splitlines()
+    started = next(i for i, line in enumerate(lines) if "starting the Dagster UI on" in line)
+    assert f"http://127.0.0.1:{port}" in lines[started]
+    assert not any(" - dagster" in line for line in lines[:started])

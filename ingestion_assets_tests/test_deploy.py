@@ -1,5 +1,6 @@
-"""Deployment files: the compose file's services, and dagster.yaml storing runs and events in
-PostgreSQL (the local server stands in for the compose file's)."""
+"""Deployment files: the compose file's services, the files it and the Dockerfile name, and
+deploy/dagster.yaml storing runs and events in PostgreSQL (the local server stands in for the
+compose file's)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ingestion_assets_tests.conftest import (
 )
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
+DEPLOY = REPOSITORY / "deploy"
 DAGSTER_SERVICES = ("user-code", "webserver", "daemon")
 
 
@@ -40,7 +42,7 @@ def test_the_compose_file_names_its_services_and_takes_secrets_from_the_env_file
     for name in DAGSTER_SERVICES:
         service = services[name]
         assert service["env_file"] == ".env", name
-        assert "./dagster.yaml:/opt/dagster/home/dagster.yaml:ro" in service["volumes"], name
+        assert "./deploy/dagster.yaml:/opt/dagster/home/dagster.yaml:ro" in service["volumes"], name
         assert service["depends_on"]["dagster-postgres"]["condition"] == "service_healthy", name
         # no secret value in the file itself: only the variables' names
         assert "DAGSTER_PG_PASSWORD" not in service["environment"], name
@@ -50,16 +52,46 @@ def test_the_compose_file_names_its_services_and_takes_secrets_from_the_env_file
     assert services["webserver"]["ports"] == ["127.0.0.1:3000:3000"]
     postgres = services["dagster-postgres"]
     assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${DAGSTER_PG_PASSWORD")
-    workspace = yaml.safe_load((REPOSITORY / "workspace.docker.yaml").read_text())
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["grpc_server"]["host"] == "user-code"
     example = (REPOSITORY / ".env.example").read_text()
     assert "DAGSTER_PG_PASSWORD=" in example
 
 
+def _dockerfile_sources() -> list[str]:
+    """The repository paths the Dockerfile's COPY instructions read."""
+    sources = []
+    for line in (REPOSITORY / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            sources += [word for word in words[1:-1] if not word.startswith("--")]
+    return sources
+
+
+def test_every_file_the_dockerfile_and_the_compose_file_name_exists() -> None:
+    # a deployment file moved without its references would fail only at `docker compose up`
+    sources = _dockerfile_sources()
+    assert "deploy/dagster.yaml" in sources
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    mounted = {
+        volume.split(":")[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+        if volume.startswith("./")
+    }
+    assert "./deploy/workspace.yaml" in mounted
+    missing = [path for path in [*sources, *mounted] if not (REPOSITORY / path).exists()]
+    assert not missing, f"named by the Dockerfile or docker-compose.yml but missing: {missing}"
+    # the deployment's instance is not at the root, where `dagster dev` warns that it is unused
+    assert not (REPOSITORY / "dagster.yaml").exists()
+
+
 @pytest.mark.slow
 def test_docker_compose_config_accepts_the_file(tmp_path: pathlib.Path) -> None:
     # Docker Compose's own validation (Debian's docker-compose; no Docker daemon needed)
-    for name in ("docker-compose.yml", "dagster.yaml", "workspace.docker.yaml"):
+    for name in ("docker-compose.yml", "deploy/dagster.yaml", "deploy/workspace.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         shutil.copy(REPOSITORY / name, tmp_path / name)
     shutil.copy(REPOSITORY / ".env.example", tmp_path / ".env")
     command = shutil.which("docker-compose")
@@ -81,7 +113,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path: pathlib.Path) -> None:
 
 @pytest.fixture
 def dagster_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pathlib.Path]:
-    """A DAGSTER_HOME with the repository's dagster.yaml over a new local PostgreSQL database."""
+    """A DAGSTER_HOME with deploy/dagster.yaml over a new local PostgreSQL database."""
     admin = require_service(POSTGRES_URL, "PostgreSQL")
     name = f"ia_dagster_{uuid.uuid4().hex[:10]}"
     with admin.connect() as connection:
@@ -95,7 +127,7 @@ def dagster_home(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.setenv("DAGSTER_PG_PASSWORD", "local-trust")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPOSITORY / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(DEPLOY / "dagster.yaml", home / "dagster.yaml")
     try:
         yield home
     finally:

@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -30,6 +31,7 @@ import requests
 from deltalake import DeltaTable
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
+from ingestion_assets.demo.__main__ import DEMO_INSTANCE_FILE
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
 from ingestion_assets.project import DEMO_PROJECT_FILE
@@ -332,7 +334,8 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
     create_demo_sqlite(workdir / ".data" / "demo")
     dagster_home = workdir / "dagster"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # the demo's instance, as `make ui` installs it (telemetry off, the sources' pool limit)
+    shutil.copyfile(DEMO_INSTANCE_FILE, dagster_home / "dagster.yaml")
     write_dg_project(workdir)
     password = secrets.token_urlsafe(16)
     port = free_port()

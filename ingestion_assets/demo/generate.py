@@ -290,7 +290,8 @@ def _tracking_number(rng: random.Random) -> str:
 
 
 class _OrderBuilder:
-    """Accumulates order rows day by day, drawing from one shared generator."""
+    """Accumulates order rows day by day, drawing from one shared generator; each row is
+    loaded when it was last modified (LoadedAt = ModifiedDate) until `demo change` writes it."""
 
     def __init__(
         self,
@@ -347,6 +348,7 @@ class _OrderBuilder:
                     "LineTotal": line_total,
                     "rowguid": _guid(rng),
                     "ModifiedDate": modified,
+                    "LoadedAt": modified,
                 }
             )
         sub_total = _round(sub_total, _MONEY)
@@ -393,6 +395,7 @@ class _OrderBuilder:
                 "Comment": comment,
                 "rowguid": _guid(rng),
                 "ModifiedDate": modified,
+                "LoadedAt": modified,
             }
         )
 
@@ -430,6 +433,7 @@ class _OrderBuilder:
                     "RejectedQty": _round(rejected, _QUANTITY),
                     "StockedQty": _round(received - rejected, _QUANTITY),
                     "ModifiedDate": modified,
+                    "LoadedAt": modified,
                 }
             )
         tax = _round(sub_total * _TAX_RATE, _MONEY)
@@ -449,6 +453,7 @@ class _OrderBuilder:
                 "Freight": freight,
                 "TotalDue": sub_total + tax + freight,
                 "ModifiedDate": modified,
+                "LoadedAt": modified,
             }
         )
 

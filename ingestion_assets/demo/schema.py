@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 
 if TYPE_CHECKING:
+    import datetime
     import decimal
     import uuid
     from collections.abc import Mapping
@@ -28,6 +29,9 @@ SNAPSHOT_TABLES: tuple[str, ...] = (
 )
 
 ALL_TABLES: tuple[str, ...] = SNAPSHOT_TABLES + ORDER_TABLES
+
+# the order tables' change column (see `_loaded_at`)
+LOADED_AT = "LoadedAt"
 
 # Without utf8mb4 a latin1 server default would reject the non-ASCII demo values.
 _MYSQL_CHARSET = "utf8mb4"
@@ -57,6 +61,12 @@ def _datetime() -> sa.DateTime:
 
 def _uuid() -> sa.Uuid[uuid.UUID]:
     return sa.Uuid(as_uuid=True)
+
+
+def _loaded_at() -> sa.Column[datetime.datetime]:
+    # when the row was last written (UTC): moves on every insert and update, unlike ModifiedDate,
+    # the business day the row is partitioned by; the demo's new-data sensor watches it
+    return sa.Column(LOADED_AT, _datetime(), nullable=False)
 
 
 def _pk(name: str) -> sa.Column[int]:
@@ -104,6 +114,7 @@ def demo_metadata(schemas: Mapping[str, str] | None = None) -> sa.MetaData:
         sa.Column("Comment", sa.Unicode(128), nullable=True),
         sa.Column("rowguid", _uuid(), nullable=False),
         sa.Column("ModifiedDate", _datetime(), nullable=False),
+        _loaded_at(),
         schema=sales,
         mysql_charset=_MYSQL_CHARSET,
     )
@@ -122,6 +133,7 @@ def demo_metadata(schemas: Mapping[str, str] | None = None) -> sa.MetaData:
         sa.Column("LineTotal", sa.Numeric(38, 6), nullable=False),
         sa.Column("rowguid", _uuid(), nullable=False),
         sa.Column("ModifiedDate", _datetime(), nullable=False),
+        _loaded_at(),
         schema=sales,
         mysql_charset=_MYSQL_CHARSET,
     )
@@ -142,6 +154,7 @@ def demo_metadata(schemas: Mapping[str, str] | None = None) -> sa.MetaData:
         sa.Column("Freight", _money(), nullable=False),
         sa.Column("TotalDue", _money(), nullable=False),
         sa.Column("ModifiedDate", _datetime(), nullable=False),
+        _loaded_at(),
         schema=purchasing,
         mysql_charset=_MYSQL_CHARSET,
     )
@@ -160,6 +173,7 @@ def demo_metadata(schemas: Mapping[str, str] | None = None) -> sa.MetaData:
         sa.Column("RejectedQty", sa.Numeric(8, 2), nullable=False),
         sa.Column("StockedQty", sa.Numeric(9, 2), nullable=False),
         sa.Column("ModifiedDate", _datetime(), nullable=False),
+        _loaded_at(),
         schema=purchasing,
         mysql_charset=_MYSQL_CHARSET,
     )
