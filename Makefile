@@ -64,8 +64,10 @@ format: setup-python
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# every test, spread over the cores; a file's tests stay on one worker, so the module-scoped
+# servers (dg dev, the demo, the Docker builds) start once
 test: setup-dev lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # markers in pyproject.toml; --dialects (conftest.py) runs the dialect-parametrized tests on one
 FAST_MARKERS := not (slow or e2e or spark or s3 or mssql or mariadb)
