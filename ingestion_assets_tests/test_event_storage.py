@@ -1,0 +1,273 @@
+"""The project's SQLite event log storage: the same records as Dagster's, written in fewer
+transactions, readable by Dagster's own class, and watched live while its connections stay open."""
+
+import logging
+import os
+import pathlib
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    BackfillPolicy,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    MaterializeResult,
+    Output,
+    materialize,
+    multi_asset,
+)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SqliteEventLogStorage as DagsterSqliteEventLogStorage,
+)
+
+from ingestion_assets import event_storage
+from ingestion_assets.event_storage import SqliteEventLogStorage
+
+REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
+PARTITIONS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-03-01")
+KEY = AssetKey(["shop", "orders"])
+CHECKS = ("rows_match", "key_unique")
+DAYS = 20
+RANGE_TAGS = {
+    "dagster/asset_partition_range_start": "2024-01-01",
+    "dagster/asset_partition_range_end": "2024-01-20",
+}
+
+
+def _orders_asset() -> Any:
+    """A day-partitioned asset whose run over a range records one check result per check and
+    day, as the project's ingestion assets do."""
+
+    @multi_asset(
+        specs=[AssetSpec(KEY)],
+        check_specs=[AssetCheckSpec(name, asset=KEY, partitions_def=PARTITIONS) for name in CHECKS],
+        partitions_def=PARTITIONS,
+        backfill_policy=BackfillPolicy.single_run(),
+        name="orders",
+    )
+    def orders(context: AssetExecutionContext) -> Iterator[Any]:
+        for key in context.partition_keys:
+            context.add_asset_metadata({"rows": int(key[-2:])}, partition_key=key)
+        yield MaterializeResult(asset_key=KEY, metadata={"table": "shop.orders"})
+        for name in CHECKS:
+            check_key = AssetCheckKey(KEY, name)
+            # as the project's assets do: the check's (empty) output, then a result per day
+            yield Output(None, context.assets_def.get_output_name_for_asset_check_key(check_key))
+            for key in context.partition_keys:
+                yield AssetCheckEvaluation(
+                    asset_key=KEY,
+                    check_name=name,
+                    passed=not (name == "key_unique" and key.endswith("07")),
+                    partition=key,
+                )
+
+    return orders
+
+
+def _home(tmp_path: pathlib.Path, name: str, project_storage: bool) -> pathlib.Path:
+    home = tmp_path / name
+    home.mkdir()
+    text = "telemetry:\n  enabled: false\n"
+    if project_storage:
+        text += (
+            "event_log_storage:\n  module: ingestion_assets.event_storage\n"
+            f"  class: SqliteEventLogStorage\n  config:\n    base_dir: {home / 'events'}\n"
+        )
+    (home / "dagster.yaml").write_text(text, encoding="utf-8")
+    return home
+
+
+def _records(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
+    """What the UI reads back of a run: its event types, the materialized days, and each check's
+    status per day."""
+    checks = {}
+    for name in CHECKS:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(KEY, name), limit=1000
+        )
+        checks[name] = sorted((record.partition, record.status.value) for record in history)
+    events = [record.dagster_event.event_type_value for record in instance.all_logs(run_id)]
+    return {
+        "event_types": sorted(event for event in events if event is not None),
+        "materialized": sorted(instance.get_materialized_partitions(KEY)),
+        "checks": checks,
+        "metadata": sorted(
+            (
+                record.asset_materialization.partition,
+                record.asset_materialization.metadata["rows"].value,
+            )
+            for record in instance.fetch_materializations(KEY, limit=1000).records
+            if record.asset_materialization is not None
+        ),
+    }
+
+
+def test_a_range_run_records_exactly_what_dagsters_own_sqlite_storage_records(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
+    seen = {}
+    for name, project_storage in (("dagster", False), ("project", True)):
+        instance = DagsterInstance.from_config(str(_home(tmp_path, name, project_storage)))
+        try:
+            result = materialize([_orders_asset()], instance=instance, tags=RANGE_TAGS)
+            assert result.success
+            seen[name] = _records(instance, result.run_id)
+        finally:
+            instance.dispose()
+        # Dagster's storage turns no batching on; the project's does, for its process
+        monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
+    assert seen["project"] == seen["dagster"]
+    assert len(seen["project"]["materialized"]) == DAYS
+    statuses = dict(seen["project"]["checks"]["key_unique"])
+    assert statuses["2024-01-07"] == AssetCheckExecutionRecordStatus.FAILED.value
+    assert sum(s == AssetCheckExecutionRecordStatus.SUCCEEDED.value for s in statuses.values()) == (
+        DAYS - 1
+    )
+
+
+class _CountingStorage(SqliteEventLogStorage):
+    """The project's storage, counting the batches Dagster hands it."""
+
+    batches: ClassVar[list[int]] = []
+
+    def store_event_batch(self, events: Any) -> None:
+        type(self).batches.append(len(events))
+        super().store_event_batch(events)
+
+
+def test_the_planned_and_materialized_events_of_a_range_arrive_as_batches(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
+    _CountingStorage.batches = []
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "telemetry:\n  enabled: false\nevent_log_storage:\n"
+        f"  module: {__name__}\n  class: _CountingStorage\n"
+        f"  config:\n    base_dir: {tmp_path / 'events'}\n",
+        encoding="utf-8",
+    )
+    instance = DagsterInstance.from_config(str(home))
+    # the storage turns Dagster's batching on unless the environment already says otherwise
+    assert os.environ[event_storage.EVENT_BATCH_SIZE_VARIABLE] == "1000"
+    try:
+        result = materialize([_orders_asset()], instance=instance, tags=RANGE_TAGS)
+    finally:
+        instance.dispose()
+    assert result.success
+    # one batch of planned events (a day each, and the two checks' ranges), one of materializations
+    assert _CountingStorage.batches == [DAYS + len(CHECKS), DAYS]
+    # what a batch wrote is there for Dagster's own class, event by event
+    reread = DagsterSqliteEventLogStorage(str(tmp_path / "events"))
+    try:
+        types = Counter(
+            entry.dagster_event.event_type_value
+            for entry in reread.get_logs_for_run(result.run_id)
+            if entry.dagster_event is not None
+        )
+    finally:
+        reread.dispose()
+    assert types["ASSET_MATERIALIZATION_PLANNED"] == DAYS
+    assert types["ASSET_MATERIALIZATION"] == DAYS
+    assert types["ASSET_CHECK_EVALUATION"] == DAYS * len(CHECKS)
+
+
+def _entry(run_id: str, message: str) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None,
+        level=logging.INFO,
+        user_message=message,
+        run_id=run_id,
+        timestamp=time.time(),
+        step_key=None,
+        job_name="orders_job",
+        dagster_event=None,
+    )
+
+
+def test_a_live_watcher_sees_events_a_storage_with_open_connections_wrote(
+    tmp_path: pathlib.Path,
+) -> None:
+    base = str(tmp_path / "events")
+    writer = SqliteEventLogStorage(base)
+    watcher = SqliteEventLogStorage(base)
+    run_id = "3f6b1d2e-0000-4000-8000-000000000001"
+    received: list[str] = []
+
+    def callback(entry: EventLogEntry, _cursor: str) -> None:
+        received.append(entry.user_message)
+
+    try:
+        writer.store_event(_entry(run_id, "first"))
+        watcher.watch(run_id, None, callback)
+        for index in range(3):
+            writer.store_event(_entry(run_id, f"line {index}"))
+        deadline = time.monotonic() + 20
+        while len(received) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the writer's connection is still open: the run's file itself has not changed
+        assert received == ["first", "line 0", "line 1", "line 2"]
+        # and Dagster's own class reads the same run from the write-ahead log
+        dagster_reader = DagsterSqliteEventLogStorage(base)
+        try:
+            messages = [entry.user_message for entry in dagster_reader.get_logs_for_run(run_id)]
+        finally:
+            dagster_reader.dispose()
+        assert messages == ["first", "line 0", "line 1", "line 2"]
+    finally:
+        watcher.end_watch(run_id, callback)
+        watcher.dispose()
+        writer.dispose()
+
+
+def test_without_base_dir_it_keeps_dagsters_place_under_dagster_home(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(
+        REPOSITORY / "ingestion_assets" / "demo" / "dagster.yaml", home / "dagster.yaml"
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = DagsterInstance.get()
+    try:
+        storage = instance.event_log_storage
+        assert isinstance(storage, SqliteEventLogStorage)
+        run_id = "3f6b1d2e-0000-4000-8000-000000000002"
+        storage.store_event(_entry(run_id, "kept"))
+        assert (home / "history" / "runs" / f"{run_id}.db").exists()
+    finally:
+        instance.dispose()
+    monkeypatch.delenv("DAGSTER_HOME")
+    with pytest.raises(Exception, match=r"set `base_dir`.*DAGSTER_HOME"):
+        SqliteEventLogStorage.from_config_value(None, {})
+
+
+def test_two_storages_writing_one_run_keep_every_event_in_order(tmp_path: pathlib.Path) -> None:
+    """A kept connection sees what another process's storage committed in between."""
+    storage = SqliteEventLogStorage(str(tmp_path / "events"))
+    run_id = "3f6b1d2e-0000-4000-8000-000000000003"
+    try:
+        storage.store_event(_entry(run_id, "before"))
+        other = SqliteEventLogStorage(str(tmp_path / "events"))
+        other.store_event(_entry(run_id, "from another writer"))
+        other.dispose()
+        storage.store_event(_entry(run_id, "after"))
+        messages = [entry.user_message for entry in storage.get_logs_for_run(run_id)]
+    finally:
+        storage.dispose()
+    assert messages == ["before", "from another writer", "after"]
