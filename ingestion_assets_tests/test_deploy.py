@@ -16,6 +16,9 @@ import sqlalchemy as sa
 import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from ingestion_assets.event_storage.postgres import (
+    PostgresEventLogStorage as ProjectPostgresEventLogStorage,
+)
 from ingestion_assets_tests.conftest import (
     POSTGRES_URL,
     SourceDatabase,
@@ -146,7 +149,7 @@ def test_dagster_yaml_keeps_runs_events_and_asset_records_in_postgres(
     day = "2024-01-04"
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.event_log_storage) is ProjectPostgresEventLogStorage
         result = project.materialize(["sales_order_header"], instance, partition=day)
         assert result.success
         run_id = result.run_id

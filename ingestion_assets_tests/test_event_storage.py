@@ -1,16 +1,20 @@
-"""The project's SQLite event log storage: the same records as Dagster's, written in fewer
-transactions, readable by Dagster's own class, and watched live while its connections stay open."""
+"""The project's event log storages (SQLite, PostgreSQL): the same records as Dagster's, written in
+fewer transactions, readable by Dagster's own classes, and watched live while connections stay
+open."""
 
 import logging
 import os
 import pathlib
 import shutil
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
+import sqlalchemy as sa
+import yaml
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
@@ -32,8 +36,9 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage as DagsterSqliteEventLogStorage,
 )
 
-from ingestion_assets import event_storage
-from ingestion_assets.event_storage import SqliteEventLogStorage
+from ingestion_assets.event_storage import sqlite as event_storage
+from ingestion_assets.event_storage.sqlite import SqliteEventLogStorage
+from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 PARTITIONS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-03-01")
@@ -76,17 +81,85 @@ def _orders_asset() -> Any:
     return orders
 
 
-def _home(tmp_path: pathlib.Path, name: str, project_storage: bool) -> pathlib.Path:
+def _home(tmp_path: pathlib.Path, name: str, storage: str) -> pathlib.Path:
+    """A DAGSTER_HOME whose event log is Dagster's or the project's, in SQLite files or in a new
+    database of the local PostgreSQL (`_postgres_databases` drops it)."""
     home = tmp_path / name
     home.mkdir()
-    text = "telemetry:\n  enabled: false\n"
-    if project_storage:
-        text += (
-            "event_log_storage:\n  module: ingestion_assets.event_storage\n"
-            f"  class: SqliteEventLogStorage\n  config:\n    base_dir: {home / 'events'}\n"
+    settings: dict[str, Any] = {"telemetry": {"enabled": False}}
+    if storage == "sqlite-project":
+        settings["event_log_storage"] = {
+            "module": "ingestion_assets.event_storage.sqlite",
+            "class": "SqliteEventLogStorage",
+            "config": {"base_dir": str(home / "events")},
+        }
+    elif storage.startswith("postgres"):
+        database = _postgres_database(name)
+        url = sa.make_url(POSTGRES_URL)
+        config = {
+            "postgres_db": {
+                "hostname": url.host or "127.0.0.1",
+                "port": url.port or 5432,
+                "username": url.username or "postgres",
+                "password": "",
+                "db_name": database,
+                "scheme": "postgresql+psycopg2",
+            }
+        }
+        settings["run_storage"] = {
+            "module": "dagster_postgres.run_storage",
+            "class": "PostgresRunStorage",
+            "config": config,
+        }
+        settings["schedule_storage"] = {
+            "module": "dagster_postgres.schedule_storage",
+            "class": "PostgresScheduleStorage",
+            "config": config,
+        }
+        settings["event_log_storage"] = (
+            {
+                "module": "ingestion_assets.event_storage.postgres",
+                "class": "PostgresEventLogStorage",
+                "config": config,
+            }
+            if storage == "postgres-project"
+            else {
+                "module": "dagster_postgres.event_log",
+                "class": "PostgresEventLogStorage",
+                "config": config,
+            }
         )
-    (home / "dagster.yaml").write_text(text, encoding="utf-8")
+    (home / "dagster.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
     return home
+
+
+_DATABASES: list[str] = []
+
+
+def _postgres_database(name: str) -> str:
+    database = f"ia_events_{name}_{uuid.uuid4().hex[:8]}"
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{database}"'))
+    finally:
+        admin.dispose()
+    _DATABASES.append(database)
+    return database
+
+
+@pytest.fixture
+def _postgres_databases() -> Iterator[None]:
+    """Drops the databases `_home` made."""
+    yield
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
+    try:
+        with admin.connect() as connection:
+            while _DATABASES:
+                database = _DATABASES.pop()
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _records(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
@@ -114,13 +187,16 @@ def _records(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
     }
 
 
-def test_a_range_run_records_exactly_what_dagsters_own_sqlite_storage_records(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.usefixtures("_postgres_databases")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_range_run_records_exactly_what_dagsters_own_storage_records(
+    database: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
     seen = {}
-    for name, project_storage in (("dagster", False), ("project", True)):
-        instance = DagsterInstance.from_config(str(_home(tmp_path, name, project_storage)))
+    for name in ("dagster", "project"):
+        storage = database if name == "dagster" else f"{database}-project"
+        instance = DagsterInstance.from_config(str(_home(tmp_path, name, storage)))
         try:
             result = materialize([_orders_asset()], instance=instance, tags=RANGE_TAGS)
             assert result.success
@@ -130,6 +206,7 @@ def test_a_range_run_records_exactly_what_dagsters_own_sqlite_storage_records(
         # Dagster's storage turns no batching on; the project's does, for its process
         monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
     assert seen["project"] == seen["dagster"]
+    assert type(instance.event_log_storage).__module__.startswith("ingestion_assets.")
     assert len(seen["project"]["materialized"]) == DAYS
     statuses = dict(seen["project"]["checks"]["key_unique"])
     assert statuses["2024-01-07"] == AssetCheckExecutionRecordStatus.FAILED.value

@@ -27,7 +27,7 @@ This subclass changes how it connects, never what it writes:
 Configured in an instance's `dagster.yaml` (`deploy/dagster.yaml`, the demo's):
 
     event_log_storage:
-      module: ingestion_assets.event_storage
+      module: ingestion_assets.event_storage.sqlite
       class: SqliteEventLogStorage
       config:
         base_dir: <folder>     # optional: $DAGSTER_HOME/history/runs, Dagster's own place
@@ -100,7 +100,7 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
             home = os.environ.get("DAGSTER_HOME")
             if not home:
                 raise DagsterInvariantViolationError(
-                    "ingestion_assets.event_storage.SqliteEventLogStorage: set `base_dir` in the "
+                    "ingestion_assets.event_storage.sqlite.SqliteEventLogStorage: set `base_dir` in the "
                     "instance's dagster.yaml, or DAGSTER_HOME, the folder of that dagster.yaml"
                 )
             base_dir = os.path.join(home, "history", "runs")

@@ -1,0 +1,131 @@
+"""The PostgreSQL event log storage of `deploy/dagster.yaml`: dagster-postgres's, one connection and
+one transaction per event instead of a new connection per statement.
+
+dagster-postgres opens a new connection (a TCP handshake and authentication) for every statement
+it runs and commits each on its own (`NullPool`, autocommit): a check result is three connections
+and three commits, a materialization two. A 1,096-day backfill of one table records about 5,500
+events; on 2 cores against the local server that run took 356 s, against 24 s with an in-memory
+instance.
+
+This subclass keeps one connection per process (a pool of one, recycled hourly and checked
+before use) and writes each event, or each batch Dagster hands it (`DAGSTER_EVENT_BATCH_SIZE`,
+which it turns on unless the environment sets it), in one transaction with Dagster's own
+statements. What it writes is unchanged: Dagster's webserver, daemon and `dagster-postgres` read
+it as before.
+
+    event_log_storage:
+      module: ingestion_assets.event_storage.postgres
+      class: PostgresEventLogStorage
+      config:
+        postgres_db: {...}    # as under `storage: postgres:`
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from dagster._core.events.log import EventLogEntry
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres.event_log.event_log import (
+    PostgresEventLogStorage as DagsterPostgresEventLogStorage,
+)
+from dagster_postgres.utils import (
+    create_pg_connection,
+    create_pg_engine,
+    get_token_provider_from_config,
+    pg_url_from_config,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import QueuePool
+
+from ingestion_assets.event_storage.sqlite import (
+    DEFAULT_EVENT_BATCH_SIZE,
+    EVENT_BATCH_SIZE_VARIABLE,
+)
+
+# a connection kept longer than this is replaced (servers and proxies drop idle ones)
+RECYCLE_SECONDS = 3600
+
+
+class PostgresEventLogStorage(DagsterPostgresEventLogStorage):
+    """dagster-postgres's event log storage with a kept connection and a transaction per event
+    or batch."""
+
+    def __init__(
+        self,
+        postgres_url: str,
+        should_autocreate_tables: bool = True,
+        inst_data: ConfigurableClassData | None = None,
+        token_provider: Any = None,
+    ) -> None:
+        self._open = threading.local()
+        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
+        self._engine = create_pg_engine(
+            self.postgres_url,
+            self._token_provider,
+            isolation_level="AUTOCOMMIT",
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=4,
+            pool_recycle=RECYCLE_SECONDS,
+            pool_pre_ping=True,
+        )
+        os.environ.setdefault(EVENT_BATCH_SIZE_VARIABLE, DEFAULT_EVENT_BATCH_SIZE)
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> PostgresEventLogStorage:
+        """The storage from `dagster.yaml`'s `config` (dagster-postgres's settings)."""
+        return cls(
+            inst_data=inst_data,
+            postgres_url=pg_url_from_config(config_value),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            token_provider=get_token_provider_from_config(config_value),
+        )
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        current: Connection | None = getattr(self._open, "connection", None)
+        if current is not None:
+            # inside this thread's transaction (an event's other statements): join it
+            yield current
+            return
+        with create_pg_connection(self._engine) as connection:
+            self._open.connection = connection
+            try:
+                yield connection
+            finally:
+                self._open.connection = None
+
+    def _connect(self) -> Any:
+        return self._connection()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._connection() as connection:
+            if connection.in_transaction():
+                yield
+                return
+            connection.execution_options(isolation_level="READ COMMITTED")
+            with connection.begin():
+                yield
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """Store the event as dagster-postgres does, in one transaction."""
+        with self._transaction():
+            super().store_event(event)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Store the batch as dagster-postgres does, in one transaction."""
+        with self._transaction():
+            super().store_event_batch(events)
+
+    def dispose(self) -> None:
+        """Close the kept connection with the instance."""
+        super().dispose()
+        self._engine.dispose()
