@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from instance_cases import INSTANCE_CASES
 from peers.landed import delta_landed
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -463,6 +464,15 @@ CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
     "limit-write-day": limit_write_day,
     "limit-api": limit_api,
 }
+
+
+# the cases of Dagster's bookkeeping (instances, the CLI, a launch as from the UI)
+CASES.update(
+    {
+        name: (lambda settings, case=case: CaseResult(**case(settings)))
+        for name, case in INSTANCE_CASES.items()
+    }
+)
 
 
 def main() -> None:

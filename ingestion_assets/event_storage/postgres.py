@@ -77,7 +77,7 @@ class PostgresEventLogStorage(DagsterPostgresEventLogStorage):
         os.environ.setdefault(EVENT_BATCH_SIZE_VARIABLE, DEFAULT_EVENT_BATCH_SIZE)
 
     @classmethod
-    def from_config_value(  # type: ignore[override]
+    def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> PostgresEventLogStorage:
         """The storage from `dagster.yaml`'s `config` (dagster-postgres's settings)."""
