@@ -435,6 +435,14 @@ CASES: tuple[Case, ...] = (
         _project("project-backfill-postgres-batched"),
     ),
     Case(
+        "project-backfill-postgres-project-storage",
+        "  same, PostgreSQL through the project's event log class",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-backfill-postgres-project-storage"),
+    ),
+    Case(
         "project-cli-backfill",
         "project: CLI `dagster asset materialize --partition-range`",
         "sql",
