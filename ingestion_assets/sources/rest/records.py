@@ -133,6 +133,7 @@ def coercer(kind: str, zone: ZoneInfo) -> Callable[[Any], Any]:
     if pa.types.is_decimal(arrow):
         exponent = decimal.Decimal(1).scaleb(-arrow.scale)
         limit = decimal.Decimal(10) ** (arrow.precision - arrow.scale)
+        exact_digits = decimal.Context(prec=decimal.MAX_PREC, traps=[decimal.Inexact])
 
         def exact(value: Any) -> decimal.Decimal:
             if isinstance(value, bool):
@@ -144,10 +145,11 @@ def coercer(kind: str, zone: ZoneInfo) -> Callable[[Any], Any]:
                 raise ValueError("expected a decimal number") from None
             if not number.is_finite():
                 raise ValueError("not a finite number")
+            if number and number.adjusted() >= arrow.precision - arrow.scale:
+                raise ValueError(f"{number} does not fit decimal({arrow.precision},{arrow.scale})")
             try:
-                quantized = number.quantize(
-                    exponent, context=decimal.Context(traps=[decimal.Inexact])
-                )
+                # as many digits as the value has: 28 (the default) would refuse decimal(38,s)
+                quantized = number.quantize(exponent, context=exact_digits)
             except decimal.Inexact:
                 raise ValueError(f"{number} has more than {arrow.scale} decimal places") from None
             if abs(quantized) >= limit:
