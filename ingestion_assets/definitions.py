@@ -31,6 +31,7 @@ from ingestion_assets.automation import (
 )
 from ingestion_assets.demo.autostart import ensure_demo_api
 from ingestion_assets.errors import ConfigError
+from ingestion_assets.executor import ingestion_executor
 from ingestion_assets.factory import (
     partitions_definition,
     source_assets,
@@ -180,6 +181,7 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
         schedules=schedules,
         sensors=sensors,
         resources=resources,
+        executor=ingestion_executor,
     )
     extensions = [
         transform_definitions(project, name, settings)
