@@ -458,16 +458,17 @@ def _cli_case(home_of: str, tables: list[str] | None) -> Any:
 
 
 def ui_launch_day(settings: Any) -> dict[str, Any]:
-    """The median of three one-day runs launched as the UI launches them."""
-    import datetime
+    """The median of three launches of the middle day's run, as the UI launches them (each a
+    re-run of the day: the table ends with that day's rows once)."""
     import statistics
 
-    home = project_instance_home(pathlib.Path(settings.work_dir), "dagster-ui")
-    middle = datetime.date.fromisoformat(settings.one_day)
-    days = [(middle + datetime.timedelta(days=i)).isoformat() for i in range(LAUNCHES)]
-    seconds = ui_launch_days(settings, home, days)
+    work = pathlib.Path(settings.work_dir)
+    home = project_instance_home(work, "dagster-ui")
+    seconds = ui_launch_days(settings, home, [settings.one_day] * LAUNCHES)
+    lake = work / "ui-launch" / "lake"
+    rows = sum(delta_landed(path)[0] for path in sorted(lake.glob("bench/*")) if path.is_dir())
     note = "launch to success: " + ", ".join(f"{s:.1f} s" for s in seconds)
-    return {"rows": 0, "seconds": statistics.median(seconds), "note": note}
+    return {"rows": rows, "seconds": statistics.median(seconds), "note": note}
 
 
 INSTANCE_CASES = {
