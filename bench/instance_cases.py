@@ -28,8 +28,6 @@ from peers.landed import delta_landed
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
-# the instance `make demo` and `make ui` use (its event log through the project's storage)
-PROJECT_INSTANCE = REPOSITORY / "ingestion_assets" / "demo" / "dagster.yaml"
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BATCH_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 TABLES = {
@@ -161,7 +159,9 @@ def project_instance_home(work_dir: pathlib.Path, name: str) -> pathlib.Path:
     home = work_dir / name
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    shutil.copyfile(PROJECT_INSTANCE, home / "dagster.yaml")
+    from ingestion_assets.demo.__main__ import instance_file_text
+
+    (home / "dagster.yaml").write_text(instance_file_text(home), encoding="utf-8")
     return home
 
 

@@ -18,7 +18,7 @@ import requests
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from deltalake import DeltaTable
 
-from ingestion_assets.demo.__main__ import DEMO_INSTANCE_FILE
+from ingestion_assets.demo.__main__ import instance_file_text
 from ingestion_assets.demo.schema import ORDER_TABLES, SNAPSHOT_TABLES
 from ingestion_assets.specs import snake_case
 from ingestion_assets_tests.test_ui import _sigint_inheritable, _stop, free_port, wait_until
@@ -176,7 +176,7 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
     # the runs are recorded in the local instance that `make ui` opens: the demo's, whose pools
     # have a limit (the UI shows their slots, not a warning)
     home = checkout / ".data" / "dagster"
-    assert (home / "dagster.yaml").read_text() == DEMO_INSTANCE_FILE.read_text()
+    assert (home / "dagster.yaml").read_text() == instance_file_text(home)
     with DagsterInstance.from_config(str(home)) as instance:
         runs = sorted(run.job_name for run in instance.get_runs())
         assert runs == ["ingest_adventureworks", "ingest_adventureworks_api"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import pathlib
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -236,12 +236,23 @@ def demo_api(demo_dir: pathlib.Path) -> Iterator[DemoApi]:
         yield api
 
 
+def instance_file_text(home: pathlib.Path) -> str:
+    """The demo's instance file for `home`, the event log's folder written into it (where
+    Dagster's own storage keeps it), so that the instance opens without DAGSTER_HOME set too."""
+    text = DEMO_INSTANCE_FILE.read_text(encoding="utf-8")
+    storage_class = "  class: SqliteEventLogStorage\n"
+    if storage_class not in text:
+        raise ValueError(f"{DEMO_INSTANCE_FILE} no longer names the project's event log storage")
+    base_dir = json.dumps(str(home.resolve() / "history" / "runs"))
+    return text.replace(storage_class, f"{storage_class}  config:\n    base_dir: {base_dir}\n", 1)
+
+
 def install_instance(home: pathlib.Path, own: bool) -> None:
     """The demo's instance file as `home`'s dagster.yaml: always in the demo's own home, elsewhere
     only where there is none (a DAGSTER_HOME of yours keeps its instance)."""
     target = home / "dagster.yaml"
     if own or not target.exists():
-        shutil.copyfile(DEMO_INSTANCE_FILE, target)
+        target.write_text(instance_file_text(home), encoding="utf-8")
     else:
         print(
             f"keeping {target} (DAGSTER_HOME is yours); the demo's instance settings are in "
