@@ -26,7 +26,6 @@ from typing import Any
 import yaml
 from peers.landed import delta_landed
 
-REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
 POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BATCH_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
