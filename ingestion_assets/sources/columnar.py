@@ -179,7 +179,9 @@ def connectorx_url(url: sa.URL) -> str:
     host = url.host or "localhost"
     port = f":{url.port}" if url.port else ""
     database = urllib.parse.quote(url.database or "", safe="")
-    return f"mysql://{credentials}{host}{port}/{database}"
+    # the driver would otherwise move a connection to 127.0.0.1 onto the server's unix socket,
+    # past whatever the URL names (a proxy, a tunnel)
+    return f"mysql://{credentials}{host}{port}/{database}?prefer_socket=false"
 
 
 def mysql_select_columns(

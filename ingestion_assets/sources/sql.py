@@ -9,6 +9,7 @@ import math
 import re
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -849,9 +850,14 @@ class SqlTableReader:
         url_text = columnar.connectorx_url(self.engine.url)
         tag = columnar.new_tag()
 
-        def kill() -> None:
+        def kill_now() -> None:
             with contextlib.suppress(sa.exc.SQLAlchemyError):
                 columnar.kill_tagged(self.engine, tag)
+
+        def kill() -> None:
+            # from the watching (or cancelling) thread, which must not wait for a server that
+            # may be the one that stopped answering
+            threading.Thread(target=kill_now, name="kill-query", daemon=True).start()
 
         breaker.on_stall(kill)
         selected = columnar.mysql_select_columns(expressions, schema)
