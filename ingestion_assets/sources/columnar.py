@@ -280,21 +280,6 @@ def redacted(text: str, password: str | None) -> str:
     return _SECRET_IN_URL.sub("mysql://***", text)
 
 
-def connectorx_errors() -> tuple[type[BaseException], ...]:
-    """What ConnectorX raises on a failed read: its Rust panics are BaseExceptions."""
-    errors: list[type[BaseException]] = [RuntimeError, OSError, ValueError]
-    try:
-        import connectorx
-
-        module = getattr(connectorx, "connectorx", None)
-        panic = getattr(module, "PanicException", None)
-    except ImportError:
-        panic = None
-    if isinstance(panic, type) and issubclass(panic, BaseException):
-        errors.append(panic)
-    return tuple(errors)
-
-
 def is_driver_panic(error: BaseException) -> bool:
     """A Rust panic (pyo3's PanicException) raised through Python."""
     return type(error).__name__ == "PanicException"

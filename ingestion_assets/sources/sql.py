@@ -862,7 +862,6 @@ class SqlTableReader:
         breaker.on_stall(kill)
         selected = columnar.mysql_select_columns(expressions, schema)
         mariadb = bool(getattr(self.engine.dialect, "is_mariadb", False))
-        errors = columnar.connectorx_errors()
 
         def boolean(values: pa.Array, field: pa.Field) -> pa.Array:
             return self._column_array(integer_booleans, values, field, window, booleans)
@@ -881,7 +880,12 @@ class SqlTableReader:
                 )
                 try:
                     result = columnar.connectorx_table(url_text, statement)
-                except errors as error:
+                except Exception as error:
+                    raise self._connectorx_error(error, window) from None
+                except BaseException as error:
+                    # a Rust panic (a value the driver cannot convert) is no Exception
+                    if not columnar.is_driver_panic(error):
+                        raise
                     raise self._connectorx_error(error, window) from None
                 converted = columnar.conform_mysql(result, schema, boolean)
                 yield from converted.to_batches(max_chunksize=self.batch_size)
