@@ -149,11 +149,26 @@ def test_the_columnar_path_reads_exactly_what_the_row_path_reads_edge_values_inc
     _insert(
         database, _create(database, "edges", _columns(database.dialect)), _rows(database.dialect)
     )
+    extra = []
+    if database.dialect == "sqlite":
+        # values of another storage class than the column's: a BLOB in a text column, text
+        # and REAL in a boolean one, an INTEGER in a decimal one
+        extra = [6, 7]
+        engine = database.engine()
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    'INSERT INTO "Sales".edges (id, at, note, guid, flag, money) VALUES '
+                    "(6, '2024-01-04 13:00:00.000000', x'ff00', x'', 'yes', 2), "
+                    "(7, '2024-01-04 14:00:00.000000', 'x', 'y', 0.5, -3)"
+                )
+            )
+        engine.dispose()
     windows = {
-        "one day": (PartitionWindow.of_days(DAY, DAY), [1, 2, 5]),
+        "one day": (PartitionWindow.of_days(DAY, DAY), [1, 2, 5, *extra]),
         "two days": (
             PartitionWindow.of_days(DAY - datetime.timedelta(days=1), DAY),
-            [1, 2, 4, 5],
+            [1, 2, 4, 5, *extra],
         ),
         "no rows": (
             PartitionWindow.of_days(datetime.date(2030, 1, 1), datetime.date(2030, 1, 1)),
@@ -180,7 +195,14 @@ def test_the_columnar_path_reads_exactly_what_the_row_path_reads_edge_values_inc
     else:
         # "%.4f" rounds the binary tie 0.03125 half to even, as the row path does
         assert str(first["money"]) == "0.0312"
-    assert fast.to_pylist()[-1] == {"id": 5, "at": _at(DAY, 12)} | {
+        odd = fast.to_pylist()[3]
+        assert (odd["note"], odd["guid"], odd["flag"], str(odd["money"])) == (
+            "ff00",
+            "",
+            True,
+            "2.0000",
+        )
+    assert fast.to_pylist()[2] == {"id": 5, "at": _at(DAY, 12)} | {
         c.name: None for c in _columns(database.dialect)[2:]
     }
 
@@ -191,20 +213,11 @@ def test_a_column_the_fast_driver_cannot_read_exactly_keeps_the_table_on_the_row
     columns = [
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("at", sa.DateTime()),
-        # MySQL's TIME holds -838:59:59..838:59:59; SQLite's text column is given a blob
-        sa.Column("odd", sa.Time() if database.dialect == "mysql" else sa.String(10)),
+        # a TIME holds no date (and MySQL's spans -838:59:59..838:59:59): read as rows read it
+        sa.Column("odd", sa.Time()),
     ]
     table = _create(database, "odd", columns)
-    if database.dialect == "mysql":
-        _insert(database, table, [{"id": 1, "at": _at(DAY, 9), "odd": datetime.time(12, 30)}])
-    else:
-        engine = database.engine()
-        with engine.begin() as connection:
-            connection.execute(
-                sa.text("INSERT INTO \"Sales\".odd VALUES (1, :at, 'seven'), (2, :at, x'07')"),
-                {"at": "2024-01-04 09:00:00.000000"},
-            )
-        engine.dispose()
+    _insert(database, table, [{"id": 1, "at": _at(DAY, 9), "odd": datetime.time(12, 30)}])
     window = PartitionWindow.of_days(DAY, DAY)
     with caplog.at_level(logging.WARNING, logger="ingestion_assets.sources.columnar"):
         fast, path = _read(database, "odd", window, fast_path=True)

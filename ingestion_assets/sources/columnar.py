@@ -24,13 +24,15 @@ the schema built from the declared types (sources/types.py), exactly or not at a
   another connection; the statement timeout is a `SET STATEMENT max_statement_time` (MariaDB) or
   a `MAX_EXECUTION_TIME` hint (MySQL) of the query itself.
 - SQLite stores any value in any column; ADBC infers each column's type from its first batch and
-  fails on a later value of another kind. So one query first looks up the storage classes of the
-  window's values (a scan, about a tenth of the read) and a column holding a class the row path
-  would read differently keeps the table on the row path; a sentinel row of the right classes
-  leads the result so that the inference sees no all-NULL column. REAL decimals are rounded as
-  the row path rounds them (`"%.{scale}f"`), in Arrow; the few values within a rounding error of
-  a tie, and text timestamps not in SQLite's own form, are converted for that batch by the row
-  path's own converters, so the result is the row path's to the last digit.
+  fails on a later value of another kind (where the row path fails too: text in an INTEGER
+  column), or reads it differently. So the select list turns what ADBC would read differently
+  into the row path's value in SQLite itself (a BLOB in a text column into its hex digits, a
+  boolean into Python's truth of the value), and a sentinel row of the right storage classes
+  leads the result so that the inference never sees an all-NULL first batch. REAL decimals are
+  rounded as the row path rounds them (`"%.{scale}f"`, half to even on the binary value), in
+  Arrow; the few values within a rounding error of a tie, and text timestamps not in SQLite's
+  own form, are converted for that batch by the row path's own converters, so the result is the
+  row path's to the last digit. Measured: 200,000 rows in ~0.30 s (~0.7 of ADBC's own read).
 """
 
 from __future__ import annotations
@@ -302,23 +304,39 @@ def sqlite_classes(arrow: pa.DataType) -> tuple[str, ...]:
     return ("text",)
 
 
-def sqlite_class_check(
+def _constant(text: str) -> sa.ColumnElement[Any]:
+    """A string constant written into the statement (the text is this module's, never data's):
+    the statement keeps the window's bounds as its only parameters."""
+    return sa.literal_column("'" + text.replace("'", "''") + "'")
+
+
+def sqlite_select_columns(
     expressions: Sequence[sa.ColumnElement[Any]], schema: pa.Schema
 ) -> list[sa.ColumnElement[Any]]:
-    """Per column, 1 when a value of the window is of a storage class the fast path would read
-    differently from the row path (an aggregate over the window)."""
-    return [
-        sa.func.coalesce(
-            sa.func.max(
-                sa.case(
-                    (sa.func.typeof(expression).in_(["null", *sqlite_classes(field.type)]), 0),
-                    else_=1,
-                )
-            ),
-            0,
-        ).label(field.name)
-        for expression, field in zip(expressions, schema, strict=True)
-    ]
+    """The select list for ADBC: values of a storage class that ADBC would read differently
+    from the row path turned, in SQLite, into what the row path makes of them. A BLOB in a text
+    column is its hex digits (ADBC would decode the bytes as text); a boolean is Python's
+    truth of the value (ADBC would fail on text or REAL in an INTEGER column)."""
+    selected: list[sa.ColumnElement[Any]] = []
+    for expression, field in zip(expressions, schema, strict=True):
+        kind = sa.func.typeof(expression)
+        if pa.types.is_string(field.type):
+            value: sa.ColumnElement[Any] = sa.case(
+                (kind == _constant("blob"), sa.func.lower(sa.func.hex(expression))),
+                else_=expression,
+            )
+        elif pa.types.is_boolean(field.type):
+            value = sa.case(
+                (sa.or_(kind == _constant("integer"), kind == _constant("null")), expression),
+                (kind == _constant("real"), expression != sa.literal_column("0.0")),
+                (kind == _constant("text"), expression != _constant("")),
+                else_=sa.func.length(expression) > sa.literal_column("0"),
+            )
+        else:
+            selected.append(expression)
+            continue
+        selected.append(value.label(field.name))
+    return selected
 
 
 def _sentinel_value(arrow: pa.DataType) -> sa.ColumnElement[Any]:
@@ -347,6 +365,17 @@ def sqlite_statement(
     if compiled.positiontup is None:
         raise ValueError("the sqlite dialect does not bind positionally")
     return str(compiled), [params[name] for name in compiled.positiontup]
+
+
+_COLUMN_INDEX = re.compile(r"in column (\d+)")
+
+
+def named_columns(text: str, schema: pa.Schema) -> str:
+    """ADBC's message with the column's name for its index ("Type mismatch in column 3")."""
+    match = _COLUMN_INDEX.search(text)
+    if match is None or int(match.group(1)) >= len(schema):
+        return text
+    return text.replace(match.group(0), f"in column {schema.field(int(match.group(1))).name}")
 
 
 def sqlite_attachments(dbapi_connection: Any) -> dict[str, str]:

@@ -746,7 +746,7 @@ class SqlTableReader:
         unreachable: PartitionRange | None,
     ) -> bool:
         """Whether the table's read takes the columnar path (sources/columnar.py); when not,
-        why is logged once. SQLite: the window's storage classes are looked up first."""
+        why is logged once."""
         dialect = self.engine.dialect.name
         windowed = (
             window is not None and unreachable is None and self.table.partition_column is not None
@@ -755,34 +755,16 @@ class SqlTableReader:
             dialect, self.engine.url, schema, [c.type for c in columns], windowed
         )
         if reason is None and dialect == "sqlite":
-            reason = self._sqlite_classes_reason(table, expressions, schema, window, unreachable)
+            self._sqlite_attachments(window)
         if reason is not None:
             columnar.log_fallback_once(self.source_name, self.table.qualified_name, reason)
             return False
         return True
 
-    def _sqlite_classes_reason(
-        self,
-        table: sa.Table,
-        expressions: Sequence[sa.ColumnElement[Any]],
-        schema: pa.Schema,
-        window: PartitionWindow | None,
-        unreachable: PartitionRange | None,
-    ) -> str | None:
-        """A column of the window holding values of a storage class that the row path reads
-        differently (text in an INTEGER column, ...), or None; keeps the attached files."""
-        checks = columnar.sqlite_class_check(expressions, schema)
-        query = self._query(table, checks, window, unreachable)
+    def _sqlite_attachments(self, window: PartitionWindow | None) -> None:
+        """The files the source's SQLite connections attach, for ADBC's connection."""
         with self._connect(window) as connection:
             self._sqlite_files = columnar.sqlite_attachments(connection.connection.dbapi_connection)
-            flags = connection.execute(query).one()
-        mixed = [field.name for field, flag in zip(schema, flags, strict=True) if flag]
-        if mixed:
-            return (
-                f"column {mixed[0]} holds values of another storage class than its declared "
-                "type's (SQLite keeps any value in any column)"
-            )
-        return None
 
     def _columnar_batches(
         self,
@@ -810,7 +792,8 @@ class SqlTableReader:
         unreachable: PartitionRange | None,
     ) -> Iterator[pa.RecordBatch]:
         """SQLite: the window through ADBC, cast to the row path's values (sources/columnar.py)."""
-        query = self._query(table, expressions, window, unreachable)
+        selected = columnar.sqlite_select_columns(expressions, schema)
+        query = self._query(table, selected, window, unreachable)
         statement, parameters = columnar.sqlite_statement(query, schema, self.engine.dialect)
         builders = [
             columnar.sqlite_builder(
@@ -830,10 +813,23 @@ class SqlTableReader:
                 converted = pa.RecordBatch.from_arrays(arrays, schema=schema)
                 for offset in range(0, batch.num_rows, self.batch_size):
                     yield converted.slice(offset, self.batch_size)
+        except UnicodeDecodeError as error:
+            raise SourceError(
+                f"{self._where(window)}: the source holds text that is not valid UTF-8: "
+                f"{error}. Nothing was written; repair those rows at the source (or declare "
+                "the column as binary), then re-run the partition."
+            ) from error
         except (OSError, InterruptedError) as error:
+            reason = columnar.named_columns(_first_line(error), schema)
+            if "Type mismatch" in reason:
+                raise SourceError(
+                    f"{self._where(window)}: a value does not fit its column type: {reason} "
+                    "(SQLite keeps any value in any column). Nothing was written; check the "
+                    "source column's values and declared type."
+                ) from error
             raise SourceError(
                 f"{self._where(window)}: the source query failed after it started: "
-                f"{_first_line(error)}. Nothing was written; re-run the partition, or set "
+                f"{reason}. Nothing was written; re-run the partition, or set "
                 "`fast_path: false` on the source to read row by row."
             ) from error
 
