@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import logging
 import pathlib
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from ingestion_assets.errors import SourceError
+from ingestion_assets.sources.cancel import CancelScope
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
@@ -254,3 +257,76 @@ def test_a_mysql_zero_date_fails_the_columnar_read_as_it_fails_the_row_path(
             f"source '{SOURCE}', table '{table.schema}.zero', partition {DAY.isoformat()}: "
         )
         assert "0000-00-00" in message or "does not fit" in message, message
+
+
+def _tagged_queries(database: SourceDatabase) -> list[str]:
+    engine = database.engine()
+    try:
+        with engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.text(
+                        "SELECT INFO FROM information_schema.PROCESSLIST "
+                        "WHERE INFO LIKE '%ingest-read-%' AND ID <> CONNECTION_ID()"
+                    )
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_cancelled_mysql_read_is_killed_on_the_server_and_fails_the_read(
+    mariadb_database: SourceDatabase,
+) -> None:
+    schema = mariadb_database.schema("Sales")
+    _insert(
+        mariadb_database,
+        _create(mariadb_database, "waiting", _columns("mysql")[:2]),
+        [{"id": 1, "at": _at(DAY, 9)}],
+    )
+    engine = mariadb_database.engine()
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                f"CREATE VIEW {schema}.slow AS SELECT id, at, SLEEP(60) AS slept "
+                f"FROM {schema}.waiting"
+            )
+        )
+    engine.dispose()
+    engine = create_source_engine(sa.make_url(mariadb_database.url))
+    spec = TableSpec(schema=schema, name="slow", partition_column="at")
+    reader = SqlTableReader(engine, SOURCE, spec, 10)
+    scope = CancelScope()
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        with scope.entered():
+            try:
+                reader.read(PartitionWindow.of_days(DAY, DAY)).read_all()
+            except SourceError as error:
+                failures.append(error)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _tagged_queries(mariadb_database):
+            assert time.monotonic() < deadline, "the columnar read's query never started"
+            time.sleep(0.05)
+        assert reader.path == "connectorx"
+        scope.cancel()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert len(failures) == 1
+        assert str(failures[0]).startswith(
+            f"source '{SOURCE}', table '{schema}.slow', partition {DAY.isoformat()}: "
+            "the source query failed after it started: "
+        )
+        assert "interrupted" in str(failures[0])
+        deadline = time.monotonic() + 30
+        while _tagged_queries(mariadb_database):
+            assert time.monotonic() < deadline, "the killed query still runs"
+            time.sleep(0.05)
+    finally:
+        scope.cancel()
+        engine.dispose()
