@@ -27,7 +27,7 @@ DAY = datetime.date(2024, 1, 4)
 PATHS = {"mysql": "connectorx", "sqlite": "adbc"}
 
 
-@pytest.fixture(params=["mysql", "sqlite"])
+@pytest.fixture(params=[pytest.param("mysql", marks=pytest.mark.mariadb), "sqlite"])
 def database(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> SourceDatabase:
     """A MariaDB database or a SQLite file (with an attached `Sales` file, as the demo's)."""
     if request.param == "mysql":
