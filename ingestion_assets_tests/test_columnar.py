@@ -17,6 +17,7 @@ from sqlalchemy.dialects import mysql
 
 from ingestion_assets.errors import SourceError
 from ingestion_assets.sources.cancel import CancelScope
+from ingestion_assets.sources.columnar import connectorx_url, redacted
 from ingestion_assets.sources.sql import SqlTableReader, create_source_engine
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
@@ -330,3 +331,18 @@ def test_a_cancelled_mysql_read_is_killed_on_the_server_and_fails_the_read(
     finally:
         scope.cancel()
         engine.dispose()
+
+
+def test_the_connectorx_url_carries_the_credentials_encoded_and_its_errors_never_show_them() -> (
+    None
+):
+    url = sa.make_url(
+        "mysql+pymysql://app%40x:p%40ss%2Fw0rd@db.internal:3307/sales?charset=utf8mb4"
+    )
+    text = connectorx_url(url)
+    assert text == "mysql://app%40x:p%40ss%2Fw0rd@db.internal:3307/sales?prefer_socket=false"
+    said = redacted(f"cannot connect to {text}: access denied (password p@ss/w0rd)", url.password)
+    assert "p@ss/w0rd" not in said
+    assert "p%40ss%2Fw0rd" not in said
+    assert said.startswith("cannot connect to mysql://*** ")
+    assert said.endswith("access denied (password ***)")

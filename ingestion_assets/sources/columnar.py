@@ -146,8 +146,10 @@ def columnar_reason(
     if dialect in ("mysql", "mariadb"):
         if not windowed:
             return "a read without a window has no column to cut into bounded chunks"
-        if url.query.get("unix_socket"):
-            return "the source connects through a unix socket"
+        options = sorted(set(url.query) - {"charset"})
+        if options:
+            # TLS settings among them: never dropped on the way to another driver
+            return f"the URL's options ({', '.join(options)}) are not carried over to ConnectorX"
         try:
             import connectorx  # noqa: F401
         except ImportError:
@@ -398,6 +400,9 @@ def adbc_batches(
     cancelled = threading.Event()
     try:
         cursor = connection.cursor()
+        # wait for a writer's lock as sqlite3 does (5 s) rather than fail at once
+        cursor.execute("PRAGMA busy_timeout = 5000")
+        cursor.fetchall()
         for schema_name, file in attachments.items():
             cursor.execute('ATTACH DATABASE ? AS "' + schema_name.replace('"', '""') + '"', (file,))
 
@@ -460,6 +465,14 @@ def _rounded_decimal(values: pa.Array, arrow: pa.DataType) -> pa.Array | None:
         return None
 
 
+class NotUtf8Error(Exception):
+    """A SQLite TEXT value that is not valid UTF-8 (the message names the column, as sqlite3's
+    does on the row path)."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(f"Could not decode to UTF-8 column '{column}'")
+
+
 def sqlite_array(
     values: pa.Array, field: pa.Field, row_path: Callable[[list[Any]], pa.Array]
 ) -> pa.Array:
@@ -468,6 +481,12 @@ def sqlite_array(
     arrow = field.type
     if values.null_count == len(values):
         return pa.nulls(len(values), arrow)
+    if pa.types.is_string(values.type):
+        # SQLite hands over a TEXT value's bytes as they are stored, valid UTF-8 or not
+        try:
+            values.validate(full=True)
+        except pa.ArrowInvalid:
+            raise NotUtf8Error(field.name) from None
     if values.type == arrow:
         return values
     converted: pa.Array | None = None

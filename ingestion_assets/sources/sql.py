@@ -802,6 +802,7 @@ class SqlTableReader:
             for expression, field in zip(expressions, schema, strict=True)
         ]
         path = str(self.engine.url.database)
+        self._announce(window, statement, tuple(parameters))
         try:
             for batch in columnar.adbc_batches(
                 path, self._sqlite_files, statement, parameters, self.batch_size
@@ -813,7 +814,7 @@ class SqlTableReader:
                 converted = pa.RecordBatch.from_arrays(arrays, schema=schema)
                 for offset in range(0, batch.num_rows, self.batch_size):
                     yield converted.slice(offset, self.batch_size)
-        except UnicodeDecodeError as error:
+        except (UnicodeDecodeError, columnar.NotUtf8Error) as error:
             raise SourceError(
                 f"{self._where(window)}: the source holds text that is not valid UTF-8: "
                 f"{error}. Nothing was written; repair those rows at the source (or declare "
@@ -874,6 +875,7 @@ class SqlTableReader:
                     self.limits.statement_timeout,
                     mariadb,
                 )
+                self._announce(window, statement, {})
                 try:
                     result = columnar.connectorx_table(url_text, statement)
                 except Exception as error:
@@ -887,6 +889,16 @@ class SqlTableReader:
                 yield from converted.to_batches(max_chunksize=self.batch_size)
                 span = columnar.next_span(chunk_end - position, converted.num_rows)
                 position = chunk_end
+
+    def _announce(self, window: PartitionWindow | None, statement: str, parameters: Any) -> None:
+        """A statement another driver runs, told to SQLAlchemy's listeners (logging, statement
+        counters), as the COPY path tells them."""
+        if not self.engine.dispatch.before_cursor_execute:
+            return
+        with self._connect(window) as connection:
+            self.engine.dispatch.before_cursor_execute(
+                connection, None, statement, parameters, None, False
+            )
 
     def _connectorx_error(
         self, error: BaseException, window: PartitionWindow | None
