@@ -200,6 +200,16 @@ def mysql_select_columns(
     ]
 
 
+def _unescaped_dialect(dialect: sa.Dialect) -> sa.Dialect:
+    """The source's MySQL dialect printing `%` as it is: PyMySQL's format paramstyle doubles it
+    (in quoted names too), and ConnectorX sends the text as printed."""
+    plain = mysql.pymysql.dialect(paramstyle="named")
+    for attribute in ("server_version_info", "is_mariadb", "_backslash_escapes"):
+        if hasattr(dialect, attribute):
+            setattr(plain, attribute, getattr(dialect, attribute))
+    return plain
+
+
 def mysql_statement(
     query: sa.Select[Any],
     dialect: sa.Dialect,
@@ -208,7 +218,9 @@ def mysql_statement(
     mariadb: bool,
 ) -> str:
     """The query with its bounds as literals, tagged, and with the statement timeout in it."""
-    text = str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    text = str(
+        query.compile(dialect=_unescaped_dialect(dialect), compile_kwargs={"literal_binds": True})
+    )
     if not text.startswith("SELECT "):
         raise ValueError("the window query does not begin with SELECT")
     hint = ""
