@@ -276,19 +276,24 @@ def conform_mysql(
     schema: pa.Schema,
     convert_boolean: Callable[[pa.Array, pa.Field], pa.Array],
 ) -> pa.Table:
-    """ConnectorX's columns cast exactly to the declared schema (decimals parsed from text)."""
-    arrays = []
+    """ConnectorX's columns cast exactly to the declared schema (decimals parsed from text),
+    chunk by chunk: no column is copied whole."""
+    columns = []
     for name, field in zip(table.column_names, schema, strict=True):
-        column = table.column(name).combine_chunks()
+        column = table.column(name)
         if column.type == field.type:
-            arrays.append(column)
+            columns.append(column)
         elif pa.types.is_boolean(field.type) and pa.types.is_integer(column.type):
-            arrays.append(convert_boolean(column, field))
+            columns.append(
+                pa.chunked_array(
+                    [convert_boolean(chunk, field) for chunk in column.chunks], pa.bool_()
+                )
+            )
         elif pa.types.is_null(column.type):
-            arrays.append(pa.nulls(len(column), field.type))
+            columns.append(pa.nulls(len(column), field.type))
         else:
-            arrays.append(column.cast(field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+            columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 _SECRET_IN_URL = re.compile(r"mysql://[^\s'\"]*")

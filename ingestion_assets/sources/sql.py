@@ -889,7 +889,10 @@ class SqlTableReader:
                         raise
                     raise self._connectorx_error(error, window) from None
                 converted = columnar.conform_mysql(result, schema, boolean)
+                # the driver's own columns (decimals as text) go before the batches do
+                del result
                 yield from converted.to_batches(max_chunksize=self.batch_size)
+                del converted
                 position = chunk_end
 
     def _estimated_rows(
