@@ -1,11 +1,13 @@
 """MySQL/MariaDB and SQLite fast paths: the window read into Arrow columns by a native driver.
 
 Rows through SQLAlchemy (PyMySQL, sqlite3) build a Python object per value: 85-90k rows/s on the
-benchmark's SalesOrderDetail. Measured on the same 200,000 rows (bench/, 2-core machine):
-ConnectorX reads MariaDB into Arrow at ~490k rows/s; for SQLite, the ADBC driver reads ~600k
-rows/s, and ConnectorX refuses a column that mixes INTEGER and REAL storage (the demo's decimals
-do). No ADBC MySQL driver is on PyPI. So MySQL/MariaDB take ConnectorX (the `mysql` extra: its
-wheel is large), SQLite takes `adbc-driver-sqlite` (small; the demo's source).
+benchmark's SalesOrderDetail. Measured on 200,000 of those rows (2-core machine): ConnectorX
+reads MariaDB into Arrow at ~490k rows/s; for SQLite, the ADBC driver reads ~600k rows/s, and
+ConnectorX refuses a column that mixes INTEGER and REAL storage (the demo's decimals do). No ADBC
+MySQL driver is on PyPI. So MySQL/MariaDB take ConnectorX (the `mysql` extra: its wheel is
+large), SQLite takes `adbc-driver-sqlite` (small; the demo's source). With the casts below, on
+2,000,000 rows (bench/, `project-extract-mysql|sqlite` against `driver-mysql|sqlite`): MariaDB
+436k rows/s (0.60 of ConnectorX's own 732k), SQLite 525k rows/s (0.65 of ADBC's own 808k).
 
 Neither driver knows the declared types, so both are told nothing and their columns are cast to
 the schema built from the declared types (sources/types.py), exactly or not at all:
@@ -34,7 +36,7 @@ the schema built from the declared types (sources/types.py), exactly or not at a
   rounded as the row path rounds them (`"%.{scale}f"`, half to even on the binary value), in
   Arrow; the few values within a rounding error of a tie, and text timestamps not in SQLite's
   own form, are converted for that batch by the row path's own converters, so the result is the
-  row path's to the last digit. Measured: 200,000 rows in ~0.30 s (~0.7 of ADBC's own read).
+  row path's to the last digit.
 """
 
 from __future__ import annotations
