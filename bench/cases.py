@@ -53,6 +53,9 @@ class Bench:
     sql_arrow_bytes_per_row: float = 0.0
     sqlite_dir: pathlib.Path | None = None
     sqlite_attach: dict[str, str] = field(default_factory=dict)
+    # the MariaDB copy of SalesOrderDetail (bench/mysql_source.py)
+    mysql_database: str = ""
+    mysql_url: str = ""
     rest: RestSource | None = None
     rest_arrow_bytes_per_row: float = 0.0
     api_url: str = ""
@@ -102,6 +105,8 @@ class Bench:
             parquet_path=str(self.parquet_path or ""),
             sqlite_dir=str(self.sqlite_dir or ""),
             sqlite_attach=self.sqlite_attach,
+            mysql_url=self.mysql_url,
+            mysql_database=self.mysql_database,
         )
 
 
@@ -537,6 +542,38 @@ CASES: tuple[Case, ...] = (
         "project",
         _all("postgres", "parquet", "sqlite"),
         _project("project-sqlite"),
+    ),
+    Case(
+        "project-extract-mysql",
+        "project: SQL reader over MariaDB (ConnectorX) to Arrow only",
+        "sql",
+        "project",
+        _all("postgres", "parquet", "mysql"),
+        _project("project-extract-mysql"),
+    ),
+    Case(
+        "driver-mysql",
+        "driver: ConnectorX over MariaDB to Arrow only (arrow_stream)",
+        "sql",
+        "driver",
+        _all("postgres", "parquet", "mysql"),
+        _project("driver-mysql"),
+    ),
+    Case(
+        "project-extract-sqlite",
+        "project: SQL reader over SQLite (ADBC) to Arrow only",
+        "sql",
+        "project",
+        _all("postgres", "parquet", "sqlite"),
+        _project("project-extract-sqlite"),
+    ),
+    Case(
+        "driver-sqlite",
+        "driver: ADBC SQLite to Arrow only (record batches)",
+        "sql",
+        "driver",
+        _all("postgres", "parquet", "sqlite"),
+        _project("driver-sqlite"),
     ),
     Case(
         "peer-dlt",

@@ -69,6 +69,9 @@ class CaseSettings:
     parquet_path: str = ""
     sqlite_dir: str = ""
     sqlite_attach: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the MariaDB copy (bench/mysql_source.py): its SQLAlchemy URL and database
+    mysql_url: str = ""
+    mysql_database: str = ""
     api_url: str = ""
     api_path: str = "/api/SalesOrderDetail"
     page_size: int = 1000
@@ -322,7 +325,7 @@ def _register_postgres_odbc() -> None:
     registry.impls["postgresql.pyodbc"] = lambda: PostgresPyodbcDialect
 
 
-def _extract(settings: CaseSettings, fast_path: bool = True) -> CaseResult:
+def _extract(settings: CaseSettings, fast_path: bool = True, sqlite: bool = False) -> CaseResult:
     """The SQL source's reader alone: every partition's rows into Arrow, no Dagster, no Delta."""
     from ingestion_assets.project import parse_project
     from ingestion_assets.resources import SqlSourceResource
@@ -331,7 +334,7 @@ def _extract(settings: CaseSettings, fast_path: bool = True) -> CaseResult:
     from ingestion_assets.specs import SqlSourceSpec, TableSpec
 
     lake = pathlib.Path(settings.work_dir) / "lake"
-    spec = parse_project(_sql_project(settings, lake, sqlite=False), "bench-project.yaml")
+    spec = parse_project(_sql_project(settings, lake, sqlite=sqlite), "bench-project.yaml")
     source = spec.sources[SQL_SOURCE]
     assert isinstance(source, SqlSourceSpec)
     table = source.tables[0]
@@ -377,6 +380,79 @@ def project_extract_odbc_rows(settings: CaseSettings) -> CaseResult:
     """The reader alone over ODBC with the bulk path off: pyodbc row batches."""
     _register_postgres_odbc()
     return _extract(dataclasses.replace(settings, postgres_url=POSTGRES_ODBC_URL), fast_path=False)
+
+
+def project_extract_mysql(settings: CaseSettings) -> CaseResult:
+    """The reader alone over the MariaDB copy, as MySQL/MariaDB sources read: ConnectorX."""
+    return _extract(
+        dataclasses.replace(
+            settings, postgres_url=settings.mysql_url, schema=settings.mysql_database
+        )
+    )
+
+
+def project_extract_sqlite(settings: CaseSettings) -> CaseResult:
+    """The reader alone over the SQLite copy, as SQLite sources read: ADBC."""
+    return _extract(settings, sqlite=True)
+
+
+def _driver_window(settings: CaseSettings) -> tuple[str, str]:
+    return f"{settings.first_day} 00:00:00", f"{_day_after(settings.last_day)} 00:00:00"
+
+
+def _driver_result(rows: int, seconds: float, schema: Any) -> CaseResult:
+    typed = ("UnitPrice", "LineTotal", "rowguid", "ModifiedDate")
+    note = "Arrow types: " + ", ".join(
+        f"{name} {schema.field(name).type}" for name in typed if name in schema.names
+    )
+    return CaseResult(rows, seconds, note=note)
+
+
+def driver_mysql(settings: CaseSettings) -> CaseResult:
+    """ConnectorX alone over the MariaDB copy: the window's query as one Arrow stream."""
+    import connectorx
+    import sqlalchemy as sa
+
+    from ingestion_assets.sources.columnar import connectorx_url
+
+    start, end = _driver_window(settings)
+    query = (
+        f"SELECT * FROM `{settings.mysql_database}`.`{settings.table}` "
+        f"WHERE `ModifiedDate` >= '{start}' AND `ModifiedDate` < '{end}'"
+    )
+    url = connectorx_url(sa.make_url(settings.mysql_url))
+    started = time.perf_counter()
+    reader = connectorx.read_sql(url, query, return_type="arrow_stream", batch_size=50_000)
+    rows = sum(batch.num_rows for batch in reader)
+    return _driver_result(rows, time.perf_counter() - started, reader.schema)
+
+
+def driver_sqlite(settings: CaseSettings) -> CaseResult:
+    """ADBC's SQLite driver alone over the SQLite copy: the window's query (as the project
+    compares SQLite's text dates) as Arrow batches of 50,000 rows."""
+    import adbc_driver_sqlite.dbapi
+
+    start, end = _driver_window(settings)
+    query = (
+        f'SELECT * FROM "Sales"."{settings.table}" '
+        'WHERE datetime("ModifiedDate") >= ? AND datetime("ModifiedDate") < ?'
+    )
+    started = time.perf_counter()
+    connection = adbc_driver_sqlite.dbapi.connect(
+        str(pathlib.Path(settings.sqlite_dir) / "main.db")
+    )
+    try:
+        cursor = connection.cursor()
+        for name, path in settings.sqlite_attach.items():
+            cursor.execute(f'ATTACH DATABASE ? AS "{name}"', (path,))
+        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "50000"})
+        cursor.execute(query, (start, end))
+        reader = cursor.fetch_record_batch()
+        rows = sum(batch.num_rows for batch in reader)
+        cursor.close()
+    finally:
+        connection.close()
+    return _driver_result(rows, time.perf_counter() - started, reader.schema)
 
 
 def _write_delta(settings: CaseSettings, partitioned: bool, day: str | None) -> CaseResult:
@@ -458,6 +534,10 @@ CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
     "project-extract-batches": project_extract_batches,
     "project-extract-odbc": project_extract_odbc,
     "project-extract-odbc-rows": project_extract_odbc_rows,
+    "project-extract-mysql": project_extract_mysql,
+    "project-extract-sqlite": project_extract_sqlite,
+    "driver-mysql": driver_mysql,
+    "driver-sqlite": driver_sqlite,
     "project-rest": project_rest,
     "limit-write": limit_write,
     "limit-write-partitioned": limit_write_partitioned,

@@ -236,8 +236,9 @@ def prepare(
         ("postgres", lambda: _prepare_postgres(bench, needs, options, stack)),
         ("catalog", lambda: _discover_tap_postgres(bench)),
         ("rest", lambda: _prepare_rest(bench, options, stack)),
+        ("mysql", lambda: _prepare_mysql(bench, stack)),
     ]
-    blocked_by = {"catalog": ("postgres", "peer:tap-postgres")}
+    blocked_by = {"catalog": ("postgres", "peer:tap-postgres"), "mysql": ("postgres",)}
     for need, step in steps:
         if need not in needs or any(other in unavailable for other in blocked_by.get(need, ())):
             continue
@@ -271,6 +272,37 @@ def _prepare_postgres(
         bench.sqlite_dir = bench.work_dir / "sqlite"
         bench.sqlite_attach = export_sqlite(table, bench.sqlite_dir)
         _say(f"  exported to SQLite: {bench.sqlite_attach['Sales']}")
+
+
+def _prepare_mysql(bench: Bench, stack: contextlib.ExitStack) -> None:
+    """The Parquet export's rows in a fresh MariaDB database, dropped at the end."""
+    import pyarrow.parquet as pq
+    from mysql_source import (
+        build_mariadb_source,
+        drop_mariadb_source,
+        mariadb_url,
+        new_database_name,
+    )
+
+    if bench.parquet_path is None:
+        raise RuntimeError("the Parquet export is missing")
+    database = new_database_name()
+    stack.callback(_drop_mariadb, drop_mariadb_source, database)
+    started = time.monotonic()
+    rows = build_mariadb_source(database, pq.read_table(bench.parquet_path), bench.work_dir)
+    bench.mysql_database, bench.mysql_url = database, mariadb_url(database)
+    _say(
+        f"  loaded into MariaDB database {database}: {rows:,} rows "
+        f"({time.monotonic() - started:.0f} s)"
+    )
+
+
+def _drop_mariadb(drop: Callable[[str], None], database: str) -> None:
+    try:
+        drop(database)
+        _say(f"dropped MariaDB database {database}")
+    except Exception as error:
+        _say(f"could not drop MariaDB database {database}: {error}")
 
 
 def _prepare_rest(bench: Bench, options: Options, stack: contextlib.ExitStack) -> None:

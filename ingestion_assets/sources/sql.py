@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import difflib
 import math
 import re
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 
 from ingestion_assets.errors import SourceError, where
+from ingestion_assets.sources import columnar
 from ingestion_assets.sources.base import (
     ChangedDays,
     DeclaredColumn,
@@ -24,6 +27,7 @@ from ingestion_assets.sources.base import (
     Source,
     did_you_mean,
 )
+from ingestion_assets.sources.cancel import on_cancel
 from ingestion_assets.sources.odbc import (
     ascii_statement,
     odbc_batches,
@@ -441,12 +445,15 @@ class SqlTableReader:
         # MySQL's TINYINT(1) (BOOLEAN) read as a boolean
         self.tinyint1_as_bool = tinyint1_as_bool
         # the driver's bulk path where it is exact: COPY parsed by Arrow for PostgreSQL through
-        # psycopg2, arrow-odbc for pyodbc sources; otherwise rows through SQLAlchemy
+        # psycopg2, arrow-odbc for pyodbc sources, ConnectorX for MySQL/MariaDB, ADBC for
+        # SQLite; otherwise rows through SQLAlchemy
         self.fast_path = fast_path
-        # how the last read() fetches: "copy", "odbc bulk fetch" or "rows"
+        # how the last read() fetches: "copy", "odbc bulk fetch", "connectorx", "adbc" or "rows"
         self.path = "rows"
         # the last read's columns, each with its type as the source declares it
         self.source_types: dict[str, str] = {}
+        # SQLite: the databases attached to the source's connections (name -> file)
+        self._sqlite_files: dict[str, str] = {}
 
     def _where(self, window: PartitionWindow | None) -> str:
         return where(self.source_name, self.table.qualified_name, window.label if window else None)
@@ -610,6 +617,14 @@ class SqlTableReader:
             if ascii_statement(statement):
                 batches = self._odbc_batches(statement, parameters, schema, window, booleans)
                 self.path = "odbc bulk fetch"
+        elif (
+            self.fast_path
+            and self.engine.dialect.name in ("mysql", "mariadb", "sqlite")
+            and self._columnar_reads(table, columns, expressions, schema, window, unreachable)
+        ):
+            batches = self._columnar_batches(
+                table, expressions, schema, window, unreachable, breaker, booleans
+            )
         if batches is None:
             query = self._query(table, expressions, window, unreachable)
             batches = self._batches(query, schema, window, breaker, booleans)
@@ -720,6 +735,212 @@ class SqlTableReader:
                 "source is reachable, or set `fast_path: false` on the source to read row by row "
                 "through pyodbc."
             ) from None
+
+    def _columnar_reads(
+        self,
+        table: sa.Table,
+        columns: Sequence[sa.Column[Any]],
+        expressions: Sequence[sa.ColumnElement[Any]],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        unreachable: PartitionRange | None,
+    ) -> bool:
+        """Whether the table's read takes the columnar path (sources/columnar.py); when not,
+        why is logged once."""
+        dialect = self.engine.dialect.name
+        windowed = (
+            window is not None and unreachable is None and self.table.partition_column is not None
+        )
+        reason = columnar.columnar_reason(
+            dialect, self.engine.url, schema, [c.type for c in columns], windowed
+        )
+        if reason is None and dialect == "sqlite":
+            self._sqlite_attachments(window)
+        if reason is not None:
+            columnar.log_fallback_once(self.source_name, self.table.qualified_name, reason)
+            return False
+        return True
+
+    def _sqlite_attachments(self, window: PartitionWindow | None) -> None:
+        """The files the source's SQLite connections attach, for ADBC's connection."""
+        with self._connect(window) as connection:
+            self._sqlite_files = columnar.sqlite_attachments(connection.connection.dbapi_connection)
+
+    def _columnar_batches(
+        self,
+        table: sa.Table,
+        expressions: Sequence[sa.ColumnElement[Any]],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        unreachable: PartitionRange | None,
+        breaker: StallBreaker,
+        booleans: frozenset[str],
+    ) -> Iterator[pa.RecordBatch]:
+        if self.engine.dialect.name == "sqlite":
+            self.path = "adbc"
+            return self._adbc_batches(table, expressions, schema, window, unreachable)
+        self.path = "connectorx"
+        assert window is not None  # a MySQL read without a window keeps the row path
+        return self._connectorx_batches(table, expressions, schema, window, breaker, booleans)
+
+    def _adbc_batches(
+        self,
+        table: sa.Table,
+        expressions: Sequence[sa.ColumnElement[Any]],
+        schema: pa.Schema,
+        window: PartitionWindow | None,
+        unreachable: PartitionRange | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """SQLite: the window through ADBC, cast to the row path's values (sources/columnar.py)."""
+        selected = columnar.sqlite_select_columns(expressions, schema)
+        query = self._query(table, selected, window, unreachable)
+        statement, parameters = columnar.sqlite_statement(query, schema, self.engine.dialect)
+        builders = [
+            columnar.sqlite_builder(
+                field, columnar.row_converter(expression.type, self.engine.dialect, field.type)
+            )
+            for expression, field in zip(expressions, schema, strict=True)
+        ]
+        path = str(self.engine.url.database)
+        self._announce(window, statement, tuple(parameters))
+        try:
+            for batch in columnar.adbc_batches(
+                path, self._sqlite_files, statement, parameters, self.batch_size
+            ):
+                arrays = [
+                    self._column_array(build, column, field, window, frozenset())
+                    for column, field, build in zip(batch.columns, schema, builders, strict=True)
+                ]
+                converted = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                for offset in range(0, batch.num_rows, self.batch_size):
+                    yield converted.slice(offset, self.batch_size)
+        except (UnicodeDecodeError, columnar.NotUtf8Error) as error:
+            raise SourceError(
+                f"{self._where(window)}: the source holds text that is not valid UTF-8: "
+                f"{error}. Nothing was written; repair those rows at the source (or declare "
+                "the column as binary), then re-run the partition."
+            ) from error
+        except (OSError, InterruptedError) as error:
+            reason = columnar.named_columns(_first_line(error), schema)
+            if "Type mismatch" in reason:
+                raise SourceError(
+                    f"{self._where(window)}: a value does not fit its column type: {reason} "
+                    "(SQLite keeps any value in any column). Nothing was written; check the "
+                    "source column's values and declared type."
+                ) from error
+            raise SourceError(
+                f"{self._where(window)}: the source query failed after it started: "
+                f"{reason}. Nothing was written; re-run the partition, or set "
+                "`fast_path: false` on the source to read row by row."
+            ) from error
+
+    def _connectorx_batches(
+        self,
+        table: sa.Table,
+        expressions: Sequence[sa.ColumnElement[Any]],
+        schema: pa.Schema,
+        window: PartitionWindow,
+        breaker: StallBreaker,
+        booleans: frozenset[str],
+    ) -> Iterator[pa.RecordBatch]:
+        """MySQL/MariaDB: the window through ConnectorX in chunks of days (sources/columnar.py)."""
+        url_text = columnar.connectorx_url(self.engine.url)
+        tag = columnar.new_tag()
+
+        def kill_now() -> None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                columnar.kill_tagged(self.engine, tag)
+
+        def kill() -> None:
+            # from the watching (or cancelling) thread, which must not wait for a server that
+            # may be the one that stopped answering
+            threading.Thread(target=kill_now, name="kill-query", daemon=True).start()
+
+        breaker.on_stall(kill)
+        selected = columnar.mysql_select_columns(expressions, schema)
+        mariadb = bool(getattr(self.engine.dialect, "is_mariadb", False))
+
+        def boolean(values: pa.Array, field: pa.Field) -> pa.Array:
+            return self._column_array(integer_booleans, values, field, window, booleans)
+
+        span = columnar.chunk_span(
+            window.end - window.start, self._estimated_rows(table, selected, window)
+        )
+        position = window.start
+        with on_cancel(kill):
+            while position < window.end:
+                chunk_end = min(window.end, position + span)
+                chunk = PartitionWindow(position, chunk_end)
+                statement = columnar.mysql_statement(
+                    self._query(table, selected, chunk, None),
+                    self.engine.dialect,
+                    tag,
+                    self.limits.statement_timeout,
+                    mariadb,
+                )
+                self._announce(window, statement, {})
+                try:
+                    result = columnar.connectorx_table(url_text, statement)
+                except Exception as error:
+                    raise self._connectorx_error(error, window) from None
+                except BaseException as error:
+                    # a Rust panic (a value the driver cannot convert) is no Exception
+                    if not columnar.is_driver_panic(error):
+                        raise
+                    raise self._connectorx_error(error, window) from None
+                converted = columnar.conform_mysql(result, schema, boolean)
+                # the driver's own columns (decimals as text) go before the batches do
+                del result
+                yield from converted.to_batches(max_chunksize=self.batch_size)
+                del converted
+                position = chunk_end
+
+    def _estimated_rows(
+        self, table: sa.Table, selected: Sequence[sa.ColumnElement[Any]], window: PartitionWindow
+    ) -> int | None:
+        """The server's estimate of the window's rows (`EXPLAIN`: nothing is read); None when
+        it gives none."""
+        query = self._query(table, selected, window, None)
+        statement = str(
+            query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True})
+        )
+        try:
+            with self._connect(window) as connection:
+                plan = connection.exec_driver_sql("EXPLAIN " + statement).mappings().all()
+        except sa.exc.DBAPIError:
+            return None
+        estimates = [int(row["rows"]) for row in plan if row.get("rows") is not None]
+        return max(estimates) if estimates else None
+
+    def _announce(self, window: PartitionWindow | None, statement: str, parameters: Any) -> None:
+        """A statement another driver runs, told to SQLAlchemy's listeners (logging, statement
+        counters), as the COPY path tells them."""
+        if not self.engine.dispatch.before_cursor_execute:
+            return
+        with self._connect(window) as connection:
+            self.engine.dispatch.before_cursor_execute(
+                connection, None, statement, parameters, None, False
+            )
+
+    def _connectorx_error(
+        self, error: BaseException, window: PartitionWindow | None
+    ) -> SourceError:
+        """ConnectorX's failure as the row path words it, without the connection's secrets."""
+        reason = columnar.redacted(_first_line(error), self.engine.url.password)
+        if "0000-00-00" in reason:
+            return SourceError(
+                f"{self._where(window)}: a value from the source does not fit its column type: "
+                f"MySQL's zero date ({reason}). Nothing was written; replace it at the source "
+                "(NULL or a real date), or read the table through a view that does."
+            )
+        refused = not_finite_message(reason)
+        if refused is not None:
+            return SourceError(f"{self._where(window)}: {refused}.")
+        return SourceError(
+            f"{self._where(window)}: the source query failed after it started: "
+            f"{reason}. {_timeout_hint(reason)}Nothing was written; re-run the partition once the "
+            "source is reachable, or set `fast_path: false` on the source to read row by row."
+        )
 
     def _column_array(
         self,
