@@ -124,6 +124,13 @@ class Case:
     kind: Kind
     needs: frozenset[str]
     invocation: Callable[[Bench, pathlib.Path], Invocation]
+    # the rows it must land, when not its group's (a case loading more than SalesOrderDetail)
+    expected_rows: Callable[[Bench], int] | None = None
+
+
+def _four_tables_rows(bench: Bench) -> int:
+    """Rows of the four order tables, counted by the server."""
+    return sum(bench.require_postgres().table_counts().values())
 
 
 def child_environment() -> dict[str, str]:
@@ -401,6 +408,15 @@ CASES: tuple[Case, ...] = (
         "project",
         _all("postgres"),
         _project("project-backfill-asset"),
+    ),
+    Case(
+        "project-backfill-four",
+        "project: backfill, one run, job of the four order tables (+ checks)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-backfill-four"),
+        expected_rows=_four_tables_rows,
     ),
     Case(
         "project-extract",
