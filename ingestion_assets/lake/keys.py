@@ -175,14 +175,15 @@ class KeyLedger:
     for null and repeated keys exactly, holding at most BUFFER_ROWS rows of keys in memory."""
 
     def __init__(
-        self, key_fields: Sequence[pa.Field], day: str, buffer_rows: int = BUFFER_ROWS
+        self, key_fields: Sequence[pa.Field], day: str, buffer_rows: int | None = None
     ) -> None:
-        """`key_fields`: the key columns' fields; `day`: the column of each row's day."""
+        """`key_fields`: the key columns' fields; `day`: the column of each row's day;
+        `buffer_rows`: rows of keys held in memory (BUFFER_ROWS)."""
         self.key = tuple(item.name for item in key_fields)
         self.day = day
         # the rows the commit keeps have no day in the window: they carry a null one
         self.schema = pa.schema([*key_fields, pa.field(day, pa.date32())])
-        self.buffer_rows = buffer_rows
+        self.buffer_rows = buffer_rows or BUFFER_ROWS
         self.findings = KeyFindings(self.key)
         self._buffer: list[pa.Table] = []
         self._buffered = 0
@@ -190,7 +191,6 @@ class KeyLedger:
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
         self._generation = 0
         self._cleanup: Callable[[], object] | None = None
-        self.rows = 0
 
     @property
     def spilled(self) -> bool:
@@ -202,7 +202,7 @@ class KeyLedger:
         table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
         table = table.select(list(self.schema.names)).cast(self.schema)
         mask = self._null_mask(table)
-        if mask is not None and pc.any(mask).as_py():
+        if mask is not None:
             self._count_nulls(table.filter(mask))
             table = table.filter(pc.invert(mask))
         self._hold(table)
@@ -276,7 +276,6 @@ class KeyLedger:
     def _hold(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
-        self.rows += table.num_rows
         self._buffer.append(table)
         self._buffered += table.num_rows
         if self._buffered > self.buffer_rows:
