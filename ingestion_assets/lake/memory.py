@@ -9,8 +9,9 @@ about 60 MB; peak RSS of the process, imports included): mimalloc 476 MB, the sy
 418 MB, mimalloc with `MIMALLOC_PURGE_DELAY=0` (only settable before the process starts)
 359 MB, jemalloc with its dirty-page decay at 0 (freed pages returned at once) 335 MB, in the
 same wall time within the machine's noise. So the lake switches the default pool to jemalloc
-with decay 0 before it reads, where pyarrow was built with jemalloc (Linux wheels) and the
-operator did not choose a pool with `ARROW_DEFAULT_MEMORY_POOL`."""
+with decay 0 before it reads, where pyarrow was built with jemalloc (Linux wheels), unless the
+operator chose a pool: `ARROW_DEFAULT_MEMORY_POOL`, or a default pool of another backend than
+mimalloc set before the first write (`pa.set_memory_pool`)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,15 @@ _chosen = False
 
 def return_freed_memory() -> None:
     """Make Arrow's default pool jemalloc with freed pages returned at once (once a process;
-    nothing when `ARROW_DEFAULT_MEMORY_POOL` is set or pyarrow has no jemalloc)."""
+    nothing when a pool was chosen or pyarrow has no jemalloc)."""
     global _chosen
     with _lock:
         if _chosen:
             return
         _chosen = True
         if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+            return
+        if pa.default_memory_pool().backend_name != "mimalloc":
             return
         try:
             pool = pa.jemalloc_memory_pool()
