@@ -129,6 +129,13 @@ class Case:
     kind: Kind
     needs: frozenset[str]
     invocation: Callable[[Bench, pathlib.Path], Invocation]
+    # the rows it must land, when not its group's (a case loading more than SalesOrderDetail)
+    expected_rows: Callable[[Bench], int] | None = None
+
+
+def _four_tables_rows(bench: Bench) -> int:
+    """Rows of the four order tables, counted by the server."""
+    return sum(bench.require_postgres().table_counts().values())
 
 
 def child_environment() -> dict[str, str]:
@@ -462,6 +469,7 @@ CASES: tuple[Case, ...] = (
         "project",
         _all("postgres"),
         _project("project-cli-backfill-four"),
+        expected_rows=_four_tables_rows,
     ),
     Case(
         "project-cli-backfill-default-instance",
@@ -478,6 +486,16 @@ CASES: tuple[Case, ...] = (
         "project",
         _all("postgres"),
         _project("project-cli-backfill-four-default-instance"),
+        expected_rows=_four_tables_rows,
+    ),
+    Case(
+        "project-backfill-four",
+        "project: backfill, one run, job of the four order tables (+ checks)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-backfill-four"),
+        expected_rows=_four_tables_rows,
     ),
     Case(
         "project-extract",

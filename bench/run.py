@@ -370,7 +370,7 @@ def run_case(
             return Outcome(case, reason=f"{case.name}: could not start: {error}")
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
-        expected = expected_rows[case.group]
+        expected = case.expected_rows(bench) if case.expected_rows else expected_rows[case.group]
         if sample.rows != expected:
             note = f"landed {sample.rows:,} rows, expected {expected:,}"
             sample = dataclasses.replace(sample, note="; ".join(filter(None, [sample.note, note])))

@@ -37,6 +37,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from ingestion_assets.io_managers.contract import TableWriter
+from ingestion_assets.lake.keys import DayKeys, KeyFindings, KeyLedger
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import CheckSpec, DatasetSpec
@@ -204,9 +205,10 @@ class AuditData:
     columns: Mapping[str, str] = field(default_factory=dict)
     expected_columns: Mapping[str, str] | None = None
     # key columns and `_partition_date` of the judged rows, and the key columns of the
-    # table's other rows (None: not readable here)
+    # table's other rows (None: not readable here); or what was found judging them already
     keys: pa.Table | None = None
     other_keys: pa.Table | None = None
+    key_findings: KeyFindings | None = None
 
     @property
     def days(self) -> list[datetime.date] | None:
@@ -416,79 +418,46 @@ def keys_by_day(data: AuditData, key: Sequence[str]) -> dict[datetime.date | Non
     """The primary key never null, and unique across the judged rows and the table's other
     rows; a day fails when one of its rows has a null or a duplicated key.
 
-    Keys are grouped once for the whole window; only the (few) offending rows are split by day,
-    so a three-year backfill costs one aggregation, not one scan per day."""
-    key = list(key)
-    keys = data.keys if data.keys is not None else _empty_keys(key)
+    The keys are judged once for the whole window, in bounded memory (lake.keys: spilled and
+    grouped bucket by bucket beyond a few hundred thousand rows); only the offending keys are
+    reported by day, so a three-year backfill costs one pass, not one scan per day."""
+    findings = data.key_findings
+    if findings is None:
+        findings = judged_keys(data.keys, data.other_keys, key)
     if data.window is None:
-        pool = keys.select(key)
-        if data.other_keys is not None:
-            pool = pa.concat_tables([pool, data.other_keys.select(key).cast(pool.schema)])
-        return {None: key_violations(pool, key)}
-    null_mask = (
-        pc.or_(*[pc.is_null(keys.column(name)) for name in key])
-        if len(key) > 1
-        else pc.is_null(keys.column(key[0]))
-    )
-    nulls = keys.filter(null_mask)
-    valid = keys.filter(pc.invert(null_mask))
-    pool = [valid.select(key)]
-    if data.other_keys is not None and data.other_keys.num_rows:
-        pool.append(data.other_keys.select(key).cast(valid.select(key).schema).drop_null())
-    counted = pa.concat_tables(pool).group_by(key).aggregate([([], "count_all")])
-    duplicated = counted.filter(pc.greater(counted.column("count_all"), 1))
-    duplicate_rows = (
-        valid.join(duplicated, keys=key, join_type="inner") if duplicated.num_rows else None
-    )
-    clean = _day_key_verdict(key, None, nulls.slice(0, 0))
-    verdicts: dict[datetime.date | None, Verdict] = {day: clean for day in data.window.days()}
-    offending = set(nulls.column(PARTITION_DATE).to_pylist())
-    if duplicate_rows is not None:
-        offending |= set(duplicate_rows.column(PARTITION_DATE).to_pylist())
-    for day in offending & set(verdicts):
-        on_day = pa.scalar(day, pa.date32())
-        day_nulls = nulls.filter(pc.equal(nulls.column(PARTITION_DATE), on_day))
-        day_duplicates = (
-            duplicate_rows.filter(pc.equal(duplicate_rows.column(PARTITION_DATE), on_day))
-            if duplicate_rows is not None
-            else None
-        )
-        verdicts[day] = _day_key_verdict(key, day_duplicates, day_nulls)
-    return verdicts
+        return {None: _key_verdict(list(key), findings.total)}
+    return {day: _key_verdict(list(key), findings.day(day)) for day in data.window.days()}
 
 
-def _day_key_verdict(key: list[str], duplicates: pa.Table | None, nulls: pa.Table) -> Verdict:
-    distinct = (
-        duplicates.group_by(key).aggregate([("count_all", "max")])
-        if duplicates is not None and duplicates.num_rows
-        else None
-    )
-    duplicate_keys = distinct.num_rows if distinct is not None else 0
-    duplicate_sample = (
-        [
-            {name: _plain(row[name]) for name in key} | {"copies": row["count_all_max"]}
-            for row in distinct.slice(0, SAMPLE_SIZE).to_pylist()
-        ]
-        if distinct is not None
-        else []
-    )
-    null_sample = [
-        {name: _plain(value) for name, value in row.items()}
-        for row in nulls.slice(0, SAMPLE_SIZE).to_pylist()
-    ]
+def judged_keys(
+    keys: pa.Table | None, other_keys: pa.Table | None, key: Sequence[str]
+) -> KeyFindings:
+    """The findings on `keys` (key columns and `_partition_date` of the judged rows) and
+    `other_keys` (key columns of the rows the commit keeps)."""
+    key = list(key)
+    keys = keys if keys is not None else _empty_keys(key)
+    ledger = KeyLedger([keys.schema.field(name) for name in key], PARTITION_DATE)
+    for batch in keys.select([*key, PARTITION_DATE]).to_batches():
+        ledger.add(batch)
+    if other_keys is not None:
+        ledger.add_kept(other_keys)
+    return ledger.judge()
+
+
+def _key_verdict(key: list[str], found: DayKeys) -> Verdict:
     parts = []
-    if duplicate_keys:
-        parts.append(f"{duplicate_keys} duplicated key(s)")
-    if nulls.num_rows:
-        parts.append(f"{nulls.num_rows} row(s) with a null key")
+    if found.duplicate_keys:
+        parts.append(f"{found.duplicate_keys} duplicated key(s)")
+    if found.null_keys:
+        parts.append(f"{found.null_keys} row(s) with a null key")
     return Verdict(
         not parts,
         {
             "primary_key": ", ".join(key),
-            "duplicate_keys": duplicate_keys,
-            "null_keys": nulls.num_rows,
-            "duplicate_sample": MetadataValue.json(duplicate_sample),
-            "null_sample": MetadataValue.json(null_sample),
+            "duplicate_keys": found.duplicate_keys,
+            "null_keys": found.null_keys,
+            "duplicate_sample": MetadataValue.json(found.duplicate_sample),
+            "null_sample": MetadataValue.json(found.null_sample),
         },
         "; ".join(parts) or f"({', '.join(key)}) is unique and never null",
     )

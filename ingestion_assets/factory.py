@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
@@ -441,11 +440,18 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
     plan = staged.plan
     key = list(plan.key_columns)
     set_aside = stream.rejected_by_day()
-    keys = plan.staged_keys() if key else None
-    # only kept rows that share a staged key's first column can collide with a staged key
-    among = (
-        pc.unique(keys.column(key[0]).combine_chunks()).drop_null() if keys is not None else None
-    )
+    findings = None
+    if key:
+        ledger = plan.staged_keys()
+        try:
+            # only kept rows that share a staged key's first column can collide with a staged key
+            kept = staged.kept_rows(key, ledger.first_values())
+            if kept is not None:
+                ledger.add_kept(kept)
+        except BaseException:
+            ledger.close()
+            raise
+        findings = ledger.judge()
     return AuditData(
         window=plan.window,
         rows_by_day=dict(plan.rows_by_day) if plan.window else {plan.first_day: plan.rows},
@@ -458,8 +464,7 @@ def staged_audit_data(staged: StagedWrite, stream: SourceStream) -> AuditData:
         expected_columns=(
             delta_type_names(staged.table_schema) if staged.table_schema is not None else None
         ),
-        keys=keys,
-        other_keys=staged.kept_rows(key, among) if key else None,
+        key_findings=findings,
     )
 
 

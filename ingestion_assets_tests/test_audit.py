@@ -7,6 +7,7 @@ import datetime
 import json
 import pathlib
 import re
+import tempfile
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from dagster import (
 from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
+from ingestion_assets.lake import keys
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import RANGE_END_TAG, RANGE_START_TAG
 from ingestion_assets_tests.memory_source import FIRST_DAY, KEY, LOST, REPEATED, ROWS, memory_kind
@@ -156,6 +158,41 @@ def test_keys_repeated_in_the_staged_rows_or_colliding_with_kept_rows_are_never_
     assert evaluation.metadata["duplicate_keys"].value == 1
     assert _table(lake).version() == version
     assert _ids(_table(lake), NEXT_DAY) == []
+
+
+def test_a_key_repeated_days_apart_in_a_range_is_caught_when_the_keys_spill_to_disk(
+    memory_kind: None,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # two rows of keys in memory: the twelve are spilled to bucket files and split again
+    monkeypatch.setattr(keys, "BUFFER_ROWS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    lake = tmp_path / "lake"
+    defs = _defs(lake)
+    days = [(FIRST_DAY + datetime.timedelta(days=offset)).isoformat() for offset in range(3)]
+    # the last day repeats the key of a row of the first day, in another batch of the stream
+    ROWS[100] = {"id": 1, "day": FIRST_DAY + datetime.timedelta(days=2), "changed": 1}
+
+    repeated = _run(defs, instance, days=(days[0], days[-1]))
+
+    assert not repeated.success
+    assert (
+        "primary_key failed on 2 partition(s): 2024-03-01: 1 duplicated key(s) (e.g. "
+        "[{'id': 1, 'copies': 2}]); 2024-03-03: 1 duplicated key(s) (e.g. [{'id': 1, 'copies': 2}])"
+        in _failure(repeated)
+    )
+    assert not (lake / "mem" / "orders" / "_delta_log").exists() or _ids(_table(lake), DAY) == []
+    del ROWS[100]
+    landed = _run(defs, instance, days=(days[0], days[-1]))
+    assert landed.success
+    assert {
+        m.partition: m.metadata["dagster/partition_row_count"].value
+        for m in landed.asset_materializations_for_node("mem__orders")
+    } == {day: 4 for day in days}
+    assert list((tmp_path / "tmp").iterdir()) == [], "the spilled keys are removed"
 
 
 def test_a_range_run_records_one_current_evaluation_per_check_and_partition_in_one_step(

@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 from deltalake import Schema
 
 from ingestion_assets.errors import IngestionError, PrecisionLossError
+from ingestion_assets.lake.keys import KeyLedger
+from ingestion_assets.lake.memory import return_freed_memory
 from ingestion_assets.sources.window import PartitionWindow
 
 PARTITION_DATE = "_partition_date"
@@ -174,12 +176,12 @@ class WritePlan:
     ingested_at: datetime.datetime
     run_id: str
     nanoseconds: str
-    # primary-key columns whose values (with each row's day) are kept for the audit
+    # primary-key columns whose values (with each row's day) the audit judges
     key_columns: tuple[str, ...] = ()
     rows: int = 0
     rows_by_day: dict[datetime.date, int] = field(default_factory=dict)
     source_error: BaseException | None = None
-    _keys: list[pa.RecordBatch] = field(default_factory=list, repr=False)
+    _key_ledger: KeyLedger | None = field(default=None, repr=False)
 
     @property
     def first_day(self) -> datetime.date:
@@ -228,11 +230,13 @@ class WritePlan:
                 arrays.append(pa.nulls(batch.num_rows, target_field.type))
         return pa.RecordBatch.from_arrays(arrays, schema=self.target)
 
-    def staged_keys(self) -> pa.Table:
-        """The key columns and `_partition_date` of every row streamed so far."""
-        names = [*self.key_columns, PARTITION_DATE]
-        schema = pa.schema([self.target.field(name) for name in names])
-        return pa.Table.from_batches(self._keys, schema=schema)
+    def staged_keys(self) -> KeyLedger:
+        """The key columns and `_partition_date` of every row streamed so far, in a ledger that
+        holds a bounded number of them in memory (the rest spilled to local files)."""
+        if self._key_ledger is None:
+            fields = [self.target.field(name) for name in self.key_columns]
+            self._key_ledger = KeyLedger(fields, PARTITION_DATE)
+        return self._key_ledger
 
     def rejected_rows(self, rejected: pa.Table) -> pa.Table:
         """Rejected records (with their `day`) as rows of the `<table>_rejected` Delta table."""
@@ -290,14 +294,15 @@ class WritePlan:
         self, reader: Iterable[pa.RecordBatch], log: Callable[[str], None]
     ) -> Generator[pa.RecordBatch]:
         """Convert batches, count rows, log progress; remember a source error for the caller."""
+        # before the first batch is read: the source's parser allocates from the default pool
+        return_freed_memory()
         started = last_report = time.monotonic()
         try:
             for batch in reader:
                 self.rows += batch.num_rows
                 converted = self.convert(batch)
                 if self.key_columns:
-                    # only these columns' buffers stay alive, not the whole batch's
-                    self._keys.append(converted.select([*self.key_columns, PARTITION_DATE]))
+                    self.staged_keys().add(converted.select([*self.key_columns, PARTITION_DATE]))
                 yield converted
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_INTERVAL_SECONDS:
