@@ -6,8 +6,10 @@ which imports Dagster and the project again before it does anything: for a one-d
 from the UI that was 4-5 s of a 15 s run whose step worked 0.3 s. An ingestion asset is one step
 (its checks are judged in it), so a run of one asset gains nothing from a second process. A
 source's job of several tables keeps Dagster's multiprocess executor: its steps run side by side,
-as many at once as the source's pool allows. The configuration is Dagster's multiprocess
-executor's (`max_concurrent`, `retries`, ...), so run config written for it still applies.
+as many at once as the source's pool allows. The run config is that of Dagster's default
+executor, so what was written for it still applies: `execution: config: multiprocess: {...}`
+(the default; its settings, `max_concurrent`, `retries`, ..., apply when there are several steps)
+or `in_process: {...}` (every step in the run's process).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from dagster import executor, multiple_process_executor_requirements
+from dagster import Field, Selector, executor, multiple_process_executor_requirements
 from dagster._core.definitions.executor_definition import (
+    IN_PROC_CONFIG,
     MULTI_PROC_CONFIG,
+    _core_in_process_executor_creation,
     _core_multiprocess_executor_creation,
 )
 from dagster._core.execution.retries import RetryMode
@@ -54,12 +58,23 @@ class StepCountExecutor(Executor):
         return self._multiprocess.step_dependency_config
 
 
+def _requirements(config: Any) -> Any:
+    return multiple_process_executor_requirements() if "multiprocess" in config else []
+
+
 @executor(
     name="one_step_in_process",
-    config_schema=MULTI_PROC_CONFIG,
-    requirements=multiple_process_executor_requirements(),
+    config_schema=Field(
+        Selector({"multiprocess": MULTI_PROC_CONFIG, "in_process": IN_PROC_CONFIG}),  # type: ignore[no-untyped-call]
+        default_value={"multiprocess": {}},
+    ),
+    requirements=_requirements,
 )
-def ingestion_executor(init_context: Any) -> StepCountExecutor:
+def ingestion_executor(init_context: Any) -> Executor:
     """Runs a one-step plan in the run's process and a plan of several steps in one process
-    per step (Dagster's multiprocess executor, configured as that one is)."""
-    return StepCountExecutor(init_context.executor_config)
+    per step (Dagster's multiprocess executor, configured as that one is); `in_process` config
+    runs every step in the run's process."""
+    config = init_context.executor_config
+    if "multiprocess" in config:
+        return StepCountExecutor(config["multiprocess"])
+    return _core_in_process_executor_creation(config["in_process"])

@@ -65,9 +65,15 @@ def test_a_run_of_one_asset_works_in_the_runs_process_and_of_two_in_a_process_ea
             assert one.success
             assert _step_pids(instance, one.run_id) == {os.getpid()}
         # Dagster's multiprocess settings apply to it
-        config = {"execution": {"config": {"max_concurrent": 1, "retries": {"disabled": {}}}}}
+        settings = {"max_concurrent": 1, "retries": {"disabled": {}}}
+        config = {"execution": {"config": {"multiprocess": settings}}}
         with execute_job(reconstructable(two_assets_job), instance, run_config=config) as two:
             assert two.success
             pids = _step_pids(instance, two.run_id)
             assert len(pids) == 2
             assert os.getpid() not in pids
+        # and its in_process setting keeps every step in the run's process
+        config = {"execution": {"config": {"in_process": {}}}}
+        with execute_job(reconstructable(two_assets_job), instance, run_config=config) as inline:
+            assert inline.success
+            assert _step_pids(instance, inline.run_id) == {os.getpid()}
