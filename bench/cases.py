@@ -472,6 +472,15 @@ CASES: tuple[Case, ...] = (
         expected_rows=_four_tables_rows,
     ),
     Case(
+        "project-cli-backfill-four-in-process",
+        "  same, four tables, every step in the run's process",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-cli-backfill-four-in-process"),
+        expected_rows=_four_tables_rows,
+    ),
+    Case(
         "project-cli-backfill-default-instance",
         "  same, one table, Dagster's default instance",
         "sql",

@@ -218,7 +218,9 @@ def backfill_on_home(
     return rows, seconds, written, note
 
 
-def cli_backfill(settings: Any, home: pathlib.Path, tables: list[str]) -> tuple[int, float, str]:
+def cli_backfill(
+    settings: Any, home: pathlib.Path, tables: list[str], in_process: bool = False
+) -> tuple[int, float, str]:
     """`dagster asset materialize --select group:bench --partition-range first...last` as a
     user runs it, on the instance of `home`; (rows landed, process seconds, note)."""
     workdir = pathlib.Path(settings.work_dir)
@@ -244,6 +246,8 @@ def cli_backfill(settings: Any, home: pathlib.Path, tables: list[str]) -> tuple[
         "--partition-range",
         f"{settings.first_day}...{settings.last_day}",
     ]
+    if in_process:
+        command += ["--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})]
     started = time.perf_counter()
     finished = subprocess.run(
         command, cwd=workdir, env=environment, capture_output=True, text=True, check=False
@@ -445,12 +449,12 @@ def _backfill_case(home_of: str, batch_size: str | None) -> Any:
     return case
 
 
-def _cli_case(home_of: str, tables: list[str] | None) -> Any:
+def _cli_case(home_of: str, tables: list[str] | None, in_process: bool = False) -> Any:
     def case(settings: Any) -> dict[str, Any]:
         work = pathlib.Path(settings.work_dir)
         make_home = project_instance_home if home_of == "project" else default_instance_home
         home = make_home(work, f"dagster-cli-{home_of}")
-        rows, seconds, note = cli_backfill(settings, home, tables or [settings.table])
+        rows, seconds, note = cli_backfill(settings, home, tables or [settings.table], in_process)
         return {"rows": rows, "seconds": seconds, "note": note}
 
     return case
@@ -478,6 +482,7 @@ INSTANCE_CASES = {
     "project-backfill-postgres-project-storage": _backfill_case("postgres-project", None),
     "project-cli-backfill": _cli_case("project", None),
     "project-cli-backfill-four": _cli_case("project", list(TABLES)),
+    "project-cli-backfill-four-in-process": _cli_case("project", list(TABLES), in_process=True),
     "project-cli-backfill-default-instance": _cli_case("default", None),
     "project-cli-backfill-four-default-instance": _cli_case("default", list(TABLES)),
     "project-ui-launch-day": ui_launch_day,
