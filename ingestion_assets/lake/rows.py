@@ -14,7 +14,6 @@ from deltalake import Schema
 
 from ingestion_assets.errors import IngestionError, PrecisionLossError
 from ingestion_assets.lake.keys import KeyLedger
-from ingestion_assets.lake.memory import return_freed_memory
 from ingestion_assets.sources.window import PartitionWindow
 
 PARTITION_DATE = "_partition_date"
@@ -294,8 +293,6 @@ class WritePlan:
         self, reader: Iterable[pa.RecordBatch], log: Callable[[str], None]
     ) -> Generator[pa.RecordBatch]:
         """Convert batches, count rows, log progress; remember a source error for the caller."""
-        # before the first batch is read: the source's parser allocates from the default pool
-        return_freed_memory()
         started = last_report = time.monotonic()
         try:
             for batch in reader:
