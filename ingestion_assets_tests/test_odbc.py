@@ -439,7 +439,7 @@ def test_odbc_sources_read_through_arrow_odbc_the_same_rows_as_pyodbc_and_pymysq
             from_bulk = bulk.read(WINDOW).read_all()
             from_rows = rows.read(WINDOW).read_all()
             expected = native.read(WINDOW).read_all()
-            assert (bulk.path, rows.path, native.path) == ("odbc bulk fetch", "rows", "rows")
+            assert (bulk.path, rows.path, native.path) == ("odbc bulk fetch", "rows", "connectorx")
             key = ORDER_TABLE_KEYS[logical][1]
             _assert_same_columns(expected, from_bulk, logical, key, set())
             _assert_same_columns(expected, from_rows, logical, key, set())

@@ -338,7 +338,7 @@ def test_mariadb_password_reaches_no_log_event_error_or_repr(
         result = run_asset(project, ASSET, instance)
         if secret_variable == "INGEST_TEST_MARIADB_PASSWORD":
             assert_wrote_rows(project, ASSET, result)
-            path = "odbc bulk fetch" if driver == "pyodbc" else "rows"
+            path = "odbc bulk fetch" if driver == "pyodbc" else "connectorx"
             qualified = f"{mariadb_database.schema('Sales')}.SalesOrderHeader"
             assert f"fetching {qualified} through {path}" in [
                 entry.user_message for entry in instance.all_logs(result.run_id)
