@@ -6,14 +6,17 @@ worker would (used to stop a run with SIGTERM, or to fail its write, in the midd
 
 ASSET is the table's key name under the source `src`. --file-size-limit sets RLIMIT_FSIZE: a file
 written past it fails with EFBIG, as on a full disk. Exits 0 when the run succeeded, 1 when it
-failed; prints `run failed` on stderr once the failure is recorded."""
+failed; prints `run failed` on stderr once the failure is recorded. SIGUSR1 writes every
+thread's stack to stderr (what a test prints when the process outlives its bound)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import pathlib
 import resource
+import signal
 import sys
 
 from dagster import AssetKey, DagsterInstance, materialize
@@ -30,6 +33,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("last", type=datetime.date.fromisoformat)
     parser.add_argument("--file-size-limit", type=int)
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     spec = parse_project(args.project.read_text(encoding="utf-8"), str(args.project))
     defs = build_definitions(spec)
     if args.file_size_limit is not None:

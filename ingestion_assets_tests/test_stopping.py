@@ -110,6 +110,22 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, log.read_text(encoding="utf-8")
 
 
+def _wait_for_exit(process: subprocess.Popen[str], since: float, seconds: float, what: str) -> None:
+    """Poll until the process ends; past `seconds` after `since`, fail with every thread's stack
+    (SIGUSR1, see project_process) and the end of its log, and kill it."""
+    while process.poll() is None:
+        if time.monotonic() - since < seconds:
+            time.sleep(0.05)
+            continue
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        process.kill()
+        process.wait(timeout=START_SECONDS)
+        log: pathlib.Path = process.log  # type: ignore[attr-defined]
+        pytest.fail(f"{what} after {seconds:.0f} s; its threads and log:\n"
+                    f"{log.read_text(encoding='utf-8')[-12000:]}")
+
+
 def _stored_files(uri: pathlib.Path) -> set[str]:
     return {path.name for path in uri.glob("*.parquet")}
 
@@ -173,10 +189,7 @@ def test_a_run_stopped_with_sigterm_mid_write_exits_within_seconds_and_leaves_th
         assert time.monotonic() < deadline, "the run never wrote a file"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    stopped = time.monotonic()
-    while process.poll() is None:
-        assert time.monotonic() - stopped < EXIT_SECONDS, "the run outlived its SIGTERM"
-        time.sleep(0.05)
+    _wait_for_exit(process, time.monotonic(), EXIT_SECONDS, "the run outlived its SIGTERM")
     code, errors = _finish(process)
     assert code == 1, errors[-3000:]
     assert "run failed" in errors
@@ -205,9 +218,7 @@ def test_a_run_whose_lake_disk_fills_fails_with_the_table_unchanged_and_its_proc
     started = time.monotonic()
     process = _run(project, "2024-01-01", "2024-01-03", "--file-size-limit", str(256 << 10))
     # the source alone would take SLOW_ROWS * SLOW_SECONDS_PER_ROW (two minutes)
-    while process.poll() is None:
-        assert time.monotonic() - started < START_SECONDS / 2, "the failed run did not exit"
-        time.sleep(0.05)
+    _wait_for_exit(process, started, START_SECONDS / 2, "the failed run did not exit")
     code, errors = _finish(process)
     assert code == 1
     assert "run failed" in errors
