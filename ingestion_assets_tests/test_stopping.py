@@ -122,8 +122,10 @@ def _wait_for_exit(process: subprocess.Popen[str], since: float, seconds: float,
         process.kill()
         process.wait(timeout=START_SECONDS)
         log: pathlib.Path = process.log  # type: ignore[attr-defined]
-        pytest.fail(f"{what} after {seconds:.0f} s; its threads and log:\n"
-                    f"{log.read_text(encoding='utf-8')[-12000:]}")
+        pytest.fail(
+            f"{what} after {seconds:.0f} s; its threads and log:\n"
+            f"{log.read_text(encoding='utf-8')[-12000:]}"
+        )
 
 
 def _stored_files(uri: pathlib.Path) -> set[str]:
