@@ -156,15 +156,17 @@ def test_the_columnar_path_reads_exactly_what_the_row_path_reads_edge_values_inc
     extra = []
     if database.dialect == "sqlite":
         # values of another storage class than the column's: a BLOB in a text column, text
-        # and REAL in a boolean one, an INTEGER in a decimal one
-        extra = [6, 7]
+        # and REAL in a boolean one, an INTEGER in a decimal one; a time written to the
+        # millisecond, as many tools write it
+        extra = [6, 7, 8]
         engine = database.engine()
         with engine.begin() as connection:
             connection.execute(
                 sa.text(
                     'INSERT INTO "Sales".edges (id, at, note, guid, flag, money) VALUES '
                     "(6, '2024-01-04 13:00:00.000000', x'ff00', x'', 'yes', 2), "
-                    "(7, '2024-01-04 14:00:00.000000', 'x', 'y', 0.5, -3)"
+                    "(7, '2024-01-04 14:00:00.000000', 'x', 'y', 0.5, -3), "
+                    "(8, '2024-01-04 15:00:00.250', NULL, NULL, NULL, NULL)"
                 )
             )
         engine.dispose()
@@ -206,6 +208,7 @@ def test_the_columnar_path_reads_exactly_what_the_row_path_reads_edge_values_inc
             True,
             "2.0000",
         )
+        assert fast.to_pylist()[5]["at"] == _at(DAY, 15).replace(microsecond=250_000)
     assert fast.to_pylist()[2] == {"id": 5, "at": _at(DAY, 12)} | {
         c.name: None for c in _columns(database.dialect)[2:]
     }

@@ -550,7 +550,8 @@ def row_converter(
 ) -> Callable[[list[Any]], pa.Array]:
     """The row path's conversion of one column's driver values: SQLAlchemy's result processor,
     then the Arrow builder (sources/types.py)."""
-    processor = column_type.result_processor(dialect, None)
+    # the dialect's own type: a reflected generic DATETIME parses SQLite's text only there
+    processor = column_type.dialect_impl(dialect).result_processor(dialect, None)
     build = array_builder(arrow)
 
     def convert(values: list[Any]) -> pa.Array:
