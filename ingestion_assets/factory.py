@@ -59,6 +59,7 @@ from ingestion_assets.lake.rows import (
     delta_type_names,
     with_unpartitioned_reasons,
 )
+from ingestion_assets.merge_asset import merge_asset
 from ingestion_assets.policies import automation_condition, freshness_policy
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import Source, source_kind
@@ -134,6 +135,21 @@ def materialized_column_schema(
 
 def _description(spec: SourceSpecBase, table: DatasetSpec, kind: str) -> str:
     base = table.description or f"{table.origin} from the {kind} source."
+    if table.mode == "merge":
+        reads = (
+            f"the rows whose `{table.cursor_column}` is at or past the last run's highest value"
+            if table.cursor_column
+            else "every row"
+        )
+        kept = (
+            "SCD type 2 history (`_valid_from`, `_valid_to`, `_is_current`)"
+            if table.history
+            else "one row per key"
+        )
+        return (
+            f"{base}\n\nMerge table kept by {', '.join(table.primary_key)}: each run reads {reads} "
+            f"and merges them in one Delta commit, keeping {kept}; deletes: {table.deletes}."
+        )
     if table.partition_column is None:
         return (
             f"{base}\n\nUnpartitioned snapshot: there is no partition column, so every run "
@@ -205,6 +221,9 @@ def dataset_asset(
         freshness_policy=freshness_policy(spec, table),
         automation_condition=automation_condition(spec, table, partitions_def),
     ).with_io_manager_key(io_manager_key)
+
+    if table.mode == "merge":
+        return merge_asset(source_name, spec, table, asset_spec, resource_key, io_manager_key)
 
     @multi_asset(
         name="__".join(asset_key.path),

@@ -68,6 +68,10 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """The dataset's rows in the window as Arrow batches."""
         return self.source().read(dataset, window)
 
+    def read_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
+        """A merge table's rows changed since the cursor (see `Source.read_changes`)."""
+        return self.source().read_changes(dataset, since)
+
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
         """The source's row count for the window (None when it cannot tell)."""
         return self.source().count(dataset, window)

@@ -405,6 +405,68 @@ class DatasetSpec(Spec):
     automation: AutomationSpec | None = Field(
         None, description="Automation condition over the source's; `{}`: none for this dataset."
     )
+    mode: Literal["replace", "merge"] = Field(
+        "replace",
+        description="`replace`: each run replaces its days (or, without a partition column, the "
+        "whole table); `merge`: an unpartitioned table kept by `primary_key`, each run upserting "
+        "the rows changed since its cursor in one MERGE.",
+    )
+    cursor_column: str | None = Field(
+        None,
+        description="merge: the column that grows when a row changes (a modified timestamp, an "
+        "increasing id, SQL Server `rowversion`); each run reads the rows at or past the last "
+        "run's highest value. None: every run reads every row.",
+    )
+    lookback: Duration | None = Field(
+        None,
+        description="merge: a timestamp cursor is moved back this far before each read, for "
+        "clock skew and late commits (e.g. `10m`); the rows read again change nothing.",
+    )
+    deletes: Literal["ignore", "soft", "hard"] = Field(
+        "ignore",
+        description="merge: what a delete does: `ignore`; `soft` keeps the row with `_deleted` "
+        "true and `_deleted_at`; `hard` removes it. Deletes are the rows whose `delete_column` "
+        "is true and, in a run that read every row, the keys the source no longer holds.",
+    )
+    delete_column: str | None = Field(
+        None, description="merge: a flag column (true, non-zero, `Y`) that marks deleted rows."
+    )
+    history: bool = Field(
+        False,
+        description="merge: keep SCD type 2 history: a change in a tracked column closes the "
+        "current version (`_valid_to`, `_is_current`) and opens a new one.",
+    )
+    tracked_columns: tuple[str, ...] | None = Field(
+        None,
+        description="history: the columns whose change opens a version (default: all); a "
+        "change in the others updates the current version in place.",
+    )
+
+    @model_validator(mode="after")
+    def _merge_options(self) -> DatasetSpec:
+        merge_only = ("cursor_column", "lookback", "delete_column", "history", "tracked_columns")
+        if self.mode != "merge":
+            stray = [name for name in (*merge_only, "deletes") if name in self.model_fields_set]
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} apply to merge tables only: add `mode: merge` or remove "
+                    "them"
+                )
+            return self
+        if not self.primary_key:
+            raise ValueError("a merge table (mode: merge) needs `primary_key`")
+        if self.partition_column is not None:
+            raise ValueError(
+                "a merge table is not partitioned by day: remove the partition column (name the "
+                "column that grows on change as `cursor_column`)"
+            )
+        if self.tracked_columns is not None and not self.history:
+            raise ValueError("tracked_columns applies with `history: true` only")
+        if self.delete_column is not None and self.deletes == "ignore":
+            raise ValueError(
+                "delete_column is set but deletes is `ignore`: set `deletes: soft` or `hard`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_freshness(self) -> DatasetSpec:

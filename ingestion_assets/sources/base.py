@@ -98,6 +98,13 @@ class Source(ABC):
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
         """The source's own row count for the window; None when the source cannot tell."""
 
+    def read_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
+        """A merge table's rows changed since the cursor `since` (every row when None)."""
+        raise NotImplementedError(
+            f"source '{self.source_name}' ({type(self).__name__}) cannot read "
+            f"'{dataset.qualified_name}' as a merge table: use mode: replace"
+        )
+
     @abstractmethod
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows changed since the cursor `since`; a first call (None) only marks now."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import decimal
 import difflib
 import math
 import re
@@ -454,6 +455,8 @@ class SqlTableReader:
         self.source_types: dict[str, str] = {}
         # SQLite: the databases attached to the source's connections (name -> file)
         self._sqlite_files: dict[str, str] = {}
+        # a merge table's read: only the rows whose cursor column is at or past this value
+        self.changes_since: str | None = None
 
     def _where(self, window: PartitionWindow | None) -> str:
         return where(self.source_name, self.table.qualified_name, window.label if window else None)
@@ -656,7 +659,35 @@ class SqlTableReader:
             return unreachable_query(
                 table, columns, self.table.partition_column, unreachable, dialect
             )
-        return window_query(table, columns, self.table.partition_column, window, dialect)
+        query = window_query(table, columns, self.table.partition_column, window, dialect)
+        if self.changes_since is not None and self.table.cursor_column is not None:
+            query = query.where(self._changed_since(table, self.changes_since, dialect))
+        return query
+
+    def _changed_since(self, table: sa.Table, since: str, dialect: str) -> sa.ColumnElement[bool]:
+        """`cursor_column >= :since`, the cursor bound as the column's own type (SQLite: both
+        sides in SQLite's date-time form, to the millisecond)."""
+        name = self.table.cursor_column or ""
+        if name not in table.c:
+            raise SourceError(
+                f"{self._where(None)}: cursor column {name} not found; fix `cursor_column` "
+                f"(the table has {', '.join(table.c.keys())})"
+            )
+        column = table.c[name]
+        try:
+            bound = _bound_value(column.type, since)
+        except ValueError as error:
+            raise SourceError(
+                f"{self._where(None)}: the stored cursor {since!r} does not fit cursor column "
+                f"{name} ({column.type}): {error}. Run the asset with the tag "
+                "`ingest/full_refresh=true` to read every row again."
+            ) from None
+        if dialect == "sqlite" and isinstance(bound, datetime.datetime):
+            text = bound.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")[:23]
+            return sa.func.strftime("%Y-%m-%d %H:%M:%f", column) >= sa.bindparam(
+                "changes_since", text, type_=sa.String()
+            )
+        return column >= sa.bindparam("changes_since", bound, type_=column.type)
 
     def select_query(self, window: PartitionWindow | None) -> tuple[sa.Select[Any], pa.Schema]:
         """The row path's query of the window and the schema it yields (as every path selects:
@@ -1214,6 +1245,8 @@ def _driver_values(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
 def _cursor_text(value: Any) -> str | None:
     if value is None:
         return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
     return value.isoformat() if isinstance(value, datetime.date) else str(value)
 
 
@@ -1225,6 +1258,11 @@ def _bound_value(column_type: sa.types.TypeEngine[Any], text: str) -> Any:
         return datetime.date.fromisoformat(text[:10])
     if isinstance(column_type, sa.Integer):
         return int(text)
+    if isinstance(column_type, sa.types._Binary):
+        # a rowversion (SQL Server) or another binary counter, kept as hex
+        return bytes.fromhex(text)
+    if isinstance(column_type, sa.Numeric):
+        return decimal.Decimal(text)
     return text
 
 
@@ -1353,6 +1391,13 @@ class SqlSource(Source):
             )
         batches = reader.read(None, unreachable=partitions)
         return SourceStream(reader=batches, path=reader.path)
+
+    def read_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
+        """The rows whose cursor column is at or past `since` (every row when None)."""
+        reader = self.reader(dataset)
+        reader.changes_since = since
+        batches = reader.read(None)
+        return SourceStream(reader=batches, path=reader.path, source_types=reader.source_types)
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows whose change column (default: the partition column) moved past `since`."""

@@ -1,0 +1,283 @@
+"""The asset of a merge table (`mode: merge`): read the rows changed since the cursor stored with
+the last materialization, apply them by key in one Delta MERGE (`lake/merge.py`), store the new
+cursor with this materialization, and judge the table's current rows (keys unique, history
+unbroken, the count of current rows against the source's).
+
+The cursor moves only with a materialization: a run that fails (or is stopped) after reading
+leaves the last one's cursor, so its re-run reads the same changes again, and a change applied
+twice changes nothing. The tag `ingest/full_refresh=true` reads every row (and, with deletes
+on, finds the keys the source no longer holds).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+from deltalake import DeltaTable
+
+from ingestion_assets.errors import IngestionError, where
+from ingestion_assets.io_managers.contract import column_schema
+from ingestion_assets.lake.merge import merge_changes
+from ingestion_assets.modes.merge import (
+    DELETED,
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
+    MergeRules,
+    current_rows,
+    duplicate_keys,
+    overlapping_versions,
+)
+from ingestion_assets.specs import DatasetSpec, SourceSpecBase
+
+CURSOR = "ingest/cursor"
+FULL_REFRESH_TAG = "ingest/full_refresh"
+KEYS_UNIQUE = "current_keys_unique"
+MATCHES_SOURCE = "current_rows_match_source"
+HISTORY_UNBROKEN = "history_unbroken"
+
+
+def merge_rules(table: DatasetSpec) -> MergeRules:
+    """The merge rules a dataset's spec declares."""
+    return MergeRules(
+        keys=tuple(table.primary_key),
+        sequence=table.cursor_column,
+        deletes=table.deletes,
+        delete_column=table.delete_column,
+        history=table.history,
+        tracked=table.tracked_columns,
+    )
+
+
+def read_from(cursor: str | None, lookback: datetime.timedelta | None) -> str | None:
+    """Where the next read starts: the stored cursor, moved back by the lookback when it is a
+    date or a time."""
+    if cursor is None or lookback is None:
+        return cursor
+    try:
+        moment = datetime.datetime.fromisoformat(cursor)
+    except ValueError:
+        return cursor
+    return (moment - lookback).isoformat()
+
+
+def newest_cursor(changes: pa.Table, column: str | None, previous: str | None) -> str | None:
+    """The highest cursor value among the rows read (the previous cursor when none was read)."""
+    if column is None or changes.num_rows == 0 or column not in changes.schema.names:
+        return previous
+    values = changes.column(column)
+    if pa.types.is_binary(values.type) or pa.types.is_fixed_size_binary(values.type):
+        newest = max((v for v in values.to_pylist() if v is not None), default=None)
+        return bytes(newest).hex() if newest is not None else previous
+    newest = pc.max(values).as_py()
+    if newest is None:
+        return previous
+    return newest.isoformat() if isinstance(newest, datetime.date) else str(newest)
+
+
+def merge_asset(
+    source_name: str,
+    spec: SourceSpecBase,
+    table: DatasetSpec,
+    asset_spec: AssetSpec,
+    resource_key: str,
+    io_manager_key: str,
+) -> AssetsDefinition:
+    """The unpartitioned asset that keeps one table by key, with its checks."""
+    asset_key = asset_spec.key
+    rules = merge_rules(table)
+    checks = [
+        AssetCheckSpec(
+            KEYS_UNIQUE,
+            asset=asset_key,
+            description=f"Each key ({', '.join(rules.keys)}) is held by one current row.",
+            blocking=True,
+        ),
+        AssetCheckSpec(
+            MATCHES_SOURCE,
+            asset=asset_key,
+            description="The table's current rows number as many as the source's rows (a "
+            "warning: the source may change between the read and the count).",
+        ),
+    ]
+    if rules.history:
+        checks.append(
+            AssetCheckSpec(
+                HISTORY_UNBROKEN,
+                asset=asset_key,
+                description="Each key's versions follow one another without gap or overlap, "
+                "and only the last is current.",
+                blocking=True,
+            )
+        )
+
+    @multi_asset(
+        name="__".join(asset_key.path),
+        specs=[asset_spec],
+        check_specs=checks,
+        pool=source_name,
+        required_resource_keys={resource_key, io_manager_key},
+    )
+    def _merge(context) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+        context = cast(AssetExecutionContext, context)
+        try:
+            yield from _run(context, source_name, spec, table, rules, resource_key, io_manager_key)
+        except IngestionError as error:
+            raise Failure(description=str(error), allow_retries=False) from error
+
+    return _merge
+
+
+def _stored_cursor(context: AssetExecutionContext, asset_key: AssetKey) -> str | None:
+    event = context.instance.get_latest_materialization_event(asset_key)
+    materialization = event.asset_materialization if event is not None else None
+    if materialization is None:
+        return None
+    value = materialization.metadata.get(CURSOR)
+    text = getattr(value, "value", None)
+    return str(text) if text else None
+
+
+def _run(
+    context: AssetExecutionContext,
+    source_name: str,
+    spec: SourceSpecBase,
+    table: DatasetSpec,
+    rules: MergeRules,
+    resource_key: str,
+    io_manager_key: str,
+) -> Iterator[Any]:
+    asset_key = context.assets_def.key
+    label = where(source_name, table.qualified_name, "merge")
+    writer = getattr(context.resources, io_manager_key)
+    if not hasattr(writer, "table_uri"):
+        raise IngestionError(
+            f"{label}: merge tables are written by the Delta Lake IO manager only, not by "
+            f"{type(writer).__name__}; set `io_manager: delta` for this source"
+        )
+    full_refresh = context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
+    stored = None if full_refresh else _stored_cursor(context, asset_key)
+    since = read_from(stored, table.lookback) if table.cursor_column else None
+    full_read = since is None
+    context.log.info(
+        f"{label}: reading "
+        + ("every row" if full_read else f"the rows with {table.cursor_column} >= {since}")
+    )
+    started = time.monotonic()
+    source = getattr(context.resources, resource_key)
+    stream = source.read_changes(table, since)
+    changes = stream.reader.read_all()
+    context.log.info(
+        f"{label}: read {changes.num_rows:,} changed row(s) through {stream.path} in "
+        f"{time.monotonic() - started:.1f} s; merging by {', '.join(rules.keys)}"
+    )
+    uri = writer.table_uri(asset_key.path)
+    options = writer.storage_options or None
+    outcome = merge_changes(
+        uri,
+        options,
+        changes,
+        rules,
+        full_read=full_read,
+        run_id=context.run_id,
+        label=f"table {'.'.join(asset_key.path)}",
+        log=context.log.info,
+        schema_policy=table.schema_policy,
+        nanoseconds=table.timestamp_nanoseconds,
+        zone=spec.timezone,
+    )
+    cursor = newest_cursor(changes, table.cursor_column, stored)
+    delta = DeltaTable(uri, storage_options=options)
+    # the checks read the keys and the flags, never the whole rows
+    judged = [*rules.keys, IS_CURRENT, DELETED, VALID_FROM, VALID_TO]
+    names = pa.schema(delta.schema().to_arrow()).names
+    committed = delta.to_pyarrow_table(columns=[n for n in dict.fromkeys(judged) if n in names])
+    present = current_rows(committed, rules)
+    context.log.info(
+        f"{label}: {outcome.inserted:,} inserted, {outcome.updated:,} updated, "
+        f"{outcome.deleted:,} deleted, {outcome.unchanged:,} unchanged; Delta version "
+        f"{outcome.version}" + ("" if outcome.committed else " (nothing to commit)")
+    )
+    metadata: dict[str, Any] = {
+        "dagster/row_count": present.num_rows,
+        "dagster/column_schema": column_schema(pa.schema(delta.schema().to_arrow())),
+        "dagster/table_name": ".".join(asset_key.path),
+        "dagster/uri": MetadataValue.path(uri),
+        "rows_read": outcome.rows_read,
+        "rows_inserted": outcome.inserted,
+        "rows_updated": outcome.updated,
+        "rows_deleted": outcome.deleted,
+        "rows_unchanged": outcome.unchanged,
+        "delta_version": outcome.version,
+        "cursor_before": stored or "(none: every row read)",
+        "full_read": full_read,
+    }
+    if cursor is not None:
+        metadata[CURSOR] = cursor
+    yield MaterializeResult(asset_key=asset_key, metadata=metadata)
+    yield from _judge(context, source, table, rules, committed, present, asset_key)
+
+
+def _judge(
+    context: AssetExecutionContext,
+    source: Any,
+    table: DatasetSpec,
+    rules: MergeRules,
+    committed: pa.Table,
+    present: pa.Table,
+    asset_key: AssetKey,
+) -> Iterator[AssetCheckResult]:
+    duplicates = duplicate_keys(present, rules.keys)
+    yield AssetCheckResult(
+        asset_key=asset_key,
+        check_name=KEYS_UNIQUE,
+        passed=duplicates.num_rows == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "duplicate_keys": duplicates.num_rows,
+            "sample": MetadataValue.json(duplicates.slice(0, 10).to_pylist()),
+        },
+    )
+    counted = source.count(table, None)
+    yield AssetCheckResult(
+        asset_key=asset_key,
+        check_name=MATCHES_SOURCE,
+        passed=counted is None or counted == present.num_rows,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "source_rows": counted if counted is not None else -1,
+            "current_rows": present.num_rows,
+        },
+    )
+    if rules.history:
+        broken = overlapping_versions(committed, rules.keys)
+        yield AssetCheckResult(
+            asset_key=asset_key,
+            check_name=HISTORY_UNBROKEN,
+            passed=broken.num_rows == 0,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "broken_versions": broken.num_rows,
+                "sample": MetadataValue.json(
+                    [{k: str(v) for k, v in row.items()} for row in broken.slice(0, 10).to_pylist()]
+                ),
+            },
+        )
