@@ -170,7 +170,7 @@ def _with_lineage(source: pa.Table) -> pa.Table:
 
 
 def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules) -> pa.Table:
-    """The table's rows (current versions, with history) that may share a key with `rows`."""
+    """The table's rows (every version, with history) that may share a key with `rows`."""
     if table.version() < 1 or rows.num_rows == 0:
         return pa.table(
             {
@@ -188,9 +188,7 @@ def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules) -> pa.Ta
         values = pc.unique(rows.column(key))
         term = ds.field(key).isin(values)
         condition = term if condition is None else condition & term
-    if rules.history:
-        term = ds.field(IS_CURRENT) == True  # noqa: E712 - an Arrow expression, not a comparison
-        condition = term if condition is None else condition & term
+    # with history, every version of the keys: a change older than a closed version is stale
     return dataset.to_table(filter=condition)
 
 

@@ -263,7 +263,11 @@ def plan_scd2(
     )
     joined = _joined_current(rows, now_open, rules.keys)
     has_current = pc.is_valid(joined.column(_current(VALID_FROM)))
-    stale = pc.fill_null(pc.less_equal(starts, joined.column(_current(VALID_FROM))), False)
+    # stale: older than the current version's start, or than the end of a closed (deleted) one
+    stale = pc.or_(
+        pc.fill_null(pc.less_equal(starts, joined.column(_current(VALID_FROM))), False),
+        pc.fill_null(pc.less(starts, _last_ends(rows, current, rules.keys)), False),
+    )
     tracked_change = _columns_differ(joined, tracked)
     untracked_change = _columns_differ(joined, untracked)
     is_delete = pc.and_(deletes, pa.scalar(rules.deletes != "ignore"))
@@ -331,6 +335,17 @@ def _older_than_current(rows: pa.Table, current: pa.Table, rules: MergeRules) ->
     joined = _joined_current(rows.select(names), current.select(names), rules.keys)
     newer = pc.greater(joined.column(_current(sequence)), joined.column(sequence))
     return pc.fill_null(newer, False)
+
+
+def _last_ends(rows: pa.Table, versions: pa.Table, keys: Sequence[str]) -> pa.Array:
+    """Per row, the latest end of its key's closed versions (null where none is closed)."""
+    if versions.num_rows == 0:
+        return pa.nulls(rows.num_rows, TIMESTAMP)
+    closed = versions.filter(pc.is_valid(versions.column(VALID_TO)))
+    ends = closed.group_by(list(keys), use_threads=False).aggregate([(VALID_TO, "max")])
+    ends = ends.rename_columns([*keys, VALID_TO])
+    probe = rows.select(list(keys)).append_column(VALID_TO, pa.nulls(rows.num_rows, TIMESTAMP))
+    return _joined_current(probe, ends, keys).column(_current(VALID_TO))
 
 
 def _version_starts(
@@ -474,11 +489,18 @@ def duplicate_keys(rows: pa.Table, keys: Sequence[str]) -> pa.Table:
 
 def overlapping_versions(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     """The keys whose versions are not one unbroken line: a version that ends after the next one
-    begins or before it, one that ends before it begins, more than one current version, or a
-    closed last version flagged current."""
+    begins, or before it unless it was deleted; one that ends before it begins; an open or
+    current version before the last; a last version open but not current, or closed but current."""
     if table.num_rows == 0:
         return table.select(list(keys))
-    ordered = table.select([*keys, VALID_FROM, VALID_TO, IS_CURRENT]).take(
+    names = [
+        *keys,
+        VALID_FROM,
+        VALID_TO,
+        IS_CURRENT,
+        *([DELETED] if DELETED in table.schema.names else []),
+    ]
+    ordered = table.select(names).take(
         pc.sort_indices(
             table,
             sort_keys=[*((key, "ascending") for key in keys), (VALID_FROM, "ascending")],
@@ -489,8 +511,14 @@ def overlapping_versions(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     ends = ordered.column(VALID_TO).combine_chunks()
     current = pc.fill_null(ordered.column(IS_CURRENT).combine_chunks(), False)
     next_starts = pa.concat_arrays([starts.slice(1), pa.nulls(1, starts.type)])
-    # a version followed by one of its key ends exactly where that one begins
-    broken = pc.and_(same_next, pc.invert(pc.fill_null(pc.equal(ends, next_starts), False)))
+    # a version followed by one of its key ends exactly where that one begins; a deleted one
+    # may leave a gap (the key was absent), never an overlap
+    joined_up = pc.fill_null(pc.equal(ends, next_starts), False)
+    if DELETED in ordered.schema.names:
+        deleted = pc.fill_null(ordered.column(DELETED).combine_chunks(), False)
+        gap = pc.fill_null(pc.less(ends, next_starts), False)
+        joined_up = pc.or_(joined_up, pc.and_(deleted, gap))
+    broken = pc.and_(same_next, pc.invert(joined_up))
     # it ends after it begins, and only the last version of a key is open and current
     backwards = pc.fill_null(pc.less_equal(ends, starts), False)
     open_inside = pc.and_(same_next, pc.or_(pc.is_null(ends), current))

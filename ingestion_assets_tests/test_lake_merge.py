@@ -1,0 +1,245 @@
+"""Changes applied to a real Delta table by key (lake/merge.py over modes/merge.py), held to a
+pure-Python model of the same rules: out-of-order and duplicated changes resolved by the
+sequence, SCD type 1 (soft and hard deletes) and type 2, and two writers at once."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import threading
+import uuid
+from typing import Any
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingestion_assets.lake.merge import merge_changes
+from ingestion_assets.modes.merge import (
+    DELETED,
+    IS_CURRENT,
+    VALID_FROM,
+    VALID_TO,
+    MergeRules,
+    overlapping_versions,
+)
+
+BASE = datetime.datetime(2024, 1, 1)
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.int64()),
+        pa.field("price", pa.decimal128(10, 2)),
+        pa.field("note", pa.string()),
+        pa.field("seq", pa.timestamp("us")),
+        pa.field("gone", pa.bool_()),
+    ]
+)
+UTC = datetime.UTC
+
+
+def _change(key: int, price: int, note: str, seq: int, gone: bool) -> dict[str, Any]:
+    return {
+        "id": key,
+        "price": price,
+        "note": note,
+        "seq": BASE + datetime.timedelta(minutes=seq),
+        "gone": gone,
+    }
+
+
+changes_strategy = st.lists(
+    st.builds(
+        _change,
+        st.integers(1, 4),
+        st.integers(0, 2),
+        st.sampled_from(["a", "b"]),
+        st.integers(0, 8),
+        st.booleans(),
+    ),
+    min_size=0,
+    max_size=8,
+)
+
+
+def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> None:
+    table = pa.Table.from_pylist(batch, schema=SCHEMA)
+    merge_changes(
+        uri, None, table, rules, full_read=False, run_id="run", label="table t", log=lambda _: None
+    )
+
+
+def _latest(batch: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The model's latest change per key: the highest sequence, the last to arrive on a tie."""
+    latest: dict[int, dict[str, Any]] = {}
+    for change in batch:
+        held = latest.get(change["id"])
+        if held is None or change["seq"] >= held["seq"]:
+            latest[change["id"]] = change
+    return latest
+
+
+def _model_scd1(batches: list[list[dict[str, Any]]], deletes: str) -> dict[int, dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    for batch in batches:
+        for key, change in _latest(batch).items():
+            held = rows.get(key)
+            if held is not None and held["seq"] > change["seq"]:
+                continue  # late: the table keeps the newer row
+            if change["gone"] and deletes == "hard":
+                rows.pop(key, None)
+            elif change["gone"] and deletes == "soft":
+                if held is not None:
+                    rows[key] = {**change, DELETED: True}
+            else:
+                rows[key] = {**change, DELETED: False} if deletes == "soft" else dict(change)
+    return rows
+
+
+def _model_scd2(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Versions by the rules: `price` tracked, the rest updated in place; deletes close."""
+    versions: dict[int, list[dict[str, Any]]] = {}
+    for batch in batches:
+        for key, change in _latest(batch).items():
+            start = change["seq"].replace(tzinfo=UTC)
+            line = versions.setdefault(key, [])
+            current = next((v for v in line if v[IS_CURRENT]), None)
+            if current is not None and start <= current[VALID_FROM]:
+                continue  # stale
+            if any(v[VALID_TO] is not None and start < v[VALID_TO] for v in line):
+                continue  # older than a closed version's end
+            if change["gone"]:
+                if current is not None:
+                    current.update({VALID_TO: start, IS_CURRENT: False, DELETED: True})
+                continue
+            opened = {**change, VALID_FROM: start, VALID_TO: None, IS_CURRENT: True, DELETED: False}
+            if current is None:
+                line.append(opened)
+            elif current["price"] != change["price"]:
+                current.update({VALID_TO: start, IS_CURRENT: False})
+                line.append(opened)
+            elif any(current[name] != change[name] for name in ("note", "seq", "gone")):
+                current.update({name: change[name] for name in ("note", "seq", "gone")})
+    return [version for line in versions.values() for version in line]
+
+
+def _table_rows(uri: str, columns: list[str]) -> list[dict[str, Any]]:
+    table = DeltaTable(uri).to_pyarrow_table(columns=columns)
+    return table.to_pylist()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batches=st.lists(changes_strategy, min_size=1, max_size=4),
+    deletes=st.sampled_from(["hard", "soft"]),
+)
+def test_out_of_order_and_duplicated_changes_give_the_scd1_table_of_the_reference_model(
+    tmp_path: pathlib.Path, batches: list[list[dict[str, Any]]], deletes: str
+) -> None:
+    uri = str(tmp_path / uuid.uuid4().hex)
+    rules = MergeRules(keys=("id",), sequence="seq", deletes=deletes, delete_column="gone")  # type: ignore[arg-type]
+    for batch in batches:
+        _apply(uri, batch, rules)
+    expected = _model_scd1(batches, deletes)
+    columns = ["id", "price", "note", "seq", "gone", *([DELETED] if deletes == "soft" else [])]
+    rows = {row["id"]: row for row in _table_rows(uri, columns)}
+    assert set(rows) == set(expected)
+    for key, row in rows.items():
+        wanted = {name: expected[key][name] for name in columns}
+        assert {**row, "price": int(row["price"])} == wanted, key
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(changes_strategy, min_size=1, max_size=4))
+def test_out_of_order_and_duplicated_changes_give_the_scd2_history_of_the_reference_model(
+    tmp_path: pathlib.Path, batches: list[list[dict[str, Any]]]
+) -> None:
+    uri = str(tmp_path / uuid.uuid4().hex)
+    rules = MergeRules(
+        keys=("id",),
+        sequence="seq",
+        deletes="hard",
+        delete_column="gone",
+        history=True,
+        tracked=("price",),
+    )
+    for batch in batches:
+        _apply(uri, batch, rules)
+    columns = ["id", "price", "note", "seq", "gone", VALID_FROM, VALID_TO, IS_CURRENT, DELETED]
+
+    def ordered(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted(
+            (
+                row["id"],
+                row[VALID_FROM],
+                str(row[VALID_TO]),
+                row[IS_CURRENT],
+                row[DELETED],
+                int(row["price"]),
+                row["note"],
+                row["seq"],
+                row["gone"],
+            )
+            for row in rows
+        )
+
+    assert ordered(_table_rows(uri, columns)) == ordered(_model_scd2(batches))
+    if DeltaTable(uri).version() > 0:
+        history = DeltaTable(uri).to_pyarrow_table()
+        assert overlapping_versions(history, ["id"]).num_rows == 0
+
+
+def test_a_price_changed_on_day_3_and_back_on_day_5_gives_three_contiguous_versions(
+    tmp_path: pathlib.Path,
+) -> None:
+    uri = str(tmp_path / "product")
+    rules = MergeRules(keys=("id",), sequence="seq", history=True, tracked=("price",))
+    prices = {1: 10, 2: 10, 3: 12, 4: 12, 5: 10, 6: 10}
+    for day, price in prices.items():
+        # each day's snapshot of the product, the day its sequence
+        snapshot = [_change(1, price, "a", (day - 1) * 1440, False)]
+        _apply(uri, snapshot, rules)
+    rows = sorted(
+        _table_rows(uri, ["price", VALID_FROM, VALID_TO, IS_CURRENT]), key=lambda r: r[VALID_FROM]
+    )
+    day = [(BASE + datetime.timedelta(days=n)).replace(tzinfo=UTC) for n in range(6)]
+    assert [(int(r["price"]), r[VALID_FROM], r[VALID_TO], r[IS_CURRENT]) for r in rows] == [
+        (10, day[0], day[2], False),
+        (12, day[2], day[4], False),
+        (10, day[4], None, True),
+    ]
+
+
+def test_two_writers_merging_into_one_table_at_once_lose_no_change_and_duplicate_no_key(
+    tmp_path: pathlib.Path,
+) -> None:
+    uri = str(tmp_path / "customers")
+    rules = MergeRules(keys=("id",), sequence="seq")
+    _apply(uri, [_change(key, 0, "start", 0, False) for key in range(1, 41)], rules)
+    # both writers touch keys 11..30; each key's newest change is written by one of them
+    first = [_change(key, 1, "first", 2 if key <= 20 else 1, False) for key in range(1, 31)]
+    second = [_change(key, 2, "second", 2 if key > 20 else 1, False) for key in range(11, 41)]
+    failures: list[BaseException] = []
+
+    def write(batch: list[dict[str, Any]]) -> None:
+        try:
+            for offset in range(0, len(batch), 10):
+                _apply(uri, batch[offset : offset + 10], rules)
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(batch,)) for batch in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    rows = {row["id"]: row for row in _table_rows(uri, ["id", "note"])}
+    assert len(DeltaTable(uri).to_pyarrow_table()) == 40
+    assert {key: row["note"] for key, row in rows.items()} == {
+        key: "first" if key <= 20 else "second" for key in range(1, 41)
+    }
