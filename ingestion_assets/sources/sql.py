@@ -1064,9 +1064,23 @@ class SqlTableReader:
                     window,
                     connection.dialect.name,
                 )
-                return self._scalar(connection, query, window)
+                return self._scalar(connection, self._without_deleted(table, query), window)
 
         return self._watched_count(counted, window)
+
+    def _without_deleted(self, table: sa.Table, query: sa.Select[Any]) -> sa.Select[Any]:
+        """A merge table's count leaves out the rows its delete column marks deleted (a
+        boolean or an integer flag; other flags are counted)."""
+        spec = self.table
+        name = spec.delete_column
+        if spec.mode != "merge" or spec.deletes == "ignore" or name is None or name not in table.c:
+            return query
+        column = table.c[name]
+        if isinstance(column.type, sa.Boolean):
+            return query.where(column.is_not(sa.true()))
+        if isinstance(column.type, sa.Integer):
+            return query.where(sa.or_(column.is_(None), column == 0))
+        return query
 
     def count_unreachable(self, partitions: PartitionRange) -> int:
         """Rows no partition of the range reaches, counted by the database (one query)."""

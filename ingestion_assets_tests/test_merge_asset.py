@@ -1,0 +1,257 @@
+"""Merge tables end to end on PostgreSQL, MariaDB and SQLite: inserts, updates and deletes
+between runs land so that the Delta table's current rows equal the source after every run; a
+re-run with the same cursor changes nothing; a run that fails after reading leaves the cursor and
+the table as they were; a full refresh finds the rows deleted at the source."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import pathlib
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
+
+from ingestion_assets.merge_asset import CURSOR, FULL_REFRESH_TAG, MATCHES_SOURCE
+from ingestion_assets.modes.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
+from ingestion_assets_tests.conftest import (
+    IngestProject,
+    SourceDatabase,
+    build_project,
+    failure_message,
+)
+
+T0 = datetime.datetime(2024, 3, 1, 8, 0, 0)
+
+
+def _customers(database: SourceDatabase) -> sa.Table:
+    table = sa.Table(
+        "Customer",
+        sa.MetaData(),
+        sa.Column("CustomerID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        sa.Column("IsDeleted", sa.Boolean),
+        sa.Column("ModifiedDate", sa.DateTime),
+        schema=database.schema("Sales"),
+    )
+    engine = database.engine()
+    with engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
+        table.create(connection)
+        connection.execute(
+            table.insert(),
+            [
+                {
+                    "CustomerID": key,
+                    "Name": f"customer {key} Łódź",
+                    "Credit": decimal.Decimal(f"{key}00.25"),
+                    "IsDeleted": False,
+                    "ModifiedDate": T0 + datetime.timedelta(minutes=key),
+                }
+                for key in range(1, 6)
+            ],
+        )
+    engine.dispose()
+    return table
+
+
+def _execute(database: SourceDatabase, *statements: Any) -> None:
+    engine = database.engine()
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(statement)
+    engine.dispose()
+
+
+def _source_rows(database: SourceDatabase, table: sa.Table) -> dict[int, tuple[Any, ...]]:
+    engine = database.engine()
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(table).where(sa.not_(table.c.IsDeleted))).all()
+    engine.dispose()
+    return {row.CustomerID: (row.Name, row.Credit, row.ModifiedDate) for row in rows}
+
+
+def _lake_rows(project: IngestProject, history: bool = False) -> dict[int, tuple[Any, ...]]:
+    table = project.delta("customer").to_pyarrow_table()
+    rows = {}
+    for row in table.to_pylist():
+        if row.get(DELETED) or (history and not row[IS_CURRENT]):
+            continue
+        assert row["CustomerID"] not in rows, "a key is held twice among the current rows"
+        rows[row["CustomerID"]] = (row["Name"], row["Credit"], row["ModifiedDate"])
+    return rows
+
+
+def _run(
+    project: IngestProject,
+    instance: DagsterInstance,
+    tags: dict[str, str] | None = None,
+    failing: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Materialize the merge table; its metadata. Every check but `failing` passes."""
+    result = materialize(
+        [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+        instance=instance,
+        resources=project.defs.resources,
+        tags=tags,
+    )
+    metadata = result.asset_materializations_for_node("src__customer")[0].metadata
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert {name for name, passed in checks.items() if not passed} == failing, checks
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
+
+
+def _project(database: SourceDatabase, tmp_path: pathlib.Path, **entry: Any) -> IngestProject:
+    table = {
+        "schema": database.schema("Sales"),
+        "name": "Customer",
+        "primary_key": ["CustomerID"],
+        "mode": "merge",
+        **entry,
+    }
+    return build_project(database, tmp_path / "lake", [table])
+
+
+def _stored_cursor(instance: DagsterInstance) -> Any:
+    event = instance.get_latest_materialization_event(AssetKey(["src", "customer"]))
+    assert event is not None and event.asset_materialization is not None
+    return event.asset_materialization.metadata[CURSOR].value
+
+
+def test_inserts_updates_and_deletes_between_runs_keep_the_merge_table_equal_to_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(
+        source_database,
+        tmp_path,
+        cursor_column="ModifiedDate",
+        deletes="soft",
+        delete_column="IsDeleted",
+        schema_policy="freeze",
+    )
+    first = _run(project, instance)
+    assert (first["rows_inserted"], first["rows_read"]) == (5, 5)
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+    later = T0 + datetime.timedelta(hours=1)
+    _execute(
+        source_database,
+        table.update()
+        .where(table.c.CustomerID == 2)
+        .values(Name="renamed", Credit=decimal.Decimal("0.01"), ModifiedDate=later),
+        table.update().where(table.c.CustomerID == 3).values(IsDeleted=True, ModifiedDate=later),
+        table.insert().values(
+            CustomerID=6,
+            Name="new",
+            Credit=decimal.Decimal("-7.50"),
+            IsDeleted=False,
+            ModifiedDate=later,
+        ),
+    )
+    second = _run(project, instance)
+    assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (1, 1, 1)
+    # only the changed rows are read: those at or past the first run's newest ModifiedDate
+    assert second["rows_read"] == 4
+    assert _lake_rows(project) == _source_rows(source_database, table)
+    deleted = [r for r in project.delta("customer").to_pyarrow_table().to_pylist() if r[DELETED]]
+    assert [r["CustomerID"] for r in deleted] == [3] and deleted[0]["_deleted_at"] is not None
+
+    version = project.delta("customer").version()
+    again = _run(project, instance)
+    assert project.delta("customer").version() == version
+    assert (again["rows_inserted"], again["rows_updated"], again["rows_deleted"]) == (0, 0, 0)
+    cursor = _stored_cursor(instance)
+
+    # a change read, then the run fails (a new source column under schema_policy: freeze)
+    _execute(
+        source_database,
+        table.update()
+        .where(table.c.CustomerID == 4)
+        .values(Name="late", ModifiedDate=later + datetime.timedelta(hours=1)),
+        sa.text(f"ALTER TABLE {_qualified(source_database, table)} ADD COLUMN Extra INTEGER"),
+    )
+    failed = materialize(
+        [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+        instance=instance,
+        resources=project.defs.resources,
+        raise_on_error=False,
+    )
+    assert not failed.success
+    assert "added column extra" in failure_message(failed).lower()
+    assert project.delta("customer").version() == version
+    assert _stored_cursor(instance) == cursor
+    _execute(
+        source_database,
+        sa.text(f"ALTER TABLE {_qualified(source_database, table)} DROP COLUMN Extra"),
+    )
+    # the re-run reads the same change again and lands it
+    fixed = _run(project, instance)
+    assert fixed["rows_updated"] == 1
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+
+def _qualified(database: SourceDatabase, table: sa.Table) -> str:
+    engine = database.engine()
+    preparer = engine.dialect.identifier_preparer
+    engine.dispose()
+    return preparer.format_table(table)
+
+
+def test_a_full_refresh_removes_the_rows_deleted_at_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(source_database, tmp_path, cursor_column="ModifiedDate", deletes="hard")
+    _run(project, instance)
+    _execute(source_database, table.delete().where(table.c.CustomerID.in_([2, 5])))
+    # an incremental read cannot see a row that is gone; the count check sees the difference
+    incremental = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert incremental["rows_deleted"] == 0 and len(_lake_rows(project)) == 5
+    refreshed = _run(project, instance, {FULL_REFRESH_TAG: "true"})
+    assert refreshed["rows_deleted"] == 2 and refreshed["full_read"] is True
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+
+def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(
+        source_database, tmp_path, history=True, tracked_columns=["Credit"], deletes="hard"
+    )
+    _run(project, instance)
+    _execute(
+        source_database,
+        table.update().where(table.c.CustomerID == 1).values(Credit=decimal.Decimal("1.00")),
+        table.update().where(table.c.CustomerID == 2).values(Name="untracked change"),
+    )
+    second = _run(project, instance)
+    assert (second["rows_inserted"], second["rows_updated"]) == (1, 2)
+    _execute(source_database, table.delete().where(table.c.CustomerID == 5))
+    third = _run(project, instance)
+    assert third["rows_deleted"] == 1
+    history = project.delta("customer").to_pyarrow_table()
+    versions = sorted(
+        (r["CustomerID"], r[VALID_FROM], r[VALID_TO], r[IS_CURRENT], r["Credit"], r["Name"])
+        for r in history.to_pylist()
+    )
+    one = [v for v in versions if v[0] == 1]
+    assert [(v[3], v[4]) for v in one] == [
+        (False, decimal.Decimal("100.25")),
+        (True, decimal.Decimal("1.00")),
+    ]
+    assert one[0][2] == one[1][1]  # the old version ends where the new one begins
+    two = [v for v in versions if v[0] == 2]
+    assert len(two) == 1 and two[0][5] == "untracked change"
+    five = [r for r in history.to_pylist() if r["CustomerID"] == 5]
+    assert len(five) == 1 and not five[0][IS_CURRENT] and five[0][VALID_TO] is not None
+    assert _lake_rows(project, history=True) == {
+        key: row for key, row in _source_rows(source_database, table).items()
+    }
+    assert pa.types.is_timestamp(history.schema.field(VALID_FROM).type)
