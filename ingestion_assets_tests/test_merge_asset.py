@@ -11,7 +11,6 @@ import pathlib
 from typing import Any
 
 import pyarrow as pa
-import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
@@ -119,7 +118,8 @@ def _project(database: SourceDatabase, tmp_path: pathlib.Path, **entry: Any) -> 
 
 def _stored_cursor(instance: DagsterInstance) -> Any:
     event = instance.get_latest_materialization_event(AssetKey(["src", "customer"]))
-    assert event is not None and event.asset_materialization is not None
+    assert event is not None
+    assert event.asset_materialization is not None
     return event.asset_materialization.metadata[CURSOR].value
 
 
@@ -160,7 +160,8 @@ def test_inserts_updates_and_deletes_between_runs_keep_the_merge_table_equal_to_
     assert second["rows_read"] == 4
     assert _lake_rows(project) == _source_rows(source_database, table)
     deleted = [r for r in project.delta("customer").to_pyarrow_table().to_pylist() if r[DELETED]]
-    assert [r["CustomerID"] for r in deleted] == [3] and deleted[0]["_deleted_at"] is not None
+    assert [r["CustomerID"] for r in deleted] == [3]
+    assert deleted[0]["_deleted_at"] is not None
 
     version = project.delta("customer").version()
     again = _run(project, instance)
@@ -212,9 +213,11 @@ def test_a_full_refresh_removes_the_rows_deleted_at_the_source(
     _execute(source_database, table.delete().where(table.c.CustomerID.in_([2, 5])))
     # an incremental read cannot see a row that is gone; the count check sees the difference
     incremental = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
-    assert incremental["rows_deleted"] == 0 and len(_lake_rows(project)) == 5
+    assert incremental["rows_deleted"] == 0
+    assert len(_lake_rows(project)) == 5
     refreshed = _run(project, instance, {FULL_REFRESH_TAG: "true"})
-    assert refreshed["rows_deleted"] == 2 and refreshed["full_read"] is True
+    assert refreshed["rows_deleted"] == 2
+    assert refreshed["full_read"] is True
     assert _lake_rows(project) == _source_rows(source_database, table)
 
 
@@ -248,9 +251,9 @@ def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
     ]
     assert one[0][2] == one[1][1]  # the old version ends where the new one begins
     two = [v for v in versions if v[0] == 2]
-    assert len(two) == 1 and two[0][5] == "untracked change"
+    assert [v[5] for v in two] == ["untracked change"]
     five = [r for r in history.to_pylist() if r["CustomerID"] == 5]
-    assert len(five) == 1 and not five[0][IS_CURRENT] and five[0][VALID_TO] is not None
+    assert [(r[IS_CURRENT], r[VALID_TO] is not None) for r in five] == [(False, True)]
     assert _lake_rows(project, history=True) == {
         key: row for key, row in _source_rows(source_database, table).items()
     }
