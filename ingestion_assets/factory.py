@@ -135,6 +135,12 @@ def materialized_column_schema(
 
 def _description(spec: SourceSpecBase, table: DatasetSpec, kind: str) -> str:
     base = table.description or f"{table.origin} from the {kind} source."
+    if table.mode == "cdc" and table.cdc is not None:
+        return (
+            f"{base}\n\nKept by {', '.join(table.primary_key)} from a change feed "
+            f"({table.cdc.feed}): each run applies the events past the last sequence applied, in "
+            f"sequence order, in one Delta commit (SCD type {table.cdc.stored_as_scd_type})."
+        )
     if table.mode == "merge":
         reads = (
             f"the rows whose `{table.cursor_column}` is at or past the last run's highest value"
@@ -222,7 +228,7 @@ def dataset_asset(
         automation_condition=automation_condition(spec, table, partitions_def),
     ).with_io_manager_key(io_manager_key)
 
-    if table.mode == "merge":
+    if table.mode in ("merge", "cdc"):
         return merge_asset(source_name, spec, table, asset_spec, resource_key, io_manager_key)
 
     @multi_asset(

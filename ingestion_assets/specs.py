@@ -367,6 +367,98 @@ class SensorSpec(Spec):
     )
 
 
+class CdcSpec(Spec):
+    """A change feed applied to a table kept by key (`mode: cdc`), like Databricks'
+    `apply_changes`: the feed's rows are events (an operation, a sequence), applied in sequence
+    order; the last sequence applied is the cursor."""
+
+    feed: Literal["change_table", "sqlserver_cdc"] = Field(
+        "change_table",
+        description="`change_table`: any table of events (an operation and a sequence column); "
+        "`sqlserver_cdc`: the change table SQL Server CDC keeps for a capture instance "
+        "(`cdc.<capture_instance>_CT`, `__$operation`, `__$start_lsn`, `__$seqval`).",
+    )
+    change_table: str | None = Field(
+        None,
+        description="The feed's table as `schema.table` (change_table: required; sqlserver_cdc: "
+        "default `cdc.<capture_instance>_CT`).",
+    )
+    capture_instance: str | None = Field(
+        None, description="sqlserver_cdc: the capture instance; default `<schema>_<table>`."
+    )
+    operation_column: str | None = Field(
+        None, description="The column naming each event's operation (sqlserver_cdc: __$operation)."
+    )
+    sequence_by: tuple[str, ...] = Field(
+        (),
+        description="The columns that order the events, most significant first (sqlserver_cdc: "
+        "__$start_lsn, __$seqval); the first is the cursor.",
+    )
+    apply_as_deletes: tuple[str, ...] = Field(
+        ("delete", "DELETE", "D", "d"),
+        description="Operation values that delete the key (sqlserver_cdc: 1).",
+    )
+    ignore_operations: tuple[str, ...] = Field(
+        (), description="Operation values left out (sqlserver_cdc: 3, the image before an update)."
+    )
+    except_columns: tuple[str, ...] = Field(
+        (), description="Feed columns the table does not keep (the operation is never kept)."
+    )
+    stored_as_scd_type: Literal[1, 2] = Field(
+        1, description="1: the latest row per key; 2: a version per change (history)."
+    )
+
+    @property
+    def operation(self) -> str:
+        """The operation column."""
+        default = "__$operation" if self.feed == "sqlserver_cdc" else "operation"
+        return self.operation_column or default
+
+    @property
+    def sequence(self) -> tuple[str, ...]:
+        """The sequence columns."""
+        if self.sequence_by or self.feed != "sqlserver_cdc":
+            return self.sequence_by
+        return ("__$start_lsn", "__$seqval")
+
+    @property
+    def deletes_on(self) -> tuple[str, ...]:
+        """The operation values that delete."""
+        if self.feed == "sqlserver_cdc" and "apply_as_deletes" not in self.model_fields_set:
+            return ("1",)
+        return self.apply_as_deletes
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """The operation values left out."""
+        if self.feed == "sqlserver_cdc" and "ignore_operations" not in self.model_fields_set:
+            return ("3",)
+        return self.ignore_operations
+
+    @property
+    def excepted(self) -> tuple[str, ...]:
+        """The feed columns the table does not keep."""
+        if self.feed == "sqlserver_cdc" and "except_columns" not in self.model_fields_set:
+            return ("__$end_lsn", "__$seqval", "__$update_mask", "__$command_id")
+        return self.except_columns
+
+    def feed_table(self, schema: str | None, name: str) -> tuple[str | None, str]:
+        """(schema, table) of the feed for the dataset `schema.name`."""
+        if self.change_table:
+            head, _, tail = self.change_table.rpartition(".")
+            return (head or None), tail
+        capture = self.capture_instance or f"{schema or 'dbo'}_{name}"
+        return "cdc", f"{capture}_CT"
+
+    @model_validator(mode="after")
+    def _feed_named(self) -> CdcSpec:
+        if self.feed == "change_table" and (not self.change_table or not self.sequence_by):
+            raise ValueError(
+                "a change_table feed needs `change_table` (schema.table) and `sequence_by`"
+            )
+        return self
+
+
 class DatasetSpec(Spec):
     """What tables and streams share: the asset they become and how it is written."""
 
@@ -405,12 +497,14 @@ class DatasetSpec(Spec):
     automation: AutomationSpec | None = Field(
         None, description="Automation condition over the source's; `{}`: none for this dataset."
     )
-    mode: Literal["replace", "merge"] = Field(
+    mode: Literal["replace", "merge", "cdc"] = Field(
         "replace",
         description="`replace`: each run replaces its days (or, without a partition column, the "
         "whole table); `merge`: an unpartitioned table kept by `primary_key`, each run upserting "
-        "the rows changed since its cursor in one MERGE.",
+        "the rows changed since its cursor in one MERGE; `cdc`: the same table kept from a "
+        "change feed (`cdc:`).",
     )
+    cdc: CdcSpec | None = Field(None, description="cdc: the change feed and how it is applied.")
     cursor_column: str | None = Field(
         None,
         description="merge: the column that grows when a row changes (a modified timestamp, an "
@@ -444,9 +538,38 @@ class DatasetSpec(Spec):
 
     @model_validator(mode="after")
     def _merge_options(self) -> DatasetSpec:
-        merge_only = ("cursor_column", "lookback", "delete_column", "history", "tracked_columns")
+        if self.mode == "cdc":
+            if self.cdc is None:
+                raise ValueError("a cdc table (mode: cdc) needs `cdc:` (its change feed)")
+            if not self.primary_key:
+                raise ValueError("a cdc table (mode: cdc) needs `primary_key`")
+            if self.partition_column is not None:
+                raise ValueError(
+                    "a cdc table is not partitioned by day: remove the partition column"
+                )
+            unused = [
+                name
+                for name in ("cursor_column", "lookback", "delete_column", "history")
+                if name in self.model_fields_set
+            ]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} do not apply to a cdc table: its feed's "
+                    "`sequence_by`, `apply_as_deletes` and `stored_as_scd_type` say it"
+                )
+            return self
+        if self.cdc is not None:
+            raise ValueError("`cdc:` applies with `mode: cdc` only")
+        merge_only: tuple[str, ...] = (
+            "cursor_column",
+            "lookback",
+            "delete_column",
+            "history",
+            "tracked_columns",
+            "deletes",
+        )
         if self.mode != "merge":
-            stray = [name for name in (*merge_only, "deletes") if name in self.model_fields_set]
+            stray = [name for name in merge_only if name in self.model_fields_set]
             if stray:
                 raise ValueError(
                     f"{', '.join(stray)} apply to merge tables only: add `mode: merge` or remove "

@@ -258,3 +258,580 @@ def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
         key: row for key, row in _source_rows(source_database, table).items()
     }
     assert pa.types.is_timestamp(history.schema.field(VALID_FROM).type)
+
+
+def _lsn(number: int) -> bytes:
+    """A SQL Server log sequence number: binary(10), compared byte by byte."""
+    return number.to_bytes(10, "big")
+
+
+def _change_table(database: SourceDatabase) -> sa.Table:
+    """A change table of the shape SQL Server CDC keeps (`cdc.<capture>_CT`)."""
+    table = sa.Table(
+        "Customer_CT",
+        sa.MetaData(),
+        sa.Column(
+            "__$start_lsn",
+            sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql"),
+        ),
+        sa.Column(
+            "__$end_lsn", sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql")
+        ),
+        sa.Column(
+            "__$seqval", sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql")
+        ),
+        sa.Column("__$operation", sa.Integer),
+        sa.Column(
+            "__$update_mask",
+            sa.LargeBinary(8).with_variant(sa.dialects.mysql.VARBINARY(8), "mysql"),
+        ),
+        sa.Column("CustomerID", sa.Integer),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        schema=database.schema("Sales"),
+    )
+    engine = database.engine()
+    with engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
+        table.create(connection)
+    engine.dispose()
+    return table
+
+
+def _event(lsn: int, seq: int, operation: int, key: int, name: str, credit: str) -> dict[str, Any]:
+    return {
+        "__$start_lsn": _lsn(lsn),
+        "__$end_lsn": None,
+        "__$seqval": _lsn(seq),
+        "__$operation": operation,
+        "__$update_mask": b"\x07",
+        "CustomerID": key,
+        "Name": name,
+        "Credit": decimal.Decimal(credit),
+    }
+
+
+def _applied(events: list[dict[str, Any]]) -> dict[int, tuple[str, decimal.Decimal]]:
+    """The reference: events in (start_lsn, seqval) order; 1 deletes, 2 and 4 upsert, 3 is the
+    image before an update."""
+    rows: dict[int, tuple[str, decimal.Decimal]] = {}
+    for event in sorted(events, key=lambda e: (e["__$start_lsn"], e["__$seqval"])):
+        if event["__$operation"] == 1:
+            rows.pop(event["CustomerID"], None)
+        elif event["__$operation"] in (2, 4):
+            rows[event["CustomerID"]] = (event["Name"], event["Credit"])
+    return rows
+
+
+def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes_and_redeliveries(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    feed = _change_table(source_database)
+    first = [
+        _event(1, 1, 2, 1, "one", "10.00"),
+        _event(1, 2, 2, 2, "two", "20.00"),
+        _event(1, 3, 2, 3, "three", "30.00"),
+        # an update: the image before it (3) and after it (4), one transaction
+        _event(2, 2, 4, 2, "two, renamed", "21.50"),
+        _event(2, 1, 3, 2, "two", "20.00"),
+        _event(3, 1, 1, 3, "three", "30.00"),
+    ]
+    _execute(source_database, feed.insert().values(first))
+    project = _project(
+        source_database,
+        tmp_path,
+        mode="cdc",
+        cdc={
+            "feed": "sqlserver_cdc",
+            "change_table": f"{source_database.schema('Sales')}.Customer_CT",
+        },
+    )
+
+    def lake() -> dict[int, tuple[str, decimal.Decimal]]:
+        table = project.delta("customer").to_pyarrow_table()
+        assert "__$operation" not in table.schema.names
+        return {r["CustomerID"]: (r["Name"], r["Credit"]) for r in table.to_pylist()}
+
+    # the count check compares with the base table, which this test does not have
+    applied = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert lake() == _applied(first)
+    assert (applied["rows_inserted"], applied["rows_deleted"]) == (2, 0)
+    assert _stored_cursor(instance) == _lsn(3).hex()
+
+    later = [
+        _event(5, 1, 2, 3, "three again", "33.00"),
+        _event(4, 2, 4, 1, "one, renamed", "11.00"),
+        _event(4, 1, 3, 1, "one", "10.00"),
+        # the last transaction of the first read, delivered again
+        _event(3, 1, 1, 3, "three", "30.00"),
+    ]
+    _execute(source_database, feed.insert().values(later))
+    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert lake() == _applied(first + later)
+    version = project.delta("customer").version()
+    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert project.delta("customer").version() == version
+    assert lake() == _applied(first + later)
+
+
+def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
+    from sqlalchemy.dialects import mssql
+
+    from ingestion_assets.merge_asset import _read_spec
+    from ingestion_assets.sources.sql import SqlTableReader
+    from ingestion_assets.specs import TableSpec
+
+    spec = TableSpec(
+        schema="dbo",
+        name="Customer",
+        primary_key=("CustomerID",),
+        mode="cdc",
+        cdc={"feed": "sqlserver_cdc"},
+    )
+    feed, cursor = _read_spec(spec)
+    assert (feed.qualified_name, cursor) == ("cdc.dbo_Customer_CT", "__$start_lsn")
+    table = sa.Table(
+        "dbo_Customer_CT",
+        sa.MetaData(),
+        sa.Column("__$start_lsn", mssql.BINARY(10)),
+        sa.Column("__$seqval", mssql.BINARY(10)),
+        sa.Column("__$operation", sa.Integer),
+        sa.Column("CustomerID", sa.Integer),
+        schema="cdc",
+    )
+    engine = sa.create_engine("mssql+pyodbc://")  # compiles only: never connects
+    reader = SqlTableReader(engine, "erp", feed, 1000)
+    reader.changes_since = _lsn(42).hex()
+    query = reader._query(table, list(table.c), None, None)
+    dialect = engine.dialect
+    dialect.server_version_info = (16, 0)
+    compiled = query.compile(dialect=dialect)
+    # `__$start_lsn` is a regular T-SQL identifier ($ may follow the first character)
+    assert (
+        str(compiled).split()
+        == (
+            "SELECT cdc.[dbo_Customer_CT].__$start_lsn, cdc.[dbo_Customer_CT].__$seqval, "
+            "cdc.[dbo_Customer_CT].__$operation, cdc.[dbo_Customer_CT].[CustomerID] "
+            "FROM cdc.[dbo_Customer_CT] WHERE cdc.[dbo_Customer_CT].__$start_lsn >= ?"
+        ).split()
+    )
+    assert compiled.params == {"changes_since": _lsn(42)} tables end to end on PostgreSQL, MariaDB and SQLite: inserts, updates and deletes
+between runs land so that the Delta table's current rows equal the source after every run; a
+re-run with the same cursor changes nothing; a run that fails after reading leaves the cursor and
+the table as they were; a full refresh finds the rows deleted at the source."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import pathlib
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
+
+from ingestion_assets.merge_asset import CURSOR, FULL_REFRESH_TAG, MATCHES_SOURCE
+from ingestion_assets.modes.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
+from ingestion_assets_tests.conftest import (
+    IngestProject,
+    SourceDatabase,
+    build_project,
+    failure_message,
+)
+
+T0 = datetime.datetime(2024, 3, 1, 8, 0, 0)
+
+
+def _customers(database: SourceDatabase) -> sa.Table:
+    table = sa.Table(
+        "Customer",
+        sa.MetaData(),
+        sa.Column("CustomerID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        sa.Column("IsDeleted", sa.Boolean),
+        sa.Column("ModifiedDate", sa.DateTime),
+        schema=database.schema("Sales"),
+    )
+    engine = database.engine()
+    with engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
+        table.create(connection)
+        connection.execute(
+            table.insert(),
+            [
+                {
+                    "CustomerID": key,
+                    "Name": f"customer {key} Łódź",
+                    "Credit": decimal.Decimal(f"{key}00.25"),
+                    "IsDeleted": False,
+                    "ModifiedDate": T0 + datetime.timedelta(minutes=key),
+                }
+                for key in range(1, 6)
+            ],
+        )
+    engine.dispose()
+    return table
+
+
+def _execute(database: SourceDatabase, *statements: Any) -> None:
+    engine = database.engine()
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(statement)
+    engine.dispose()
+
+
+def _source_rows(database: SourceDatabase, table: sa.Table) -> dict[int, tuple[Any, ...]]:
+    engine = database.engine()
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(table).where(sa.not_(table.c.IsDeleted))).all()
+    engine.dispose()
+    return {row.CustomerID: (row.Name, row.Credit, row.ModifiedDate) for row in rows}
+
+
+def _lake_rows(project: IngestProject, history: bool = False) -> dict[int, tuple[Any, ...]]:
+    table = project.delta("customer").to_pyarrow_table()
+    rows = {}
+    for row in table.to_pylist():
+        if row.get(DELETED) or (history and not row[IS_CURRENT]):
+            continue
+        assert row["CustomerID"] not in rows, "a key is held twice among the current rows"
+        rows[row["CustomerID"]] = (row["Name"], row["Credit"], row["ModifiedDate"])
+    return rows
+
+
+def _run(
+    project: IngestProject,
+    instance: DagsterInstance,
+    tags: dict[str, str] | None = None,
+    failing: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Materialize the merge table; its metadata. Every check but `failing` passes."""
+    result = materialize(
+        [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+        instance=instance,
+        resources=project.defs.resources,
+        tags=tags,
+    )
+    metadata = result.asset_materializations_for_node("src__customer")[0].metadata
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert {name for name, passed in checks.items() if not passed} == failing, checks
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
+
+
+def _project(database: SourceDatabase, tmp_path: pathlib.Path, **entry: Any) -> IngestProject:
+    table = {
+        "schema": database.schema("Sales"),
+        "name": "Customer",
+        "primary_key": ["CustomerID"],
+        "mode": "merge",
+        **entry,
+    }
+    return build_project(database, tmp_path / "lake", [table])
+
+
+def _stored_cursor(instance: DagsterInstance) -> Any:
+    event = instance.get_latest_materialization_event(AssetKey(["src", "customer"]))
+    assert event is not None
+    assert event.asset_materialization is not None
+    return event.asset_materialization.metadata[CURSOR].value
+
+
+def test_inserts_updates_and_deletes_between_runs_keep_the_merge_table_equal_to_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(
+        source_database,
+        tmp_path,
+        cursor_column="ModifiedDate",
+        deletes="soft",
+        delete_column="IsDeleted",
+        schema_policy="freeze",
+    )
+    first = _run(project, instance)
+    assert (first["rows_inserted"], first["rows_read"]) == (5, 5)
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+    later = T0 + datetime.timedelta(hours=1)
+    _execute(
+        source_database,
+        table.update()
+        .where(table.c.CustomerID == 2)
+        .values(Name="renamed", Credit=decimal.Decimal("0.01"), ModifiedDate=later),
+        table.update().where(table.c.CustomerID == 3).values(IsDeleted=True, ModifiedDate=later),
+        table.insert().values(
+            CustomerID=6,
+            Name="new",
+            Credit=decimal.Decimal("-7.50"),
+            IsDeleted=False,
+            ModifiedDate=later,
+        ),
+    )
+    second = _run(project, instance)
+    assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (1, 1, 1)
+    # only the changed rows are read: those at or past the first run's newest ModifiedDate
+    assert second["rows_read"] == 4
+    assert _lake_rows(project) == _source_rows(source_database, table)
+    deleted = [r for r in project.delta("customer").to_pyarrow_table().to_pylist() if r[DELETED]]
+    assert [r["CustomerID"] for r in deleted] == [3]
+    assert deleted[0]["_deleted_at"] is not None
+
+    version = project.delta("customer").version()
+    again = _run(project, instance)
+    assert project.delta("customer").version() == version
+    assert (again["rows_inserted"], again["rows_updated"], again["rows_deleted"]) == (0, 0, 0)
+    cursor = _stored_cursor(instance)
+
+    # a change read, then the run fails (a new source column under schema_policy: freeze)
+    _execute(
+        source_database,
+        table.update()
+        .where(table.c.CustomerID == 4)
+        .values(Name="late", ModifiedDate=later + datetime.timedelta(hours=1)),
+        sa.text(f"ALTER TABLE {_qualified(source_database, table)} ADD COLUMN Extra INTEGER"),
+    )
+    failed = materialize(
+        [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+        instance=instance,
+        resources=project.defs.resources,
+        raise_on_error=False,
+    )
+    assert not failed.success
+    assert "added column extra" in failure_message(failed).lower()
+    assert project.delta("customer").version() == version
+    assert _stored_cursor(instance) == cursor
+    _execute(
+        source_database,
+        sa.text(f"ALTER TABLE {_qualified(source_database, table)} DROP COLUMN Extra"),
+    )
+    # the re-run reads the same change again and lands it
+    fixed = _run(project, instance)
+    assert fixed["rows_updated"] == 1
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+
+def _qualified(database: SourceDatabase, table: sa.Table) -> str:
+    engine = database.engine()
+    preparer = engine.dialect.identifier_preparer
+    engine.dispose()
+    return preparer.format_table(table)
+
+
+def test_a_full_refresh_removes_the_rows_deleted_at_the_source(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(source_database, tmp_path, cursor_column="ModifiedDate", deletes="hard")
+    _run(project, instance)
+    _execute(source_database, table.delete().where(table.c.CustomerID.in_([2, 5])))
+    # an incremental read cannot see a row that is gone; the count check sees the difference
+    incremental = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert incremental["rows_deleted"] == 0
+    assert len(_lake_rows(project)) == 5
+    refreshed = _run(project, instance, {FULL_REFRESH_TAG: "true"})
+    assert refreshed["rows_deleted"] == 2
+    assert refreshed["full_read"] is True
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+
+def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    table = _customers(source_database)
+    project = _project(
+        source_database, tmp_path, history=True, tracked_columns=["Credit"], deletes="hard"
+    )
+    _run(project, instance)
+    _execute(
+        source_database,
+        table.update().where(table.c.CustomerID == 1).values(Credit=decimal.Decimal("1.00")),
+        table.update().where(table.c.CustomerID == 2).values(Name="untracked change"),
+    )
+    second = _run(project, instance)
+    assert (second["rows_inserted"], second["rows_updated"]) == (1, 2)
+    _execute(source_database, table.delete().where(table.c.CustomerID == 5))
+    third = _run(project, instance)
+    assert third["rows_deleted"] == 1
+    history = project.delta("customer").to_pyarrow_table()
+    versions = sorted(
+        (r["CustomerID"], r[VALID_FROM], r[VALID_TO], r[IS_CURRENT], r["Credit"], r["Name"])
+        for r in history.to_pylist()
+    )
+    one = [v for v in versions if v[0] == 1]
+    assert [(v[3], v[4]) for v in one] == [
+        (False, decimal.Decimal("100.25")),
+        (True, decimal.Decimal("1.00")),
+    ]
+    assert one[0][2] == one[1][1]  # the old version ends where the new one begins
+    two = [v for v in versions if v[0] == 2]
+    assert [v[5] for v in two] == ["untracked change"]
+    five = [r for r in history.to_pylist() if r["CustomerID"] == 5]
+    assert [(r[IS_CURRENT], r[VALID_TO] is not None) for r in five] == [(False, True)]
+    assert _lake_rows(project, history=True) == {
+        key: row for key, row in _source_rows(source_database, table).items()
+    }
+    assert pa.types.is_timestamp(history.schema.field(VALID_FROM).type)
+
+
+def _lsn(number: int) -> bytes:
+    """A SQL Server log sequence number: binary(10), compared byte by byte."""
+    return number.to_bytes(10, "big")
+
+
+def _change_table(database: SourceDatabase) -> sa.Table:
+    """A change table of the shape SQL Server CDC keeps (`cdc.<capture>_CT`)."""
+    table = sa.Table(
+        "Customer_CT",
+        sa.MetaData(),
+        sa.Column(
+            "__$start_lsn",
+            sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql"),
+        ),
+        sa.Column(
+            "__$end_lsn", sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql")
+        ),
+        sa.Column(
+            "__$seqval", sa.LargeBinary(10).with_variant(sa.dialects.mysql.VARBINARY(10), "mysql")
+        ),
+        sa.Column("__$operation", sa.Integer),
+        sa.Column(
+            "__$update_mask",
+            sa.LargeBinary(8).with_variant(sa.dialects.mysql.VARBINARY(8), "mysql"),
+        ),
+        sa.Column("CustomerID", sa.Integer),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        schema=database.schema("Sales"),
+    )
+    engine = database.engine()
+    with engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
+        table.create(connection)
+    engine.dispose()
+    return table
+
+
+def _event(lsn: int, seq: int, operation: int, key: int, name: str, credit: str) -> dict[str, Any]:
+    return {
+        "__$start_lsn": _lsn(lsn),
+        "__$end_lsn": None,
+        "__$seqval": _lsn(seq),
+        "__$operation": operation,
+        "__$update_mask": b"\x07",
+        "CustomerID": key,
+        "Name": name,
+        "Credit": decimal.Decimal(credit),
+    }
+
+
+def _applied(events: list[dict[str, Any]]) -> dict[int, tuple[str, decimal.Decimal]]:
+    """The reference: events in (start_lsn, seqval) order; 1 deletes, 2 and 4 upsert, 3 is the
+    image before an update."""
+    rows: dict[int, tuple[str, decimal.Decimal]] = {}
+    for event in sorted(events, key=lambda e: (e["__$start_lsn"], e["__$seqval"])):
+        if event["__$operation"] == 1:
+            rows.pop(event["CustomerID"], None)
+        elif event["__$operation"] in (2, 4):
+            rows[event["CustomerID"]] = (event["Name"], event["Credit"])
+    return rows
+
+
+def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes_and_redeliveries(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    feed = _change_table(source_database)
+    first = [
+        _event(1, 1, 2, 1, "one", "10.00"),
+        _event(1, 2, 2, 2, "two", "20.00"),
+        _event(1, 3, 2, 3, "three", "30.00"),
+        # an update: the image before it (3) and after it (4), one transaction
+        _event(2, 2, 4, 2, "two, renamed", "21.50"),
+        _event(2, 1, 3, 2, "two", "20.00"),
+        _event(3, 1, 1, 3, "three", "30.00"),
+    ]
+    _execute(source_database, feed.insert().values(first))
+    project = _project(
+        source_database,
+        tmp_path,
+        mode="cdc",
+        cdc={
+            "feed": "sqlserver_cdc",
+            "change_table": f"{source_database.schema('Sales')}.Customer_CT",
+        },
+    )
+
+    def lake() -> dict[int, tuple[str, decimal.Decimal]]:
+        table = project.delta("customer").to_pyarrow_table()
+        assert "__$operation" not in table.schema.names
+        return {r["CustomerID"]: (r["Name"], r["Credit"]) for r in table.to_pylist()}
+
+    # the count check compares with the base table, which this test does not have
+    applied = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert lake() == _applied(first)
+    assert (applied["rows_inserted"], applied["rows_deleted"]) == (2, 0)
+    assert _stored_cursor(instance) == _lsn(3).hex()
+
+    later = [
+        _event(5, 1, 2, 3, "three again", "33.00"),
+        _event(4, 2, 4, 1, "one, renamed", "11.00"),
+        _event(4, 1, 3, 1, "one", "10.00"),
+        # the last transaction of the first read, delivered again
+        _event(3, 1, 1, 3, "three", "30.00"),
+    ]
+    _execute(source_database, feed.insert().values(later))
+    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert lake() == _applied(first + later)
+    version = project.delta("customer").version()
+    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert project.delta("customer").version() == version
+    assert lake() == _applied(first + later)
+
+
+def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
+    from sqlalchemy.dialects import mssql
+
+    from ingestion_assets.merge_asset import _read_spec
+    from ingestion_assets.sources.sql import SqlTableReader
+    from ingestion_assets.specs import TableSpec
+
+    spec = TableSpec(
+        schema="dbo",
+        name="Customer",
+        primary_key=("CustomerID",),
+        mode="cdc",
+        cdc={"feed": "sqlserver_cdc"},
+    )
+    feed, cursor = _read_spec(spec)
+    assert (feed.qualified_name, cursor) == ("cdc.dbo_Customer_CT", "__$start_lsn")
+    table = sa.Table(
+        "dbo_Customer_CT",
+        sa.MetaData(),
+        sa.Column("__$start_lsn", mssql.BINARY(10)),
+        sa.Column("__$seqval", mssql.BINARY(10)),
+        sa.Column("__$operation", sa.Integer),
+        sa.Column("CustomerID", sa.Integer),
+        schema="cdc",
+    )
+    engine = sa.create_engine("mssql+pyodbc://")  # compiles only: never connects
+    reader = SqlTableReader(engine, "erp", feed, 1000)
+    reader.changes_since = _lsn(42).hex()
+    query = reader._query(table, list(table.c), None, None)
+    dialect = engine.dialect
+    dialect.server_version_info = (16, 0)
+    compiled = query.compile(dialect=dialect)
+    # `__$start_lsn` is a regular T-SQL identifier ($ may follow the first character)
+    assert (
+        str(compiled).split()
+        == (
+            "SELECT cdc.[dbo_Customer_CT].__$start_lsn, cdc.[dbo_Customer_CT].__$seqval, "
+            "cdc.[dbo_Customer_CT].__$operation, cdc.[dbo_Customer_CT].[CustomerID] "
+            "FROM cdc.[dbo_Customer_CT] WHERE cdc.[dbo_Customer_CT].__$start_lsn >= ?"
+        ).split()
+    )
+    assert compiled.params == {"changes_since": _lsn(42)}

@@ -51,6 +51,8 @@ class MergeRules:
     tracked: tuple[str, ...] | None = None
     # columns the table never takes from the changes (a change feed's operation, its sequence)
     except_columns: tuple[str, ...] = ()
+    # columns that order two changes of one key with the same sequence (a feed's seqval)
+    order_by: tuple[str, ...] = ()
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -76,9 +78,8 @@ class MergePlan:
 
 def latest_changes(changes: pa.Table, rules: MergeRules, where: str) -> pa.Table:
     """One row per key: the highest sequence, the last to arrive among equal sequences."""
-    missing = [
-        name for name in (*rules.keys, rules.sequence) if name and name not in changes.schema.names
-    ]
+    named = (*rules.keys, rules.sequence, *rules.order_by)
+    missing = [name for name in named if name and name not in changes.schema.names]
     if missing:
         raise IngestionError(
             f"{where}: column(s) {', '.join(missing)} of the merge rules are not among the rows "
@@ -98,6 +99,7 @@ def latest_changes(changes: pa.Table, rules: MergeRules, where: str) -> pa.Table
     if rules.sequence:
         # a change without a sequence is older than any with one
         order.append((rules.sequence, "ascending", "at_start"))
+    order += [(name, "ascending", "at_start") for name in rules.order_by]
     order.append((_ARRIVAL, "ascending", "at_start"))
     ordered = numbered.take(pc.sort_indices(numbered, sort_keys=order))
     # the last row of each run of equal keys
@@ -114,6 +116,33 @@ def _same_key_as_next(table: pa.Table, keys: Sequence[str]) -> pa.Array:
         same = equal if same is None else pc.and_(same, equal)
     assert same is not None
     return pa.concat_arrays([same, pa.array([False])])
+
+
+FEED_DELETE = "__feed_delete"
+
+
+def feed_changes(
+    events: pa.Table,
+    operation: str,
+    deletes_on: Sequence[str],
+    ignored: Sequence[str],
+    where: str,
+) -> pa.Table:
+    """A change feed's events as changes: the `ignored` operations left out, and a flag column
+    (FEED_DELETE) true where the operation is one of `deletes_on` (compared as text)."""
+    if operation not in events.schema.names:
+        raise IngestionError(
+            f"{where}: the feed has no operation column {operation}; set `cdc.operation_column` "
+            f"(the feed has {', '.join(events.schema.names)})"
+        )
+    text = pc.cast(events.column(operation), pa.string())
+    if ignored:
+        events = events.filter(
+            pc.invert(pc.fill_null(pc.is_in(text, pa.array(list(ignored))), False))
+        )
+        text = pc.cast(events.column(operation), pa.string())
+    flags = pc.fill_null(pc.is_in(text, pa.array(list(deletes_on), pa.string())), False)
+    return events.append_column(FEED_DELETE, flags)
 
 
 def delete_flags(changes: pa.Table, rules: MergeRules, where: str) -> pa.Array:
