@@ -245,6 +245,9 @@ def _run(
         "dagster/table_name": ".".join(asset_key.path),
         "dagster/uri": MetadataValue.path(uri),
         "rows_read": outcome.rows_read,
+        # what the MERGE wrote, and the read and the merge's time (as a replace reports them)
+        "rows_written": outcome.inserted + outcome.updated + outcome.deleted,
+        "seconds": round(time.monotonic() - started, 3),
         "rows_inserted": outcome.inserted,
         "rows_updated": outcome.updated,
         "rows_deleted": outcome.deleted,
