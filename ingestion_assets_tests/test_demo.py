@@ -120,7 +120,10 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         "running job ingest_adventureworks_api: 4 assets over partitions",
     )
     wrote = [i for i, line in enumerate(lines) if ": wrote " in line and " rows as Delta " in line]
-    assert len(wrote) == 11, "\n".join(lines)
+    # the partitioned and snapshot tables write; the merge tables (customer, product) merge
+    assert len(wrote) == 9, "\n".join(lines)
+    merged = [line for line in lines if ", merge: " in line and " inserted, " in line]
+    assert len(merged) == 2, "\n".join(lines)
     for index in wrote:
         assert "recording " in lines[index + 1], lines[index : index + 2]
     assert "recording 120 materialization(s) and 361 check result(s)" in completed.stdout
@@ -140,7 +143,11 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         assert line[2] == "120", line
         assert float(line[3]) > 0, line
         assert line[4] == line[6], f"every check passed: {line}"
-    assert jobs["ingest_adventureworks"][4] == f"{4 * 361 + 3 * 3:,}"
+    # four order tables, the vendor snapshot, the customer merge table, the product history
+    assert jobs["ingest_adventureworks"][4] == f"{4 * 361 + 3 + 2 + 3:,}"
+    assert " ".join(summary["adventureworks/product"][8:]) == (
+        "current_keys_unique, current_rows_match_source, history_unbroken"
+    )
 
     demo, lake = checkout / ".data" / "demo", checkout / ".data" / "lake"
     for logical in ORDER_TABLES:
