@@ -30,9 +30,10 @@ from dagster import (
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.factory import partitions_definition, source_resource_key
+from ingestion_assets.merge_asset import read_spec, stored_cursor
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import ChangedDays
-from ingestion_assets.specs import SourceSpecBase
+from ingestion_assets.specs import DatasetSpec, SourceSpecBase
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -126,11 +127,19 @@ def run_requests_for(
     return requests
 
 
+def merge_datasets(spec: SourceSpecBase) -> list[DatasetSpec]:
+    """The merge and cdc tables of a source that have a cursor (a sensor can ask for changes)."""
+    return [d for d in spec.datasets if d.mode != "replace" and read_spec(d)[1] is not None]
+
+
 def new_data_sensor(source_name: str, spec: SourceSpecBase) -> SensorDefinition:
-    """Each tick: ask the source which days changed since the cursor; request runs for only those."""
+    """Each tick: ask the source which days changed since the cursor; request runs for only those.
+    A merge table (or cdc feed) with rows past the cursor of its last materialization gets one
+    run."""
     datasets = [d for d in spec.datasets if d.partition_column is not None]
+    merged = merge_datasets(spec)
     resource_key = source_resource_key(source_name)
-    keys = {d.key_name: AssetKey([source_name, d.key_name]) for d in datasets}
+    keys = {d.key_name: AssetKey([source_name, d.key_name]) for d in [*datasets, *merged]}
 
     @sensor(
         name=f"{source_name}_new_data",
@@ -167,6 +176,18 @@ def new_data_sensor(source_name: str, spec: SourceSpecBase) -> SensorDefinition:
                 keys[dataset.key_name], changed, valid, spec.sensor.max_runs_per_tick
             )
             cursor[dataset.key_name] = changed.newest
+        for dataset in merged:
+            key = keys[dataset.key_name]
+            stored = stored_cursor(context.instance, key)
+            try:
+                newest = resource.newest_change(read_spec(dataset)[0], stored)
+            except IngestionError as error:
+                return SkipReason(f"source '{source_name}' is not reachable: {error}")
+            if newest is not None:
+                # one run per newest change: a tick that finds the same change again asks nothing
+                requests.append(
+                    RunRequest(run_key=f"{key.to_user_string()}:{newest}", asset_selection=[key])
+                )
         new_cursor = json.dumps(cursor, sort_keys=True)
         if not requests:
             return SensorResult(
@@ -263,6 +284,6 @@ def source_automation(
         if (schedule := daily_schedule(source_name, spec, name, keys)) is not None
     ]
     sensors = []
-    if any(d.partition_column for d in spec.datasets):
+    if any(d.partition_column for d in spec.datasets) or merge_datasets(spec):
         sensors.append(new_data_sensor(source_name, spec))
     return schedules, sensors

@@ -26,6 +26,7 @@ from dagster import (
     AssetKey,
     AssetsDefinition,
     AssetSpec,
+    DagsterInstance,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -162,8 +163,9 @@ def merge_asset(
     return _merge
 
 
-def _stored_cursor(context: AssetExecutionContext, asset_key: AssetKey) -> str | None:
-    event = context.instance.get_latest_materialization_event(asset_key)
+def stored_cursor(instance: DagsterInstance, asset_key: AssetKey) -> str | None:
+    """The cursor stored with the asset's latest materialization."""
+    event = instance.get_latest_materialization_event(asset_key)
     materialization = event.asset_materialization if event is not None else None
     if materialization is None:
         return None
@@ -190,19 +192,19 @@ def _run(
             f"{type(writer).__name__}; set `io_manager: delta` for this source"
         )
     full_refresh = context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
-    stored = None if full_refresh else _stored_cursor(context, asset_key)
-    read_spec, cursor_column = _read_spec(table)
+    stored = None if full_refresh else stored_cursor(context.instance, asset_key)
+    feed, cursor_column = read_spec(table)
     since = read_from(stored, table.lookback) if cursor_column else None
     # a feed read from its start is still a feed: only a table read whole shows its deletes
     full_read = since is None and table.mode == "merge"
     context.log.info(
         f"{label}: reading "
-        + (f"{read_spec.qualified_name}, " if read_spec is not table else "")
+        + (f"{feed.qualified_name}, " if feed is not table else "")
         + ("every row" if since is None else f"the rows with {cursor_column} >= {since}")
     )
     started = time.monotonic()
     source = getattr(context.resources, resource_key)
-    stream = source.read_changes(read_spec, since)
+    stream = source.read_changes(feed, since)
     changes = stream.reader.read_all()
     if table.cdc is not None:
         changes = feed_changes(
@@ -262,7 +264,7 @@ def _run(
     yield from _judge(context, source, table, rules, committed, present, asset_key)
 
 
-def _read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
+def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
     """What a run reads and its cursor column: the table itself (merge), or its feed (cdc)."""
     feed = table.cdc
     if table.mode != "cdc" or feed is None:

@@ -72,6 +72,10 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """A merge table's rows changed since the cursor (see `Source.read_changes`)."""
         return self.source().read_changes(dataset, since)
 
+    def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
+        """A merge table's newest cursor value past `since` (see `Source.newest_change`)."""
+        return self.source().newest_change(dataset, since)
+
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
         """The source's row count for the window (None when it cannot tell)."""
         return self.source().count(dataset, window)

@@ -378,7 +378,7 @@ def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes
 def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
     from sqlalchemy.dialects import mssql
 
-    from ingestion_assets.merge_asset import _read_spec
+    from ingestion_assets.merge_asset import read_spec
     from ingestion_assets.sources.sql import SqlTableReader
     from ingestion_assets.specs import TableSpec
 
@@ -389,7 +389,7 @@ def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() 
         mode="cdc",
         cdc={"feed": "sqlserver_cdc"},
     )
-    feed, cursor = _read_spec(spec)
+    feed, cursor = read_spec(spec)
     assert (feed.qualified_name, cursor) == ("cdc.dbo_Customer_CT", "__$start_lsn")
     table = sa.Table(
         "dbo_Customer_CT",
@@ -414,3 +414,34 @@ def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() 
         "FROM cdc.[dbo_Customer_CT] WHERE cdc.[dbo_Customer_CT].__$start_lsn >= ?"
     )
     assert compiled.params == {"changes_since": _lsn(42)}
+
+
+def test_the_new_data_sensor_requests_a_merge_table_once_its_source_changed_past_the_cursor(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    from dagster import build_sensor_context
+
+    table = _customers(source_database)
+    project = _project(source_database, tmp_path, cursor_column="ModifiedDate")
+    sensor = project.defs.get_sensor_def("src_new_data")
+
+    def tick() -> list[Any]:
+        with build_sensor_context(
+            instance=instance, resources=project.defs.resources, definitions=project.defs
+        ) as context:
+            return list(sensor.evaluate_tick(context).run_requests)
+
+    # never materialized: everything is new
+    assert [r.asset_selection for r in tick()] == [[AssetKey(["src", "customer"])]]
+    _run(project, instance)
+    assert tick() == []
+    changed_at = T0 + datetime.timedelta(days=1)
+    _execute(
+        source_database,
+        table.update().where(table.c.CustomerID == 4).values(Name="moved", ModifiedDate=changed_at),
+    )
+    (request,) = tick()
+    assert request.asset_selection == [AssetKey(["src", "customer"])]
+    assert request.run_key == f"src/customer:{changed_at.isoformat()}"
+    _run(project, instance)
+    assert tick() == []

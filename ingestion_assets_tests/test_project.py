@@ -425,3 +425,66 @@ def test_yaml_that_does_not_parse_names_the_file_line_and_column() -> None:
     assert message.startswith("ingestion.yaml: line 3, column "), message
     assert ": not valid YAML: " in message
     assert "<unicode string>" not in message
+
+
+PRODUCT_ENTRY = "{schema: Production, name: Product}"
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            "mode: merge",
+            "tables[2] (Production.Product): a merge table (mode: merge) needs `primary_key`",
+        ),
+        (
+            "mode: merge, primary_key: [ProductID], partition_column: ModifiedDate",
+            "a merge table is not partitioned by day",
+        ),
+        ("cursor_column: ModifiedDate", "cursor_column apply to merge tables only"),
+        (
+            "mode: merge, primary_key: [ProductID], delete_column: Gone",
+            "delete_column is set but deletes is `ignore`",
+        ),
+        (
+            "mode: merge, primary_key: [ProductID], tracked_columns: [ListPrice]",
+            "tracked_columns applies with `history: true` only",
+        ),
+        (
+            "mode: merge, primary_key: [ProductID], deletes: sometimes",
+            "deletes: Input should be 'ignore', 'soft' or 'hard'",
+        ),
+        ("mode: cdc, primary_key: [ProductID]", "needs `cdc:` (its change feed)"),
+        (
+            "mode: cdc, primary_key: [ProductID], cdc: {feed: change_table}",
+            "a change_table feed needs `change_table` (schema.table) and `sequence_by`",
+        ),
+        (
+            "mode: cdc, primary_key: [ProductID], cdc: {feed: sqlserver_cdc}, history: true",
+            "history do not apply to a cdc table",
+        ),
+        ("cdc: {feed: sqlserver_cdc}", "`cdc:` applies with `mode: cdc` only"),
+    ],
+)
+def test_a_merge_or_cdc_table_declared_wrong_is_a_load_time_error_naming_the_table(
+    options: str, expected: str
+) -> None:
+    text = VALID.replace(PRODUCT_ENTRY, PRODUCT_ENTRY[:-1] + ", " + options + "}")
+    assert expected in _error(text)
+
+
+def test_merge_and_cdc_tables_are_unpartitioned_assets_with_their_checks() -> None:
+    text = VALID.replace(
+        PRODUCT_ENTRY,
+        "{schema: Production, name: Product, primary_key: [ProductID], mode: merge, "
+        "history: true, cursor_column: ModifiedDate}",
+    )
+    defs = build_definitions(parse_project(text, "ingestion.yaml", ENV))
+    product = defs.get_assets_def(AssetKey(["erp", "product"]))
+    assert product.partitions_def is None
+    assert {key.name for key in product.check_keys} == {
+        "current_keys_unique",
+        "current_rows_match_source",
+        "history_unbroken",
+    }
+    assert "Merge table kept by ProductID" in (product.descriptions_by_key[product.key] or "")

@@ -105,6 +105,14 @@ class Source(ABC):
             f"'{dataset.qualified_name}' as a merge table: use mode: replace"
         )
 
+    def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
+        """The newest cursor value of a merge table's rows past `since` (None: nothing new);
+        what a new-data sensor asks a merge table's source."""
+        raise NotImplementedError(
+            f"source '{self.source_name}' ({type(self).__name__}) cannot tell the changes of "
+            f"'{dataset.qualified_name}'"
+        )
+
     @abstractmethod
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows changed since the cursor `since`; a first call (None) only marks now."""

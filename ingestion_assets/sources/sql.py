@@ -1185,6 +1185,30 @@ class SqlTableReader:
         ]
         return days, _cursor_text(newest)
 
+    def newest_change(self, since: str | None) -> str | None:
+        """The highest cursor-column value past `since` (any, when None); None when no row is."""
+        name = self.table.cursor_column
+        with self._connect(None) as connection:
+            table = self.reflect(connection)
+            if name is None or name not in table.c:
+                raise SourceError(
+                    f"{self._where(None)}: cursor column {name} not found; fix `cursor_column`"
+                )
+            column = table.c[name]
+            query = sa.select(sa.func.max(column))
+            if since is not None:
+                query = query.where(self._changed_since(table, since, connection.dialect.name))
+            try:
+                newest = connection.execute(query).scalar()
+            except sa.exc.DBAPIError as error:
+                raise SourceError(
+                    f"{self._where(None)}: asking for the newest change failed: "
+                    f"{_first_line(error.orig)}"
+                ) from None
+        text = _cursor_text(newest)
+        # `>=` finds the cursor's own row again: only a value past it is a change
+        return None if text is None or text == since else text
+
     def _connect(self, window: PartitionWindow | None) -> sa.Connection:
         try:
             return self.engine.connect()
@@ -1412,6 +1436,10 @@ class SqlSource(Source):
         reader.changes_since = since
         batches = reader.read(None)
         return SourceStream(reader=batches, path=reader.path, source_types=reader.source_types)
+
+    def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
+        """The newest cursor value of a merge table (or feed) past `since`; None: no change."""
+        return self.reader(dataset).newest_change(since)
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows whose change column (default: the partition column) moved past `since`."""
