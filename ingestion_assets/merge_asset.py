@@ -71,6 +71,7 @@ def merge_rules(table: DatasetSpec) -> MergeRules:
             deletes=table.deletes if "deletes" in table.model_fields_set else "hard",
             delete_column=FEED_DELETE,
             history=feed.stored_as_scd_type == 2,
+            every_change=True,
             tracked=table.tracked_columns,
             except_columns=(feed.operation, FEED_DELETE, *feed.excepted),
         )

@@ -547,10 +547,11 @@ class DatasetSpec(Spec):
                 raise ValueError(
                     "a cdc table is not partitioned by day: remove the partition column"
                 )
+            fields = type(self).model_fields
             unused = [
                 name
                 for name in ("cursor_column", "lookback", "delete_column", "history")
-                if name in self.model_fields_set
+                if getattr(self, name) != fields[name].default
             ]
             if unused:
                 raise ValueError(
@@ -569,7 +570,9 @@ class DatasetSpec(Spec):
             "deletes",
         )
         if self.mode != "merge":
-            stray = [name for name in merge_only if name in self.model_fields_set]
+            # set to something else than the default (a spec dumped and loaded again sets all)
+            fields = type(self).model_fields
+            stray = [name for name in merge_only if getattr(self, name) != fields[name].default]
             if stray:
                 raise ValueError(
                     f"{', '.join(stray)} apply to merge tables only: add `mode: merge` or remove "

@@ -96,11 +96,21 @@ def _model_scd1(batches: list[list[dict[str, Any]]], deletes: str) -> dict[int, 
     return rows
 
 
-def _model_scd2(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Versions by the rules: `price` tracked, the rest updated in place; deletes close."""
+def _in_order(batch: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Every change of a batch, by key, then sequence, then arrival."""
+    ordered = sorted(enumerate(batch), key=lambda item: (item[1]["id"], item[1]["seq"], item[0]))
+    return [(change["id"], change) for _, change in ordered]
+
+
+def _model_scd2(
+    batches: list[list[dict[str, Any]]], every_change: bool = False
+) -> list[dict[str, Any]]:
+    """Versions by the rules: `price` tracked, the rest updated in place; deletes close. A feed
+    (`every_change`) applies each change of a batch in order, a table only its latest."""
     versions: dict[int, list[dict[str, Any]]] = {}
     for batch in batches:
-        for key, change in _latest(batch).items():
+        changes = _in_order(batch) if every_change else list(_latest(batch).items())
+        for key, change in changes:
             start = change["seq"].replace(tzinfo=UTC)
             line = versions.setdefault(key, [])
             current = next((v for v in line if v[IS_CURRENT]), None)
@@ -154,9 +164,9 @@ def test_out_of_order_and_duplicated_changes_give_the_scd1_table_of_the_referenc
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(batches=st.lists(changes_strategy, min_size=1, max_size=4))
+@given(batches=st.lists(changes_strategy, min_size=1, max_size=4), every_change=st.booleans())
 def test_out_of_order_and_duplicated_changes_give_the_scd2_history_of_the_reference_model(
-    tmp_path: pathlib.Path, batches: list[list[dict[str, Any]]]
+    tmp_path: pathlib.Path, batches: list[list[dict[str, Any]]], every_change: bool
 ) -> None:
     uri = str(tmp_path / uuid.uuid4().hex)
     rules = MergeRules(
@@ -166,6 +176,7 @@ def test_out_of_order_and_duplicated_changes_give_the_scd2_history_of_the_refere
         delete_column="gone",
         history=True,
         tracked=("price",),
+        every_change=every_change,
     )
     for batch in batches:
         _apply(uri, batch, rules)
@@ -187,7 +198,7 @@ def test_out_of_order_and_duplicated_changes_give_the_scd2_history_of_the_refere
             for row in rows
         )
 
-    assert ordered(_table_rows(uri, columns)) == ordered(_model_scd2(batches))
+    assert ordered(_table_rows(uri, columns)) == ordered(_model_scd2(batches, every_change))
     if DeltaTable(uri).version() > 0:
         history = DeltaTable(uri).to_pyarrow_table()
         assert overlapping_versions(history, ["id"]).num_rows == 0

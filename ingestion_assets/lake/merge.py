@@ -43,6 +43,7 @@ from ingestion_assets.modes.merge import (
     MergeRules,
     plan_scd1,
     plan_scd2,
+    plan_scd2_feed,
 )
 
 MERGE_LINEAGE = (INGESTED_AT, RUN_ID)
@@ -158,6 +159,8 @@ def _plan(
     zone: str,
     keep_unchanged: bool,
 ) -> MergePlan:
+    if rules.history and rules.every_change:
+        return plan_scd2_feed(rows, current, rules, now, MERGE_LINEAGE, label, zone)
     if rules.history:
         return plan_scd2(rows, current, rules, now, MERGE_LINEAGE, label, zone, keep_unchanged)
     return plan_scd1(rows, current, rules, now, MERGE_LINEAGE, label, keep_unchanged)

@@ -53,6 +53,8 @@ class MergeRules:
     except_columns: tuple[str, ...] = ()
     # columns that order two changes of one key with the same sequence (a feed's seqval)
     order_by: tuple[str, ...] = ()
+    # with history: every change a version (a change feed), not only a run's latest per key
+    every_change: bool = False
 
     @property
     def identity(self) -> tuple[str, ...]:
@@ -554,3 +556,80 @@ def overlapping_versions(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     last_mismatch = pc.and_(pc.invert(same_next), pc.xor(pc.is_null(ends), current))
     bad = pc.or_(pc.or_(broken, backwards), pc.or_(open_inside, last_mismatch))
     return pa.table({key: ordered.column(key) for key in keys}).filter(bad)
+
+
+def plan_scd2_feed(
+    changes: pa.Table,
+    current: pa.Table,
+    rules: MergeRules,
+    now: datetime.datetime,
+    lineage: Sequence[str],
+    where: str,
+    zone: str = "UTC",
+) -> MergePlan:
+    """A change feed kept as history: every change a version of its own, not only a run's
+    latest per key. The changes go in rounds (the n-th change of each key, in sequence order),
+    each planned on what the rounds before it left; the MERGE then takes each row's last state."""
+    latest_changes(changes.slice(0, 0), rules, where)  # the same checks of the rules' columns
+    if changes.num_rows == 0:
+        return plan_scd2(changes, current, rules, now, lineage, where, zone)
+    numbered = changes.append_column(_ARRIVAL, pa.array(range(changes.num_rows), pa.int64()))
+    order = [(key, "ascending", "at_start") for key in rules.keys]
+    order += [
+        (name, "ascending", "at_start")
+        for name in (rules.sequence, *rules.order_by, _ARRIVAL)
+        if name is not None
+    ]
+    ordered = numbered.take(pc.sort_indices(numbered, sort_keys=order))
+    rounds = _rank_within_key(ordered, rules.keys)
+    state = current
+    pieces: list[pa.Table] = []
+    totals = MergePlan(pa.table({}), 0, 0, 0, 0)
+    for number in range(int(pc.max(rounds).as_py()) + 1):
+        batch = ordered.filter(pc.equal(rounds, number)).drop_columns([_ARRIVAL])
+        plan = plan_scd2(batch, state, rules, now, lineage, where, zone)
+        totals.inserted += plan.inserted
+        totals.updated += plan.updated
+        totals.deleted += plan.deleted
+        totals.unchanged += plan.unchanged
+        if plan.source.num_rows:
+            pieces.append(plan.source)
+            state = _with_versions(state, plan.source, rules.identity)
+    if not pieces:
+        return plan_scd2(changes.slice(0, 0), current, rules, now, lineage, where, zone)
+    union = pa.concat_tables([piece.cast(pieces[0].schema) for piece in pieces])
+    totals.source = _last_per_identity(union, rules.identity)
+    return totals
+
+
+def _rank_within_key(ordered: pa.Table, keys: Sequence[str]) -> pa.Array:
+    """For a table sorted by `keys`, each row's position among the rows of its key (0, 1, ...)."""
+    same_as_previous = pa.concat_arrays(
+        [pa.array([False]), _same_key_as_next(ordered, keys).slice(0, ordered.num_rows - 1)]
+    )
+    ranks, rank = [], 0
+    for same in same_as_previous.to_pylist():
+        rank = rank + 1 if same else 0
+        ranks.append(rank)
+    return pa.array(ranks, pa.int64())
+
+
+def _with_versions(state: pa.Table, planned: pa.Table, identity: Sequence[str]) -> pa.Table:
+    """The versions after a round: the planned rows replace the ones of their identity."""
+    rows = planned.filter(pc.is_in(planned.column(ACTION), pa.array([INSERT, UPDATE])))
+    rows = rows.drop_columns([ACTION])
+    kept = _conform(state, rows.schema) if state.num_rows else rows.slice(0, 0)
+    if kept.num_rows:
+        kept = kept.join(
+            rows.select(list(identity)), list(identity), join_type="left anti", use_threads=False
+        )
+    return pa.concat_tables([kept.cast(rows.schema), rows])
+
+
+def _last_per_identity(rows: pa.Table, identity: Sequence[str]) -> pa.Table:
+    """One row per identity: the last planned (a version opened, then closed, in one run)."""
+    numbered = rows.append_column(_ARRIVAL, pa.array(range(rows.num_rows), pa.int64()))
+    order = [(name, "ascending", "at_start") for name in (*identity, _ARRIVAL)]
+    ordered = numbered.take(pc.sort_indices(numbered, sort_keys=order))
+    last = pc.invert(_same_key_as_next(ordered, identity))
+    return ordered.filter(last).drop_columns([_ARRIVAL])
