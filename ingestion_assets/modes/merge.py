@@ -24,8 +24,6 @@ from ingestion_assets.errors import IngestionError
 # what a MERGE source row does: insert a new row or version, update the row it identifies, delete it
 ACTION = "_merge_action"
 INSERT, UPDATE, DELETE = "insert", "update", "delete"
-# a row the MERGE matches and leaves as it is: a full read names every key the source holds
-KEEP = "keep"
 DELETED = "_deleted"
 DELETED_AT = "_deleted_at"
 VALID_FROM = "_valid_from"
@@ -201,11 +199,9 @@ def plan_scd1(
     now: datetime.datetime,
     lineage: Sequence[str],
     where: str,
-    keep_unchanged: bool = False,
 ) -> MergePlan:
     """Upserts and deletes of the latest change per key against the `current` rows of their keys
-    (every column of the table); unchanged rows are left out of the MERGE, or (`keep_unchanged`)
-    kept in it as KEEP, so that a full read's MERGE sees every key the source holds."""
+    (every column of the table); unchanged rows are left out of the MERGE."""
     latest = latest_changes(changes, rules, where)
     deletes = delete_flags(latest, rules, where)
     existing = _matches(latest, current, rules.keys)
@@ -235,13 +231,7 @@ def plan_scd1(
         useful = pc.and_(useful, pc.or_(existing, pc.invert(deletes)))
     # a change older than the row the table holds arrived late: the table keeps the newer row
     useful = pc.and_(useful, pc.invert(_older_than_current(rows, current, rules)))
-    planned = rows.append_column(ACTION, actions)
-    if keep_unchanged:
-        planned = planned.set_column(
-            planned.num_columns - 1, ACTION, pc.if_else(useful, actions, pa.scalar(KEEP))
-        )
-    else:
-        planned = planned.filter(useful)
+    planned = rows.append_column(ACTION, actions).filter(useful)
     counts = pc.value_counts(planned.column(ACTION)).to_pylist() if planned.num_rows else []
     by_action = {item["values"]: item["counts"] for item in counts}
     # a soft delete is an update of the row's flag, counted as the delete it is
@@ -263,7 +253,6 @@ def plan_scd2(
     lineage: Sequence[str],
     where: str,
     zone: str = "UTC",
-    keep_unchanged: bool = False,
 ) -> MergePlan:
     """Versions of the latest change per key against the `current` versions of their keys: a
     change in a tracked column closes the current version and opens one; a change elsewhere
@@ -338,13 +327,6 @@ def plan_scd2(
     pieces.append(
         updating.append_column(ACTION, pa.array([UPDATE] * updating.num_rows, pa.string()))
     )
-    if keep_unchanged:
-        # every other current version the changes name stays as it is: matched, not closed
-        kept = pc.and_(has_current, pc.invert(pc.or_(closed, in_place)))
-        keeping = _current_rows(joined.filter(kept), schema)
-        pieces.append(
-            keeping.append_column(ACTION, pa.array([KEEP] * keeping.num_rows, pa.string()))
-        )
     planned = pa.concat_tables([piece.cast(pieces[0].schema) for piece in pieces])
     inserted = new_versions.num_rows
     return MergePlan(
@@ -493,6 +475,29 @@ def _set(rows: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Ta
     index = rows.schema.get_field_index(name)
     field = rows.schema.field(index)
     return rows.set_column(index, field, values.cast(field.type))
+
+
+def deletions(keys: pa.Table, schema: pa.Schema) -> pa.Table:
+    """MERGE rows that remove the rows of `keys` (hard deletes of keys gone from the source)."""
+    rows = _conform(keys, pa.schema([f for f in schema if f.name != ACTION]))
+    return rows.append_column(ACTION, pa.array([DELETE] * keys.num_rows, pa.string()))
+
+
+def closings(
+    held: pa.Table, rules: MergeRules, now: datetime.datetime, schema: pa.Schema
+) -> pa.Table:
+    """MERGE rows that mark the `held` rows of keys gone from the source deleted (`_deleted`,
+    `_deleted_at` now) and, with history, close their current versions (`_valid_to` now)."""
+    table_schema = pa.schema([f for f in schema if f.name != ACTION])
+    rows = _conform(held, table_schema)
+    count = rows.num_rows
+    if rules.keeps_deleted:
+        rows = _set(rows, DELETED, pa.array([True] * count, pa.bool_()))
+        rows = _set(rows, DELETED_AT, pa.array([now] * count, TIMESTAMP))
+    if rules.history:
+        rows = _set(rows, VALID_TO, pa.array([now] * count, TIMESTAMP))
+        rows = _set(rows, IS_CURRENT, pa.array([False] * count, pa.bool_()))
+    return rows.append_column(ACTION, pa.array([UPDATE] * count, pa.string()))
 
 
 def current_rows(table: pa.Table, rules: MergeRules) -> pa.Table:
