@@ -394,10 +394,14 @@ def test_a_table_written_with_partition_day_statistics_only_is_replaced_and_comp
     ) == sorted(content.column("id").to_pylist())
 
 
-def test_nothing_below_the_lake_package_imports_dagster() -> None:
+def test_nothing_below_the_lake_and_modes_packages_imports_dagster() -> None:
     package = pathlib.Path(ingestion_assets.__file__).parent
     seen: set[str] = set()
-    pending = [f"ingestion_assets.lake.{path.stem}" for path in (package / "lake").glob("*.py")]
+    pending = [
+        f"ingestion_assets.{folder}.{path.stem}"
+        for folder in ("lake", "modes")
+        for path in (package / folder).glob("*.py")
+    ]
     while pending:
         module = pending.pop()
         if module in seen:
