@@ -179,6 +179,10 @@ def new_data_sensor(source_name: str, spec: SourceSpecBase) -> SensorDefinition:
         for dataset in merged:
             key = keys[dataset.key_name]
             stored = stored_cursor(context.instance, key)
+            if stored is None:
+                # never loaded (or loaded without a cursor): the first load is the schedule's or
+                # a person's, as a partitioned table's first tick only marks where it is
+                continue
             try:
                 newest = resource.newest_change(read_spec(dataset)[0], stored)
             except IngestionError as error:
