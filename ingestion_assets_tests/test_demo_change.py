@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import re
 import sqlite3
 from typing import Any
 
@@ -140,3 +141,57 @@ def test_demo_change_without_a_demo_database_says_to_build_it(
     monkeypatch.chdir(tmp_path)
     assert main(["change"]) == 1
     assert "build it first with `make demo`" in capsys.readouterr().err
+
+
+def test_demo_change_moves_customers_in_the_merge_table_and_versions_a_price_in_the_dimension(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    instance: DagsterInstance,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dagster import AssetKey, materialize
+    from deltalake import DeltaTable
+
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / ".data" / "demo"
+    create_demo_sqlite(demo, SCALE)
+    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
+    defs = build_definitions(load_project(DEMO_PROJECT_FILE))
+    keys = [AssetKey(["adventureworks", name]) for name in ("customer", "product")]
+
+    def run() -> dict[str, dict[str, Any]]:
+        result = materialize(
+            [defs.get_assets_def(key) for key in keys], instance=instance, resources=defs.resources
+        )
+        return {
+            event.asset_key.path[-1]: {k: v.value for k, v in event.metadata.items()}
+            for event in result.asset_materializations_for_node("adventureworks__customer")
+            + result.asset_materializations_for_node("adventureworks__product")
+        }
+
+    first = run()
+    assert first["customer"]["rows_inserted"] == first["customer"]["dagster/row_count"] > 0
+    assert main(["change"]) == 0
+    printed = capsys.readouterr().out
+    assert "Sales.Customer  customers 1, 2 updated (ModifiedDate now)" in printed, printed
+    second = run()
+    # the merge table reads the two moved customers (and those at the old cursor: lookback)
+    assert second["customer"]["rows_updated"] == 2
+    assert second["customer"]["rows_read"] < first["customer"]["rows_read"]
+    # the dimension: the repriced product opens a version, the withdrawn one closes
+    assert (second["product"]["rows_inserted"], second["product"]["rows_deleted"]) == (1, 1)
+    product = DeltaTable(str(tmp_path / ".data" / "lake" / "adventureworks" / "product"))
+    versions = product.to_pyarrow_table(
+        columns=["ProductID", "ListPrice", "_is_current", "_deleted"]
+    ).to_pylist()
+    named = re.search(r"product (\d+) repriced \(ListPrice \+10%\), product (\d+) deleted", printed)
+    assert named is not None, printed
+    repriced, withdrawn_key = int(named.group(1)), int(named.group(2))
+    lines = sorted(
+        (v["_is_current"], v["ListPrice"]) for v in versions if v["ProductID"] == repriced
+    )
+    assert [current for current, _ in lines] == [False, True]
+    assert lines[1][1] > lines[0][1]
+    withdrawn = [v for v in versions if v["ProductID"] == withdrawn_key]
+    assert [(v["_is_current"], v["_deleted"]) for v in withdrawn] == [(False, True)]

@@ -1,5 +1,6 @@
 """`python -m ingestion_assets.demo change`: new and corrected orders in the demo database, for
-the new-data sensor to find.
+the new-data sensor to find, and changed customers and products for the merge table and the
+product dimension.
 
 Two days change: orders of an old day are corrected (a late change) and orders are added to it
 and to the newest day. Every row written gets LoadedAt = now and keeps its ModifiedDate, the day
@@ -22,6 +23,12 @@ from ingestion_assets.demo.schema import LOADED_AT, demo_metadata, table_for
 
 HEADER = "Sales.SalesOrderHeader"
 DETAIL = "Sales.SalesOrderDetail"
+CUSTOMER = "Sales.Customer"
+PRODUCT = "Production.Product"
+# the merge table's change: two customers move (their next run reads them, by ModifiedDate)
+MOVED_CUSTOMERS = 2
+# the SCD type 2 dimension's: one product's price rises (a new version), one is withdrawn
+PRICE_RISE = 1.1
 CHANGED_TABLES = (HEADER, DETAIL)
 # the old day is about a quarter before the newest: a correction that arrives late
 OLD_DAY_DISTANCE = datetime.timedelta(days=90)
@@ -43,6 +50,10 @@ class DemoChange:
     updated: dict[str, dict[datetime.date, int]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(int))
     )
+    # the keys changed in the merge table and the dimension
+    customers_moved: list[int] = field(default_factory=list)
+    product_repriced: int | None = None
+    product_withdrawn: int | None = None
 
     @property
     def days(self) -> list[datetime.date]:
@@ -65,6 +76,14 @@ class DemoChange:
                 ]
                 parts.append(f"{day}: {', '.join(done)}")
             lines.append(f"{table}  {'; '.join(parts)}")
+        if self.customers_moved:
+            moved = ", ".join(str(key) for key in self.customers_moved)
+            lines.append(f"{CUSTOMER}  customers {moved} updated (ModifiedDate now)")
+        if self.product_repriced is not None:
+            lines.append(
+                f"{PRODUCT}  product {self.product_repriced} repriced (ListPrice +10%), product "
+                f"{self.product_withdrawn} deleted"
+            )
         return lines
 
 
@@ -167,6 +186,41 @@ def _correct_orders(
         change.updated[HEADER][day] += 1
 
 
+def _change_dimensions(
+    connection: sa.Connection, metadata: sa.MetaData, change: DemoChange
+) -> None:
+    """Move two customers (the merge table's next run reads them) and, in the product
+    dimension, raise one price (a new version) and delete one product (its version closes)."""
+    customer, product = table_for(metadata, CUSTOMER), table_for(metadata, PRODUCT)
+    keys = connection.execute(
+        sa.select(customer.c.CustomerID).order_by(customer.c.CustomerID).limit(MOVED_CUSTOMERS)
+    ).scalars()
+    for key in keys:
+        connection.execute(
+            customer.update()
+            .where(customer.c.CustomerID == key)
+            .values(
+                TerritoryID=sa.func.coalesce(customer.c.TerritoryID, 0) % 10 + 1,
+                ModifiedDate=change.loaded_at,
+            )
+        )
+        change.customers_moved.append(key)
+    products = list(
+        connection.execute(
+            sa.select(product.c.ProductID).order_by(product.c.ProductID.desc()).limit(2)
+        ).scalars()
+    )
+    if len(products) == 2:
+        repriced, withdrawn = products
+        connection.execute(
+            product.update()
+            .where(product.c.ProductID == repriced)
+            .values(ListPrice=product.c.ListPrice * PRICE_RISE, ModifiedDate=change.loaded_at)
+        )
+        connection.execute(product.delete().where(product.c.ProductID == withdrawn))
+        change.product_repriced, change.product_withdrawn = repriced, withdrawn
+
+
 def change_demo_database(
     demo_dir: pathlib.Path, loaded_at: datetime.datetime | None = None
 ) -> DemoChange:
@@ -186,6 +240,7 @@ def change_demo_database(
             for day in change.days:
                 _add_orders(connection, tables, day, change)
             _correct_orders(connection, tables[0], old_day, change)
+            _change_dimensions(connection, metadata, change)
     finally:
         engine.dispose()
     return change
