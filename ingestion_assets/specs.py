@@ -946,6 +946,15 @@ class StreamSpec(DatasetSpec):
         return tuple(_origin_text(origin) for origin in value)
 
     @model_validator(mode="after")
+    def _replaced_only(self) -> StreamSpec:
+        if self.mode != "replace":
+            raise ValueError(
+                f"mode: {self.mode} is for SQL tables; a REST stream is replaced by day (or, "
+                "without a partition_field, whole): remove `mode`"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _partition_field_declared(self) -> StreamSpec:
         if (
             self.fields is not None

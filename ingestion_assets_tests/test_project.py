@@ -488,3 +488,10 @@ def test_merge_and_cdc_tables_are_unpartitioned_assets_with_their_checks() -> No
         "history_unbroken",
     }
     assert "Merge table kept by ProductID" in (product.descriptions_by_key[product.key] or "")
+
+
+def test_a_rest_stream_declared_as_a_merge_table_is_a_load_time_error() -> None:
+    from ingestion_assets.specs import StreamSpec
+
+    with pytest.raises(ValueError, match="mode: merge is for SQL tables"):
+        StreamSpec(name="Orders", path="/orders", mode="merge", primary_key=("id",))
