@@ -236,9 +236,15 @@ def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
     )
     second = _run(project, instance)
     assert (second["rows_inserted"], second["rows_updated"]) == (1, 2)
-    _execute(source_database, table.delete().where(table.c.CustomerID == 5))
+    # customer 1 has two versions by now: only its current one closes
+    closed_first = {
+        r[VALID_FROM]: r[VALID_TO]
+        for r in project.delta("customer").to_pyarrow_table().to_pylist()
+        if r["CustomerID"] == 1
+    }
+    _execute(source_database, table.delete().where(table.c.CustomerID.in_([1, 5])))
     third = _run(project, instance)
-    assert third["rows_deleted"] == 1
+    assert third["rows_deleted"] == 2
     history = project.delta("customer").to_pyarrow_table()
     versions = sorted(
         (r["CustomerID"], r[VALID_FROM], r[VALID_TO], r[IS_CURRENT], r["Credit"], r["Name"])
@@ -247,9 +253,13 @@ def test_a_snapshot_table_kept_with_history_opens_a_version_per_tracked_change(
     one = [v for v in versions if v[0] == 1]
     assert [(v[3], v[4]) for v in one] == [
         (False, decimal.Decimal("100.25")),
-        (True, decimal.Decimal("1.00")),
+        (False, decimal.Decimal("1.00")),
     ]
     assert one[0][2] == one[1][1]  # the old version ends where the new one begins
+    # the version closed before the delete kept its end; the current one closed at the delete
+    assert one[0][2] == closed_first[one[0][1]]
+    assert closed_first[one[1][1]] is None
+    assert one[1][2] is not None
     two = [v for v in versions if v[0] == 2]
     assert [v[5] for v in two] == ["untracked change"]
     five = [r for r in history.to_pylist() if r["CustomerID"] == 5]

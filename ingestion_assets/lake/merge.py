@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from ingestion_assets.errors import IngestionError, WriteConflictError
+from ingestion_assets.errors import WriteConflictError
 from ingestion_assets.lake.replace import (
     MAX_COMMIT_ATTEMPTS,
     create_table,
@@ -219,15 +219,10 @@ def _gone_at_source(
         return None
     if rules.deletes == "hard" and not rules.history:
         return deletions(gone, schema)
-    return closings(_current_rows(table, gone, rules), rules, now, schema)
+    # their current rows only: a closed version of a gone key keeps its end
+    return closings(current_rows(_current_rows(table, gone, rules), rules), rules, now, schema)
 
 
 def _quoted(name: str) -> str:
     """A column name as delta-rs's SQL reads it."""
     return "`" + name.replace("`", "``") + "`"
-
-
-def require_keys(rules: MergeRules, where: str) -> None:
-    """A merge table declares its key."""
-    if not rules.keys:
-        raise IngestionError(f"{where}: a merge table needs `primary_key`")
