@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pyarrow as pa
@@ -56,6 +56,8 @@ FULL_REFRESH_TAG = "ingest/full_refresh"
 KEYS_UNIQUE = "current_keys_unique"
 MATCHES_SOURCE = "current_rows_match_source"
 HISTORY_UNBROKEN = "history_unbroken"
+# how often a long read says how far it got
+PROGRESS_SECONDS = 10.0
 
 
 def merge_rules(table: DatasetSpec) -> MergeRules:
@@ -206,7 +208,7 @@ def _run(
     started = time.monotonic()
     source = getattr(context.resources, resource_key)
     stream = source.read_changes(feed, since)
-    changes = stream.reader.read_all()
+    changes = _read_all(stream.reader, label, context.log.info)
     if table.cdc is not None:
         changes = feed_changes(
             changes, table.cdc.operation, table.cdc.deletes_on, table.cdc.ignored, label
@@ -263,6 +265,20 @@ def _run(
         metadata[CURSOR] = cursor
     yield MaterializeResult(asset_key=asset_key, metadata=metadata)
     yield from _judge(context, source, table, rules, committed, present, asset_key)
+
+
+def _read_all(reader: pa.RecordBatchReader, label: str, log: Callable[[str], None]) -> pa.Table:
+    """Every batch of the read, with a progress line at least every PROGRESS_SECONDS."""
+    batches, rows = [], 0
+    started = last = time.monotonic()
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            log(f"{label}: {rows:,} rows read in {now - started:.0f} s")
+    return pa.Table.from_batches(batches, schema=reader.schema)
 
 
 def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
