@@ -115,6 +115,10 @@ class StallingProxy:
         self._listener.close()
         for sock in self._sockets:
             with contextlib.suppress(OSError):
+                # shutdown, not just close: a thread blocked in recv on it (the forwarding one,
+                # and the driver on the other end) sees the end of the connection at once
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 sock.close()
         for thread in self._threads:
             thread.join(timeout=10)
@@ -208,6 +212,15 @@ def read_until_failure(reader: SqlTableReader) -> tuple[int, SourceError, float]
     raise AssertionError(f"the read ended after {rows} rows instead of failing")
 
 
+def _wait_for_reading_threads(seconds: float = 30.0) -> None:
+    """Poll until the read's threads have ended (bounded: a thread still stuck is left)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(
+        thread.name in ("source-read", "source-call") for thread in threading.enumerate()
+    ):
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("fixture", "fast_path", "path"), PATHS)
 def test_a_source_that_stops_sending_mid_result_fails_the_read_within_the_stall_timeout(
     request: pytest.FixtureRequest, fixture: str, fast_path: bool, path: str
@@ -221,18 +234,24 @@ def test_a_source_that_stops_sending_mid_result_fails_the_read_within_the_stall_
     upstream = 5432 if database.dialect == "postgresql" else 3306
     limits = SessionLimits(connect_timeout=10, read_stall_timeout=STALL_SECONDS)
     spec = TableSpec(schema=database.schema("Sales"), name="stalling", partition_column="at")
-    with stalling_proxy(upstream) as proxy:
-        engine = create_source_engine(
-            through(database, url, proxy.port), database.sqlite_attach, limits
-        )
-        try:
+    engine: sa.Engine | None = None
+    try:
+        with stalling_proxy(upstream) as proxy:
+            engine = create_source_engine(
+                through(database, url, proxy.port), database.sqlite_attach, limits
+            )
             reader = SqlTableReader(
                 engine, SOURCE, spec, batch_size=500, fast_path=fast_path, limits=limits
             )
             rows, error, seconds = read_until_failure(reader)
-        finally:
+            assert proxy.stalled.is_set(), f"{rows} rows, {error}"
+    finally:
+        # the proxy has shut its connections: a driver call the watchdog could not break
+        # (arrow-odbc's, ConnectorX's) returns now. The test ends once it has, so that no thread
+        # of it is still inside a driver while the next test uses the same driver
+        _wait_for_reading_threads()
+        if engine is not None:
             engine.dispose()
-        assert proxy.stalled.is_set(), f"{rows} rows, {error}"
     assert reader.path == path
     message = str(error)
     assert message.startswith(
