@@ -11,7 +11,9 @@ on, finds the keys the source no longer holds).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -208,13 +210,47 @@ def _run(
     started = time.monotonic()
     source = getattr(context.resources, resource_key)
     stream = source.read_changes(feed, since)
-    changes = _read_all(stream.reader, label, context.log.info)
+    with _spilled(stream.reader, label, context.log.info) as changes:
+        yield from _merge(
+            context,
+            table,
+            rules,
+            spec.timezone,
+            label,
+            changes,
+            stream.path,
+            stored,
+            cursor_column,
+            full_read,
+            source,
+            writer,
+            started,
+        )
+
+
+def _merge(
+    context: AssetExecutionContext,
+    table: DatasetSpec,
+    rules: MergeRules,
+    zone: str,
+    label: str,
+    changes: pa.Table,
+    path: str,
+    stored: str | None,
+    cursor_column: str | None,
+    full_read: bool,
+    source: Any,
+    writer: Any,
+    started: float,
+) -> Iterator[Any]:
+    """Merge the rows read (memory-mapped from their spill file), report, and judge."""
+    asset_key = context.assets_def.key
     if table.cdc is not None:
         changes = feed_changes(
             changes, table.cdc.operation, table.cdc.deletes_on, table.cdc.ignored, label
         )
     context.log.info(
-        f"{label}: read {changes.num_rows:,} changed row(s) through {stream.path} in "
+        f"{label}: read {changes.num_rows:,} changed row(s) through {path} in "
         f"{time.monotonic() - started:.1f} s; merging by {', '.join(rules.keys)}"
     )
     uri = writer.table_uri(asset_key.path)
@@ -230,7 +266,7 @@ def _run(
         log=context.log.info,
         schema_policy=table.schema_policy,
         nanoseconds=table.timestamp_nanoseconds,
-        zone=spec.timezone,
+        zone=zone,
     )
     cursor = newest_cursor(changes, cursor_column, stored)
     delta = DeltaTable(uri, storage_options=options)
@@ -267,18 +303,27 @@ def _run(
     yield from _judge(context, source, table, rules, committed, present, asset_key)
 
 
-def _read_all(reader: pa.RecordBatchReader, label: str, log: Callable[[str], None]) -> pa.Table:
-    """Every batch of the read, with a progress line at least every PROGRESS_SECONDS."""
-    batches, rows = [], 0
+@contextlib.contextmanager
+def _spilled(
+    reader: pa.RecordBatchReader, label: str, log: Callable[[str], None]
+) -> Iterator[pa.Table]:
+    """Every batch of the read, streamed into a local Arrow file and handed back memory-mapped
+    (the read never sits in memory whole; a re-plan after a commit conflict reads it again);
+    a progress line at least every PROGRESS_SECONDS. The file is removed afterwards."""
+    rows = 0
     started = last = time.monotonic()
-    for batch in reader:
-        batches.append(batch)
-        rows += batch.num_rows
-        now = time.monotonic()
-        if now - last >= PROGRESS_SECONDS:
-            last = now
-            log(f"{label}: {rows:,} rows read in {now - started:.0f} s")
-    return pa.Table.from_batches(batches, schema=reader.schema)
+    with tempfile.TemporaryDirectory(prefix="ingestion-merge-") as folder:
+        path = f"{folder}/changes.arrow"
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as spill:
+            for batch in reader:
+                spill.write_batch(batch)
+                rows += batch.num_rows
+                now = time.monotonic()
+                if now - last >= PROGRESS_SECONDS:
+                    last = now
+                    log(f"{label}: {rows:,} rows read in {now - started:.0f} s")
+        with pa.memory_map(path) as mapped:
+            yield pa.ipc.open_file(mapped).read_all()
 
 
 def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -253,4 +254,43 @@ def test_two_writers_merging_into_one_table_at_once_lose_no_change_and_duplicate
     assert len(DeltaTable(uri).to_pyarrow_table()) == 40
     assert {key: row["note"] for key, row in rows.items()} == {
         key: "first" if key <= 20 else "second" for key in range(1, 41)
+    }
+
+
+def test_a_full_read_planned_in_chunks_lands_as_one_commit_equal_to_the_source(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingestion_assets.lake import merge as lake_merge
+
+    uri = str(tmp_path / "chunked")
+    rules = MergeRules(keys=("id",), sequence="seq", deletes="soft")
+    _apply(uri, [_change(key, 1, "a", 0, False) for key in range(1, 11)], rules)
+    monkeypatch.setattr(lake_merge, "CHUNK_ROWS", 3)
+    # the source now: 3 and 8 gone, 5 changed, 11 new; read whole, in chunks of three rows
+    source = [
+        _change(key, 2 if key == 5 else 1, "a", 1 if key == 5 else 0, False)
+        for key in (*range(1, 11), 11)
+        if key not in (3, 8)
+    ]
+    version = DeltaTable(uri).version()
+    outcome = merge_changes(
+        uri,
+        None,
+        pa.Table.from_pylist(source, schema=SCHEMA),
+        rules,
+        full_read=True,
+        run_id="run",
+        label="table t",
+        log=lambda _: None,
+    )
+    assert (outcome.inserted, outcome.updated, outcome.deleted) == (1, 1, 2)
+    assert DeltaTable(uri).version() == version + 1
+    rows = {
+        r["id"]: (int(r["price"]), r[DELETED]) for r in _table_rows(uri, ["id", "price", DELETED])
+    }
+    assert rows == {
+        **{key: (1, False) for key in (1, 2, 4, 6, 7, 9, 10, 11)},
+        5: (2, False),
+        3: (1, True),
+        8: (1, True),
     }

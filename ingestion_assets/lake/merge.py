@@ -8,6 +8,10 @@ anti-join of the key columns, not by the MERGE (delta-rs's `when_not_matched_by_
 whole rows: 1.1 GB at 200,000 rows, measured in bench/merge.py). The MERGE commits on exactly
 the version it was planned on; when another run committed first it is planned again on the newer
 version (`retry_commit`), so two runs never apply a change twice or lose one.
+
+A table's changes (one row per key) are planned in chunks of CHUNK_ROWS, each against the current
+rows of its own keys, and only the rows that change the table stay for the MERGE; a change feed
+(several events per key, in order) is planned at once.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from ingestion_assets.modes.merge import (
 )
 
 MERGE_LINEAGE = (INGESTED_AT, RUN_ID)
+# changes planned at once: their rows and the current rows of their keys are what a plan holds
+CHUNK_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -96,15 +102,34 @@ def merge_changes(
     """Apply `changes` (the rows read; every row of the source when `full_read`) to the table at
     `uri` by the rules, in one commit; creates the table on the first run."""
     now = datetime.datetime.now(datetime.UTC)
-    rows = lake_changes(changes, run_id, now, nanoseconds)
     detect_deletes = full_read and rules.deletes != "ignore"
 
-    def attempt(table: DeltaTable) -> MergeOutcome:
-        current = _current_rows(table, rows, rules)
-        plan = _plan(rows, current, rules, now, label, zone)
-        gone = (
-            _gone_at_source(table, rows, rules, now, plan.source.schema) if detect_deletes else None
+    def planned(table: DeltaTable) -> MergePlan:
+        """The plan of every change; a table's (one row per key) in chunks of CHUNK_ROWS, each
+        against the current rows of its own keys, keeping only the rows that change the table."""
+        if rules.every_change:
+            rows = lake_changes(changes, run_id, now, nanoseconds)
+            return _plan(rows, _current_rows(table, rows, rules), rules, now, label, zone)
+        plans = []
+        for offset in range(0, max(changes.num_rows, 1), CHUNK_ROWS):
+            rows = lake_changes(changes.slice(offset, CHUNK_ROWS), run_id, now, nanoseconds)
+            plans.append(_plan(rows, _current_rows(table, rows, rules), rules, now, label, zone))
+        source = pa.concat_tables([plan.source.cast(plans[0].source.schema) for plan in plans])
+        return MergePlan(
+            source,
+            inserted=sum(plan.inserted for plan in plans),
+            updated=sum(plan.updated for plan in plans),
+            deleted=sum(plan.deleted for plan in plans),
+            unchanged=sum(plan.unchanged for plan in plans),
         )
+
+    def attempt(table: DeltaTable) -> MergeOutcome:
+        plan = planned(table)
+        if detect_deletes:
+            keys = lake_changes(changes.select(list(rules.keys)), run_id, now, nanoseconds)
+            gone = _gone_at_source(table, keys, rules, now, plan.source.schema)
+        else:
+            gone = None
         if gone is not None and gone.num_rows:
             plan.source = pa.concat_tables([plan.source, gone])
             plan.deleted += gone.num_rows
@@ -142,7 +167,8 @@ def merge_changes(
 
     table = open_table(uri, storage_options)
     if table is None:
-        empty = _plan(rows.slice(0, 0), rows.slice(0, 0), rules, now, label, zone).source
+        none = lake_changes(changes.slice(0, 0), run_id, now, nanoseconds)
+        empty = _plan(none, none, rules, now, label, zone).source
         table = create_table(uri, _with_lineage(empty).schema, storage_options)
     try:
         return retry_commit(uri, storage_options, attempt, label=label, log=log, table=table)
