@@ -455,3 +455,53 @@ def test_the_new_data_sensor_requests_a_merge_table_once_its_source_changed_past
     assert request.run_key == f"src/customer:{changed_at.isoformat()}"
     _run(project, instance)
     assert tick() == []
+
+
+def test_two_runs_of_one_merge_table_at_once_leave_it_equal_to_the_source_without_duplicates(
+    postgres_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    import threading
+
+    table = _customers(postgres_database)
+    _execute(
+        postgres_database,
+        table.insert().values(
+            [
+                {
+                    "CustomerID": key,
+                    "Name": f"customer {key}",
+                    "Credit": decimal.Decimal("1.00"),
+                    "IsDeleted": False,
+                    "ModifiedDate": T0 + datetime.timedelta(seconds=key),
+                }
+                for key in range(6, 3000)
+            ]
+        ),
+    )
+    project = _project(postgres_database, tmp_path, cursor_column="ModifiedDate")
+    results: list[Any] = []
+
+    def run() -> None:
+        # each run its own instance: both start with no cursor and read every row
+        results.append(
+            materialize(
+                [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+                instance=DagsterInstance.ephemeral(),
+                resources=project.defs.resources,
+                raise_on_error=False,
+            )
+        )
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [result.success for result in results] == [True, True]
+    inserted = sorted(
+        result.asset_materializations_for_node("src__customer")[0].metadata["rows_inserted"].value
+        for result in results
+    )
+    # each key inserted once: by one run, or by both runs' shares of the one that lost the race
+    assert sum(inserted) == 2999
+    assert _lake_rows(project) == _source_rows(postgres_database, table)
