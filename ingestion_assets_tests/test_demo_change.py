@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import requests
-from dagster import DagsterInstance, Definitions, build_sensor_context
+from dagster import AssetKey, DagsterInstance, Definitions, build_sensor_context, materialize
+from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.__main__ import main
@@ -23,6 +24,19 @@ from ingestion_assets.project import DEMO_PROJECT_FILE, load_project
 # the demo's 120 days (its project file's partitions), few orders a day
 SCALE = DemoScale(days=120, orders_per_day=4)
 OLD_DAY, NEW_DAY = "2024-01-30", "2024-04-29"
+
+
+def _demo_project(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[pathlib.Path, Definitions]:
+    """A demo database in `tmp_path` and the demo project's definitions over it."""
+    # the demo project file names .data/demo relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / ".data" / "demo"
+    create_demo_sqlite(demo, SCALE)
+    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
+    return demo, build_definitions(load_project(DEMO_PROJECT_FILE))
 
 
 def _tick(defs: Definitions, instance: DagsterInstance, cursor: str | None) -> Any:
@@ -80,13 +94,7 @@ def test_demo_change_makes_the_sensor_request_exactly_its_two_days_of_the_sales_
     instance: DagsterInstance,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # the demo project file names .data/demo relative to the working directory
-    monkeypatch.chdir(tmp_path)
-    demo = tmp_path / ".data" / "demo"
-    create_demo_sqlite(demo, SCALE)
-    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
-    defs = build_definitions(load_project(DEMO_PROJECT_FILE))
+    demo, defs = _demo_project(tmp_path, monkeypatch)
 
     first = _tick(defs, instance, None)
     assert not first.run_requests
@@ -149,15 +157,7 @@ def test_demo_change_moves_customers_in_the_merge_table_and_versions_a_price_in_
     instance: DagsterInstance,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from dagster import AssetKey, materialize
-    from deltalake import DeltaTable
-
-    monkeypatch.chdir(tmp_path)
-    demo = tmp_path / ".data" / "demo"
-    create_demo_sqlite(demo, SCALE)
-    monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
-    defs = build_definitions(load_project(DEMO_PROJECT_FILE))
+    _, defs = _demo_project(tmp_path, monkeypatch)
     keys = [AssetKey(["adventureworks", name]) for name in ("customer", "product")]
 
     def run() -> dict[str, dict[str, Any]]:

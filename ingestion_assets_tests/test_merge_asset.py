@@ -8,14 +8,18 @@ from __future__ import annotations
 import datetime
 import decimal
 import pathlib
+import threading
 from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+from sqlalchemy.dialects import mssql
 
-from ingestion_assets.merge_asset import CURSOR, FULL_REFRESH_TAG, MATCHES_SOURCE
+from ingestion_assets.merge_asset import CURSOR, FULL_REFRESH_TAG, MATCHES_SOURCE, read_spec
 from ingestion_assets.modes.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
+from ingestion_assets.sources.sql import SqlTableReader
+from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
     IngestProject,
     SourceDatabase,
@@ -24,6 +28,16 @@ from ingestion_assets_tests.conftest import (
 )
 
 T0 = datetime.datetime(2024, 3, 1, 8, 0, 0)
+
+
+def _create(database: SourceDatabase, table: sa.Table) -> None:
+    """Create `table` (in the database's Sales schema, made first on PostgreSQL)."""
+    engine = database.engine()
+    with engine.begin() as connection:
+        if database.dialect == "postgresql":
+            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
+        table.create(connection)
+    engine.dispose()
 
 
 def _customers(database: SourceDatabase) -> sa.Table:
@@ -37,13 +51,10 @@ def _customers(database: SourceDatabase) -> sa.Table:
         sa.Column("ModifiedDate", sa.DateTime),
         schema=database.schema("Sales"),
     )
-    engine = database.engine()
-    with engine.begin() as connection:
-        if database.dialect == "postgresql":
-            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
-        table.create(connection)
-        connection.execute(
-            table.insert(),
+    _create(database, table)
+    _execute(
+        database,
+        table.insert().values(
             [
                 {
                     "CustomerID": key,
@@ -54,8 +65,8 @@ def _customers(database: SourceDatabase) -> sa.Table:
                 }
                 for key in range(1, 6)
             ],
-        )
-    engine.dispose()
+        ),
+    )
     return table
 
 
@@ -300,12 +311,7 @@ def _change_table(database: SourceDatabase) -> sa.Table:
         sa.Column("Credit", sa.Numeric(12, 2)),
         schema=database.schema("Sales"),
     )
-    engine = database.engine()
-    with engine.begin() as connection:
-        if database.dialect == "postgresql":
-            connection.execute(sa.schema.CreateSchema(database.schema("Sales"), if_not_exists=True))
-        table.create(connection)
-    engine.dispose()
+    _create(database, table)
     return table
 
 
@@ -386,12 +392,6 @@ def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes
 
 
 def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
-    from sqlalchemy.dialects import mssql
-
-    from ingestion_assets.merge_asset import read_spec
-    from ingestion_assets.sources.sql import SqlTableReader
-    from ingestion_assets.specs import TableSpec
-
     spec = TableSpec(
         schema="dbo",
         name="Customer",
@@ -429,8 +429,6 @@ def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() 
 def test_the_new_data_sensor_requests_a_merge_table_once_its_source_changed_past_the_cursor(
     source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:
-    from dagster import build_sensor_context
-
     table = _customers(source_database)
     project = _project(source_database, tmp_path, cursor_column="ModifiedDate")
     sensor = project.defs.get_sensor_def("src_new_data")
@@ -460,8 +458,6 @@ def test_the_new_data_sensor_requests_a_merge_table_once_its_source_changed_past
 def test_two_runs_of_one_merge_table_at_once_leave_it_equal_to_the_source_without_duplicates(
     postgres_database: SourceDatabase, tmp_path: pathlib.Path
 ) -> None:
-    import threading
-
     table = _customers(postgres_database)
     _execute(
         postgres_database,

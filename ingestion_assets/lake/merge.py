@@ -45,6 +45,7 @@ from ingestion_assets.modes.merge import (
     MergePlan,
     MergeRules,
     closings,
+    constant,
     current_rows,
     deletions,
     plan_scd1,
@@ -80,8 +81,8 @@ def lake_changes(
         if f.name not in MERGE_LINEAGE
     ]
     columns = {f.name: changes.column(f.name).cast(f.type) for f in fields}
-    columns[INGESTED_AT] = pa.array([now] * changes.num_rows, TIMESTAMP)
-    columns[RUN_ID] = pa.array([run_id] * changes.num_rows, pa.string())
+    columns[INGESTED_AT] = constant(now, TIMESTAMP, changes.num_rows)
+    columns[RUN_ID] = constant(run_id, pa.string(), changes.num_rows)
     return pa.table(columns)
 
 
@@ -203,16 +204,7 @@ def _with_lineage(source: pa.Table) -> pa.Table:
 def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules) -> pa.Table:
     """The table's rows (every version, with history) that may share a key with `rows`."""
     if table.version() < 1 or rows.num_rows == 0:
-        return pa.table(
-            {
-                name: pa.array([], f.type)
-                for name, f in zip(
-                    pa.schema(table.schema().to_arrow()).names,
-                    pa.schema(table.schema().to_arrow()),
-                    strict=True,
-                )
-            }
-        )
+        return pa.schema(table.schema().to_arrow()).empty_table()
     dataset = table.to_pyarrow_dataset()
     condition: ds.Expression | None = None
     for key in rules.keys:

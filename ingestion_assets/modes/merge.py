@@ -94,7 +94,7 @@ def latest_changes(changes: pa.Table, rules: MergeRules, where: str) -> pa.Table
             )
     if changes.num_rows <= 1:
         return changes
-    numbered = changes.append_column(_ARRIVAL, pa.array(range(changes.num_rows), pa.int64()))
+    numbered = changes.append_column(_ARRIVAL, _positions(changes.num_rows))
     order = [(key, "ascending", "at_start") for key in rules.keys]
     if rules.sequence:
         # a change without a sequence is older than any with one
@@ -148,7 +148,7 @@ def feed_changes(
 def delete_flags(changes: pa.Table, rules: MergeRules, where: str) -> pa.Array:
     """Which changes are deletes: the delete column true (or non-zero); none without one."""
     if rules.delete_column is None or rules.deletes == "ignore":
-        return pa.array([False] * changes.num_rows, pa.bool_())
+        return constant(False, pa.bool_(), changes.num_rows)
     if rules.delete_column not in changes.schema.names:
         raise IngestionError(
             f"{where}: the delete column {rules.delete_column} is not among the rows read; fix "
@@ -265,9 +265,9 @@ def plan_scd2(
     rows = _conform(latest, schema)
     rows = _set(rows, VALID_FROM, starts)
     rows = _set(rows, VALID_TO, pa.nulls(rows.num_rows, TIMESTAMP))
-    rows = _set(rows, IS_CURRENT, pa.array([True] * rows.num_rows, pa.bool_()))
+    rows = _set(rows, IS_CURRENT, constant(True, pa.bool_(), rows.num_rows))
     if rules.keeps_deleted:
-        rows = _set(rows, DELETED, pa.array([False] * rows.num_rows, pa.bool_()))
+        rows = _set(rows, DELETED, constant(False, pa.bool_(), rows.num_rows))
         rows = _set(rows, DELETED_AT, pa.nulls(rows.num_rows, TIMESTAMP))
     compared = compared_columns(schema, rules, lineage)
     tracked = list(rules.tracked) if rules.tracked is not None else compared
@@ -304,14 +304,14 @@ def plan_scd2(
     pieces = []
     new_versions = rows.filter(opened)
     new_versions = new_versions.append_column(
-        ACTION, pa.array([INSERT] * new_versions.num_rows, pa.string())
+        ACTION, constant(INSERT, pa.string(), new_versions.num_rows)
     )
     pieces.append(new_versions)
     # the closing of a current version: its own values, its validity ended where the change begins
     closing = _current_rows(joined.filter(closed), schema)
     ends = starts.filter(closed)
     closing = _set(closing, VALID_TO, ends)
-    closing = _set(closing, IS_CURRENT, pa.array([False] * closing.num_rows, pa.bool_()))
+    closing = _set(closing, IS_CURRENT, constant(False, pa.bool_(), closing.num_rows))
     if rules.keeps_deleted:
         deleted_now = is_delete.filter(closed)
         closing = _set(closing, DELETED, deleted_now)
@@ -320,13 +320,11 @@ def plan_scd2(
             DELETED_AT,
             pc.if_else(deleted_now, pa.scalar(now, TIMESTAMP), pa.scalar(None, TIMESTAMP)),
         )
-    pieces.append(closing.append_column(ACTION, pa.array([UPDATE] * closing.num_rows, pa.string())))
+    pieces.append(closing.append_column(ACTION, constant(UPDATE, pa.string(), closing.num_rows)))
     # a change in untracked columns only: the current version takes the new values, keeps its start
     updating = rows.filter(in_place)
     updating = _set(updating, VALID_FROM, joined.filter(in_place).column(_current(VALID_FROM)))
-    pieces.append(
-        updating.append_column(ACTION, pa.array([UPDATE] * updating.num_rows, pa.string()))
-    )
+    pieces.append(updating.append_column(ACTION, constant(UPDATE, pa.string(), updating.num_rows)))
     planned = pa.concat_tables([piece.cast(pieces[0].schema) for piece in pieces])
     inserted = new_versions.num_rows
     return MergePlan(
@@ -343,7 +341,7 @@ def _older_than_current(rows: pa.Table, current: pa.Table, rules: MergeRules) ->
     """Per change, whether the table's row of its key has a higher sequence."""
     sequence = rules.sequence
     if sequence is None or current.num_rows == 0 or sequence not in current.schema.names:
-        return pa.array([False] * rows.num_rows, pa.bool_())
+        return constant(False, pa.bool_(), rows.num_rows)
     names = [*rules.keys, sequence]
     joined = _joined_current(rows.select(names), current.select(names), rules.keys)
     newer = pc.greater(joined.column(_current(sequence)), joined.column(sequence))
@@ -379,7 +377,7 @@ def _version_starts(
                 column.cast(pa.timestamp("us")), zone, ambiguous="earliest", nonexistent="earliest"
             )
             return pc.fill_null(stamped.cast(TIMESTAMP), pa.scalar(now, TIMESTAMP))
-    return pa.array([now] * latest.num_rows, TIMESTAMP)
+    return constant(now, TIMESTAMP, latest.num_rows)
 
 
 def _current(name: str) -> str:
@@ -389,7 +387,7 @@ def _current(name: str) -> str:
 def _joined_current(rows: pa.Table, current: pa.Table, keys: Sequence[str]) -> pa.Table:
     """`rows` with the current version of each key beside it (columns `__current_<name>`; null
     where the key has none), in the order of `rows`."""
-    numbered = rows.append_column(_ARRIVAL, pa.array(range(rows.num_rows), pa.int64()))
+    numbered = rows.append_column(_ARRIVAL, _positions(rows.num_rows))
     if current.num_rows == 0:
         for field in rows.schema:
             numbered = numbered.append_column(
@@ -422,7 +420,7 @@ def _current_rows(joined: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def _columns_differ(joined: pa.Table, names: Sequence[str]) -> pa.Array:
     """Per row, whether any of `names` differs from the current version's (nulls compared)."""
-    differs = pa.array([False] * joined.num_rows, pa.bool_())
+    differs = constant(False, pa.bool_(), joined.num_rows)
     for name in names:
         differs = pc.or_(differs, _distinct(joined.column(name), joined.column(_current(name))))
     return differs
@@ -440,7 +438,7 @@ def _distinct(left: pa.ChunkedArray | pa.Array, right: pa.ChunkedArray | pa.Arra
 def _matches(rows: pa.Table, current: pa.Table, keys: Sequence[str]) -> pa.Array:
     """Per row, whether `current` holds its key."""
     if current.num_rows == 0:
-        return pa.array([False] * rows.num_rows, pa.bool_())
+        return constant(False, pa.bool_(), rows.num_rows)
     joined = _joined_current(rows.select(list(keys)), current.select(list(keys)), keys)
     return pc.is_valid(joined.column(_current(keys[0])))
 
@@ -456,8 +454,18 @@ def _differs(
     missing_columns = [name for name in names if name not in current.schema.names]
     differs = _columns_differ(joined, present)
     if missing_columns:
-        differs = pa.array([True] * rows.num_rows, pa.bool_())
+        differs = constant(True, pa.bool_(), rows.num_rows)
     return pc.or_(differs, pc.is_null(joined.column(_current(keys[0]))))
+
+
+def constant(value: object, kind: pa.DataType, count: int) -> pa.Array:
+    """`count` copies of one value, built by Arrow (no Python list of them)."""
+    return pa.repeat(pa.scalar(value, kind), count)
+
+
+def _positions(count: int) -> pa.Array:
+    """0, 1, ... count - 1, built by Arrow."""
+    return pc.subtract(pc.cumulative_sum(constant(1, pa.int64(), count)), 1)
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -480,7 +488,7 @@ def _set(rows: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Ta
 def deletions(keys: pa.Table, schema: pa.Schema) -> pa.Table:
     """MERGE rows that remove the rows of `keys` (hard deletes of keys gone from the source)."""
     rows = _conform(keys, pa.schema([f for f in schema if f.name != ACTION]))
-    return rows.append_column(ACTION, pa.array([DELETE] * keys.num_rows, pa.string()))
+    return rows.append_column(ACTION, constant(DELETE, pa.string(), keys.num_rows))
 
 
 def closings(
@@ -492,18 +500,18 @@ def closings(
     rows = _conform(held, table_schema)
     count = rows.num_rows
     if rules.keeps_deleted:
-        rows = _set(rows, DELETED, pa.array([True] * count, pa.bool_()))
-        rows = _set(rows, DELETED_AT, pa.array([now] * count, TIMESTAMP))
+        rows = _set(rows, DELETED, constant(True, pa.bool_(), count))
+        rows = _set(rows, DELETED_AT, constant(now, TIMESTAMP, count))
     if rules.history:
-        rows = _set(rows, VALID_TO, pa.array([now] * count, TIMESTAMP))
-        rows = _set(rows, IS_CURRENT, pa.array([False] * count, pa.bool_()))
-    return rows.append_column(ACTION, pa.array([UPDATE] * count, pa.string()))
+        rows = _set(rows, VALID_TO, constant(now, TIMESTAMP, count))
+        rows = _set(rows, IS_CURRENT, constant(False, pa.bool_(), count))
+    return rows.append_column(ACTION, constant(UPDATE, pa.string(), count))
 
 
 def current_rows(table: pa.Table, rules: MergeRules) -> pa.Table:
     """The rows a reader of the table takes as the source's present: current versions, not
     deleted."""
-    keep = pa.array([True] * table.num_rows, pa.bool_())
+    keep = constant(True, pa.bool_(), table.num_rows)
     if rules.history and IS_CURRENT in table.schema.names:
         keep = pc.and_(keep, pc.fill_null(table.column(IS_CURRENT), False))
     if rules.keeps_deleted and DELETED in table.schema.names:
@@ -578,7 +586,7 @@ def plan_scd2_feed(
     latest_changes(changes.slice(0, 0), rules, where)  # the same checks of the rules' columns
     if changes.num_rows == 0:
         return plan_scd2(changes, current, rules, now, lineage, where, zone)
-    numbered = changes.append_column(_ARRIVAL, pa.array(range(changes.num_rows), pa.int64()))
+    numbered = changes.append_column(_ARRIVAL, _positions(changes.num_rows))
     order = [(key, "ascending", "at_start") for key in rules.keys]
     order += [
         (name, "ascending", "at_start")
@@ -608,15 +616,18 @@ def plan_scd2_feed(
 
 
 def _rank_within_key(ordered: pa.Table, keys: Sequence[str]) -> pa.Array:
-    """For a table sorted by `keys`, each row's position among the rows of its key (0, 1, ...)."""
-    same_as_previous = pa.concat_arrays(
-        [pa.array([False]), _same_key_as_next(ordered, keys).slice(0, ordered.num_rows - 1)]
+    """For a table sorted by `keys`, each row's position among the rows of its key (0, 1, ...):
+    its own position less that of its key's first row."""
+    starts = pa.concat_arrays(
+        [
+            pa.array([True]),
+            pc.invert(_same_key_as_next(ordered, keys).slice(0, ordered.num_rows - 1)),
+        ]
     )
-    ranks, rank = [], 0
-    for same in same_as_previous.to_pylist():
-        rank = rank + 1 if same else 0
-        ranks.append(rank)
-    return pa.array(ranks, pa.int64())
+    positions = _positions(ordered.num_rows)
+    group = pc.subtract(pc.cumulative_sum(pc.cast(starts, pa.int64())), 1)
+    first = positions.filter(starts)
+    return pc.subtract(positions, pc.take(first, group))
 
 
 def _with_versions(state: pa.Table, planned: pa.Table, identity: Sequence[str]) -> pa.Table:
@@ -633,7 +644,7 @@ def _with_versions(state: pa.Table, planned: pa.Table, identity: Sequence[str]) 
 
 def _last_per_identity(rows: pa.Table, identity: Sequence[str]) -> pa.Table:
     """One row per identity: the last planned (a version opened, then closed, in one run)."""
-    numbered = rows.append_column(_ARRIVAL, pa.array(range(rows.num_rows), pa.int64()))
+    numbered = rows.append_column(_ARRIVAL, _positions(rows.num_rows))
     order = [(name, "ascending", "at_start") for name in (*identity, _ARRIVAL)]
     ordered = numbered.take(pc.sort_indices(numbered, sort_keys=order))
     last = pc.invert(_same_key_as_next(ordered, identity))
