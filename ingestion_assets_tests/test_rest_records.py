@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -268,6 +268,8 @@ def page_server() -> Any:
 
 
 @given(JSON_DOCUMENTS, st.booleans())
+# the integer just below int64 that orjson read as a float (found by this test in a CI run)
+@example(-9_223_372_036_854_775_809, False)
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -6,8 +6,8 @@ honouring `Retry-After`, within an attempt count and a time limit; 401/403 and o
 (a 401 first gets the authenticator one chance to refresh its token). JSON is decoded strictly in
 its declared charset: bytes that are not text fail the run instead of being replaced or guessed.
 A UTF-8 body is parsed by orjson (1.0 ms for a demo page of 1,000 records, `json` 3.0 ms), which
-gives `json`'s values and is as strict; a body it refuses, or one with 20 digits in a row (orjson
-reads an integer beyond 64 bits as a float), goes to `json`, which names the fault.
+gives `json`'s values and is as strict; a body it refuses, or one with 20 digits in a row (or a minus
+and 19: orjson reads an integer beyond 64 bits as a float), goes to `json`, which names the fault.
 The client is shared by every stream of a run (one session, one token), so the counters a stream
 reports are passed in by its reader, and so are the stream's limits (`RequestLimits`).
 
@@ -632,9 +632,10 @@ class RestClient:
         return text[:BODY_EXCERPT_CHARACTERS] or "(empty body)"
 
 
-# orjson reads an integer beyond 64 bits as a float: a body with 20 digits in a row (a long
-# fraction too, or digits in a text) goes to `json`, whose integers are exact
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# orjson reads an integer beyond 64 bits as a float: a body with 20 digits in a row, or a minus
+# and 19 (below -2**63: -9223372036854775809 has 19 digits), goes to `json`, whose integers are
+# exact (so does a long fraction, or digits in a text, which orjson would have read right)
+_LONG_DIGITS = re.compile(rb"[0-9]{20}|-[0-9]{19}")
 _UTF8 = re.compile(r"utf-?8", re.IGNORECASE)
 # `\ud800`..`\udfff` in JSON text: half of a surrogate pair, or a lone one
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
