@@ -1,7 +1,8 @@
 """The asset of a merge table (`mode: merge`): read the rows changed since the cursor stored with
 the last materialization, apply them by key in one Delta MERGE (`lake/merge.py`), store the new
-cursor with this materialization, and judge the table's current rows (keys unique, history
-unbroken, the count of current rows against the source's).
+cursor with this materialization. The checks judge the table as the MERGE would leave it, before
+the commit (audit before publish): a key held by two current rows or a broken history commits
+nothing; the count of current rows against the source's is a warning.
 
 The cursor moves only with a materialization: a run that fails (or is stopped) after reading
 leaves the last one's cursor, so its re-run reads the same changes again, and a change applied
@@ -36,15 +37,11 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
-from ingestion_assets.errors import IngestionError, where
+from ingestion_assets.errors import AuditFailedError, IngestionError, where
 from ingestion_assets.io_managers.contract import column_schema
 from ingestion_assets.lake.merge import merge_changes
 from ingestion_assets.modes.merge import (
-    DELETED,
     FEED_DELETE,
-    IS_CURRENT,
-    VALID_FROM,
-    VALID_TO,
     MergeRules,
     current_rows,
     duplicate_keys,
@@ -255,6 +252,13 @@ def _merge(
     )
     uri = writer.table_uri(asset_key.path)
     options = writer.storage_options or None
+    judged: list[tuple[pa.Table, list[AssetCheckResult]]] = []
+
+    def audit(planned: pa.Table) -> bool:
+        """The blocking checks on the table as the MERGE would leave it (each attempt's)."""
+        judged[:] = [(planned, _blocking(planned, rules, asset_key))]
+        return all(result.passed for result in judged[0][1])
+
     outcome = merge_changes(
         uri,
         options,
@@ -267,14 +271,22 @@ def _merge(
         schema_policy=table.schema_policy,
         nanoseconds=table.timestamp_nanoseconds,
         zone=zone,
+        audit=audit,
     )
+    planned, blocking = judged[0]
+    present = current_rows(planned, rules)
+    if not outcome.accepted:
+        yield from _judge(source, table, blocking, present, asset_key)
+        failed = [r for r in blocking if not r.passed]
+        raise AuditFailedError(
+            f"{label}: nothing was committed, the table is unchanged (Delta version "
+            f"{outcome.version}): "
+            + "; ".join(f"{r.check_name} failed ({r.description})" for r in failed)
+            + ". The changes read would leave the table so; find why the source holds them "
+            "(e.g. a primary key that is not unique at the source), fix it and re-run."
+        )
     cursor = newest_cursor(changes, cursor_column, stored)
     delta = DeltaTable(uri, storage_options=options)
-    # the checks read the keys and the flags, never the whole rows
-    judged = [*rules.keys, IS_CURRENT, DELETED, VALID_FROM, VALID_TO]
-    names = pa.schema(delta.schema().to_arrow()).names
-    committed = delta.to_pyarrow_table(columns=[n for n in dict.fromkeys(judged) if n in names])
-    present = current_rows(committed, rules)
     context.log.info(
         f"{label}: {outcome.inserted:,} inserted, {outcome.updated:,} updated, "
         f"{outcome.deleted:,} deleted, {outcome.unchanged:,} unchanged; Delta version "
@@ -300,7 +312,7 @@ def _merge(
     if cursor is not None:
         metadata[CURSOR] = cursor
     yield MaterializeResult(asset_key=asset_key, metadata=metadata)
-    yield from _judge(context, source, table, rules, committed, present, asset_key)
+    yield from _judge(source, table, blocking, present, asset_key)
 
 
 @contextlib.contextmanager
@@ -347,26 +359,66 @@ def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
     return spec, cursor
 
 
+def _blocking(planned: pa.Table, rules: MergeRules, asset_key: AssetKey) -> list[AssetCheckResult]:
+    """The blocking checks' results on the table as planned: each key held by one current row;
+    with history, each key's versions one unbroken line."""
+    duplicates = duplicate_keys(current_rows(planned, rules), rules.keys)
+    results = [
+        AssetCheckResult(
+            asset_key=asset_key,
+            check_name=KEYS_UNIQUE,
+            passed=duplicates.num_rows == 0,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"{duplicates.num_rows:,} key(s) held by more than one current row"
+            if duplicates.num_rows
+            else None,
+            metadata={
+                "duplicate_keys": duplicates.num_rows,
+                "sample": MetadataValue.json(
+                    [
+                        {k: str(v) for k, v in row.items()}
+                        for row in duplicates.slice(0, 10).to_pylist()
+                    ]
+                ),
+            },
+        )
+    ]
+    if rules.history:
+        broken = overlapping_versions(planned, rules.keys)
+        results.append(
+            AssetCheckResult(
+                asset_key=asset_key,
+                check_name=HISTORY_UNBROKEN,
+                passed=broken.num_rows == 0,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"{broken.num_rows:,} key(s) whose versions overlap or break"
+                if broken.num_rows
+                else None,
+                metadata={
+                    "broken_versions": broken.num_rows,
+                    "sample": MetadataValue.json(
+                        [
+                            {k: str(v) for k, v in row.items()}
+                            for row in broken.slice(0, 10).to_pylist()
+                        ]
+                    ),
+                },
+            )
+        )
+    return results
+
+
 def _judge(
-    context: AssetExecutionContext,
     source: Any,
     table: DatasetSpec,
-    rules: MergeRules,
-    committed: pa.Table,
+    blocking: list[AssetCheckResult],
     present: pa.Table,
     asset_key: AssetKey,
 ) -> Iterator[AssetCheckResult]:
-    duplicates = duplicate_keys(present, rules.keys)
-    yield AssetCheckResult(
-        asset_key=asset_key,
-        check_name=KEYS_UNIQUE,
-        passed=duplicates.num_rows == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "duplicate_keys": duplicates.num_rows,
-            "sample": MetadataValue.json(duplicates.slice(0, 10).to_pylist()),
-        },
-    )
+    """Every check's result on the table as planned (and committed, when the audit passed):
+    the blocking ones as the audit found them, and the count of current rows against the
+    source's."""
+    yield blocking[0]
     try:
         counted, problem = source.count(table, None), ""
     except IngestionError as error:
@@ -383,17 +435,4 @@ def _judge(
             "current_rows": present.num_rows,
         },
     )
-    if rules.history:
-        broken = overlapping_versions(committed, rules.keys)
-        yield AssetCheckResult(
-            asset_key=asset_key,
-            check_name=HISTORY_UNBROKEN,
-            passed=broken.num_rows == 0,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "broken_versions": broken.num_rows,
-                "sample": MetadataValue.json(
-                    [{k: str(v) for k, v in row.items()} for row in broken.slice(0, 10).to_pylist()]
-                ),
-            },
-        )
+    yield from blocking[1:]

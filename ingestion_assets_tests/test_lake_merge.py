@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion_assets.lake.merge import merge_changes
+from ingestion_assets.lake.merge import MergeConflictError, merge_changes
 from ingestion_assets.modes.merge import (
     DELETED,
     IS_CURRENT,
@@ -63,11 +63,33 @@ changes_strategy = st.lists(
 )
 
 
+def _sorted_rows(table: pa.Table) -> list[tuple[str, ...]]:
+    return sorted(tuple(str(v) for v in row.values()) for row in table.to_pylist())
+
+
 def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> None:
+    """Merge one batch; the table the audit was shown before the commit is the table the
+    commit left (its key, flag and validity columns), row for row."""
     table = pa.Table.from_pylist(batch, schema=SCHEMA)
+    shown: list[pa.Table] = []
+
+    def audit(planned: pa.Table) -> bool:
+        shown[:] = [planned]
+        return True
+
     merge_changes(
-        uri, None, table, rules, full_read=False, run_id="run", label="table t", log=lambda _: None
+        uri,
+        None,
+        table,
+        rules,
+        full_read=False,
+        run_id="run",
+        label="table t",
+        log=lambda _: None,
+        audit=audit,
     )
+    committed = DeltaTable(uri).to_pyarrow_table(columns=shown[0].schema.names)
+    assert _sorted_rows(shown[0]) == _sorted_rows(committed)
 
 
 def _latest(batch: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -294,3 +316,51 @@ def test_a_full_read_planned_in_chunks_lands_as_one_commit_equal_to_the_source(
         3: (1, True),
         8: (1, True),
     }
+
+
+def test_a_merge_the_audit_refuses_commits_nothing(tmp_path: pathlib.Path) -> None:
+    uri = str(tmp_path / "refused")
+    rules = MergeRules(keys=("id",), sequence="seq")
+    _apply(uri, [_change(1, 1, "a", 0, False)], rules)
+    version = DeltaTable(uri).version()
+    shown: list[pa.Table] = []
+
+    def audit(planned: pa.Table) -> bool:
+        shown[:] = [planned]
+        return False
+
+    outcome = merge_changes(
+        uri,
+        None,
+        pa.Table.from_pylist(
+            [_change(1, 2, "a", 1, False), _change(2, 1, "a", 1, False)], schema=SCHEMA
+        ),
+        rules,
+        full_read=False,
+        run_id="run",
+        label="table t",
+        log=lambda _: None,
+        audit=audit,
+    )
+    assert not outcome.accepted
+    assert not outcome.committed
+    assert (outcome.inserted, outcome.updated) == (1, 1)
+    assert DeltaTable(uri).version() == version
+    assert sorted(shown[0].column("id").to_pylist()) == [1, 2]
+    assert DeltaTable(uri).to_pyarrow_table(columns=["id", "price"]).to_pylist() == [
+        {"id": 1, "price": 1}
+    ]
+
+
+def test_a_key_the_table_holds_twice_stops_the_merge_with_the_fix(tmp_path: pathlib.Path) -> None:
+    """Rows kept by a finer key before: a change of the coarser key cannot say which it
+    replaces; the run says so, names the key and the fix, and writes nothing."""
+    uri = str(tmp_path / "twice")
+    finer = MergeRules(keys=("id", "note"), sequence="seq")
+    _apply(uri, [_change(1, 1, "a", 0, False), _change(1, 1, "b", 0, False)], finer)
+    version = DeltaTable(uri).version()
+    with pytest.raises(
+        MergeConflictError, match=r"table t: .*1 of the changed keys.*'id': '1'.*full_refresh"
+    ):
+        _apply(uri, [_change(1, 2, "a", 1, False)], MergeRules(keys=("id",), sequence="seq"))
+    assert DeltaTable(uri).version() == version

@@ -26,7 +26,7 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from ingestion_assets.errors import WriteConflictError
+from ingestion_assets.errors import IngestionError, WriteConflictError
 from ingestion_assets.lake.replace import (
     MAX_COMMIT_ATTEMPTS,
     create_table,
@@ -42,12 +42,15 @@ from ingestion_assets.modes.merge import (
     DELETED,
     IS_CURRENT,
     TIMESTAMP,
+    VALID_FROM,
+    VALID_TO,
     MergePlan,
     MergeRules,
     closings,
     constant,
     current_rows,
     deletions,
+    duplicate_keys,
     plan_scd1,
     plan_scd2,
     plan_scd2_feed,
@@ -56,6 +59,10 @@ from ingestion_assets.modes.merge import (
 MERGE_LINEAGE = (INGESTED_AT, RUN_ID)
 # changes planned at once: their rows and the current rows of their keys are what a plan holds
 CHUNK_ROWS = 100_000
+
+
+class MergeConflictError(IngestionError):
+    """The table holds rows a change cannot be matched to one by one (a key held twice)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class MergeOutcome:
     unchanged: int
     rows_read: int
     committed: bool
+    # False when the audit refused the planned table: nothing was committed
+    accepted: bool = True
 
 
 def lake_changes(
@@ -99,9 +108,14 @@ def merge_changes(
     schema_policy: str = "evolve",
     nanoseconds: str = "error",
     zone: str = "UTC",
+    audit: Callable[[pa.Table], bool] | None = None,
 ) -> MergeOutcome:
     """Apply `changes` (the rows read; every row of the source when `full_read`) to the table at
-    `uri` by the rules, in one commit; creates the table on the first run."""
+    `uri` by the rules, in one commit; creates the table on the first run.
+
+    Before each commit, `audit` judges the table as the MERGE would leave it (its key, flag and
+    validity columns, `planned_table`); when it returns False nothing is committed and the
+    outcome says so (`accepted`)."""
     now = datetime.datetime.now(datetime.UTC)
     detect_deletes = full_read and rules.deletes != "ignore"
 
@@ -110,11 +124,13 @@ def merge_changes(
         against the current rows of its own keys, keeping only the rows that change the table."""
         if rules.every_change:
             rows = lake_changes(changes, run_id, now, nanoseconds)
-            return _plan(rows, _current_rows(table, rows, rules), rules, now, label, zone)
+            return _plan(rows, _current_rows(table, rows, rules, label), rules, now, label, zone)
         plans = []
         for offset in range(0, max(changes.num_rows, 1), CHUNK_ROWS):
             rows = lake_changes(changes.slice(offset, CHUNK_ROWS), run_id, now, nanoseconds)
-            plans.append(_plan(rows, _current_rows(table, rows, rules), rules, now, label, zone))
+            plans.append(
+                _plan(rows, _current_rows(table, rows, rules, label), rules, now, label, zone)
+            )
         source = pa.concat_tables([plan.source.cast(plans[0].source.schema) for plan in plans])
         return MergePlan(
             source,
@@ -128,7 +144,7 @@ def merge_changes(
         plan = planned(table)
         if detect_deletes:
             keys = lake_changes(changes.select(list(rules.keys)), run_id, now, nanoseconds)
-            gone = _gone_at_source(table, keys, rules, now, plan.source.schema)
+            gone = _gone_at_source(table, keys, rules, now, plan.source.schema, label)
         else:
             gone = None
         if gone is not None and gone.num_rows:
@@ -137,6 +153,17 @@ def merge_changes(
         target, schema_mode = fit_schema(
             table, _with_lineage(plan.source).schema, schema_policy, label, uri
         )
+        if audit is not None and not audit(planned_table(table, plan.source, rules)):
+            return MergeOutcome(
+                table.version(),
+                plan.inserted,
+                plan.updated,
+                plan.deleted,
+                plan.unchanged,
+                changes.num_rows,
+                committed=False,
+                accepted=False,
+            )
         if plan.inserted + plan.updated + plan.deleted == 0:
             return MergeOutcome(table.version(), 0, 0, 0, plan.unchanged, changes.num_rows, False)
         merger = table.merge(
@@ -180,6 +207,45 @@ def merge_changes(
         ) from None
 
 
+def judged_columns(rules: MergeRules) -> list[str]:
+    """The columns the merge checks read: the key, the flags and the validity."""
+    return list(dict.fromkeys([*rules.keys, IS_CURRENT, DELETED, VALID_FROM, VALID_TO]))
+
+
+def planned_table(table: DeltaTable, source: pa.Table, rules: MergeRules) -> pa.Table:
+    """The judged columns of the table as the MERGE of `source` would leave it, read before the
+    commit so that the checks judge exactly what is about to be published: the table's rows
+    the MERGE does not match, one row per matched pair whose action writes (a matched row is
+    replaced, each one when several share the identity; the delete action removes it), and the
+    rows it inserts."""
+    names = pa.schema(table.schema().to_arrow()).names
+    # a column the rules no longer set (a flag of earlier rules) is not what they judge
+    columns = [n for n in judged_columns(rules) if n in names and n in source.schema.names]
+    if table.version() < 1:
+        held = pa.schema(table.schema().to_arrow()).empty_table().select(columns)
+    else:
+        held = table.to_pyarrow_dataset().to_table(columns=columns)
+    if source.num_rows == 0:
+        return held
+    identity = list(rules.identity)
+    source = source.cast(
+        pa.schema(
+            [
+                held.schema.field(n) if n in columns else f
+                for n, f in zip(source.schema.names, source.schema, strict=True)
+            ]
+        )
+    )
+    matched = source.select(identity)
+    kept = held.join(matched, identity, join_type="left anti", use_threads=False)
+    acting = pc.is_in(source.column(ACTION), pa.array(["insert", "update"]))
+    written = source.filter(acting).select(columns)
+    keys = held.select(identity)
+    replaced = keys.join(written, identity, join_type="inner", use_threads=False)
+    inserted = written.join(keys, identity, join_type="left anti", use_threads=False)
+    return pa.concat_tables([kept, replaced.select(columns), inserted.select(columns)])
+
+
 def _plan(
     rows: pa.Table,
     current: pa.Table,
@@ -201,7 +267,7 @@ def _with_lineage(source: pa.Table) -> pa.Table:
     return source.select([*names, *[n for n in MERGE_LINEAGE if n in source.schema.names]])
 
 
-def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules) -> pa.Table:
+def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules, label: str) -> pa.Table:
     """The table's rows (every version, with history) that may share a key with `rows`."""
     if table.version() < 1 or rows.num_rows == 0:
         return pa.schema(table.schema().to_arrow()).empty_table()
@@ -212,7 +278,21 @@ def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules) -> pa.Ta
         term = ds.field(key).isin(values)
         condition = term if condition is None else condition & term
     # with history, every version of the keys: a change older than a closed version is stale
-    return dataset.to_table(filter=condition)
+    held = dataset.to_table(filter=condition)
+    twice = duplicate_keys(current_rows(held, rules), rules.keys)
+    if twice.num_rows:
+        sample = [
+            {k: str(v) for k, v in row.items() if k != "rows"}
+            for row in twice.slice(0, 3).to_pylist()
+        ]
+        raise MergeConflictError(
+            f"{label}: the table holds more than one current row for {twice.num_rows:,} of the "
+            f"changed keys (e.g. {sample}); it was written with another primary key than "
+            f"({', '.join(rules.keys)}) or by another writer, and a change cannot say which row "
+            "it replaces. Nothing was written. Delete the extra rows, or remove the table and "
+            "run the asset with the tag ingest/full_refresh=true to rebuild it."
+        )
+    return held
 
 
 def _gone_at_source(
@@ -221,6 +301,7 @@ def _gone_at_source(
     rules: MergeRules,
     now: datetime.datetime,
     schema: pa.Schema,
+    label: str,
 ) -> pa.Table | None:
     """The MERGE rows that delete what the table holds and a full read no longer found: the
     table's (current, not deleted) keys less the keys read, compared in Arrow over the key
@@ -238,7 +319,9 @@ def _gone_at_source(
     if rules.deletes == "hard" and not rules.history:
         return deletions(gone, schema)
     # their current rows only: a closed version of a gone key keeps its end
-    return closings(current_rows(_current_rows(table, gone, rules), rules), rules, now, schema)
+    return closings(
+        current_rows(_current_rows(table, gone, rules, label), rules), rules, now, schema
+    )
 
 
 def _quoted(name: str) -> str:
