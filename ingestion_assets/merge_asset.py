@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -312,7 +313,23 @@ def _merge(
     if cursor is not None:
         metadata[CURSOR] = cursor
     yield MaterializeResult(asset_key=asset_key, metadata=metadata)
+    if cursor is not None and outcome.committed:
+        _release(context, source, table, cursor, label)
     yield from _judge(source, table, blocking, present, asset_key)
+
+
+def _release(
+    context: AssetExecutionContext, source: Any, table: DatasetSpec, cursor: str, label: str
+) -> None:
+    """Tell the source the changes up to `cursor` are in the lake (a replication slot then
+    lets them go). A failure only keeps them longer: the next run releases them."""
+    try:
+        source.changes_applied(table, cursor)
+    except (IngestionError, sa.exc.SQLAlchemyError) as error:
+        context.log.warning(
+            f"{label}: the source still holds the changes up to {cursor} for this table "
+            f"({error}); the next run lets them go"
+        )
 
 
 @contextlib.contextmanager
@@ -343,10 +360,13 @@ def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
     feed = table.cdc
     if table.mode != "cdc" or feed is None:
         return table, table.cursor_column
+    cursor = feed.sequence[0] if feed.sequence else None
+    if feed.reads_the_table:
+        # the source reads the feed with the table (its changes joined to it, or its slot)
+        return table, cursor
     schema, name = feed.feed_table(
         getattr(table, "schema_name", None), str(getattr(table, "name", ""))
     )
-    cursor = feed.sequence[0] if feed.sequence else None
     spec = table.model_copy(
         update={
             "schema_name": schema,

@@ -76,6 +76,10 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """A merge table's newest cursor value past `since` (see `Source.newest_change`)."""
         return self.source().newest_change(dataset, since)
 
+    def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:
+        """The changes up to `cursor` are in the lake (see `Source.changes_applied`)."""
+        self.source().changes_applied(dataset, cursor)
+
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
         """The source's row count for the window (None when it cannot tell)."""
         return self.source().count(dataset, window)

@@ -367,16 +367,51 @@ class SensorSpec(Spec):
     )
 
 
+# each preset feed's columns and operation values (a `change_table` names its own)
+_FEED_OPERATION = {
+    "sqlserver_cdc": "__$operation",
+    "sqlserver_change_tracking": "SYS_CHANGE_OPERATION",
+    "postgres_logical": "_operation",
+}
+_FEED_SEQUENCE: dict[str, tuple[str, ...]] = {
+    "sqlserver_cdc": ("__$start_lsn", "__$seqval"),
+    "sqlserver_change_tracking": ("SYS_CHANGE_VERSION",),
+    "postgres_logical": ("_lsn",),
+}
+_FEED_DELETES: dict[str, tuple[str, ...]] = {
+    "sqlserver_cdc": ("1",),
+    "sqlserver_change_tracking": ("D",),
+    "postgres_logical": ("delete",),
+}
+_FEED_EXCEPT: dict[str, tuple[str, ...]] = {
+    "sqlserver_cdc": ("__$end_lsn", "__$seqval", "__$update_mask", "__$command_id"),
+    "sqlserver_change_tracking": ("SYS_CHANGE_VERSION",),
+    "postgres_logical": ("_lsn",),
+}
+
+
 class CdcSpec(Spec):
     """A change feed applied to a table kept by key (`mode: cdc`), like Databricks'
     `apply_changes`: the feed's rows are events (an operation, a sequence), applied in sequence
     order; the last sequence applied is the cursor."""
 
-    feed: Literal["change_table", "sqlserver_cdc"] = Field(
+    feed: Literal[
+        "change_table", "sqlserver_cdc", "sqlserver_change_tracking", "postgres_logical"
+    ] = Field(
         "change_table",
         description="`change_table`: any table of events (an operation and a sequence column); "
         "`sqlserver_cdc`: the change table SQL Server CDC keeps for a capture instance "
-        "(`cdc.<capture_instance>_CT`, `__$operation`, `__$start_lsn`, `__$seqval`).",
+        "(`cdc.<capture_instance>_CT`, `__$operation`, `__$start_lsn`, `__$seqval`); "
+        "`sqlserver_change_tracking`: SQL Server Change Tracking (`CHANGETABLE(CHANGES ...)` "
+        "joined to the table; `SYS_CHANGE_OPERATION`, `SYS_CHANGE_VERSION`); "
+        "`postgres_logical`: PostgreSQL logical decoding from a replication slot (`slot`; "
+        "the server needs `wal_level = logical`).",
+    )
+    slot: str | None = Field(
+        None,
+        description="postgres_logical: the replication slot (created on the first run); "
+        "default `ingest_<schema>_<table>`.",
+        pattern=r"^[a-z0-9_]{1,63}$",
     )
     change_table: str | None = Field(
         None,
@@ -411,21 +446,18 @@ class CdcSpec(Spec):
     @property
     def operation(self) -> str:
         """The operation column."""
-        default = "__$operation" if self.feed == "sqlserver_cdc" else "operation"
-        return self.operation_column or default
+        return self.operation_column or _FEED_OPERATION.get(self.feed, "operation")
 
     @property
     def sequence(self) -> tuple[str, ...]:
         """The sequence columns."""
-        if self.sequence_by or self.feed != "sqlserver_cdc":
-            return self.sequence_by
-        return ("__$start_lsn", "__$seqval")
+        return self.sequence_by or _FEED_SEQUENCE.get(self.feed, ())
 
     @property
     def deletes_on(self) -> tuple[str, ...]:
         """The operation values that delete."""
-        if self.feed == "sqlserver_cdc" and "apply_as_deletes" not in self.model_fields_set:
-            return ("1",)
+        if self.feed in _FEED_DELETES and "apply_as_deletes" not in self.model_fields_set:
+            return _FEED_DELETES[self.feed]
         return self.apply_as_deletes
 
     @property
@@ -438,9 +470,22 @@ class CdcSpec(Spec):
     @property
     def excepted(self) -> tuple[str, ...]:
         """The feed columns the table does not keep."""
-        if self.feed == "sqlserver_cdc" and "except_columns" not in self.model_fields_set:
-            return ("__$end_lsn", "__$seqval", "__$update_mask", "__$command_id")
+        if self.feed in _FEED_EXCEPT and "except_columns" not in self.model_fields_set:
+            return _FEED_EXCEPT[self.feed]
         return self.except_columns
+
+    @property
+    def reads_the_table(self) -> bool:
+        """Whether the feed is read with the table itself (change tracking joins its changes to
+        the table; logical decoding reads the table's slot), not as a table of its own."""
+        return self.feed in ("sqlserver_change_tracking", "postgres_logical")
+
+    def slot_name(self, schema: str | None, name: str) -> str:
+        """postgres_logical: the replication slot of the table `schema.name`."""
+        if self.slot:
+            return self.slot
+        default = re.sub(r"[^a-z0-9_]", "_", f"ingest_{schema or 'public'}_{name}".lower())
+        return default[:63]
 
     def feed_table(self, schema: str | None, name: str) -> tuple[str | None, str]:
         """(schema, table) of the feed for the dataset `schema.name`."""
@@ -456,6 +501,8 @@ class CdcSpec(Spec):
             raise ValueError(
                 "a change_table feed needs `change_table` (schema.table) and `sequence_by`"
             )
+        if self.slot and self.feed != "postgres_logical":
+            raise ValueError("`slot` applies to a postgres_logical feed only")
         return self
 
 

@@ -25,7 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
 
+from ingestion_assets.merge_asset import CURSOR
 from ingestion_assets.sources.logical import (
     LSN,
     OPERATION,
@@ -36,7 +38,12 @@ from ingestion_assets.sources.logical import (
     lsn_text,
     read_logical_changes,
 )
-from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
+from ingestion_assets_tests.conftest import (
+    POSTGRES_URL,
+    SourceDatabase,
+    build_project,
+    require_service,
+)
 
 BIN = pathlib.Path("/usr/lib/postgresql/15/bin")
 START_SECONDS = 30
@@ -428,3 +435,105 @@ def test_an_altered_table_and_a_value_that_does_not_fit_are_errors_naming_the_co
     columns = pa.schema([("id", pa.int32()), ("price", pa.string())])
     with pytest.raises(LogicalDecodingError, match=r"public\.prices.*'currency'"):
         _changes(engine, "prices", columns, since=at)
+
+
+def test_a_cdc_table_kept_from_its_replication_slot_equals_the_source_after_every_run(
+    server: sa.URL, engine: sa.Engine, tmp_path: pathlib.Path
+) -> None:
+    """`mode: cdc` with `feed: postgres_logical`, end to end: the first run makes the slot and
+    loads the table whole; inserts, updates (one key twice in a transaction) and deletes after
+    it arrive through the slot; a run with nothing new commits nothing; each committed run moves
+    the slot to its cursor, so the server can let those changes go."""
+    slot = "ingest_public_lake_customer"
+    _execute(
+        engine,
+        "CREATE TABLE lake_customer (id bigint PRIMARY KEY, name text, credit numeric(12,2))",
+        "INSERT INTO lake_customer VALUES (1, 'one', 1.10), (2, 'two', 2.20), (3, 'three', 3.30)",
+    )
+    database = SourceDatabase("postgresql", server.render_as_string(), {})
+    project = build_project(
+        database,
+        tmp_path / "lake",
+        [
+            {
+                "schema": "public",
+                "name": "lake_customer",
+                "primary_key": ["id"],
+                "mode": "cdc",
+                "cdc": {"feed": "postgres_logical"},
+            }
+        ],
+    )
+    key = AssetKey(["src", "lake_customer"])
+
+    def run(instance: DagsterInstance) -> dict[str, Any]:
+        result = materialize(
+            [project.defs.get_assets_def(key)], instance=instance, resources=project.defs.resources
+        )
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        metadata = result.asset_materializations_for_node("src__lake_customer")[0].metadata
+        return {name: getattr(value, "value", value) for name, value in metadata.items()}
+
+    def lake() -> dict[int, tuple[str, str]]:
+        rows = project.delta("lake_customer").to_pyarrow_table().to_pylist()
+        return {r["id"]: (r["name"], str(r["credit"])) for r in rows}
+
+    def source() -> dict[int, tuple[str, str]]:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text("SELECT id, name, credit FROM lake_customer"))
+            return {r.id: (r.name, str(r.credit)) for r in rows}
+
+    def confirmed() -> str:
+        with engine.connect() as connection:
+            value: str = connection.execute(
+                sa.text(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = :s"
+                ),
+                {"s": slot},
+            ).scalar_one()
+            return lsn_text(value)
+
+    try:
+        with DagsterInstance.ephemeral() as instance:
+            first = run(instance)
+            assert lake() == source()
+            assert first["rows_inserted"] == 3
+            _execute(
+                engine,
+                "INSERT INTO lake_customer VALUES (4, 'four', 4.40)",
+                "UPDATE lake_customer SET credit = 9.99 WHERE id = 1",
+                "UPDATE lake_customer SET name = 'uno', credit = 1.11 WHERE id = 1",
+            )
+            _execute(engine, "DELETE FROM lake_customer WHERE id = 2")
+            second = run(instance)
+            assert (
+                lake()
+                == source()
+                == {
+                    1: ("uno", "1.11"),
+                    3: ("three", "3.30"),
+                    4: ("four", "4.40"),
+                }
+            )
+            assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (
+                1,
+                1,
+                1,
+            )
+            assert second[CURSOR] > first[CURSOR]
+            # the slot moved to the cursor: those changes are released
+            assert confirmed() == second[CURSOR]
+            third = run(instance)
+            assert third["delta_version"] == second["delta_version"]
+            assert lake() == source()
+    finally:
+        with engine.connect() as connection:
+            connection.execute(
+                sa.text(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE slot_name = :slot"
+                ),
+                {"slot": slot},
+            )
+            connection.execute(sa.text("DROP TABLE IF EXISTS lake_customer"))
+            connection.commit()

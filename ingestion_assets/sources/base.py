@@ -113,6 +113,10 @@ class Source(ABC):
             f"'{dataset.qualified_name}'"
         )
 
+    def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:  # noqa: B027
+        """The changes up to `cursor` are committed to the lake: a feed that holds them for the
+        reader (a replication slot) may let them go. Nothing by default."""
+
     @abstractmethod
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows changed since the cursor `since`; a first call (None) only marks now."""

@@ -13,14 +13,14 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.dialects import mssql, mysql
 
 from ingestion_assets.errors import SourceError, where
-from ingestion_assets.sources import columnar
+from ingestion_assets.sources import columnar, logical
 from ingestion_assets.sources.base import (
     ChangedDays,
     DeclaredColumn,
@@ -1268,6 +1268,29 @@ class SqlTableReader:
             connection.close()
 
 
+# a sensor's look into a replication slot: at most this many decoded lines per tick
+NEWEST_LOGICAL_CHANGES = 100_000
+
+
+def _as_events(
+    batches: pa.RecordBatchReader, lsn: str, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """A whole table's batches as insert events at one LSN."""
+    for batch in batches:
+        rows = batch.num_rows
+        yield pa.RecordBatch.from_arrays(
+            [pa.repeat(pa.scalar(lsn), rows), pa.repeat(pa.scalar("insert"), rows), *batch.columns],
+            schema=schema,
+        )
+
+
+def _table_feed(dataset: DatasetSpec) -> str | None:
+    """The feed of a cdc table read with the table itself (change tracking, logical
+    decoding); None otherwise."""
+    feed = dataset.cdc if dataset.mode == "cdc" else None
+    return feed.feed if feed is not None and feed.reads_the_table else None
+
+
 def _driver_values(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
     """A column whose values SQLAlchemy would alter, selected to come back as the driver gives
     them (the Arrow builders in sources/types.py read those):
@@ -1431,7 +1454,15 @@ class SqlSource(Source):
         return SourceStream(reader=batches, path=reader.path)
 
     def read_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
-        """The rows whose cursor column is at or past `since` (every row when None)."""
+        """The rows whose cursor column is at or past `since` (every row when None); a feed
+        read with its table, its events past `since`."""
+        feed = _table_feed(dataset)
+        if feed == "sqlserver_change_tracking":
+            from ingestion_assets.sources.tracking import read_tracked_changes
+
+            return read_tracked_changes(self, dataset, since)
+        if feed == "postgres_logical":
+            return self._logical_changes(dataset, since)
         reader = self.reader(dataset)
         reader.changes_since = since
         batches = reader.read(None)
@@ -1439,7 +1470,127 @@ class SqlSource(Source):
 
     def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
         """The newest cursor value of a merge table (or feed) past `since`; None: no change."""
+        feed = _table_feed(dataset)
+        if feed == "sqlserver_change_tracking":
+            from ingestion_assets.sources.tracking import newest_tracked_change
+
+            return newest_tracked_change(self, dataset, since)
+        if feed == "postgres_logical":
+            return self._newest_logical_change(dataset, since)
         return self.reader(dataset).newest_change(since)
+
+    def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:
+        """A replication slot moves past the changes the lake holds now."""
+        if _table_feed(dataset) == "postgres_logical":
+            with self._logical_connection(dataset) as (connection, slot):
+                logical.advance_slot(connection, slot, cursor)
+
+    @contextlib.contextmanager
+    def _logical_connection(self, dataset: DatasetSpec) -> Iterator[tuple[sa.Connection, str]]:
+        """An AUTOCOMMIT connection to the table's server (a slot is made and moved outside a
+        transaction) and the table's slot."""
+        table = cast(TableSpec, dataset)
+        label = where(self.source_name, table.qualified_name, None)
+        dialect = self.engine.dialect.name
+        if dialect != "postgresql":
+            raise SourceError(
+                f"{label}: a postgres_logical feed reads a PostgreSQL server's replication "
+                f"slot, and this source is {dialect}; use feed: change_table (a table of events) "
+                "or, on SQL Server, sqlserver_cdc or sqlserver_change_tracking"
+            )
+        assert table.cdc is not None
+        slot = table.cdc.slot_name(table.schema_name, table.name)
+        with self.engine.connect() as connection:
+            try:
+                yield connection.execution_options(isolation_level="AUTOCOMMIT"), slot
+            except logical.LogicalDecodingError as error:
+                raise SourceError(f"{label}: {error}") from None
+
+    def _logical_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
+        """The table's events after LSN `since` from its replication slot. The first read
+        (`since` None) makes the slot, then reads the table whole as inserts at the slot's
+        start: a change made meanwhile is in both, and applied again, later, by its own LSN."""
+        table = cast(TableSpec, dataset)
+        reader = self.reader(table)
+        with self._logical_connection(table) as (connection, slot):
+            made = "made" if logical.ensure_slot(connection, slot) else "kept"
+            start = connection.execute(
+                sa.text(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                    "WHERE slot_name = CAST(:slot AS name)"
+                ),
+                {"slot": slot},
+            ).scalar_one()
+            reflected = reader.reflect(connection)
+            whole = pa.schema(
+                [pa.field(c.name, arrow_type(c.type, "postgresql")) for c in reflected.c]
+            )
+        wanted = [pa.field(f.name, f.type) for f in reader.arrow_schema(reflected, "postgresql")]
+        events = pa.schema(
+            [pa.field(logical.LSN, pa.string()), pa.field(logical.OPERATION, pa.string()), *wanted]
+        )
+        if since is None:
+            whole_table = reader.read(None)
+            lsn = logical.lsn_text(start)
+            return SourceStream(
+                reader=pa.RecordBatchReader.from_batches(
+                    events, _as_events(whole_table, lsn, events)
+                ),
+                path=f"{reader.path} (the whole table, at the start of replication slot "
+                f"'{slot}', {made} at {start})",
+                source_types=reader.source_types,
+            )
+        label = where(self.source_name, table.qualified_name, None)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with self.engine.connect() as connection:
+                try:
+                    changes = logical.read_logical_changes(
+                        connection,
+                        slot,
+                        table.schema_name or "public",
+                        table.name,
+                        whole,
+                        since,
+                        batch_rows=self.batch_size,
+                    )
+                    for batch in changes:
+                        yield batch.select(events.names)
+                except logical.LogicalDecodingError as error:
+                    raise SourceError(f"{label}: {error}") from None
+                connection.rollback()
+
+        return SourceStream(
+            reader=pa.RecordBatchReader.from_batches(events, batches()),
+            path=f"replication slot '{slot}'",
+            source_types=reader.source_types,
+        )
+
+    def _newest_logical_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
+        """The LSN of the table's newest event after `since` in the slot's first
+        NEWEST_LOGICAL_CHANGES lines (a sensor's tick stays bounded); None: nothing new."""
+        if since is None:
+            return None
+        table = cast(TableSpec, dataset)
+        with self._logical_connection(table) as (connection, slot):
+            reflected = self.reader(table).reflect(connection)
+        whole = pa.schema([pa.field(c.name, arrow_type(c.type, "postgresql")) for c in reflected.c])
+        newest: str | None = None
+        with self.engine.connect() as connection:
+            changes = logical.read_logical_changes(
+                connection,
+                slot,
+                table.schema_name or "public",
+                table.name,
+                whole,
+                since,
+                upto_changes=NEWEST_LOGICAL_CHANGES,
+            )
+            for batch in changes:
+                if batch.num_rows:
+                    newest = batch.column(logical.LSN)[-1].as_py()
+            connection.rollback()
+        return newest
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with rows whose change column (default: the partition column) moved past `since`."""
