@@ -30,7 +30,7 @@ from dagster import (
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.factory import partitions_definition, source_resource_key
-from ingestion_assets.merge_asset import read_spec, stored_cursor
+from ingestion_assets.merge_asset import KEY_SCAN_TAG, read_spec, stored_cursor
 from ingestion_assets.resources import SourceResource
 from ingestion_assets.sources.base import ChangedDays
 from ingestion_assets.specs import DatasetSpec, SourceSpecBase
@@ -130,6 +130,29 @@ def run_requests_for(
 def merge_datasets(spec: SourceSpecBase) -> list[DatasetSpec]:
     """The merge and cdc tables of a source that have a cursor (a sensor can ask for changes)."""
     return [d for d in spec.datasets if d.mode != "replace" and read_spec(d)[1] is not None]
+
+
+def key_scan_schedule(
+    source_name: str, spec: SourceSpecBase, dataset: DatasetSpec
+) -> ScheduleDefinition:
+    """A merge table's key scan at its `key_scan_cron`: one run of the asset with the tag that
+    makes it compare the source's keys with the table's, to find the rows deleted at the
+    source (the incremental runs never see them)."""
+    key = AssetKey([source_name, dataset.key_name])
+    name = f"{source_name}__{dataset.key_name}_key_scan"
+    zone = spec.schedule.timezone or spec.timezone
+    return ScheduleDefinition(
+        name=name,
+        target=[key],
+        cron_schedule=str(dataset.key_scan_cron),
+        execution_timezone=zone,
+        tags={KEY_SCAN_TAG: "true"},
+        description=f"Finds the rows of {dataset.qualified_name} deleted at source "
+        f"'{source_name}': its keys compared with the table's ({zone}).",
+        default_status=DefaultScheduleStatus.RUNNING
+        if spec.schedule.enabled
+        else DefaultScheduleStatus.STOPPED,
+    )
 
 
 def new_data_sensor(source_name: str, spec: SourceSpecBase) -> SensorDefinition:
@@ -287,6 +310,7 @@ def source_automation(
         for name, keys in jobs.items()
         if (schedule := daily_schedule(source_name, spec, name, keys)) is not None
     ]
+    schedules += [key_scan_schedule(source_name, spec, d) for d in spec.datasets if d.key_scan_cron]
     sensors = []
     if any(d.partition_column for d in spec.datasets) or merge_datasets(spec):
         sensors.append(new_data_sensor(source_name, spec))

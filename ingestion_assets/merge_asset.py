@@ -40,7 +40,9 @@ from deltalake import DeltaTable
 
 from ingestion_assets.errors import AuditFailedError, IngestionError, where
 from ingestion_assets.io_managers.contract import column_schema
-from ingestion_assets.lake.merge import merge_changes
+from ingestion_assets.lake.key_scan import gone_keys
+from ingestion_assets.lake.merge import held_keys, key_schema, merge_changes, remove_keys
+from ingestion_assets.lake.replace import open_table
 from ingestion_assets.modes.merge import (
     FEED_DELETE,
     MergeRules,
@@ -53,6 +55,10 @@ from ingestion_assets.specs import DatasetSpec, SourceSpecBase
 
 CURSOR = "ingest/cursor"
 FULL_REFRESH_TAG = "ingest/full_refresh"
+KEY_SCAN_TAG = "ingest/key_scan"
+ALLOW_MASS_DELETE_TAG = "ingest/allow_mass_delete"
+# a key scan that would remove more than half the table (and more than this many rows) stops
+MASS_DELETE_ROWS = 10
 KEYS_UNIQUE = "current_keys_unique"
 MATCHES_SOURCE = "current_rows_match_source"
 HISTORY_UNBROKEN = "history_unbroken"
@@ -194,7 +200,12 @@ def _run(
             f"{label}: merge tables are written by the Delta Lake IO manager only, not by "
             f"{type(writer).__name__}; set `io_manager: delta` for this source"
         )
-    full_refresh = context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
+    if _tagged(context, KEY_SCAN_TAG):
+        yield from _scan_keys(
+            context, table, rules, label, getattr(context.resources, resource_key), writer
+        )
+        return
+    full_refresh = _tagged(context, FULL_REFRESH_TAG)
     stored = None if full_refresh else stored_cursor(context.instance, asset_key)
     feed, cursor_column = read_spec(table)
     since = read_from(stored, table.lookback) if cursor_column else None
@@ -253,12 +264,7 @@ def _merge(
     )
     uri = writer.table_uri(asset_key.path)
     options = writer.storage_options or None
-    judged: list[tuple[pa.Table, list[AssetCheckResult]]] = []
-
-    def audit(planned: pa.Table) -> bool:
-        """The blocking checks on the table as the MERGE would leave it (each attempt's)."""
-        judged[:] = [(planned, _blocking(planned, rules, asset_key))]
-        return all(result.passed for result in judged[0][1])
+    audit, judged = _auditor(rules, asset_key)
 
     outcome = merge_changes(
         uri,
@@ -277,15 +283,7 @@ def _merge(
     planned, blocking = judged[0]
     present = current_rows(planned, rules)
     if not outcome.accepted:
-        yield from _judge(source, table, blocking, present, asset_key)
-        failed = [r for r in blocking if not r.passed]
-        raise AuditFailedError(
-            f"{label}: nothing was committed, the table is unchanged (Delta version "
-            f"{outcome.version}): "
-            + "; ".join(f"{r.check_name} failed ({r.description})" for r in failed)
-            + ". The changes read would leave the table so; find why the source holds them "
-            "(e.g. a primary key that is not unique at the source), fix it and re-run."
-        )
+        yield from _refused(source, table, blocking, present, asset_key, label, outcome.version)
     cursor = newest_cursor(changes, cursor_column, stored)
     delta = DeltaTable(uri, storage_options=options)
     context.log.info(
@@ -315,6 +313,139 @@ def _merge(
     yield MaterializeResult(asset_key=asset_key, metadata=metadata)
     if cursor is not None and outcome.committed:
         _release(context, source, table, cursor, label)
+    yield from _judge(source, table, blocking, present, asset_key)
+
+
+def _tagged(context: AssetExecutionContext, tag: str) -> bool:
+    return context.run.tags.get(tag, "").lower() in ("1", "true", "yes")
+
+
+def _auditor(
+    rules: MergeRules, asset_key: AssetKey
+) -> tuple[Callable[[pa.Table], bool], list[tuple[pa.Table, list[AssetCheckResult]]]]:
+    """The audit a merge runs before its commit, and where it keeps the last attempt's planned
+    table and blocking results."""
+    judged: list[tuple[pa.Table, list[AssetCheckResult]]] = []
+
+    def audit(planned: pa.Table) -> bool:
+        """The blocking checks on the table as the MERGE would leave it (each attempt's)."""
+        judged[:] = [(planned, _blocking(planned, rules, asset_key))]
+        return all(result.passed for result in judged[0][1])
+
+    return audit, judged
+
+
+def _refused(
+    source: Any,
+    table: DatasetSpec,
+    blocking: list[AssetCheckResult],
+    present: pa.Table,
+    asset_key: AssetKey,
+    label: str,
+    version: int,
+) -> Iterator[AssetCheckResult]:
+    """The checks' results of a MERGE the audit refused, then the failure that says why."""
+    yield from _judge(source, table, blocking, present, asset_key)
+    failed = [r for r in blocking if not r.passed]
+    raise AuditFailedError(
+        f"{label}: nothing was committed, the table is unchanged (Delta version {version}): "
+        + "; ".join(f"{r.check_name} failed ({r.description})" for r in failed)
+        + ". The changes read would leave the table so; find why the source holds them "
+        "(e.g. a primary key that is not unique at the source), fix it and re-run."
+    )
+
+
+def _scan_keys(
+    context: AssetExecutionContext,
+    table: DatasetSpec,
+    rules: MergeRules,
+    label: str,
+    source: Any,
+    writer: Any,
+) -> Iterator[Any]:
+    """A key scan (`ingest/key_scan=true`, or the table's `key_scan_cron`): the source's keys
+    alone, compared with the table's current keys in bounded memory; the keys gone from the
+    source removed (or flagged, or closed) in one MERGE. The cursor is carried over unchanged."""
+    asset_key = context.assets_def.key
+    if rules.deletes == "ignore":
+        raise IngestionError(
+            f"{label}: a key scan finds deleted keys, but the table's deletes are `ignore`: "
+            "set `deletes: soft` or `hard` in the project file"
+        )
+    uri = writer.table_uri(asset_key.path)
+    options = writer.storage_options or None
+    delta = open_table(uri, options)
+    if delta is None or delta.version() < 1:
+        raise IngestionError(
+            f"{label}: the table has not been loaded yet, so a key scan has nothing to compare; "
+            "materialize it once without the tag ingest/key_scan"
+        )
+    stored = stored_cursor(context.instance, asset_key)
+    started = last = time.monotonic()
+    context.log.info(f"{label}: scanning the source's keys ({', '.join(rules.keys)})")
+
+    def progress(side: str, rows: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            context.log.info(f"{label}: {rows:,} keys of the {side} read in {now - started:.0f} s")
+
+    stream = source.read_keys(table)
+    scan = gone_keys(
+        stream.reader, held_keys(delta, rules), list(rules.keys), key_schema(delta, rules), progress
+    )
+    context.log.info(
+        f"{label}: {scan.source_keys:,} source keys (through {stream.path}) and "
+        f"{scan.table_keys:,} current keys of the table compared in "
+        f"{time.monotonic() - started:.1f} s: {scan.gone.num_rows:,} gone from the source"
+    )
+    if (
+        scan.gone.num_rows > MASS_DELETE_ROWS
+        and 2 * scan.gone.num_rows > scan.table_keys
+        and not _tagged(context, ALLOW_MASS_DELETE_TAG)
+    ):
+        raise IngestionError(
+            f"{label}: the source returned {scan.source_keys:,} keys and the table holds "
+            f"{scan.table_keys:,}: the scan would remove {scan.gone.num_rows:,} rows, more than "
+            "half of the table. Nothing was written. Check that the source table is the one "
+            "meant and is readable in full; if it did lose those rows, run the scan again with "
+            f"the tag {ALLOW_MASS_DELETE_TAG}=true."
+        )
+    audit, judged = _auditor(rules, asset_key)
+    outcome = remove_keys(
+        uri,
+        options,
+        scan.gone,
+        rules,
+        run_id=context.run_id,
+        label=f"table {'.'.join(asset_key.path)}",
+        log=context.log.info,
+        audit=audit,
+    )
+    planned, blocking = judged[0]
+    present = current_rows(planned, rules)
+    if not outcome.accepted:
+        yield from _refused(source, table, blocking, present, asset_key, label, outcome.version)
+    metadata: dict[str, Any] = {
+        "dagster/row_count": present.num_rows,
+        "dagster/table_name": ".".join(asset_key.path),
+        "dagster/uri": MetadataValue.path(uri),
+        "key_scan": True,
+        "source_keys": scan.source_keys,
+        "table_keys": scan.table_keys,
+        "rows_deleted": outcome.deleted,
+        "rows_written": outcome.deleted,
+        "delta_version": outcome.version,
+        "seconds": round(time.monotonic() - started, 3),
+        "sample_gone_keys": MetadataValue.json(
+            [{k: str(v) for k, v in row.items()} for row in scan.gone.slice(0, 10).to_pylist()]
+        ),
+    }
+    if stored is not None:
+        # the incremental runs go on from where they were
+        metadata[CURSOR] = stored
+    yield MaterializeResult(asset_key=asset_key, metadata=metadata)
     yield from _judge(source, table, blocking, present, asset_key)
 
 

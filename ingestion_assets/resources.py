@@ -76,6 +76,10 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """A merge table's newest cursor value past `since` (see `Source.newest_change`)."""
         return self.source().newest_change(dataset, since)
 
+    def read_keys(self, dataset: DatasetSpec) -> SourceStream:
+        """Every row's key alone (see `Source.read_keys`)."""
+        return self.source().read_keys(dataset)
+
     def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:
         """The changes up to `cursor` are in the lake (see `Source.changes_applied`)."""
         self.source().changes_applied(dataset, cursor)

@@ -572,6 +572,13 @@ class DatasetSpec(Spec):
     delete_column: str | None = Field(
         None, description="merge: a flag column (true, non-zero, `Y`) that marks deleted rows."
     )
+    key_scan_cron: str | None = Field(
+        None,
+        description="merge with deletes and a cursor: at each tick (cron, e.g. `0 3 * * 0`), a "
+        "run reads only the source's keys and compares them with the table's, in bounded "
+        "memory, to find the rows deleted at the source; the incremental runs cannot see "
+        "them. On demand: the run tag `ingest/key_scan=true`.",
+    )
     history: bool = Field(
         False,
         description="merge: keep SCD type 2 history: a change in a tracked column closes the "
@@ -609,6 +616,7 @@ class DatasetSpec(Spec):
         if self.cdc is not None:
             raise ValueError("`cdc:` applies with `mode: cdc` only")
         merge_only: tuple[str, ...] = (
+            "key_scan_cron",
             "cursor_column",
             "lookback",
             "delete_column",
@@ -639,6 +647,18 @@ class DatasetSpec(Spec):
             raise ValueError(
                 "delete_column is set but deletes is `ignore`: set `deletes: soft` or `hard`"
             )
+        if self.key_scan_cron is not None:
+            _valid_cron(self.key_scan_cron)
+            if self.deletes == "ignore":
+                raise ValueError(
+                    "key_scan_cron finds deleted keys, but deletes is `ignore`: set `deletes: "
+                    "soft` or `hard`, or remove key_scan_cron"
+                )
+            if self.cursor_column is None:
+                raise ValueError(
+                    "key_scan_cron is set but the table has no cursor_column: every run reads "
+                    "every row and finds the deleted keys already; remove key_scan_cron"
+                )
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,14 @@ import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 from sqlalchemy.dialects import mssql
 
-from ingestion_assets.merge_asset import CURSOR, FULL_REFRESH_TAG, MATCHES_SOURCE, read_spec
+from ingestion_assets.merge_asset import (
+    ALLOW_MASS_DELETE_TAG,
+    CURSOR,
+    FULL_REFRESH_TAG,
+    KEY_SCAN_TAG,
+    MATCHES_SOURCE,
+    read_spec,
+)
 from ingestion_assets.modes.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
 from ingestion_assets.sources.sql import SqlTableReader
 from ingestion_assets.specs import TableSpec
@@ -229,6 +236,80 @@ def test_a_full_refresh_removes_the_rows_deleted_at_the_source(
     refreshed = _run(project, instance, {FULL_REFRESH_TAG: "true"})
     assert refreshed["rows_deleted"] == 2
     assert refreshed["full_read"] is True
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+
+def test_a_key_scan_finds_the_rows_deleted_at_the_source_and_keeps_the_cursor(
+    source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    """`key_scan_cron` (or the tag): the source's keys alone against the table's, the gone
+    rows flagged (soft), the incremental cursor carried over; a scan of a source that lost
+    most of its rows stops unless told it may."""
+    table = _customers(source_database)
+    project = _project(
+        source_database,
+        tmp_path,
+        cursor_column="ModifiedDate",
+        deletes="soft",
+        key_scan_cron="0 3 * * 0",
+    )
+    schedule = project.defs.get_schedule_def("src__customer_key_scan")
+    assert schedule.cron_schedule == "0 3 * * 0"
+    assert schedule.tags == {KEY_SCAN_TAG: "true"}
+    _run(project, instance)
+    cursor = _stored_cursor(instance)
+    _execute(source_database, table.delete().where(table.c.CustomerID.in_([2, 5])))
+    scanned = _run(project, instance, {KEY_SCAN_TAG: "true"})
+    assert (scanned["source_keys"], scanned["table_keys"], scanned["rows_deleted"]) == (3, 5, 2)
+    assert _stored_cursor(instance) == cursor
+    assert _lake_rows(project) == _source_rows(source_database, table)
+    flagged = {
+        r["CustomerID"]
+        for r in project.delta("customer").to_pyarrow_table().to_pylist()
+        if r[DELETED]
+    }
+    assert flagged == {2, 5}
+    # a rescan finds nothing more; the incremental run goes on from the same cursor
+    assert _run(project, instance, {KEY_SCAN_TAG: "true"})["rows_deleted"] == 0
+    later = T0 + datetime.timedelta(hours=1)
+    _execute(
+        source_database,
+        table.update().where(table.c.CustomerID == 4).values(Name="moved", ModifiedDate=later),
+    )
+    assert _run(project, instance)["rows_read"] == 1
+    assert _lake_rows(project) == _source_rows(source_database, table)
+
+    # a source that lost more than half of the table: the scan refuses, then is told it may
+    _execute(
+        source_database,
+        table.insert().values(
+            [
+                {
+                    "CustomerID": key,
+                    "Name": "n",
+                    "Credit": 1,
+                    "IsDeleted": False,
+                    "ModifiedDate": T0,
+                }
+                for key in range(10, 30)
+            ]
+        ),
+    )
+    _run(project, instance, {FULL_REFRESH_TAG: "true"})
+    _execute(source_database, table.delete().where(table.c.CustomerID >= 4))
+    version = project.delta("customer").version()
+    refused = materialize(
+        [project.defs.get_assets_def(AssetKey(["src", "customer"]))],
+        instance=instance,
+        resources=project.defs.resources,
+        tags={KEY_SCAN_TAG: "true"},
+        raise_on_error=False,
+    )
+    assert not refused.success
+    assert f"{ALLOW_MASS_DELETE_TAG}=true" in failure_message(refused)
+    assert project.delta("customer").version() == version
+    allowed = _run(project, instance, {KEY_SCAN_TAG: "true", ALLOW_MASS_DELETE_TAG: "true"})
+    assert allowed["rows_deleted"] == 21
     assert _lake_rows(project) == _source_rows(source_database, table)
 
 

@@ -104,7 +104,7 @@ def key_hashes(rows: pa.Table, key: Sequence[str]) -> pa.Array | None:
     return hashed
 
 
-def _buckets(rows: pa.Table, key: Sequence[str], level: int) -> Iterator[tuple[int, pa.Table]]:
+def hash_buckets(rows: pa.Table, key: Sequence[str], level: int) -> Iterator[tuple[int, pa.Table]]:
     """`rows` split by BUCKET_BITS bits of their keys' hash (the level-th group of bits), as
     (bucket, rows) for every non-empty bucket; everything in bucket 0 without a hash."""
     hashed = key_hashes(rows, key)
@@ -290,7 +290,7 @@ class KeyLedger:
             self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._directory), True)
         rows = pa.concat_tables(self._buffer)
         self._buffer, self._buffered = [], 0
-        for bucket, part in _buckets(rows, self.key, level=0):
+        for bucket, part in hash_buckets(rows, self.key, level=0):
             writer = self._writers.get(bucket)
             if writer is None:
                 # a file per bucket and generation: closed files are never reopened
@@ -319,7 +319,7 @@ class KeyLedger:
         for path in paths:
             path.unlink()
         parts = (
-            dict(_buckets(rows, self.key, level))
+            dict(hash_buckets(rows, self.key, level))
             if rows.num_rows > self.buffer_rows and level < SPLIT_LEVELS
             else {}
         )

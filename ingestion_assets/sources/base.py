@@ -113,6 +113,14 @@ class Source(ABC):
             f"'{dataset.qualified_name}'"
         )
 
+    def read_keys(self, dataset: DatasetSpec) -> SourceStream:
+        """Every row's primary key alone (a merge table's key scan)."""
+        raise NotImplementedError(
+            f"source '{self.source_name}' ({type(self).__name__}) cannot read the keys of "
+            f"'{dataset.qualified_name}' alone: remove key_scan_cron (a full refresh, the tag "
+            "ingest/full_refresh=true, also finds the deleted keys)"
+        )
+
     def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:  # noqa: B027
         """The changes up to `cursor` are committed to the lake: a feed that holds them for the
         reader (a replication slot) may let them go. Nothing by default."""

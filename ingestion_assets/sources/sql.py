@@ -1479,6 +1479,16 @@ class SqlSource(Source):
             return self._newest_logical_change(dataset, since)
         return self.reader(dataset).newest_change(since)
 
+    def read_keys(self, dataset: DatasetSpec) -> SourceStream:
+        """Every row's primary key alone, streamed as the table's reads are (COPY, arrow-odbc,
+        ConnectorX or rows)."""
+        keys_only = cast(TableSpec, dataset).model_copy(
+            update={"columns": tuple(dataset.primary_key)}
+        )
+        reader = self.reader(keys_only)
+        batches = reader.read(None)
+        return SourceStream(reader=batches, path=reader.path, source_types=reader.source_types)
+
     def changes_applied(self, dataset: DatasetSpec, cursor: str) -> None:
         """A replication slot moves past the changes the lake holds now."""
         if _table_feed(dataset) == "postgres_logical":
