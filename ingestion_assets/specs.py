@@ -949,6 +949,13 @@ class StreamSpec(DatasetSpec):
         description="Query parameters; `{start}`, `{end}`, `{end_inclusive}` (with an optional "
         "strftime format, `{start:%Y-%m-%d}`) select the partition window.",
     )
+    changes_params: dict[str, str] = Field(
+        default_factory=dict,
+        description="merge: query parameters added to `params` when a run asks for the records "
+        "changed since the cursor (`{since}`: the last run's highest cursor_column value, "
+        "moved back by `lookback`; a time takes a strftime format, `{since:%Y-%m-%d}`). The "
+        "first run and a full refresh send `params` alone and read every record.",
+    )
     partition_field: str | None = Field(
         None, description="Record field that assigns a record to its day, e.g. `ModifiedDate`."
     )
@@ -1012,13 +1019,39 @@ class StreamSpec(DatasetSpec):
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_origin_text(origin) for origin in value)
 
-    @model_validator(mode="after")
-    def _replaced_only(self) -> StreamSpec:
-        if self.mode != "replace":
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cdc(cls, data: Any) -> Any:
+        # before the shared checks, which would first ask a cdc table for its `cdc:` block
+        if isinstance(data, Mapping) and data.get("mode") == "cdc":
             raise ValueError(
-                f"mode: {self.mode} is for SQL tables; a REST stream is replaced by day (or, "
-                "without a partition_field, whole): remove `mode`"
+                "mode: cdc is for SQL tables; a REST stream is replaced by day, or kept by key "
+                "with `mode: merge` (its records upserted by primary_key)"
             )
+        return data
+
+    @model_validator(mode="after")
+    def _stream_modes(self) -> StreamSpec:
+        if self.changes_params and (self.mode != "merge" or self.cursor_column is None):
+            raise ValueError(
+                "changes_params ask the API for the records changed since the cursor: they "
+                "need `mode: merge` and `cursor_column`"
+            )
+        if self.mode == "merge" and self.cursor_column and not self.changes_params:
+            raise ValueError(
+                f"a merge stream with cursor_column {self.cursor_column} needs `changes_params`: "
+                "the query parameters that ask the API for the records changed since the "
+                "cursor, e.g. {modified_since: '{since}'} (without them every run would read "
+                "every record: then remove cursor_column)"
+            )
+        if self.key_scan_cron is not None:
+            raise ValueError(
+                "key_scan_cron reads a table's keys alone, which a REST API cannot; a full "
+                "refresh (run tag ingest/full_refresh=true) finds the deleted records"
+            )
+        cursor = self.cursor_column
+        if self.mode == "merge" and self.fields is not None and cursor not in (None, *self.fields):
+            raise ValueError(f"cursor_column {cursor} is not among the declared fields")
         return self
 
     @model_validator(mode="after")

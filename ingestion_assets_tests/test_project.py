@@ -490,8 +490,18 @@ def test_merge_and_cdc_tables_are_unpartitioned_assets_with_their_checks() -> No
     assert "Merge table kept by ProductID" in (product.descriptions_by_key[product.key] or "")
 
 
-def test_a_rest_stream_declared_as_a_merge_table_is_a_load_time_error() -> None:
+def test_a_rest_stream_declared_as_a_cdc_table_is_a_load_time_error() -> None:
     from ingestion_assets.specs import StreamSpec
 
-    with pytest.raises(ValueError, match="mode: merge is for SQL tables"):
-        StreamSpec(name="Orders", path="/orders", mode="merge", primary_key=("id",))
+    with pytest.raises(ValueError, match="mode: cdc is for SQL tables"):
+        StreamSpec(name="Orders", path="/orders", mode="cdc", primary_key=("id",))
+    with pytest.raises(ValueError, match="cursor_column modified is not among the declared"):
+        StreamSpec(
+            name="Orders",
+            path="/orders",
+            mode="merge",
+            primary_key=("id",),
+            cursor_column="modified",
+            changes_params={"since": "{since}"},
+            fields={"id": "int64"},
+        )

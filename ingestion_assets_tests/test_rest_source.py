@@ -20,11 +20,14 @@ import pyarrow as pa
 import pytest
 import yaml
 from dagster import (
+    AssetKey,
     Config,
     DagsterInstance,
     EnvVar,
     ExecuteInProcessResult,
     build_resources,
+    build_sensor_context,
+    materialize,
     serialize_value,
 )
 from deltalake import DeltaTable
@@ -36,8 +39,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from ingestion_assets.definitions import build_definitions
-from ingestion_assets.errors import SourceError
+from ingestion_assets.errors import ConfigError, SourceError
 from ingestion_assets.lake.rows import PARTITION_DATE, RUN_ID
+from ingestion_assets.merge_asset import FULL_REFRESH_TAG
 from ingestion_assets.project import parse_project
 from ingestion_assets.resources import (
     ApiKeyAuthConfig,
@@ -1713,3 +1717,123 @@ def test_nothing_under_sources_loads_dagster() -> None:
 
     assert {"requests", "sqlalchemy", "pyarrow"} <= loaded
     assert "dagster" not in loaded
+
+
+# ---- merge streams -------------------------------------------------------------------------------
+
+
+@dataclass
+class CustomersApi:
+    """Customers kept by id, each with the moment it last changed; `modified_since` filters
+    (at or after), offset/limit pages; a deleted customer is gone from every answer."""
+
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    asked: list[dict[str, str]] = field(default_factory=list)
+
+    def __call__(self, request: Request) -> Response:
+        args = dict(request.args)
+        self.asked.append(args)
+        since = args.get("modified_since")
+        records = sorted(
+            (r for r in self.rows.values() if since is None or r["modified"] >= since),
+            key=lambda r: r["id"],
+        )
+        offset, limit = int(args["offset"]), int(args["limit"])
+        return json_body({"data": records[offset : offset + limit]})
+
+
+def test_a_rest_stream_kept_by_key_reads_only_the_records_changed_since_its_cursor(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    """`mode: merge` on a stream: the first run reads every record, later runs ask the API
+    for those changed since the cursor (`changes_params`), upserted by id; the new-data sensor
+    asks the same; a full refresh reads everything and removes the records gone."""
+    api = CustomersApi()
+    for key in range(1, 6):
+        api.rows[key] = {"id": key, "name": f"c{key}", "modified": f"2024-03-01T08:0{key}:00Z"}
+    httpserver.expect_request("/customers").respond_with_handler(api)
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [
+            {
+                "name": "customers",
+                "path": "/customers",
+                "records_path": "data",
+                "mode": "merge",
+                "primary_key": ["id"],
+                "cursor_column": "modified",
+                "deletes": "hard",
+                "changes_params": {"modified_since": "{since:%Y-%m-%dT%H:%M:%SZ}"},
+                "fields": {"id": "int64", "name": "string", "modified": "timestamp_tz"},
+            }
+        ],
+    )
+
+    def run(tags: dict[str, str] | None = None) -> dict[str, Any]:
+        result = materialize(
+            [project.asset("customers")],
+            instance=instance,
+            resources=project.defs.resources,
+            tags=tags,
+        )
+        return run_metadata(result, "customers")
+
+    def lake() -> dict[int, str]:
+        return {r["id"]: r["name"] for r in lake_rows(project, "customers", ["id", "name"])}
+
+    first = run()
+    assert (first["rows_read"], first["rows_inserted"]) == (5, 5)
+    assert "modified_since" not in api.asked[0]
+    assert first["ingest/cursor"] == "2024-03-01T08:05:00+00:00"
+
+    api.rows[2] = {"id": 2, "name": "renamed", "modified": "2024-03-01T09:00:00Z"}
+    api.rows[6] = {"id": 6, "name": "new", "modified": "2024-03-01T09:00:00Z"}
+    del api.rows[4]
+    sensor = project.defs.get_sensor_def("src_new_data")
+
+    def tick() -> list[Any]:
+        with build_sensor_context(
+            instance=instance, resources=project.defs.resources, definitions=project.defs
+        ) as context:
+            return list(sensor.evaluate_tick(context).run_requests)
+
+    assert [r.asset_selection for r in tick()] == [[AssetKey(["src", "customers"])]]
+    asked = len(api.asked)
+    second = run()
+    assert all(a["modified_since"] == "2024-03-01T08:05:00Z" for a in api.asked[asked:])
+    # customer 5 (at the cursor) read again, changing nothing; 2 updated, 6 inserted
+    assert (second["rows_read"], second["rows_inserted"], second["rows_updated"]) == (3, 1, 1)
+    assert lake() == {1: "c1", 2: "renamed", 3: "c3", 4: "c4", 5: "c5", 6: "new"}
+    assert tick() == []
+
+    refreshed = run({FULL_REFRESH_TAG: "true"})
+    assert refreshed["rows_deleted"] == 1
+    assert lake() == {key: row["name"] for key, row in api.rows.items()}
+
+
+def test_a_merge_stream_with_a_cursor_must_say_how_to_ask_for_the_changes(
+    tmp_path: pathlib.Path,
+) -> None:
+    stream = {
+        "name": "customers",
+        "path": "/customers",
+        "mode": "merge",
+        "primary_key": ["id"],
+        "cursor_column": "modified",
+    }
+    with pytest.raises(ConfigError, match="needs `changes_params`"):
+        rest_project(tmp_path, "http://127.0.0.1:9", [stream])
+    with pytest.raises(ConfigError, match="a REST API cannot"):
+        rest_project(
+            tmp_path,
+            "http://127.0.0.1:9",
+            [
+                {
+                    **stream,
+                    "changes_params": {"s": "{since}"},
+                    "deletes": "soft",
+                    "key_scan_cron": "0 3 * * 0",
+                }
+            ],
+        )

@@ -10,6 +10,7 @@ read's own: its pagination state and the request counts its materialization repo
 from __future__ import annotations
 
 import datetime
+import decimal
 import difflib
 import logging
 import threading
@@ -36,7 +37,7 @@ from ingestion_assets.sources.rest.client import (
 from ingestion_assets.sources.rest.paginators import PageRequest
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.records import arrow_field_type
-from ingestion_assets.sources.rest.templates import json_path, window_params
+from ingestion_assets.sources.rest.templates import json_path, since_params, window_params
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import (
@@ -148,6 +149,37 @@ class RestSource(Source):
     def count(self, dataset: DatasetSpec, window: PartitionWindow | None) -> int | None:
         """The total the API reports for the window, None if it reports none."""
         return self.reader(dataset).count(window)
+
+    def read_changes(self, dataset: DatasetSpec, since: str | None) -> SourceStream:
+        """A merge stream's records changed since the cursor: `params` with `changes_params`
+        filled from `since` (every record, `params` alone, when None)."""
+        return self.read(self._since(dataset, since), None)
+
+    def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
+        """The highest cursor value past `since` among the records the API sends as changed
+        since it; None: nothing new (or never loaded: the first run is the schedule's)."""
+        assert isinstance(dataset, StreamSpec)
+        column = dataset.cursor_column
+        if since is None or column is None:
+            return None
+        stream = self.read_changes(dataset, since)
+        newest: Any = None
+        for batch in stream.reader:
+            values = [v for v in batch.column(column).to_pylist() if v is not None]
+            if values:
+                newest = max(values) if newest is None else max(newest, *values)
+        if newest is None:
+            return None
+        text = newest.isoformat() if isinstance(newest, datetime.date) else str(newest)
+        return text if _past(text, since) else None
+
+    def _since(self, dataset: DatasetSpec, since: str | None) -> StreamSpec:
+        assert isinstance(dataset, StreamSpec)
+        if since is None or not dataset.changes_params:
+            return dataset
+        label = where(self.source_name, dataset.name, f"changes since {since}")
+        added = since_params(dataset.changes_params, since, label)
+        return dataset.model_copy(update={"params": {**dataset.params, **added}})
 
     def changed_days(self, dataset: DatasetSpec, since: str | None) -> ChangedDays:
         """Days with records changed since the cursor, through the API's date filter.
@@ -286,6 +318,17 @@ class RestSource(Source):
 PROBE_ATTEMPTS = 2
 # the longest a check waits for one answer, retries included
 PROBE_SECONDS = 30.0
+
+
+def _past(value: str, since: str) -> bool:
+    """Whether a cursor value is past `since`: as instants when both are times, as numbers
+    when both are, as text otherwise."""
+    for parse in (datetime.datetime.fromisoformat, decimal.Decimal):
+        try:
+            return bool(parse(value) > parse(since))  # type: ignore[operator]
+        except (ValueError, TypeError, decimal.InvalidOperation):
+            continue
+    return value > since
 
 
 def _without(label: str, error: SourceError) -> str:

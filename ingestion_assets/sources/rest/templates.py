@@ -7,6 +7,7 @@ and the same instant formatting hold everywhere a project file names one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 from collections.abc import Mapping
 from typing import Any
@@ -71,5 +72,23 @@ def window_params(
             raise SourceError(
                 f"{label}: query parameter {name}='{template}' cannot be filled ({error}); "
                 f"placeholders available: {available}"
+            ) from None
+    return resolved
+
+
+def since_params(params: Mapping[str, str], since: str, label: str) -> dict[str, str]:
+    """Query parameters with `{since}` filled with a cursor: a date or time (ISO 8601) as an
+    instant that takes a strftime format, anything else (an id) as its text."""
+    value: Any = since
+    with contextlib.suppress(ValueError):
+        value = _instant(datetime.datetime.fromisoformat(since))
+    resolved: dict[str, str] = {}
+    for name, template in params.items():
+        try:
+            resolved[name] = template.format(since=value)
+        except (KeyError, IndexError, ValueError) as error:
+            raise SourceError(
+                f"{label}: query parameter {name}='{template}' cannot be filled with the cursor "
+                f"{since!r} ({error}); the placeholder available is {{since}}"
             ) from None
     return resolved
