@@ -12,7 +12,7 @@ import yaml
 
 from ingestion_assets.component import IngestionComponent
 from ingestion_assets.project import parse_project
-from ingestion_assets.specs import LakeSpec, TableSpec
+from ingestion_assets.specs import LakeSpec, StreamSpec, TableSpec
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
@@ -56,8 +56,9 @@ def _environment(text: str) -> dict[str, str]:
 def _validate(data: Any, text: str) -> None:
     environment = _environment(text)
     if isinstance(data, list):
+        # entries of a SQL source's `tables:`, or of a REST source's `streams:` (with a `path`)
         for entry in data:
-            TableSpec.model_validate(entry)
+            (StreamSpec if "path" in entry else TableSpec).model_validate(entry)
         return
     assert isinstance(data, dict), data
     if data.get("type") == "ingestion_assets.IngestionComponent":
