@@ -214,7 +214,13 @@ def _run(
     context.log.info(
         f"{label}: reading "
         + (f"{feed.qualified_name}, " if feed is not table else "")
-        + ("every row" if since is None else f"the rows with {cursor_column} >= {since}")
+        + (
+            "every row"
+            if since is None
+            else f"the changes past {cursor_column} {since}"
+            if table.cdc is not None and table.cdc.reads_the_table
+            else f"the rows with {cursor_column} >= {since}"
+        )
     )
     started = time.monotonic()
     source = getattr(context.resources, resource_key)
