@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import pathlib
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingestion_assets.lake import key_scan
 from ingestion_assets.lake.key_scan import gone_keys
+from ingestion_assets.lake.merge import merge_changes, remove_keys
+from ingestion_assets.modes.merge import (
+    DELETED,
+    IS_CURRENT,
+    VALID_TO,
+    MergeRules,
+    current_rows,
+    overlapping_versions,
+)
 
 SCHEMA = pa.schema(
     [
@@ -89,3 +100,64 @@ def test_source_keys_of_another_type_are_compared_as_the_tables() -> None:
     held = pa.table({"id": pa.array(range(1005), pa.int64())})
     scan = gone_keys([source], [held], ["id"], held.schema)
     assert sorted(scan.gone.column("id").to_pylist()) == [1000, 1001, 1002, 1003, 1004]
+
+
+@pytest.mark.parametrize(("deletes", "history"), [("hard", False), ("soft", False), ("hard", True)])
+def test_removing_gone_keys_deletes_flags_or_closes_their_rows_in_one_commit(
+    tmp_path: pathlib.Path, deletes: str, history: bool
+) -> None:
+    uri = str(tmp_path / "table")
+    rules = MergeRules(keys=("id",), sequence="seq", deletes=deletes, history=history)  # type: ignore[arg-type]
+    rows = pa.table(
+        {
+            "id": pa.array([1, 2, 3], pa.int64()),
+            "price": pa.array([10, 20, 30], pa.int64()),
+            "seq": pa.array([datetime.datetime(2024, 1, 1)] * 3, pa.timestamp("us")),
+        }
+    )
+    merge_changes(uri, None, rows, rules, full_read=False, run_id="r1", label="t", log=print)
+    if history:
+        # a second version of key 2, so that only its current one is closed
+        changed = rows.slice(1, 1).set_column(1, "price", pa.array([21], pa.int64()))
+        changed = changed.set_column(
+            2, "seq", pa.array([datetime.datetime(2024, 1, 2)], pa.timestamp("us"))
+        )
+        merge_changes(uri, None, changed, rules, full_read=False, run_id="r2", label="t", log=print)
+    version = DeltaTable(uri).version()
+    outcome = remove_keys(
+        uri,
+        None,
+        pa.table({"id": pa.array([2], pa.int64())}),
+        rules,
+        run_id="scan",
+        label="t",
+        log=print,
+    )
+    assert outcome.committed
+    assert outcome.deleted == 1
+    assert DeltaTable(uri).version() == version + 1
+    table = DeltaTable(uri).to_pyarrow_table()
+    assert sorted(current_rows(table, rules).column("id").to_pylist()) == [1, 3]
+    kept = {r["price"]: r for r in table.to_pylist() if r["id"] == 2}
+    if deletes == "soft":
+        assert kept[20][DELETED] is True
+    if history:
+        # the current version closed by the scan, flagged; the one before it untouched
+        assert kept[21][DELETED] is True
+        assert kept[21][IS_CURRENT] is False
+        assert kept[21][VALID_TO] is not None
+        assert not kept[20][DELETED]
+        assert overlapping_versions(table, ["id"]).num_rows == 0
+    if deletes == "hard" and not history:
+        assert kept == {}
+    # nothing left to remove: no commit
+    again = remove_keys(
+        uri,
+        None,
+        pa.table({"id": pa.array([], pa.int64())}),
+        rules,
+        run_id="s2",
+        label="t",
+        log=print,
+    )
+    assert not again.committed
