@@ -264,6 +264,10 @@ def _merge(
         changes = feed_changes(
             changes, table.cdc.operation, table.cdc.deletes_on, table.cdc.ignored, label
         )
+        if rules.deletes == "ignore":
+            # `deletes: ignore` on a feed: its delete events are left out (taken as upserts,
+            # a key-only delete would blank the row)
+            changes = changes.filter(pc.invert(pc.fill_null(changes.column(FEED_DELETE), False)))
     context.log.info(
         f"{label}: read {changes.num_rows:,} changed row(s) through {path} in "
         f"{time.monotonic() - started:.1f} s; merging by {', '.join(rules.keys)}"

@@ -1,6 +1,7 @@
 """Changes applied to a real Delta table by key (lake/merge.py over modes/merge.py), held to a
 pure-Python model of the same rules: out-of-order and duplicated changes resolved by the
-sequence, SCD type 1 (soft and hard deletes) and type 2, and two writers at once."""
+sequence, SCD type 1 (soft and hard deletes) and type 2, deletes that carry the key alone, and
+two writers at once."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion_assets.lake.merge import MergeConflictError, merge_changes
+from ingestion_assets.lake.merge import MergeConflictError, MergeOutcome, merge_changes
 from ingestion_assets.modes.merge import (
     DELETED,
+    DELETED_AT,
     IS_CURRENT,
     VALID_FROM,
     VALID_TO,
@@ -39,11 +41,16 @@ SCHEMA = pa.schema(
 UTC = datetime.UTC
 
 
-def _change(key: int, price: int, note: str, seq: int, gone: bool) -> dict[str, Any]:
+def _change(
+    key: int, price: int, note: str, seq: int, gone: bool, bare: bool = False
+) -> dict[str, Any]:
+    """One change; a `bare` delete carries the key alone, as change feeds deliver it (Change
+    Tracking, logical decoding with the default replica identity): its other columns null."""
+    blank = gone and bare
     return {
         "id": key,
-        "price": price,
-        "note": note,
+        "price": None if blank else price,
+        "note": None if blank else note,
         "seq": BASE + datetime.timedelta(minutes=seq),
         "gone": gone,
     }
@@ -57,6 +64,7 @@ changes_strategy = st.lists(
         st.sampled_from(["a", "b"]),
         st.integers(0, 8),
         st.booleans(),
+        st.booleans(),
     ),
     min_size=0,
     max_size=8,
@@ -67,7 +75,7 @@ def _sorted_rows(table: pa.Table) -> list[tuple[str, ...]]:
     return sorted(tuple(str(v) for v in row.values()) for row in table.to_pylist())
 
 
-def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> None:
+def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> MergeOutcome:
     """Merge one batch; the table the audit was shown before the commit is the table the
     commit left (its key, flag and validity columns), row for row."""
     table = pa.Table.from_pylist(batch, schema=SCHEMA)
@@ -77,7 +85,7 @@ def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> None:
         shown[:] = [planned]
         return True
 
-    merge_changes(
+    outcome = merge_changes(
         uri,
         None,
         table,
@@ -90,6 +98,7 @@ def _apply(uri: str, batch: list[dict[str, Any]], rules: MergeRules) -> None:
     )
     committed = DeltaTable(uri).to_pyarrow_table(columns=shown[0].schema.names)
     assert _sorted_rows(shown[0]) == _sorted_rows(committed)
+    return outcome
 
 
 def _latest(batch: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
@@ -103,6 +112,8 @@ def _latest(batch: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 
 def _model_scd1(batches: list[list[dict[str, Any]]], deletes: str) -> dict[int, dict[str, Any]]:
+    """Rows by the rules; a soft delete flags the row and keeps its values, taking only the
+    delete's sequence and flag column (so a change older than the delete stays late)."""
     rows: dict[int, dict[str, Any]] = {}
     for batch in batches:
         for key, change in _latest(batch).items():
@@ -113,7 +124,7 @@ def _model_scd1(batches: list[list[dict[str, Any]]], deletes: str) -> dict[int, 
                 rows.pop(key, None)
             elif change["gone"] and deletes == "soft":
                 if held is not None:
-                    rows[key] = {**change, DELETED: True}
+                    rows[key] = {**held, "seq": change["seq"], "gone": True, DELETED: True}
             else:
                 rows[key] = {**change, DELETED: False} if deletes == "soft" else dict(change)
     return rows
@@ -128,8 +139,9 @@ def _in_order(batch: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
 def _model_scd2(
     batches: list[list[dict[str, Any]]], every_change: bool = False
 ) -> list[dict[str, Any]]:
-    """Versions by the rules: `price` tracked, the rest updated in place; deletes close. A feed
-    (`every_change`) applies each change of a batch in order, a table only its latest."""
+    """Versions by the rules: `price` tracked, the rest updated in place; a delete closes the
+    current version, which keeps its values. A feed (`every_change`) applies each change of a
+    batch in order, a table only its latest."""
     versions: dict[int, list[dict[str, Any]]] = {}
     for batch in batches:
         changes = _in_order(batch) if every_change else list(_latest(batch).items())
@@ -180,8 +192,37 @@ def test_out_of_order_and_duplicated_changes_give_the_scd1_table_of_the_referenc
     rows = {row["id"]: row for row in _table_rows(uri, columns)}
     assert set(rows) == set(expected)
     for key, row in rows.items():
-        wanted = {name: expected[key][name] for name in columns}
-        assert {**row, "price": int(row["price"])} == wanted, key
+        # the table's decimal price equals the model's int
+        assert row == {name: expected[key][name] for name in columns}, key
+
+
+def test_a_soft_delete_carrying_the_key_alone_flags_the_row_and_keeps_its_values(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A reader of a soft-deleted row sees the last values the table held, not the delete's
+    nulls; the same delete again is nothing to do; a re-insert brings the row back."""
+    uri = str(tmp_path / "soft")
+    rules = MergeRules(keys=("id",), sequence="seq", deletes="soft", delete_column="gone")
+    columns = ["id", "price", "note", "seq", "gone", DELETED]
+    _apply(uri, [_change(1, 5, "x", 0, False)], rules)
+    delete = _change(1, 0, "a", 1, True, bare=True)
+    assert (delete["price"], delete["note"]) == (None, None)
+
+    outcome = _apply(uri, [delete], rules)
+    assert (outcome.inserted, outcome.updated, outcome.deleted, outcome.unchanged) == (0, 0, 1, 0)
+    [row] = _table_rows(uri, [*columns, DELETED_AT])
+    assert {name: row[name] for name in columns} == {
+        **_change(1, 5, "x", 1, True),
+        DELETED: True,
+    }
+    assert row[DELETED_AT] is not None
+
+    again = _apply(uri, [delete], rules)
+    assert (again.deleted, again.unchanged, again.committed) == (0, 1, False)
+
+    outcome = _apply(uri, [_change(1, 7, "y", 2, False)], rules)
+    assert (outcome.inserted, outcome.updated, outcome.deleted) == (0, 1, 0)
+    assert _table_rows(uri, columns) == [{**_change(1, 7, "y", 2, False), DELETED: False}]
 
 
 @settings(

@@ -472,6 +472,36 @@ def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes
     assert lake() == _applied(first + later)
 
 
+def test_a_feed_whose_deletes_are_ignored_leaves_its_delete_events_out(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    """`deletes: ignore` on a cdc table: a delete event neither removes the row nor, taken as
+    an upsert, blanks it."""
+    feed = _change_table(sqlite_database)
+    # the delete carries the key alone, as many feeds send one
+    events = [
+        _event(1, 1, 2, 1, "one", "10.00"),
+        {**_event(2, 1, 1, 1, "", "0"), "Name": None, "Credit": None},
+    ]
+    _execute(sqlite_database, feed.insert().values(events))
+    project = _project(
+        sqlite_database,
+        tmp_path,
+        mode="cdc",
+        deletes="ignore",
+        cdc={
+            "feed": "sqlserver_cdc",
+            "change_table": f"{sqlite_database.schema('Sales')}.Customer_CT",
+        },
+    )
+    applied = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    assert applied["rows_deleted"] == 0
+    rows = project.delta("customer").to_pyarrow_table().to_pylist()
+    assert [(r["CustomerID"], r["Name"], r["Credit"]) for r in rows] == [
+        (1, "one", decimal.Decimal("10.00"))
+    ]
+
+
 def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
     spec = TableSpec(
         schema="dbo",

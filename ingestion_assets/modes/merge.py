@@ -207,14 +207,15 @@ def plan_scd1(
     existing = _matches(latest, current, rules.keys)
     schema = target_schema(latest.schema, rules)
     rows = _conform(latest, schema)
+    compared = compared_columns(schema, rules, lineage)
     if rules.keeps_deleted:
+        rows = _kept_on_delete(rows, current, deletes, rules, compared)
         rows = _set(rows, DELETED, deletes)
         rows = _set(
             rows,
             DELETED_AT,
             pc.if_else(deletes, pa.scalar(now, TIMESTAMP), pa.scalar(None, TIMESTAMP)),
         )
-    compared = compared_columns(schema, rules, lineage)
     differs = _differs(
         rows, current, rules.keys, [*compared, *([DELETED] if rules.keeps_deleted else [])]
     )
@@ -335,6 +336,26 @@ def plan_scd2(
         unchanged=latest.num_rows
         - int(pc.sum(pc.or_(pc.or_(opened, closed), in_place)).as_py() or 0),
     )
+
+
+def _kept_on_delete(
+    rows: pa.Table,
+    current: pa.Table,
+    deletes: pa.Array,
+    rules: MergeRules,
+    compared: Sequence[str],
+) -> pa.Table:
+    """`rows` with each delete's data columns taken from the row of its key the table holds: a
+    soft delete only flags the row, and a feed's delete may carry the key alone (the rest null).
+    Its sequence and delete column stay its own, so a change older than the delete stays late."""
+    kept = [name for name in compared if name not in (rules.sequence, rules.delete_column)]
+    if not kept or current.num_rows == 0:
+        return rows
+    joined = _joined_current(rows.select([*rules.keys, *kept]), current, rules.keys)
+    for name in kept:
+        held = joined.column(_current(name)).cast(rows.schema.field(name).type)
+        rows = _set(rows, name, pc.if_else(deletes, held, rows.column(name)))
+    return rows
 
 
 def _older_than_current(rows: pa.Table, current: pa.Table, rules: MergeRules) -> pa.Array:
