@@ -235,6 +235,7 @@ def _run(
             changes,
             stream.path,
             stored,
+            stream.position,
             cursor_column,
             full_read,
             source,
@@ -252,6 +253,7 @@ def _merge(
     changes: pa.Table,
     path: str,
     stored: str | None,
+    position: str | None,
     cursor_column: str | None,
     full_read: bool,
     source: Any,
@@ -294,7 +296,8 @@ def _merge(
     present = current_rows(planned, rules)
     if not outcome.accepted:
         yield from _refused(source, table, blocking, present, asset_key, label, outcome.version)
-    cursor = newest_cursor(changes, cursor_column, stored)
+    # a feed's read that found nothing still reached a position (an empty table's first read)
+    cursor = newest_cursor(changes, cursor_column, stored) or position
     delta = DeltaTable(uri, storage_options=options)
     context.log.info(
         f"{label}: {outcome.inserted:,} inserted, {outcome.updated:,} updated, "

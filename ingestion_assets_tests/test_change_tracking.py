@@ -245,6 +245,38 @@ def test_a_tracked_table_is_loaded_whole_then_kept_equal_to_the_source_by_its_ch
     assert lake() == _source_rows(source_database, table)
 
 
+def test_an_empty_first_read_keeps_the_version_it_started_at_as_the_cursor(
+    sqlite_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    """A tracked table empty at the first run: the run stores the version it read at, so the
+    next run reads the changes past it, not the whole table again."""
+    table, log = _tables(sqlite_database)
+    _execute_all(sqlite_database, table.delete(), log.delete())
+    _changed(sqlite_database, log, 9, "D", 1, table.delete())
+    project = build_project(sqlite_database, tmp_path / "lake", [_entry(sqlite_database)])
+    asset = project.defs.get_assets_def(AssetKey(["src", "customer"]))
+
+    def run() -> dict[str, Any]:
+        result = materialize([asset], instance=instance, resources=project.defs.resources)
+        metadata = result.asset_materializations_for_node("src__customer")[0].metadata
+        return {name: getattr(value, "value", value) for name, value in metadata.items()}
+
+    first = run()
+    assert (first["rows_read"], first[CURSOR]) == (0, "9")
+    _insert(sqlite_database, table, log, 10, 1, "one")
+    second = run()
+    assert second["cursor_before"] == "9"
+    assert (second["rows_read"], second["rows_inserted"], second[CURSOR]) == (1, 1, "10")
+
+
+def _execute_all(database: SourceDatabase, *statements: Any) -> None:
+    engine = database.engine()
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(statement)
+    engine.dispose()
+
+
 def test_a_first_read_starts_at_the_version_before_the_table_and_newest_asks_past_the_cursor(
     source_database: SourceDatabase,
 ) -> None:

@@ -37,7 +37,9 @@ class SourceStream:
     `reported_total` is the count the source itself reported for the window while it was read
     (an API's filtered total), which the audit reconciles with instead of asking again;
     `source_types` is each column's type as the source declares it (`DECIMAL(19, 4) NOT NULL`),
-    which the materialization's column descriptions show."""
+    which the materialization's column descriptions show; `position` is where a change feed's
+    read reached (a version, an LSN) when the source knows it before any row is read, so that
+    a first read of an empty table still leaves a cursor."""
 
     reader: pa.RecordBatchReader
     path: str = "rows"
@@ -46,6 +48,7 @@ class SourceStream:
     quarantine: bool = False
     reported_total: int | None = None
     source_types: dict[str, str] = field(default_factory=dict)
+    position: str | None = None
 
     def rejected_by_day(self) -> dict[datetime.date | None, int]:
         """How many records of each day were set aside (kept in the rejected table)."""

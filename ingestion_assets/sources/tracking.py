@@ -176,7 +176,9 @@ def read_tracked_changes(
     version = _cursor_version(since, label)
     _require_a_feed(source, dataset, label)
 
-    def planned(breaker: StallBreaker) -> tuple[sa.Select[Any], pa.Schema, frozenset[str]]:
+    def planned(
+        breaker: StallBreaker,
+    ) -> tuple[sa.Select[Any], int | None, pa.Schema, frozenset[str]]:
         with reader._connect(None) as connection:
             breaker.add_connection(connection.connection.dbapi_connection)
             table = reader.reflect(connection)
@@ -187,12 +189,14 @@ def read_tracked_changes(
             schema = _feed_schema(reader.arrow_schema(table, connection.dialect.name), keys)
             reader.source_types = reader._source_types(columns, connection.dialect)
             try:
-                query = _read_query(connection, dataset, table, selected, keys, version, label)
+                query, start = _read_query(
+                    connection, dataset, table, selected, keys, version, label
+                )
             except sa.exc.DBAPIError as error:
                 raise _failed("reading the change feed", error, label) from None
-        return query, schema, reader._booleans(columns)
+        return query, start, schema, reader._booleans(columns)
 
-    query, schema, booleans = watched_call(
+    query, start, schema, booleans = watched_call(
         planned,
         reader._answer_seconds(),
         lambda: reader._unanswered("the change feed's reflection", None),
@@ -208,6 +212,8 @@ def read_tracked_changes(
         reader=pa.RecordBatchReader.from_batches(schema, batches),
         path="rows",
         source_types=reader.source_types,
+        # the version the first read is stamped with: the cursor even when the table is empty
+        position=None if start is None else str(start),
     )
 
 
@@ -257,20 +263,22 @@ def _read_query(
     keys: Sequence[str],
     version: int | None,
     label: str,
-) -> sa.Select[Any]:
+) -> tuple[sa.Select[Any], int | None]:
     """The changes past `version`; with none, the table at the version current now (before the
-    table is read)."""
+    table is read), and that version."""
     log = _change_table(connection, dataset, label)
     if log is None:
         current, _ = _state(connection, table, version, label)
         if version is None:
-            return snapshot_query(table, selected, current)
-        return changes_query(table, selected, changetable(table, keys, version, connection.dialect))
+            return snapshot_query(table, selected, current), current
+        feed = changetable(table, keys, version, connection.dialect)
+        return changes_query(table, selected, feed), None
     feed = change_log(log, keys, version, label)
     if version is not None:
-        return changes_query(table, selected, feed)
+        return changes_query(table, selected, feed), None
     newest = sa.select(sa.func.coalesce(sa.func.max(feed.version), 0)).select_from(feed.changes)
-    return snapshot_query(table, selected, int(connection.execute(newest).scalar_one()))
+    start = int(connection.execute(newest).scalar_one())
+    return snapshot_query(table, selected, start), start
 
 
 def _state(
