@@ -296,8 +296,10 @@ def _merge(
     present = current_rows(planned, rules)
     if not outcome.accepted:
         yield from _refused(source, table, blocking, present, asset_key, label, outcome.version)
-    # a feed's read that found nothing still reached a position (an empty table's first read)
-    cursor = newest_cursor(changes, cursor_column, stored) or position
+    # a feed that says where its read reached (at or past every row it sent: an empty table's
+    # first read, a SQL Server CDC range's end) moves the cursor there, so that a quiet table's
+    # cursor keeps up with the feed's cleanup
+    cursor = position if position is not None else newest_cursor(changes, cursor_column, stored)
     delta = DeltaTable(uri, storage_options=options)
     context.log.info(
         f"{label}: {outcome.inserted:,} inserted, {outcome.updated:,} updated, "

@@ -476,9 +476,10 @@ class CdcSpec(Spec):
 
     @property
     def reads_the_table(self) -> bool:
-        """Whether the feed is read with the table itself (change tracking joins its changes to
-        the table; logical decoding reads the table's slot), not as a table of its own."""
-        return self.feed in ("sqlserver_change_tracking", "postgres_logical")
+        """Whether the feed is read with the table itself (SQL Server CDC and change tracking
+        load the table first, then its changes; logical decoding reads the table's slot), not
+        as a table of its own."""
+        return self.feed in ("sqlserver_cdc", "sqlserver_change_tracking", "postgres_logical")
 
     def slot_name(self, schema: str | None, name: str) -> str:
         """postgres_logical: the replication slot of the table `schema.name`."""

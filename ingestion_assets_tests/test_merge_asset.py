@@ -26,6 +26,7 @@ from ingestion_assets.merge_asset import (
 )
 from ingestion_assets.modes.merge import DELETED, IS_CURRENT, VALID_FROM, VALID_TO
 from ingestion_assets.sources.sql import SqlTableReader
+from ingestion_assets.sources.sqlserver_cdc import capture_changes, capture_instance, changes_query
 from ingestion_assets.specs import TableSpec
 from ingestion_assets_tests.conftest import (
     IngestProject,
@@ -409,10 +410,12 @@ def _event(lsn: int, seq: int, operation: int, key: int, name: str, credit: str)
     }
 
 
-def _applied(events: list[dict[str, Any]]) -> dict[int, tuple[str, decimal.Decimal]]:
-    """The reference: events in (start_lsn, seqval) order; 1 deletes, 2 and 4 upsert, 3 is the
-    image before an update."""
-    rows: dict[int, tuple[str, decimal.Decimal]] = {}
+def _applied(
+    events: list[dict[str, Any]], loaded: dict[int, tuple[str, decimal.Decimal]]
+) -> dict[int, tuple[str, decimal.Decimal]]:
+    """The reference: the rows `loaded` before capture began, then the events in (start_lsn,
+    seqval) order; 1 deletes, 2 and 4 upsert, 3 is the image before an update."""
+    rows = dict(loaded)
     for event in sorted(events, key=lambda e: (e["__$start_lsn"], e["__$seqval"])):
         if event["__$operation"] == 1:
             rows.pop(event["CustomerID"], None)
@@ -424,17 +427,37 @@ def _applied(events: list[dict[str, Any]]) -> dict[int, tuple[str, decimal.Decim
 def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes_and_redeliveries(
     source_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:
+    """The first run loads the table itself at the change table's newest LSN (a row no event
+    holds included); later runs apply the events past the cursor in sequence order."""
     feed = _change_table(source_database)
+    table = sa.Table(
+        "Customer",
+        sa.MetaData(),
+        sa.Column("CustomerID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        schema=source_database.schema("Sales"),
+    )
+    _create(source_database, table)
+
+    def source_holds(rows: dict[int, tuple[str, decimal.Decimal]]) -> None:
+        """The table as the source's changes left it."""
+        values = [{"CustomerID": k, "Name": n, "Credit": c} for k, (n, c) in rows.items()]
+        _execute(source_database, table.delete(), table.insert().values(values))
+
+    # loaded before capture began: in no event
+    loaded = {4: ("four, never changed", decimal.Decimal("40.00"))}
     first = [
         _event(1, 1, 2, 1, "one", "10.00"),
         _event(1, 2, 2, 2, "two", "20.00"),
         _event(1, 3, 2, 3, "three", "30.00"),
-        # an update: the image before it (3) and after it (4), one transaction
-        _event(2, 2, 4, 2, "two, renamed", "21.50"),
+        # an update: the image before it (3) and after it (4), one sequence value
+        _event(2, 1, 4, 2, "two, renamed", "21.50"),
         _event(2, 1, 3, 2, "two", "20.00"),
         _event(3, 1, 1, 3, "three", "30.00"),
     ]
     _execute(source_database, feed.insert().values(first))
+    source_holds(_applied(first, loaded))
     project = _project(
         source_database,
         tmp_path,
@@ -450,26 +473,32 @@ def test_a_sql_server_cdc_change_table_is_applied_in_sequence_order_with_deletes
         assert "__$operation" not in table.schema.names
         return {r["CustomerID"]: (r["Name"], r["Credit"]) for r in table.to_pylist()}
 
-    # the count check compares with the base table, which this test does not have
-    applied = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
-    assert lake() == _applied(first)
-    assert (applied["rows_inserted"], applied["rows_deleted"]) == (2, 0)
+    applied = _run(project, instance)
+    assert lake() == _applied(first, loaded)
+    assert (applied["rows_inserted"], applied["rows_deleted"]) == (3, 0)
     assert _stored_cursor(instance) == _lsn(3).hex()
 
     later = [
         _event(5, 1, 2, 3, "three again", "33.00"),
-        _event(4, 2, 4, 1, "one, renamed", "11.00"),
+        _event(4, 1, 4, 1, "one, renamed", "11.00"),
         _event(4, 1, 3, 1, "one", "10.00"),
+        _event(6, 1, 1, 4, "four, never changed", "40.00"),
         # the last transaction of the first read, delivered again
         _event(3, 1, 1, 3, "three", "30.00"),
     ]
     _execute(source_database, feed.insert().values(later))
-    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
-    assert lake() == _applied(first + later)
+    source_holds(_applied(first + later, loaded))
+    second = _run(project, instance)
+    assert lake() == _applied(first + later, loaded)
+    # the events from the cursor's LSN on, the image before the update left out
+    assert second["rows_read"] == 5
+    assert (second["rows_inserted"], second["rows_updated"], second["rows_deleted"]) == (1, 1, 1)
+    assert _stored_cursor(instance) == _lsn(6).hex()
     version = project.delta("customer").version()
-    _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
+    _run(project, instance)
     assert project.delta("customer").version() == version
-    assert lake() == _applied(first + later)
+    assert lake() == _applied(first + later, loaded)
+    assert _stored_cursor(instance) == _lsn(6).hex()
 
 
 def test_a_feed_whose_deletes_are_ignored_leaves_its_delete_events_out(
@@ -478,12 +507,20 @@ def test_a_feed_whose_deletes_are_ignored_leaves_its_delete_events_out(
     """`deletes: ignore` on a cdc table: a delete event neither removes the row nor, taken as
     an upsert, blanks it."""
     feed = _change_table(sqlite_database)
-    # the delete carries the key alone, as many feeds send one
-    events = [
-        _event(1, 1, 2, 1, "one", "10.00"),
-        {**_event(2, 1, 1, 1, "", "0"), "Name": None, "Credit": None},
-    ]
-    _execute(sqlite_database, feed.insert().values(events))
+    table = sa.Table(
+        "Customer",
+        sa.MetaData(),
+        sa.Column("CustomerID", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("Name", sa.String(50)),
+        sa.Column("Credit", sa.Numeric(12, 2)),
+        schema=sqlite_database.schema("Sales"),
+    )
+    _create(sqlite_database, table)
+    _execute(
+        sqlite_database,
+        table.insert().values(CustomerID=1, Name="one", Credit=decimal.Decimal("10.00")),
+        feed.insert().values([_event(1, 1, 2, 1, "one", "10.00")]),
+    )
     project = _project(
         sqlite_database,
         tmp_path,
@@ -494,6 +531,13 @@ def test_a_feed_whose_deletes_are_ignored_leaves_its_delete_events_out(
             "change_table": f"{sqlite_database.schema('Sales')}.Customer_CT",
         },
     )
+    _run(project, instance)
+    # the delete carries the key alone, as many feeds send one
+    _execute(
+        sqlite_database,
+        table.delete(),
+        feed.insert().values([{**_event(2, 1, 1, 1, "", "0"), "Name": None, "Credit": None}]),
+    )
     applied = _run(project, instance, failing=frozenset({MATCHES_SOURCE}))
     assert applied["rows_deleted"] == 0
     rows = project.delta("customer").to_pyarrow_table().to_pylist()
@@ -502,39 +546,48 @@ def test_a_feed_whose_deletes_are_ignored_leaves_its_delete_events_out(
     ]
 
 
-def test_the_sql_server_cdc_read_compiles_to_the_change_table_past_the_cursor() -> None:
-    spec = TableSpec(
-        schema="dbo",
-        name="Customer",
-        primary_key=("CustomerID",),
-        mode="cdc",
-        cdc={"feed": "sqlserver_cdc"},
+def test_the_sql_server_cdc_read_compiles_to_the_table_then_its_changes_past_the_cursor() -> None:
+    spec = TableSpec.model_validate(
+        {
+            "schema": "dbo",
+            "name": "Customer",
+            "primary_key": ["CustomerID"],
+            "mode": "cdc",
+            "cdc": {"feed": "sqlserver_cdc", "capture_instance": "erp_customers"},
+        }
     )
     feed, cursor = read_spec(spec)
-    assert (feed.qualified_name, cursor) == ("cdc.dbo_Customer_CT", "__$start_lsn")
+    # read with the table itself: a first run loads it, later runs read its capture's changes
+    assert (feed, cursor) == (spec, "__$start_lsn")
+    assert spec.cdc is not None
+    # where the change table is, for a source without SQL Server's CDC functions
+    assert spec.cdc.feed_table("dbo", "Customer") == ("cdc", "erp_customers_CT")
     table = sa.Table(
-        "dbo_Customer_CT",
+        "Customer",
         sa.MetaData(),
-        sa.Column("__$start_lsn", mssql.BINARY(10)),
-        sa.Column("__$seqval", mssql.BINARY(10)),
-        sa.Column("__$operation", sa.Integer),
         sa.Column("CustomerID", sa.Integer),
-        schema="cdc",
+        sa.Column("Name", mssql.NVARCHAR(50)),
+        schema="dbo",
     )
     engine = sa.create_engine("mssql+pyodbc://")  # compiles only: never connects
-    reader = SqlTableReader(engine, "erp", feed, 1000)
-    reader.changes_since = _lsn(42).hex()
-    query = reader._query(table, list(table.c), None, None)
     dialect = engine.dialect
     dialect.server_version_info = (16, 0)
-    compiled = query.compile(dialect=dialect)
+    whole = SqlTableReader(engine, "erp", spec, 1000)._query(table, list(table.c), None, None)
+    assert " ".join(str(whole.compile(dialect=dialect)).split()) == (
+        "SELECT dbo.[Customer].[CustomerID], dbo.[Customer].[Name] FROM dbo.[Customer]"
+    )
+    changes = capture_changes(capture_instance(spec, "erp"), list(table.c), _lsn(43), _lsn(50))
+    compiled = changes_query(changes, [changes.c.CustomerID, changes.c.Name]).compile(
+        dialect=dialect
+    )
     # `__$start_lsn` is a regular T-SQL identifier ($ may follow the first character)
     assert " ".join(str(compiled).split()) == (
-        "SELECT cdc.[dbo_Customer_CT].__$start_lsn, cdc.[dbo_Customer_CT].__$seqval, "
-        "cdc.[dbo_Customer_CT].__$operation, cdc.[dbo_Customer_CT].[CustomerID] "
-        "FROM cdc.[dbo_Customer_CT] WHERE cdc.[dbo_Customer_CT].__$start_lsn >= ?"
+        "SELECT ct.__$start_lsn, ct.__$seqval, ct.__$operation, ct.[CustomerID], ct.[Name] "
+        "FROM cdc.fn_cdc_get_all_changes_erp_customers(?, ?, N'all') AS ct "
+        "ORDER BY ct.__$start_lsn, ct.__$seqval"
     )
-    assert compiled.params == {"changes_since": _lsn(42)}
+    # the range past the cursor, computed by the server first (sys.fn_cdc_increment_lsn)
+    assert compiled.params == {"from_lsn": _lsn(43), "to_lsn": _lsn(50)}
 
 
 def test_the_new_data_sensor_requests_a_merge_table_once_its_source_changed_past_the_cursor(

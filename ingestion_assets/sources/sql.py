@@ -1457,6 +1457,10 @@ class SqlSource(Source):
         """The rows whose cursor column is at or past `since` (every row when None); a feed
         read with its table, its events past `since`."""
         feed = _table_feed(dataset)
+        if feed == "sqlserver_cdc":
+            from ingestion_assets.sources.sqlserver_cdc import read_cdc_changes
+
+            return read_cdc_changes(self, dataset, since)
         if feed == "sqlserver_change_tracking":
             from ingestion_assets.sources.tracking import read_tracked_changes
 
@@ -1471,6 +1475,10 @@ class SqlSource(Source):
     def newest_change(self, dataset: DatasetSpec, since: str | None) -> str | None:
         """The newest cursor value of a merge table (or feed) past `since`; None: no change."""
         feed = _table_feed(dataset)
+        if feed == "sqlserver_cdc":
+            from ingestion_assets.sources.sqlserver_cdc import newest_cdc_change
+
+            return newest_cdc_change(self, dataset, since)
         if feed == "sqlserver_change_tracking":
             from ingestion_assets.sources.tracking import newest_tracked_change
 
@@ -1549,6 +1557,7 @@ class SqlSource(Source):
                 path=f"{reader.path} (the whole table, at the start of replication slot "
                 f"'{slot}', {made} at {start})",
                 source_types=reader.source_types,
+                position=lsn,
             )
         label = where(self.source_name, table.qualified_name, None)
 
