@@ -405,3 +405,34 @@ def test_a_key_the_table_holds_twice_stops_the_merge_with_the_fix(tmp_path: path
     ):
         _apply(uri, [_change(1, 2, "a", 1, False)], MergeRules(keys=("id",), sequence="seq"))
     assert DeltaTable(uri).version() == version
+
+
+def test_a_table_kept_by_a_text_and_binary_key_merges_again_and_again(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A MERGE writes text and binary columns as Arrow views; the next run's lookup of the
+    current rows by those keys must still find them (it failed on the statistics before)."""
+    uri = str(tmp_path / "text_keys")
+    rules = MergeRules(keys=("code", "tag"))
+    expected: dict[tuple[str, bytes], int] = {}
+    for run, batch in enumerate(
+        [
+            [("a", b"\x01", 1), ("b", b"\x02", 2)],
+            [("b", b"\x02", 20), ("c", b"\x03", 3)],
+            [("a", b"\x01", 10), ("c", b"\x03", 3), ("ä", b"", 4)],
+        ]
+    ):
+        table = pa.table(
+            {
+                "code": pa.array([c for c, _, _ in batch], pa.string()),
+                "tag": pa.array([t for _, t, _ in batch], pa.binary()),
+                "value": pa.array([v for _, _, v in batch], pa.int64()),
+            }
+        )
+        merge_changes(
+            uri, None, table, rules, full_read=False, run_id=f"r{run}", label="t", log=print
+        )
+        expected.update({(c, t): v for c, t, v in batch})
+        rows = DeltaTable(uri).to_pyarrow_table(columns=["code", "tag", "value"]).to_pylist()
+        assert {(r["code"], r["tag"]): r["value"] for r in rows} == expected
+        assert len(rows) == len(expected)

@@ -259,8 +259,14 @@ def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules, label: s
     dataset = table.to_pyarrow_dataset()
     condition: ds.Expression | None = None
     for key in rules.keys:
-        values = pc.unique(rows.column(key))
-        term = ds.field(key).isin(values)
+        kind = dataset.schema.field(key).type
+        values = pc.unique(rows.column(key)).cast(kind)
+        column = ds.field(key)
+        if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_string(kind):
+            # files a MERGE wrote hold string_view: their statistics do not compare with the
+            # table's string type (ArrowNotImplementedError), the cast values do
+            column = column.cast(kind)
+        term = column.isin(values)
         condition = term if condition is None else condition & term
     # with history, every version of the keys: a change older than a closed version is stale
     held = dataset.to_table(filter=condition)
