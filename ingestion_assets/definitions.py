@@ -39,6 +39,7 @@ from ingestion_assets.factory import (
     source_resource,
     source_resource_key,
 )
+from ingestion_assets.io_managers.contract import DATABRICKS_IO_MANAGER_KEY
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
@@ -51,7 +52,6 @@ from ingestion_assets.project import (
 )
 from ingestion_assets.specs import DatabricksSpec, DatasetSpec, ProjectSpec, SourceSpecBase
 
-DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
 # extension modules: a `transforms.<name>` entry of the project file -> the function
 # (project, the entry's settings) -> Definitions that builds it
 TRANSFORMS = {

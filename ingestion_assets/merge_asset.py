@@ -38,8 +38,8 @@ from dagster import (
 )
 from deltalake import DeltaTable
 
-from ingestion_assets.errors import AuditFailedError, IngestionError, where
-from ingestion_assets.io_managers.contract import column_schema
+from ingestion_assets.errors import AuditFailedError, ConfigError, IngestionError, where
+from ingestion_assets.io_managers.contract import DATABRICKS_IO_MANAGER_KEY, column_schema
 from ingestion_assets.lake.key_scan import gone_keys
 from ingestion_assets.lake.merge import held_keys, key_schema, merge_changes, remove_keys
 from ingestion_assets.lake.replace import open_table
@@ -130,6 +130,13 @@ def merge_asset(
     """The unpartitioned asset that keeps one table by key, with its checks."""
     asset_key = asset_spec.key
     rules = merge_rules(table)
+    on_databricks = io_manager_key == DATABRICKS_IO_MANAGER_KEY
+    if on_databricks and rules.history:
+        raise ConfigError(
+            f"{where(source_name, table.qualified_name, None)}: SCD type 2 history (history: "
+            "true, or stored_as_scd_type: 2) is kept by the Delta Lake IO manager only, not in "
+            "Unity Catalog; use io_manager: delta for this source, or SCD type 1"
+        )
     checks = [
         AssetCheckSpec(
             KEYS_UNIQUE,
@@ -158,7 +165,8 @@ def merge_asset(
     @multi_asset(
         name="__".join(asset_key.path),
         specs=[asset_spec],
-        check_specs=checks,
+        # on Databricks the table is judged on the warehouse, not here (see _merge_on_databricks)
+        check_specs=[] if on_databricks else checks,
         pool=source_name,
         required_resource_keys={resource_key, io_manager_key},
     )
@@ -195,12 +203,18 @@ def _run(
     asset_key = context.assets_def.key
     label = where(source_name, table.qualified_name, "merge")
     writer = getattr(context.resources, io_manager_key)
-    if not hasattr(writer, "table_uri"):
+    delta = hasattr(writer, "table_uri")
+    if not delta and not hasattr(writer, "merge_changes"):
         raise IngestionError(
-            f"{label}: merge tables are written by the Delta Lake IO manager only, not by "
-            f"{type(writer).__name__}; set `io_manager: delta` for this source"
+            f"{label}: merge tables are written by the Delta Lake and Databricks IO managers, "
+            f"not by {type(writer).__name__}; set `io_manager: delta` for this source"
         )
     if _tagged(context, KEY_SCAN_TAG):
+        if not delta:
+            raise IngestionError(
+                f"{label}: key scans compare with a Delta table read here, not a Unity Catalog "
+                "table; run a full refresh (tag ingest/full_refresh=true) to find the deleted keys"
+            )
         yield from _scan_keys(
             context, table, rules, label, getattr(context.resources, resource_key), writer
         )
@@ -226,6 +240,21 @@ def _run(
     source = getattr(context.resources, resource_key)
     stream = source.read_changes(feed, since)
     with _spilled(stream.reader, label, context.log.info) as changes:
+        if not delta:
+            yield from _merge_on_databricks(
+                context,
+                table,
+                rules,
+                label,
+                changes,
+                stream,
+                stored,
+                full_read,
+                source,
+                writer,
+                started,
+            )
+            return
         yield from _merge(
             context,
             table,
@@ -262,14 +291,7 @@ def _merge(
 ) -> Iterator[Any]:
     """Merge the rows read (memory-mapped from their spill file), report, and judge."""
     asset_key = context.assets_def.key
-    if table.cdc is not None:
-        changes = feed_changes(
-            changes, table.cdc.operation, table.cdc.deletes_on, table.cdc.ignored, label
-        )
-        if rules.deletes == "ignore":
-            # `deletes: ignore` on a feed: its delete events are left out (taken as upserts,
-            # a key-only delete would blank the row)
-            changes = changes.filter(pc.invert(pc.fill_null(changes.column(FEED_DELETE), False)))
+    changes = _events(table, rules, changes, label)
     context.log.info(
         f"{label}: read {changes.num_rows:,} changed row(s) through {path} in "
         f"{time.monotonic() - started:.1f} s; merging by {', '.join(rules.keys)}"
@@ -329,6 +351,92 @@ def _merge(
     if cursor is not None and outcome.committed:
         _release(context, source, table, cursor, label)
     yield from _judge(source, table, blocking, present, asset_key)
+
+
+def _events(table: DatasetSpec, rules: MergeRules, changes: pa.Table, label: str) -> pa.Table:
+    """A cdc table's feed rows as changes (operation -> delete flag, ignored operations out);
+    a merge table's rows as they are."""
+    if table.cdc is None:
+        return changes
+    changes = feed_changes(
+        changes, table.cdc.operation, table.cdc.deletes_on, table.cdc.ignored, label
+    )
+    if rules.deletes == "ignore":
+        # `deletes: ignore` on a feed: its delete events are left out (taken as upserts, a
+        # key-only delete would blank the row)
+        changes = changes.filter(pc.invert(pc.fill_null(changes.column(FEED_DELETE), False)))
+    return changes
+
+
+def _merge_on_databricks(
+    context: AssetExecutionContext,
+    table: DatasetSpec,
+    rules: MergeRules,
+    label: str,
+    changes: pa.Table,
+    stream: Any,
+    stored: str | None,
+    full_read: bool,
+    source: Any,
+    writer: Any,
+    started: float,
+) -> Iterator[Any]:
+    """The changes applied by one MERGE on the Databricks SQL warehouse (SCD type 1). The rows
+    are not read back here: the MERGE keeps one row per key by construction (the changes hold
+    one per key, and Databricks refuses a MERGE whose source matches a row twice), and the
+    counts are the warehouse's own."""
+    asset_key = context.assets_def.key
+    changes = _events(table, rules, changes, label)
+    context.log.info(
+        f"{label}: read {changes.num_rows:,} changed row(s) through {stream.path} in "
+        f"{time.monotonic() - started:.1f} s; merging by {', '.join(rules.keys)} on Databricks"
+    )
+    outcome = writer.merge_changes(
+        list(asset_key.path),
+        changes,
+        rules,
+        run_id=context.run_id,
+        label=f"table {writer.full_table_name(list(asset_key.path))}",
+        log=context.log.info,
+        full_read=full_read,
+        nanoseconds=table.timestamp_nanoseconds,
+    )
+    cursor_column = read_spec(table)[1]
+    cursor = (
+        stream.position
+        if stream.position is not None
+        else newest_cursor(changes, cursor_column, stored)
+    )
+    counts = {
+        "rows_inserted": outcome.inserted,
+        "rows_updated": outcome.updated,
+        "rows_deleted": outcome.deleted,
+    }
+    known = {name: value for name, value in counts.items() if value is not None}
+    context.log.info(
+        f"{label}: "
+        + (
+            ", ".join(f"{value:,} {name.removeprefix('rows_')}" for name, value in known.items())
+            if known
+            else "the warehouse reported no counts"
+        )
+        + ("" if outcome.committed else " (nothing to merge)")
+    )
+    metadata: dict[str, Any] = {
+        "dagster/table_name": writer.full_table_name(list(asset_key.path)).replace("`", ""),
+        "rows_read": outcome.rows_read,
+        "seconds": round(time.monotonic() - started, 3),
+        **known,
+        "cursor_before": stored or "(none: every row read)",
+        "full_read": full_read,
+    }
+    if len(known) == len(counts):
+        metadata["rows_written"] = sum(known.values())
+    if cursor is not None:
+        metadata[CURSOR] = cursor
+    yield MaterializeResult(asset_key=asset_key, metadata=metadata)
+    if cursor is not None and outcome.committed:
+        _release(context, source, table, cursor, label)
 
 
 def _tagged(context: AssetExecutionContext, tag: str) -> bool:

@@ -26,6 +26,9 @@ from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec
 
+# the resource key of the Unity Catalog IO manager (the merge asset asks which writer it has)
+DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
+
 # keys of the definition metadata through which an asset tells the IO manager how to write it
 PARTITION_COLUMN_KEY = "ingestion/partition_column"
 SCHEMA_POLICY_KEY = "ingestion/schema_policy"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
@@ -29,6 +29,9 @@ from ingestion_assets.sources.window import PartitionWindow
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
+
+    from ingestion_assets.io_managers.databricks_merge import DatabricksMergeOutcome
+    from ingestion_assets.modes.merge import MergeRules
 
 # states in which a statement may still change; anything else is final
 _UNFINISHED = frozenset({"PENDING", "RUNNING"})
@@ -262,6 +265,35 @@ class DatabricksIOManager(ConfigurableIOManager):
     def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
         """Unity Catalog tables are read on Databricks, not here."""
         return None
+
+    def merge_changes(
+        self,
+        asset_path: list[str],
+        changes: pa.Table,
+        rules: MergeRules,
+        *,
+        run_id: str,
+        label: str,
+        log: Callable[[str], None],
+        full_read: bool,
+        nanoseconds: str = "error",
+    ) -> DatabricksMergeOutcome:
+        """Apply a merge table's changes (SCD type 1) with one MERGE on the warehouse; see
+        `databricks_merge.merge_changes`."""
+        # imported here: that module builds on this one
+        from ingestion_assets.io_managers.databricks_merge import merge_changes
+
+        return merge_changes(
+            self,
+            asset_path,
+            changes,
+            rules,
+            run_id=run_id,
+            label=label,
+            log=log,
+            full_read=full_read,
+            nanoseconds=nanoseconds,
+        )
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         """Stage the batches on the volume, create the table if needed, swap the window in."""
