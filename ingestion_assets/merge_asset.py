@@ -615,8 +615,9 @@ def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
     if table.mode != "cdc" or feed is None:
         return table, table.cursor_column
     cursor = feed.sequence[0] if feed.sequence else None
-    if feed.reads_the_table:
-        # the source reads the feed with the table (its changes joined to it, or its slot)
+    if feed.reads_the_table or feed.is_the_dataset:
+        # the source reads the feed with the table (its changes joined to it, or its slot), or
+        # the dataset is the feed (a REST stream of events)
         return table, cursor
     schema, name = feed.feed_table(
         getattr(table, "schema_name", None), str(getattr(table, "name", ""))
@@ -694,7 +695,9 @@ def _judge(
     source's."""
     yield blocking[0]
     try:
-        counted, problem = source.count(table, None), ""
+        # a stream of events holds no rows to count against the table's
+        events = table.cdc is not None and table.cdc.is_the_dataset
+        counted, problem = (None if events else source.count(table, None)), ""
     except IngestionError as error:
         # the commit stands: a source that cannot be counted is this check's finding
         counted, problem = None, str(error)

@@ -475,6 +475,12 @@ class CdcSpec(Spec):
         return self.except_columns
 
     @property
+    def is_the_dataset(self) -> bool:
+        """A change_table feed without `change_table`: the dataset (a REST stream) holds the
+        events itself."""
+        return self.feed == "change_table" and not self.change_table
+
+    @property
     def reads_the_table(self) -> bool:
         """Whether the feed is read with the table itself (SQL Server CDC and change tracking
         load the table first, then its changes; logical decoding reads the table's slot), not
@@ -498,10 +504,8 @@ class CdcSpec(Spec):
 
     @model_validator(mode="after")
     def _feed_named(self) -> CdcSpec:
-        if self.feed == "change_table" and (not self.change_table or not self.sequence_by):
-            raise ValueError(
-                "a change_table feed needs `change_table` (schema.table) and `sequence_by`"
-            )
+        if self.feed == "change_table" and not self.sequence_by:
+            raise ValueError("a change_table feed needs `sequence_by` (the columns that order it)")
         if self.slot and self.feed != "postgres_logical":
             raise ValueError("`slot` applies to a postgres_logical feed only")
         return self
@@ -734,6 +738,16 @@ class TableSpec(DatasetSpec):
     tinyint1_as_bool: bool | None = Field(
         None, description="Override the source's `tinyint1_as_bool` for this table."
     )
+
+    @model_validator(mode="after")
+    def _feed_table_named(self) -> TableSpec:
+        feed = self.cdc if self.mode == "cdc" else None
+        if feed is not None and feed.is_the_dataset:
+            raise ValueError(
+                "a change_table feed of a SQL table needs `change_table` (schema.table): the "
+                "table of its events"
+            )
+        return self
 
     @property
     def qualified_name(self) -> str:
@@ -1020,23 +1034,39 @@ class StreamSpec(DatasetSpec):
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_origin_text(origin) for origin in value)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_cdc(cls, data: Any) -> Any:
-        # before the shared checks, which would first ask a cdc table for its `cdc:` block
-        if isinstance(data, Mapping) and data.get("mode") == "cdc":
-            raise ValueError(
-                "mode: cdc is for SQL tables; a REST stream is replaced by day, or kept by key "
-                "with `mode: merge` (its records upserted by primary_key)"
-            )
-        return data
+    @property
+    def record_key(self) -> tuple[str, ...]:
+        """What names one record of the stream: its primary key, and a cdc stream's sequence
+        (the stream holds several events of a key)."""
+        if self.mode == "cdc" and self.cdc is not None:
+            return tuple(dict.fromkeys([*self.primary_key, *self.cdc.sequence]))
+        return self.primary_key
+
+    @property
+    def change_field(self) -> str | None:
+        """The field a merge or cdc stream's cursor is the highest value of (a cdc stream's
+        first sequence field)."""
+        if self.mode == "cdc" and self.cdc is not None:
+            return self.cdc.sequence[0] if self.cdc.sequence else None
+        return self.cursor_column
 
     @model_validator(mode="after")
     def _stream_modes(self) -> StreamSpec:
-        if self.changes_params and (self.mode != "merge" or self.cursor_column is None):
+        if self.mode == "cdc" and self.cdc is not None and not self.cdc.is_the_dataset:
+            raise ValueError(
+                "a REST stream's change feed is the stream itself: `cdc: {feed: change_table}` "
+                "with its operation_column and sequence_by, and no `change_table`"
+            )
+        if self.changes_params and self.change_field is None:
             raise ValueError(
                 "changes_params ask the API for the records changed since the cursor: they "
-                "need `mode: merge` and `cursor_column`"
+                "need `mode: merge` with `cursor_column`, or `mode: cdc`"
+            )
+        if self.mode == "cdc" and not self.changes_params:
+            raise ValueError(
+                "a cdc stream needs `changes_params`: the query parameters that ask the API for "
+                "the events past the cursor (the last sequence applied), e.g. "
+                "{after: '{since}'}"
             )
         if self.mode == "merge" and self.cursor_column and not self.changes_params:
             raise ValueError(
@@ -1050,9 +1080,9 @@ class StreamSpec(DatasetSpec):
                 "key_scan_cron reads a table's keys alone, which a REST API cannot; a full "
                 "refresh (run tag ingest/full_refresh=true) finds the deleted records"
             )
-        cursor = self.cursor_column
-        if self.mode == "merge" and self.fields is not None and cursor not in (None, *self.fields):
-            raise ValueError(f"cursor_column {cursor} is not among the declared fields")
+        cursor = self.change_field
+        if self.fields is not None and cursor not in (None, *self.fields):
+            raise ValueError(f"the cursor field {cursor} is not among the declared fields")
         return self
 
     @model_validator(mode="after")

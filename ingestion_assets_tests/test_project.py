@@ -17,7 +17,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.errors import ConfigError
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project, parse_project
 from ingestion_assets.resources import SqlSourceResource
-from ingestion_assets.specs import snake_case
+from ingestion_assets.specs import TableSpec, snake_case
 
 VALID = """
 lake: {root: /tmp/lake}
@@ -457,7 +457,11 @@ PRODUCT_ENTRY = "{schema: Production, name: Product}"
         ("mode: cdc, primary_key: [ProductID]", "needs `cdc:` (its change feed)"),
         (
             "mode: cdc, primary_key: [ProductID], cdc: {feed: change_table}",
-            "a change_table feed needs `change_table` (schema.table) and `sequence_by`",
+            "a change_table feed needs `sequence_by` (the columns that order it)",
+        ),
+        (
+            "mode: cdc, primary_key: [ProductID], cdc: {feed: change_table, sequence_by: [At]}",
+            "a change_table feed of a SQL table needs `change_table` (schema.table)",
         ),
         (
             "mode: cdc, primary_key: [ProductID], cdc: {feed: sqlserver_cdc}, history: true",
@@ -490,12 +494,24 @@ def test_merge_and_cdc_tables_are_unpartitioned_assets_with_their_checks() -> No
     assert "Merge table kept by ProductID" in (product.descriptions_by_key[product.key] or "")
 
 
-def test_a_rest_stream_declared_as_a_cdc_table_is_a_load_time_error() -> None:
+def test_a_rest_stream_kept_by_key_states_its_feed_and_how_to_ask_for_changes() -> None:
     from ingestion_assets.specs import StreamSpec
 
-    with pytest.raises(ValueError, match="mode: cdc is for SQL tables"):
-        StreamSpec(name="Orders", path="/orders", mode="cdc", primary_key=("id",))
-    with pytest.raises(ValueError, match="cursor_column modified is not among the declared"):
+    feed = {"feed": "change_table", "operation_column": "op", "sequence_by": ["seq"]}
+    with pytest.raises(ValueError, match="change feed is the stream itself"):
+        StreamSpec(
+            name="Orders",
+            path="/orders",
+            mode="cdc",
+            primary_key=("id",),
+            cdc={**feed, "change_table": "app.orders_changes"},
+            changes_params={"after": "{since}"},
+        )
+    with pytest.raises(ValueError, match="a cdc stream needs `changes_params`"):
+        StreamSpec(name="Orders", path="/orders", mode="cdc", primary_key=("id",), cdc=feed)
+    with pytest.raises(ValueError, match="a change_table feed of a SQL table needs `change_table`"):
+        TableSpec(name="Orders", mode="cdc", primary_key=("id",), cdc=feed)
+    with pytest.raises(ValueError, match="cursor field modified is not among the declared"):
         StreamSpec(
             name="Orders",
             path="/orders",

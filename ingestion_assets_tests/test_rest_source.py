@@ -1837,3 +1837,70 @@ def test_a_merge_stream_with_a_cursor_must_say_how_to_ask_for_the_changes(
                 }
             ],
         )
+
+
+def test_a_rest_stream_of_change_events_is_applied_in_sequence_order(
+    httpserver: HTTPServer, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    """`mode: cdc` on a stream: the stream's records are the events (an operation and a
+    sequence), applied by key in sequence order; later runs ask for the events past the last
+    sequence applied."""
+    events: list[dict[str, Any]] = []
+    asked: list[dict[str, str]] = []
+
+    def api(request: Request) -> Response:
+        args = dict(request.args)
+        asked.append(args)
+        after = int(args.get("after", "0"))
+        records = [e for e in events if e["seq"] > after]
+        offset, limit = int(args["offset"]), int(args["limit"])
+        return json_body({"data": records[offset : offset + limit]})
+
+    httpserver.expect_request("/customer_events").respond_with_handler(api)
+    project = rest_project(
+        tmp_path / "lake",
+        httpserver.url_for("/"),
+        [
+            {
+                "name": "customers",
+                "path": "/customer_events",
+                "records_path": "data",
+                "mode": "cdc",
+                "primary_key": ["id"],
+                "cdc": {"feed": "change_table", "operation_column": "op", "sequence_by": ["seq"]},
+                "changes_params": {"after": "{since}"},
+                "fields": {"id": "int64", "name": "string", "op": "string", "seq": "int64"},
+            }
+        ],
+    )
+
+    def run() -> dict[str, Any]:
+        result = materialize(
+            [project.asset("customers")], instance=instance, resources=project.defs.resources
+        )
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        return run_metadata(result, "customers")
+
+    def lake() -> dict[int, str]:
+        table = project.delta("customers").to_pyarrow_table()
+        assert "op" not in table.schema.names
+        return {r["id"]: r["name"] for r in table.to_pylist()}
+
+    # out of order within the page: the sequence decides
+    events += [
+        {"id": 1, "name": "one, renamed", "op": "U", "seq": 3},
+        {"id": 1, "name": "one", "op": "I", "seq": 1},
+        {"id": 2, "name": "two", "op": "I", "seq": 2},
+    ]
+    first = run()
+    assert lake() == {1: "one, renamed", 2: "two"}
+    assert first["ingest/cursor"] == "3"
+    events += [
+        {"id": 2, "name": None, "op": "D", "seq": 4},
+        {"id": 3, "name": "three", "op": "I", "seq": 5},
+    ]
+    asked.clear()
+    second = run()
+    assert {a.get("after") for a in asked} == {"3"}
+    assert (second["rows_read"], second["rows_deleted"], second["rows_inserted"]) == (2, 1, 1)
+    assert lake() == {1: "one, renamed", 3: "three"}

@@ -106,7 +106,7 @@ class _WindowPages:
 
     def rows(self, table: pa.Table | pa.RecordBatch) -> None:
         """Rows that will land: their keys and their order are checked."""
-        key = list(self.stream.primary_key)
+        key = list(self.stream.record_key)
         if key and all(name in table.schema.names for name in key):
             selected = table.select(key)
             self.keys.append(

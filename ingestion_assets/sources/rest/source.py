@@ -159,7 +159,7 @@ class RestSource(Source):
         """The highest cursor value past `since` among the records the API sends as changed
         since it; None: nothing new (or never loaded: the first run is the schedule's)."""
         assert isinstance(dataset, StreamSpec)
-        column = dataset.cursor_column
+        column = dataset.change_field
         if since is None or column is None:
             return None
         stream = self.read_changes(dataset, since)
