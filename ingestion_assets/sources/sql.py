@@ -1285,8 +1285,8 @@ def _as_events(
 
 
 def _table_feed(dataset: DatasetSpec) -> str | None:
-    """The feed of a cdc table read with the table itself (change tracking, logical
-    decoding); None otherwise."""
+    """The feed of a cdc table read with the table itself (SQL Server CDC and change
+    tracking, logical decoding); None otherwise."""
     feed = dataset.cdc if dataset.mode == "cdc" else None
     return feed.feed if feed is not None and feed.reads_the_table else None
 
