@@ -637,48 +637,30 @@ def read_spec(table: DatasetSpec) -> tuple[DatasetSpec, str | None]:
 def _blocking(planned: pa.Table, rules: MergeRules, asset_key: AssetKey) -> list[AssetCheckResult]:
     """The blocking checks' results on the table as planned: each key held by one current row;
     with history, each key's versions one unbroken line."""
-    duplicates = duplicate_keys(current_rows(planned, rules), rules.keys)
-    results = [
-        AssetCheckResult(
+
+    def verdict(name: str, found: pa.Table, counted: str, problem: str) -> AssetCheckResult:
+        return AssetCheckResult(
             asset_key=asset_key,
-            check_name=KEYS_UNIQUE,
-            passed=duplicates.num_rows == 0,
+            check_name=name,
+            passed=found.num_rows == 0,
             severity=AssetCheckSeverity.ERROR,
-            description=f"{duplicates.num_rows:,} key(s) held by more than one current row"
-            if duplicates.num_rows
-            else None,
+            description=f"{found.num_rows:,} key(s) {problem}" if found.num_rows else None,
             metadata={
-                "duplicate_keys": duplicates.num_rows,
+                counted: found.num_rows,
                 "sample": MetadataValue.json(
-                    [
-                        {k: str(v) for k, v in row.items()}
-                        for row in duplicates.slice(0, 10).to_pylist()
-                    ]
+                    [{k: str(v) for k, v in row.items()} for row in found.slice(0, 10).to_pylist()]
                 ),
             },
         )
+
+    duplicates = duplicate_keys(current_rows(planned, rules), rules.keys)
+    results = [
+        verdict(KEYS_UNIQUE, duplicates, "duplicate_keys", "held by more than one current row")
     ]
     if rules.history:
         broken = overlapping_versions(planned, rules.keys)
         results.append(
-            AssetCheckResult(
-                asset_key=asset_key,
-                check_name=HISTORY_UNBROKEN,
-                passed=broken.num_rows == 0,
-                severity=AssetCheckSeverity.ERROR,
-                description=f"{broken.num_rows:,} key(s) whose versions overlap or break"
-                if broken.num_rows
-                else None,
-                metadata={
-                    "broken_versions": broken.num_rows,
-                    "sample": MetadataValue.json(
-                        [
-                            {k: str(v) for k, v in row.items()}
-                            for row in broken.slice(0, 10).to_pylist()
-                        ]
-                    ),
-                },
-            )
+            verdict(HISTORY_UNBROKEN, broken, "broken_versions", "whose versions overlap or break")
         )
     return results
 

@@ -1222,6 +1222,19 @@ class SqlTableReader:
                 f"{self.limits.connect_timeout:g} s)."
             ) from None
 
+    def watched_rows(
+        self, query: sa.Select[Any], schema: pa.Schema, booleans: frozenset[str] = frozenset()
+    ) -> Iterator[pa.RecordBatch]:
+        """`query`'s rows as batches through the row path, under the read stall bound (a query
+        a change feed builds itself)."""
+        breaker = StallBreaker()
+        return watched_batches(
+            self._batches(query, schema, None, breaker, booleans),
+            self.limits.read_stall_timeout,
+            breaker,
+            lambda rows: self._stalled(None, rows),
+        )
+
     def _batches(
         self,
         query: sa.Select[Any],

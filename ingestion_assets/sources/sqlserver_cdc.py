@@ -42,7 +42,7 @@ from ingestion_assets.errors import SourceError, where
 from ingestion_assets.sources.sql import SqlSource, SqlTableReader, _first_line
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.tracking import FULL_REFRESH, _qualified
-from ingestion_assets.sources.watchdog import StallBreaker, watched_batches, watched_call
+from ingestion_assets.sources.watchdog import StallBreaker, watched_call
 from ingestion_assets.specs import DatasetSpec, TableSpec
 
 START = "__$start_lsn"
@@ -266,13 +266,7 @@ def _read_capture(reader: SqlTableReader, capture: str, cursor: bytes | None) ->
         )
     batches: Iterator[pa.RecordBatch] = iter(())
     if query is not None:
-        breaker = StallBreaker()
-        batches = watched_batches(
-            reader._batches(query, schema, None, breaker, booleans),
-            reader.limits.read_stall_timeout,
-            breaker,
-            lambda rows: reader._stalled(None, rows),
-        )
+        batches = reader.watched_rows(query, schema, booleans)
     return SourceStream(
         reader=pa.RecordBatchReader.from_batches(schema, batches),
         path=f"rows (cdc.fn_cdc_get_all_changes_{capture} after LSN 0x{cursor.hex()} to "

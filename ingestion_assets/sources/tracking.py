@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from ingestion_assets.errors import SourceError, where
 from ingestion_assets.sources.sql import SqlSource, _first_line
 from ingestion_assets.sources.stream import SourceStream
-from ingestion_assets.sources.watchdog import StallBreaker, watched_batches, watched_call
+from ingestion_assets.sources.watchdog import StallBreaker, watched_call
 from ingestion_assets.specs import DatasetSpec
 
 VERSION = "SYS_CHANGE_VERSION"
@@ -201,15 +201,10 @@ def read_tracked_changes(
         reader._answer_seconds(),
         lambda: reader._unanswered("the change feed's reflection", None),
     )
-    breaker = StallBreaker()
-    batches = watched_batches(
-        reader._batches(query, schema, None, breaker, booleans),
-        reader.limits.read_stall_timeout,
-        breaker,
-        lambda rows: reader._stalled(None, rows),
-    )
     return SourceStream(
-        reader=pa.RecordBatchReader.from_batches(schema, batches),
+        reader=pa.RecordBatchReader.from_batches(
+            schema, reader.watched_rows(query, schema, booleans)
+        ),
         path="rows",
         source_types=reader.source_types,
         # the version the first read is stamped with: the cursor even when the table is empty
