@@ -720,6 +720,12 @@ class DatasetSpec(Spec):
         """The asset name: explicit, or the dataset's name (`name`) in snake_case."""
         return self.asset_name or snake_case(str(getattr(self, "name", "")))
 
+    @property
+    def declares_every_column(self) -> bool:
+        """Whether the spec names every column the table has (a layer's SQL is then checked
+        against them while definitions load)."""
+        return False
+
 
 class TableSpec(DatasetSpec):
     """One source table: becomes one asset, partitioned by day on `partition_column`."""
@@ -758,6 +764,11 @@ class TableSpec(DatasetSpec):
     def partition_column(self) -> str | None:
         """The table's partition column."""
         return self.partition_column_name
+
+    @property
+    def declares_every_column(self) -> bool:
+        """Listed `columns` are every column the table has (their types known at run time)."""
+        return self.columns is not None and self.mode == "replace"
 
 
 # ---- REST --------------------------------------------------------------------------------------
@@ -1110,6 +1121,11 @@ class StreamSpec(DatasetSpec):
     def origin(self) -> str:
         """`stream `Orders` (GET /v1/orders)`."""
         return f"stream `{self.name}` (GET {self.path})"
+
+    @property
+    def declares_every_column(self) -> bool:
+        """Declared `fields` are every column the stream has."""
+        return self.fields is not None and self.mode == "replace"
 
     @property
     def partition_column(self) -> str | None:
@@ -1467,6 +1483,133 @@ class LakeSpec(Spec):
         return value
 
 
+class ExpectationSpec(Spec):
+    """A data-quality rule on each row a layer produces, and what a violation does."""
+
+    name: str = Field(description="snake_case; the asset check's name.")
+    sql: str = Field(
+        description="A boolean SQL expression over the layer's output columns; a row violates "
+        "it when it is false (NULL passes, as in SQL CHECK constraints and Databricks' "
+        "expectations: write `x IS NOT NULL AND ...` to require a value)."
+    )
+    on_violation: Literal["warn", "drop", "fail"] = Field(
+        "warn",
+        description="warn: keep the row, count it; drop: keep it out of the table, in "
+        "`<asset>_quarantine` with the failed expectations' names; fail: commit nothing.",
+    )
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _snake(cls, value: str) -> str:
+        if not SNAKE_CASE.match(value):
+            raise ValueError(
+                f"expectation name '{value}' must be snake_case (it becomes the asset check's "
+                f"name), e.g. '{snake_case(value) or 'valid_rows'}'"
+            )
+        return value
+
+
+class LayerAutomationSpec(Spec):
+    """When a layer asset runs by itself (Dagster's automation sensor evaluates it)."""
+
+    on_cron: str | None = Field(
+        None,
+        description="Materialize the last complete day at each tick instead of following the "
+        "inputs' days.",
+    )
+    timezone: str | None = Field(None, description="Zone of on_cron; default: the layer's.")
+
+    @field_validator("on_cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else _valid_cron(value)
+
+
+def _input_map(value: Any) -> Any:
+    """`inputs: [src/table, ...]` names each input by the key's last part."""
+    if isinstance(value, list | tuple):
+        return {str(key).rsplit("/", 1)[-1]: key for key in value}
+    return value
+
+
+class LayerSpec(Spec):
+    """A silver or gold asset: a SQL SELECT over ingested tables or other layers, by name, with
+    expectations, written like an ingested table (the run's days replaced, or merged by key)."""
+
+    key: str = Field(description="Asset key, parts joined by `/`: `silver/sales_orders`.")
+    group: str | None = Field(None, description="Asset group; default: the key's first part.")
+    description: str | None = None
+    owners: tuple[str, ...] = ()
+    tags: dict[str, str] = Field(default_factory=dict)
+    inputs: Annotated[dict[str, str], BeforeValidator(_input_map)] = Field(
+        description="The tables the SQL reads, `name: asset/key` (or a list of keys, each named "
+        "by its last part): ingested tables or other layers."
+    )
+    sql: str = Field(description="One SELECT (DuckDB's dialect) over the inputs by name.")
+    partitioning: Literal["daily", "unpartitioned"] = Field(
+        "daily",
+        description="daily: a run reads its days of each daily input (unpartitioned inputs "
+        "whole) and replaces those days; unpartitioned: every run rebuilds the whole table.",
+    )
+    partition_column: str = Field(
+        "_partition_date",
+        description="daily: the output column that holds each row's day (a date or timestamp).",
+    )
+    primary_key: tuple[str, ...] = Field(
+        (), description="Checked unique and not null; an unpartitioned layer is merged by it."
+    )
+    expect: tuple[ExpectationSpec, ...] = ()
+    schema_policy: Literal["evolve", "freeze"] = "evolve"
+    automation: LayerAutomationSpec | None = Field(
+        default_factory=LayerAutomationSpec,
+        description="Default: each day runs once its inputs' same day changed (and none is "
+        "still running); `on_cron` runs on a cron instead; null: only by hand or a job.",
+    )
+    io_manager: IoManagerName | None = Field(
+        None, description="Writer of the layer; default the lake's. Its inputs share it."
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) < 2 or not all(SNAKE_CASE.match(part) for part in parts):
+            raise ValueError(
+                f"layer key '{value}' must be two or more snake_case parts joined by '/', "
+                "e.g. 'silver/sales_orders'"
+            )
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("a layer reads at least one input")
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"input name '{name}' must be a plain SQL identifier")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_expectations(self) -> LayerSpec:
+        names = [expectation.name for expectation in self.expect]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"expectation name(s) {', '.join(twice)} used twice")
+        return self
+
+    @property
+    def asset_path(self) -> tuple[str, ...]:
+        """The asset key's parts."""
+        return tuple(self.key.split("/"))
+
+    @property
+    def group_name(self) -> str:
+        """The asset group: `group`, else the key's first part."""
+        return self.group or self.asset_path[0]
+
+
 def _source_models() -> dict[str, type[SourceSpecBase]]:
     # the registry imports the specs: asked for only while a project file is validated
     from ingestion_assets.sources.base import source_kinds
@@ -1533,6 +1676,11 @@ class ProjectSpec(Spec):
         default_factory=dict,
         description="Downstream assets of extension modules, by name (see definitions.py).",
     )
+    layers: tuple[LayerSpec, ...] = Field(
+        (),
+        description="Silver and gold assets: SQL over ingested tables and other layers, with "
+        "expectations (see layers/).",
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -1588,6 +1736,19 @@ class ProjectSpec(Spec):
                         "none; add primary_key or set keys: false"
                     )
         return self
+
+    @model_validator(mode="after")
+    def _layer_graph(self) -> ProjectSpec:
+        if self.layers:
+            # the graph module parses SQL (sqlglot): imported only when a project has layers
+            from ingestion_assets.layers.graph import check_layers
+
+            check_layers(self)
+        return self
+
+    def layer_writer(self, layer: LayerSpec) -> IoManagerName:
+        """The writer of a layer: its own `io_manager`, else the lake's."""
+        return layer.io_manager or self.lake.io_manager
 
     @model_validator(mode="after")
     def _databricks_settings(self) -> ProjectSpec:

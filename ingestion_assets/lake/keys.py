@@ -181,8 +181,10 @@ class KeyLedger:
         `buffer_rows`: rows of keys held in memory (BUFFER_ROWS)."""
         self.key = tuple(item.name for item in key_fields)
         self.day = day
-        # the rows the commit keeps have no day in the window: they carry a null one
-        self.schema = pa.schema([*key_fields, pa.field(day, pa.date32())])
+        # the rows the commit keeps have no day in the window: they carry a null one (a key
+        # that holds the day, a layer's `(_partition_date, ...)`, carries it as it is)
+        day_field = [] if day in self.key else [pa.field(day, pa.date32())]
+        self.schema = pa.schema([*key_fields, *day_field])
         self.buffer_rows = buffer_rows or BUFFER_ROWS
         self.findings = KeyFindings(self.key)
         self._buffer: list[pa.Table] = []
@@ -210,7 +212,8 @@ class KeyLedger:
     def add_kept(self, rows: pa.Table) -> None:
         """Take in the key columns of rows the commit keeps (outside the window); a kept row
         with a null key is the table's, not this run's: it is left out."""
-        if rows.num_rows == 0:
+        if rows.num_rows == 0 or self.day in self.key:
+            # a key that holds the day never meets a row of another day
             return
         keys = rows.select(list(self.key)).cast(self.schema.remove(len(self.key)))
         keys = keys.drop_null()

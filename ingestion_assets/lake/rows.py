@@ -299,7 +299,9 @@ class WritePlan:
                 self.rows += batch.num_rows
                 converted = self.convert(batch)
                 if self.key_columns:
-                    self.staged_keys().add(converted.select([*self.key_columns, PARTITION_DATE]))
+                    self.staged_keys().add(
+                        converted.select(list(dict.fromkeys([*self.key_columns, PARTITION_DATE])))
+                    )
                 yield converted
                 now = time.monotonic()
                 if now - last_report >= PROGRESS_INTERVAL_SECONDS:
