@@ -32,6 +32,7 @@ from dagster import (
     define_asset_job,
     multi_asset,
 )
+from deltalake import DeltaTable
 
 from ingestion_assets.checks import (
     AuditData,
@@ -45,20 +46,24 @@ from ingestion_assets.checks import (
 from ingestion_assets.errors import AuditFailedError, IngestionError
 from ingestion_assets.io_managers.contract import (
     COLUMN_SCHEMA,
+    DATABRICKS_IO_MANAGER_KEY,
     PARTITION_COLUMN_KEY,
     PARTITION_ROW_COUNT,
     SCHEMA_POLICY_KEY,
     StagedWrite,
     WriteRequest,
+    column_schema,
     partition_row_counts,
 )
-from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.io_managers.delta import DeltaLakeIOManager, absolute_uri
+from ingestion_assets.lake.merge import merge_changes
 from ingestion_assets.lake.replace import held_interrupts
 from ingestion_assets.lake.rows import PARTITION_DATE, partition_dates
 from ingestion_assets.layers.engine import InputScan, LayerQuery, scan_days
 from ingestion_assets.layers.expectations import ExpectationSplit, ExpectationTally
 from ingestion_assets.layers.graph import Days, Layer, LayerGraph
 from ingestion_assets.layers.sql import LayerSqlError, check_columns, sql_type
+from ingestion_assets.modes.merge import MergeRules
 from ingestion_assets.policies import follows_upstream, on_cron
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import ProjectSpec
@@ -265,10 +270,12 @@ class LayerRun:
     """One execution of a layer asset: scan its inputs' days, run the SQL, apply the
     expectations, stage, judge, then commit (with the quarantine) or refuse."""
 
-    def __init__(
-        self, context: AssetExecutionContext, layer: Layer, writer: DeltaLakeIOManager
-    ) -> None:
-        self.context, self.layer, self.writer = context, layer, writer
+    def __init__(self, context: AssetExecutionContext, layer: Layer, writer: Any) -> None:
+        """`writer`: the layer's IO manager (the Delta one; the Unity Catalog one for a layer on
+        Databricks)."""
+        self.context, self.layer, self.io_manager = context, layer, writer
+        # the Delta path's writer (the warehouse path reads `io_manager`)
+        self.writer = cast(DeltaLakeIOManager, writer)
         self.spec = layer.spec
         self.asset_key = AssetKey(list(layer.spec.asset_path))
         self.window: PartitionWindow | None = None
@@ -325,6 +332,12 @@ class LayerRun:
 
     def publish(self) -> Iterator[Any]:
         """Run, judge, commit; or refuse and fail with nothing committed."""
+        if self.layer.writer == "databricks":
+            # the same SQL, transpiled, on the SQL warehouse over the Unity Catalog tables
+            from ingestion_assets.layers.databricks import publish_on_warehouse
+
+            yield from publish_on_warehouse(self)
+            return
         context, spec = self.context, self.spec
         started = time.monotonic()
         scans = self.scans()
@@ -349,6 +362,9 @@ class LayerRun:
                 [field for field in judged.schema if not field.name.startswith("__")]
             )
             kept = pa.RecordBatchReader.from_batches(layer_schema, split.kept(judged))
+            if self.window is None and spec.primary_key:
+                yield from self._merge(kept.read_all(), split, layer_schema, scans, started)
+                return
             request = WriteRequest(
                 asset_path=spec.asset_path,
                 window=self.window,
@@ -378,30 +394,8 @@ class LayerRun:
         scans: list[InputScan],
         started: float,
     ) -> Iterator[Any]:
-        context, tally = self.context, split.tally
-        for evaluation in evaluations:
-            if not evaluation.verdict.passed and not evaluation.stops_the_commit:
-                context.log.warning(
-                    f"{self.label}"
-                    + (f" {evaluation.day}" if evaluation.day else "")
-                    + f": expectation {evaluation.check_name} failed: {evaluation.verdict.description}"
-                )
-        if any(evaluation.stops_the_commit for evaluation in evaluations):
-            staged.abort()
-            yield from check_evaluations(
-                self.asset_key, evaluations, self.partition_keys, assets_def=context.assets_def
-            )
-            raise AuditFailedError(
-                f"{self.label}: nothing was committed, the table is unchanged: "
-                f"{failure_summary(evaluations)}. Fix the input rows (or the layer's SQL), then "
-                "re-run these partitions"
-                + (
-                    "; an expectation that should not stop the run can be `on_violation: drop` "
-                    "or `warn`."
-                    if any(e.stops_the_commit and e.check_name != PRIMARY_KEY_CHECK for e in evaluations)
-                    else "."
-                )
-            )
+        context = self.context
+        yield from self._refuse_or_warn(evaluations, staged)
         quarantine = self._stage_quarantine(split, layer_schema)
         for key, rows in partition_row_counts(
             list(self.partition_keys.values()), staged.plan.rows_by_day
@@ -411,31 +405,7 @@ class LayerRun:
             metadata = staged.commit()
             if quarantine is not None:
                 quarantine.commit()
-                metadata["quarantine_table"] = MetadataValue.path(
-                    self.writer.table_uri(quarantine_path(self.layer))
-                )
-            metadata["rows_quarantined"] = tally.quarantined
-            metadata["input_files_read"] = MetadataValue.json(
-                {scan.name: list(scan.files) for scan in scans}
-            )
-            metadata["input_files"] = ", ".join(
-                f"{scan.name}: {len(scan.files)} of {scan.files_in_table}" for scan in scans
-            )
-            metadata["expectations"] = MetadataValue.json(
-                {
-                    name: {
-                        "violations": sum(days.values()),
-                        "on_violation": expectation.on_violation,
-                    }
-                    for expectation in self.spec.expect
-                    for name, days in [(expectation.name, tally.violations[expectation.name])]
-                }
-            )
-            metadata["layer_seconds"] = round(time.monotonic() - started, 3)
-            context.log.info(
-                f"{self.label}: {staged.plan.rows:,} row(s) committed, {tally.quarantined:,} "
-                f"quarantined, in {time.monotonic() - started:.2f} s"
-            )
+            metadata.update(self._run_metadata(split.tally, scans, quarantine, started))
             yield MaterializeResult(asset_key=self.asset_key, metadata=metadata)
         targets = materialization_targets(
             context.instance, self.asset_key, list(self.partition_keys.values()), context.run_id
@@ -443,6 +413,133 @@ class LayerRun:
         yield from check_evaluations(
             self.asset_key, evaluations, self.partition_keys, targets, context.assets_def
         )
+
+    def _refuse_or_warn(
+        self, evaluations: list[Evaluation], staged: StagedWrite | None = None
+    ) -> Iterator[Any]:
+        """Log the failed checks that let the commit go on; when one stops it, remove what was
+        staged, record the verdicts and fail the run."""
+        for evaluation in evaluations:
+            if not evaluation.verdict.passed and not evaluation.stops_the_commit:
+                self.context.log.warning(
+                    f"{self.label}"
+                    + (f" {evaluation.day}" if evaluation.day else "")
+                    + f": expectation {evaluation.check_name} failed: "
+                    f"{evaluation.verdict.description}"
+                )
+        if not any(evaluation.stops_the_commit for evaluation in evaluations):
+            return
+        if staged is not None:
+            staged.abort()
+        yield from check_evaluations(
+            self.asset_key, evaluations, self.partition_keys, assets_def=self.context.assets_def
+        )
+        expectation_failed = any(
+            evaluation.stops_the_commit and evaluation.check_name != PRIMARY_KEY_CHECK
+            for evaluation in evaluations
+        )
+        raise AuditFailedError(
+            f"{self.label}: nothing was committed, the table is unchanged: "
+            f"{failure_summary(evaluations)}. Fix the input rows (or the layer's SQL), then "
+            "re-run these partitions"
+            + (
+                "; an expectation that should not stop the run can be `on_violation: drop` "
+                "or `warn`."
+                if expectation_failed
+                else "."
+            )
+        )
+
+    def _run_metadata(
+        self,
+        tally: ExpectationTally,
+        scans: list[InputScan],
+        quarantine: StagedWrite | None,
+        started: float,
+    ) -> dict[str, Any]:
+        """What every layer materialization reports beside its write: the files each input
+        read, the expectations' violations, the quarantine."""
+        metadata: dict[str, Any] = {
+            "rows_quarantined": tally.quarantined,
+            "input_files_read": MetadataValue.json({scan.name: list(scan.files) for scan in scans}),
+            "input_files": ", ".join(
+                f"{scan.name}: {len(scan.files)} of {scan.files_in_table}" for scan in scans
+            ),
+            "expectations": MetadataValue.json(
+                {
+                    expectation.name: {
+                        "violations": sum(tally.violations[expectation.name].values()),
+                        "on_violation": expectation.on_violation,
+                    }
+                    for expectation in self.spec.expect
+                }
+            ),
+            "layer_seconds": round(time.monotonic() - started, 3),
+        }
+        if quarantine is not None:
+            metadata["quarantine_table"] = MetadataValue.path(
+                absolute_uri(self.writer.table_uri(quarantine_path(self.layer)))
+            )
+        self.context.log.info(
+            f"{self.label}: committed, {tally.quarantined:,} row(s) quarantined, in "
+            f"{time.monotonic() - started:.2f} s"
+        )
+        return metadata
+
+    def _merge(
+        self,
+        rows: pa.Table,
+        split: ExpectationSplit,
+        layer_schema: pa.Schema,
+        scans: list[InputScan],
+        started: float,
+    ) -> Iterator[Any]:
+        """An unpartitioned layer with a key: its rows merged into the table by key in one
+        commit (keys the result no longer has removed), only changed rows rewritten."""
+        context, key = self.context, list(self.spec.primary_key)
+        days = pa.repeat(pa.scalar(self.ingested_day, pa.date32()), rows.num_rows)
+        keys = rows.select(key).append_column(PARTITION_DATE, days)
+        data = AuditData(window=None, rows_by_day={self.ingested_day: rows.num_rows}, keys=keys)
+        evaluations = self.expectation_evaluations(split.tally) + [
+            Evaluation(PRIMARY_KEY_CHECK, day, verdict, AssetCheckSeverity.ERROR, True)
+            for day, verdict in keys_by_day(data, key).items()
+        ]
+        yield from self._refuse_or_warn(evaluations)
+        quarantine = self._stage_quarantine(split, layer_schema)
+        uri = self.writer.table_uri(self.spec.asset_path)
+        options = self.writer.storage_options or None
+        with held_interrupts():
+            outcome = merge_changes(
+                uri,
+                options,
+                rows,
+                MergeRules(keys=tuple(key), deletes="hard"),
+                full_read=True,
+                run_id=context.run_id,
+                label=self.label,
+                log=context.log.info,
+                schema_policy=self.spec.schema_policy,
+            )
+            if quarantine is not None:
+                quarantine.commit()
+            table = DeltaTable(uri, storage_options=options)
+            metadata: dict[str, Any] = {
+                "dagster/row_count": rows.num_rows,
+                "rows_written": outcome.inserted + outcome.updated,
+                "rows_inserted": outcome.inserted,
+                "rows_updated": outcome.updated,
+                "rows_deleted": outcome.deleted,
+                "rows_unchanged": outcome.unchanged,
+                "delta_version": outcome.version,
+                COLUMN_SCHEMA: column_schema(pa.schema(table.schema().to_arrow())),
+                "dagster/table_name": ".".join(self.spec.asset_path),
+                "dagster/uri": MetadataValue.path(absolute_uri(uri)),
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            metadata.update(self._run_metadata(split.tally, scans, quarantine, started))
+            yield MaterializeResult(asset_key=self.asset_key, metadata=metadata)
+        targets = materialization_targets(context.instance, self.asset_key, [], context.run_id)
+        yield from check_evaluations(self.asset_key, evaluations, {}, targets, context.assets_def)
 
     def _stage_quarantine(
         self, split: ExpectationSplit, layer_schema: pa.Schema
@@ -465,7 +562,33 @@ class LayerRun:
         return list(self.window.days()) if self.window is not None else [None]
 
     def evaluations(self, tally: ExpectationTally, staged: StagedWrite) -> list[Evaluation]:
-        """Each expectation's verdict per day, and the primary key's."""
+        """Each expectation's verdict per day, and the primary key's on the staged rows and the
+        rows the commit keeps."""
+        evaluations = self.expectation_evaluations(tally)
+        if self.spec.primary_key:
+            plan = staged.plan
+            ledger = plan.staged_keys()
+            key = list(self.spec.primary_key)
+            try:
+                kept = staged.kept_rows(key, ledger.first_values())
+                if kept is not None:
+                    ledger.add_kept(kept)
+            except BaseException:
+                ledger.close()
+                raise
+            data = AuditData(
+                window=plan.window,
+                rows_by_day=dict(plan.rows_by_day),
+                key_findings=ledger.judge(),
+            )
+            evaluations.extend(
+                Evaluation(PRIMARY_KEY_CHECK, day, verdict, AssetCheckSeverity.ERROR, True)
+                for day, verdict in keys_by_day(data, key).items()
+            )
+        return evaluations
+
+    def expectation_evaluations(self, tally: ExpectationTally) -> list[Evaluation]:
+        """Each expectation's verdict per day: its violations among the day's rows."""
         evaluations: list[Evaluation] = []
         for expectation in self.spec.expect:
             violations = tally.violations[expectation.name]
@@ -503,26 +626,6 @@ class LayerRun:
                         expectation.on_violation == "fail",
                     )
                 )
-        if self.spec.primary_key:
-            plan = staged.plan
-            ledger = plan.staged_keys()
-            key = list(self.spec.primary_key)
-            try:
-                kept = staged.kept_rows(key, ledger.first_values())
-                if kept is not None:
-                    ledger.add_kept(kept)
-            except BaseException:
-                ledger.close()
-                raise
-            data = AuditData(
-                window=plan.window,
-                rows_by_day=dict(plan.rows_by_day),
-                key_findings=ledger.judge(),
-            )
-            evaluations.extend(
-                Evaluation(PRIMARY_KEY_CHECK, day, verdict, AssetCheckSeverity.ERROR, True)
-                for day, verdict in keys_by_day(data, key).items()
-            )
         return evaluations
 
 
@@ -530,7 +633,12 @@ def layer_assets(project: ProjectSpec) -> list[AssetsDefinition]:
     """One asset per layer of the project, in build order."""
     if not project.layers:
         return []
-    return [layer_asset(layer) for layer in LayerGraph(project).layers]
+    return [
+        layer_asset(
+            layer, DATABRICKS_IO_MANAGER_KEY if layer.writer == "databricks" else "io_manager"
+        )
+        for layer in LayerGraph(project).layers
+    ]
 
 
 def layer_jobs(assets: list[AssetsDefinition]) -> list[Any]:
