@@ -11,9 +11,11 @@ after a `15 2 * * *` tick, `on_cron` alone requests `2024-03-10`, ours `2024-03-
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 
 from dagster import (
     AssetCheckKey,
+    AssetSelection,
     AssetKey,
     AutomationCondition,
     DailyPartitionsDefinition,
@@ -79,8 +81,17 @@ def automation_condition(
     return on_cron(automation.on_cron, automation.timezone or spec.timezone, partitions_def)
 
 
-def follows_upstream() -> Condition:
+def follows_upstream(ignore_updates_of: Sequence[AssetKey] = ()) -> Condition:
     """For a downstream asset: each partition runs once its inputs' same partition was updated
     (a backfill, a late day, today) and none of them is still running. Dagster's `eager()`
-    without its limit to the latest partition; history before the condition is left alone."""
-    return AutomationCondition.eager().without(AutomationCondition.in_latest_time_window())
+    without its limit to the latest partition; history before the condition is left alone.
+
+    `ignore_updates_of`: inputs whose updates alone start nothing (an unpartitioned table read
+    by a daily asset: each refresh would otherwise re-run every day)."""
+    condition = AutomationCondition.eager().without(AutomationCondition.in_latest_time_window())
+    if not ignore_updates_of:
+        return condition
+    return condition.replace(
+        "any_deps_updated",
+        AutomationCondition.any_deps_updated().ignore(AssetSelection.assets(*ignore_updates_of)),
+    )

@@ -220,7 +220,13 @@ def layer_asset(layer: Layer, io_manager_key: str = "io_manager") -> AssetsDefin
                 partitions_def,
             )
             if spec.automation.on_cron
-            else follows_upstream()
+            else follows_upstream(
+                ignore_updates_of=[
+                    AssetKey(table.key.split("/"))
+                    for table in layer.inputs.values()
+                    if table.days is None and partitions_def is not None
+                ]
+            )
         )
     deps = [
         AssetDep(
