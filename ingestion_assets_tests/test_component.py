@@ -41,6 +41,11 @@ DEMO_ORDERS += ("purchase_order_detail",)
 DEMO_ASSETS = {f"adventureworks/{name}" for name in DEMO_TABLES + DEMO_ORDERS} | {
     f"adventureworks_api/{name}" for name in DEMO_ORDERS
 }
+DEMO_ASSETS |= {
+    "silver/sales_orders",
+    "gold/daily_revenue_by_territory",
+    "gold/daily_sales_by_product",
+}
 # a small project file of its own: one SQLite table, nothing read while definitions load
 SMALL_PROJECT = """\
 lake:

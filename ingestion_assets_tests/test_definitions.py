@@ -25,15 +25,38 @@ ASSET_KEYS = {
     *(f"adventureworks/{name}" for name in {*ORDER_ASSETS, "product", "vendor", "customer"}),
     *(f"adventureworks_api/{name}" for name in ORDER_ASSETS),
 }
+# the demo's silver and gold layers and their checks: their expectations and primary keys
+LAYER_CHECKS = {
+    "silver/sales_orders": {
+        "non_negative_quantity_and_price",
+        "ordered_before_shipped",
+        "known_customer",
+        "primary_key",
+    },
+    "gold/daily_revenue_by_territory": {"primary_key"},
+    "gold/daily_sales_by_product": {"positive_revenue", "primary_key"},
+}
 # the checks every table gets by default (the demo file turns none off)
 CHECKS = {"schema_contract", "row_count", "primary_key"}
-JOBS = {"ingest_adventureworks", "ingest_adventureworks_api", "maintain_tables", "check_sources"}
+JOBS = {
+    "ingest_adventureworks",
+    "ingest_adventureworks_api",
+    "build_layers",
+    "maintain_tables",
+    "check_sources",
+}
 SCHEDULE_JOBS = {
     "ingest_adventureworks_daily": "ingest_adventureworks",
     "ingest_adventureworks_api_daily": "ingest_adventureworks_api",
     "maintain_tables_schedule": "maintain_tables",
 }
-SENSORS = {"adventureworks_new_data", "adventureworks_api_new_data", "ingestion_run_failures"}
+SENSORS = {
+    "adventureworks_new_data",
+    "adventureworks_api_new_data",
+    "ingestion_run_failures",
+    # the layers follow their inputs' days (declarative automation)
+    "default_automation_condition_sensor",
+}
 
 
 @pytest.fixture
@@ -46,10 +69,23 @@ def demo_defs(monkeypatch: pytest.MonkeyPatch) -> Definitions:
     return defs()
 
 
-def test_every_demo_table_and_stream_is_one_asset(demo_defs: Definitions) -> None:
+def test_every_demo_table_stream_and_layer_is_one_asset(demo_defs: Definitions) -> None:
     keys = [key.to_user_string() for key in demo_defs.resolve_all_asset_keys()]
     assert len(keys) == len(set(keys))
-    assert set(keys) == ASSET_KEYS
+    assert set(keys) == ASSET_KEYS | set(LAYER_CHECKS)
+    # bronze -> silver -> gold
+    graph = demo_defs.resolve_asset_graph()
+    assert {
+        key.to_user_string() for key in graph.get(AssetKey(["silver", "sales_orders"])).parent_keys
+    } == {
+        "adventureworks/sales_order_header",
+        "adventureworks/sales_order_detail",
+        "adventureworks/customer",
+    }
+    for gold in ("daily_revenue_by_territory", "daily_sales_by_product"):
+        assert graph.get(AssetKey(["gold", gold])).parent_keys == {
+            AssetKey(["silver", "sales_orders"])
+        }
 
 
 MERGE_CHECKS = {
@@ -72,7 +108,8 @@ def test_every_demo_asset_has_its_three_checks_and_no_other(demo_defs: Definitio
     unreachable = {(f"adventureworks/{name}", "unpartitioned_rows") for name in ORDER_ASSETS}
     replaced = {(key, name) for key in ASSET_KEYS - set(MERGE_CHECKS) for name in CHECKS}
     merged = {(key, name) for key, names in MERGE_CHECKS.items() for name in names}
-    assert checks == replaced | unreachable | merged
+    layers = {(key, name) for key, names in LAYER_CHECKS.items() for name in names}
+    assert checks == replaced | unreachable | merged | layers
 
 
 def test_every_demo_job_schedule_and_sensor_resolves_by_name(demo_defs: Definitions) -> None:

@@ -260,7 +260,7 @@ def test_definitions_pin_the_graph_without_touching_the_source(
     assert "s3cret-value" not in repr(resource)
 
 
-def test_the_demo_project_file_loads_and_defines_every_demo_table_and_stream(
+def test_the_demo_project_file_loads_and_defines_every_demo_table_stream_and_layer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(ConfigError, match="DEMO_API_PASSWORD is not set"):
@@ -278,6 +278,7 @@ def test_the_demo_project_file_loads_and_defines_every_demo_table_and_stream(
     assert keys == sorted(
         [f"adventureworks/{name}" for name in [*orders, "customer", "product", "vendor"]]
         + [f"adventureworks_api/{name}" for name in orders]
+        + ["silver/sales_orders", "gold/daily_revenue_by_territory", "gold/daily_sales_by_product"]
     )
     assert defs.resolve_job_def("ingest_adventureworks") is not None
     assert defs.resolve_job_def("ingest_adventureworks_api") is not None
