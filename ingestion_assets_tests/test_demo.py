@@ -119,7 +119,11 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         "job ingest_adventureworks: run",
         "running job ingest_adventureworks_api: 4 assets over partitions",
     )
-    wrote = [i for i, line in enumerate(lines) if ": wrote " in line and " rows as Delta " in line]
+    wrote = [
+        i
+        for i, line in enumerate(lines)
+        if "table adventureworks" in line and ": wrote " in line and " rows as Delta " in line
+    ]
     # the partitioned and snapshot tables write; the merge tables (customer, product) merge
     assert len(wrote) == 9, "\n".join(lines)
     merged = [line for line in lines if ", merge: " in line and " inserted, " in line]
@@ -172,6 +176,36 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         table = DeltaTable(str(lake / "adventureworks" / snake_case(name)))
         assert table.to_pyarrow_table().num_rows == expected
 
+    # the layers ran last, over every day: silver without the return lines, which are in its
+    # quarantine; their expectations counted in the summary
+    assert _after(lines, "job ingest_adventureworks_api: run", "running job build_layers: 3 assets")
+    connection = sqlite3.connect(demo / "Sales.db")
+    (returns,) = connection.execute(
+        'SELECT count(*) FROM "SalesOrderDetail" WHERE "OrderQty" < 0'
+    ).fetchone()
+    (early,) = connection.execute(
+        'SELECT count(*) FROM "SalesOrderDetail" AS d JOIN "SalesOrderHeader" AS h '
+        'ON h."SalesOrderID" = d."SalesOrderID" WHERE h."ShipDate" < h."OrderDate"'
+    ).fetchone()
+    connection.close()
+    assert returns > 0
+    assert early > 0
+    silver = DeltaTable(str(lake / "silver" / "sales_orders")).to_pyarrow_table()
+    quarantine = DeltaTable(str(lake / "silver" / "sales_orders_quarantine")).to_pyarrow_table()
+    assert quarantine.num_rows == returns
+    assert min(silver.column("OrderQty").to_pylist()) >= 0
+    expectations = {
+        tuple(line.split()[:3]): line.split()[3]
+        for line in lines
+        if line.startswith("silver/sales_orders ") and len(line.split()) == 4
+    }
+    assert expectations == {
+        ("silver/sales_orders", "known_customer", "fail"): "0",
+        ("silver/sales_orders", "non_negative_quantity_and_price", "drop"): f"{returns:,}",
+        ("silver/sales_orders", "ordered_before_shipped", "warn"): f"{early:,}",
+    }
+    assert "gold/daily_revenue_by_territory: " in output
+
     # the demo API's streams hold exactly what the SQL path landed, day by day
     for logical in ORDER_TABLES:
         name = snake_case(logical.split(".")[1])
@@ -186,7 +220,7 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
     assert (home / "dagster.yaml").read_text() == instance_file_text(home)
     with DagsterInstance.from_config(str(home)) as instance:
         runs = sorted(run.job_name for run in instance.get_runs())
-        assert runs == ["ingest_adventureworks", "ingest_adventureworks_api"]
+        assert runs == ["build_layers", "ingest_adventureworks", "ingest_adventureworks_api"]
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
         for pool in ("adventureworks", "adventureworks_api"):
             assert instance.event_log_storage.get_concurrency_info(pool).limit == 2, pool

@@ -5,6 +5,7 @@ days for the new-data sensor to find. A line is printed before every stretch tha
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -33,6 +34,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.change import CHANGED_TABLES, change_demo_database
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
+from ingestion_assets.layers.asset import LAYER_JOB
 from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets.preflight import CHECK_JOB
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project, parse_project
@@ -46,6 +48,8 @@ DEMO_INSTANCE_FILE = pathlib.Path(__file__).with_name("dagster.yaml")
 # `dagster dev` says it is superseded by `dg dev`: a notice for Dagster's developers, not the demo's
 DEV_COMMAND_NOTICE = "ignore:Function `dev_command` is superseded:FutureWarning"
 SQL_SOURCE = "adventureworks"
+# failed check results printed per check; the UI lists them all
+FAILURES_SHOWN = 3
 
 
 @dataclass
@@ -71,6 +75,8 @@ class JobSummary:
     partitions: int
     wall_seconds: float
     assets: list[AssetSummary] = field(default_factory=list)
+    # a layer's expectations: (asset, expectation) -> rows that violated it, over all days
+    violations: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def checks_passed(self) -> int:
@@ -104,7 +110,9 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[JobSummary]:
     backfill); the maintenance job is left to its schedule."""
     summaries: list[JobSummary] = []
     repository = defs.get_repository_def()
-    for job in repository.get_all_jobs():
+    # the layers read what the ingestion jobs land: they run last
+    jobs = sorted(repository.get_all_jobs(), key=lambda job: job.name.startswith(LAYER_JOB))
+    for job in jobs:
         if job.name.startswith("__") or job.name in (MAINTENANCE_JOB, CHECK_JOB):
             continue
         partitions_def = job.partitions_def
@@ -134,13 +142,31 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[JobSummary]:
             f"{len(evaluations) - len(failed)} passed, {len(failed)} failed",
             flush=True,
         )
+        shown: collections.Counter[tuple[AssetKey, str]] = collections.Counter()
         for evaluation in failed:
-            print(
-                f"  check {evaluation.check_name} of {evaluation.asset_key.to_user_string()} "
-                f"failed: {evaluation.description}",
-                flush=True,
-            )
+            check = (evaluation.asset_key, evaluation.check_name)
+            shown[check] += 1
+            if shown[check] <= FAILURES_SHOWN:
+                print(
+                    f"  check {evaluation.check_name} of {evaluation.asset_key.to_user_string()} "
+                    + (f"({evaluation.partition}) " if evaluation.partition else "")
+                    + f"failed: {evaluation.description}",
+                    flush=True,
+                )
+        for (key, name), count in shown.items():
+            if count > FAILURES_SHOWN:
+                print(
+                    f"  ... and {count - FAILURES_SHOWN} more partition(s) where {name} of "
+                    f"{key.to_user_string()} failed",
+                    flush=True,
+                )
         summary = JobSummary(job.name, result.run_id, len(keys), elapsed)
+        for evaluation in evaluations:
+            violations = evaluation.metadata.get("violations")
+            if violations is not None:
+                judged = (evaluation.asset_key.to_user_string(), evaluation.check_name)
+                counted = summary.violations.get(judged, 0)
+                summary.violations[judged] = counted + int(str(violations.value))
         by_asset: dict[AssetKey, list[dict[str, Any]]] = {}
         for event in result.get_asset_materialization_events():
             materialization = event.materialization
@@ -223,6 +249,42 @@ def format_summary(jobs: Sequence[JobSummary]) -> str:
     return "\n".join([*assets, "", *runs])
 
 
+def format_layers(jobs: Sequence[JobSummary], project: ProjectSpec, lake: pathlib.Path) -> str:
+    """The layers' expectations (violations over all days, and what each does with them), and
+    the first rows of each gold table."""
+    actions = {
+        (layer.key, expectation.name): expectation.on_violation
+        for layer in project.layers
+        for expectation in layer.expect
+    }
+    rows = [
+        (asset, name, actions.get((asset, name), "-"), f"{count:,}")
+        for job in jobs
+        for (asset, name), count in sorted(job.violations.items())
+    ]
+    lines = [
+        "expectations of the layers (rows that violated each, over all days):",
+        *_table(("layer", "expectation", "on violation", "violations"), rows, {0, 1, 2}),
+    ]
+    for layer in project.layers:
+        if layer.group_name != "gold":
+            continue
+        uri = lake.joinpath(*layer.asset_path)
+        if not uri.exists():
+            continue
+        table = DeltaTable(str(uri)).to_pyarrow_table()
+        columns = ["_partition_date"] + [
+            name
+            for name in table.column_names
+            if name not in ("_partition_date", "_ingested_at", "_run_id")
+        ]
+        first = table.select(columns).sort_by([(name, "ascending") for name in columns[:2]])
+        sample = [[str(value) for value in row.values()] for row in first.slice(0, 5).to_pylist()]
+        lines += ["", f"{layer.key}: {table.num_rows:,} rows; the first five:"]
+        lines += _table(columns, sample, set())
+    return "\n".join(lines)
+
+
 DEMO_API_USER = "demo"
 
 
@@ -294,10 +356,14 @@ def run(data_dir: pathlib.Path) -> int:
     demo_dir = _prepare(data_dir, regenerate=True)
     with demo_api(demo_dir), DagsterInstance.get() as instance:
         print(f"loading definitions from {_shown(DEMO_PROJECT_FILE)}", flush=True)
-        defs = build_definitions(load_project(DEMO_PROJECT_FILE))
+        project = load_project(DEMO_PROJECT_FILE)
+        defs = build_definitions(project)
         jobs = run_jobs(defs, instance)
     print()
     print(format_summary(jobs))
+    if project.layers:
+        print()
+        print(format_layers(jobs, project, data_dir / "lake"))
     print(
         f"\nDelta tables under {(data_dir / 'lake').resolve()}; `make ui` shows these runs, and "
         "`make demo-change` then changes rows of two days for the new-data sensor."

@@ -162,6 +162,13 @@ def _money(rng: random.Random, low: Decimal, high: Decimal) -> Decimal:
     return Decimal(units).scaleb(-4)
 
 
+# deliberate data-entry errors, for the demo's silver expectations to find (no random draw, so
+# the rest of the data is as it was): every n-th sales order line a return with a negative
+# quantity, every n-th sales order shipped the day before it was ordered
+RETURN_LINE_EVERY = 997
+MISTYPED_SHIP_DATE_EVERY = 211
+
+
 def _chance(rng: random.Random, probability: float) -> bool:
     return rng.random() < probability
 
@@ -327,6 +334,9 @@ class _OrderBuilder:
         for _ in range(rng.randint(1, 6)):
             product = rng.choice(self.products)
             quantity = rng.randint(1, 12)
+            if len(self.sales_details) % RETURN_LINE_EVERY == RETURN_LINE_EVERY - 1:
+                # a return keyed as a negative line: what silver's expectation drops
+                quantity = -quantity
             unit_price = (
                 product.list_price
                 if online
@@ -361,6 +371,8 @@ class _OrderBuilder:
             else f"{rng.randint(100_000, 999_999)}Vi{rng.randint(10_000, 99_999)}"
         )
         bill_to = rng.randint(1, 29_000)
+        # a ship date keyed a week early, before the order: what silver's expectation warns of
+        mistyped_ship_date = order_index % MISTYPED_SHIP_DATE_EVERY == MISTYPED_SHIP_DATE_EVERY - 1
         # Spread the awkward comments evenly so even small scales contain each one.
         comment = (
             _COMMENTS[(order_index // 11) % len(_COMMENTS)]
@@ -373,7 +385,11 @@ class _OrderBuilder:
                 "RevisionNumber": rng.choice((8, 9)),
                 "OrderDate": order_date,
                 "DueDate": order_date + datetime.timedelta(days=12),
-                "ShipDate": (order_date + datetime.timedelta(days=7) if shipped else None),
+                "ShipDate": (
+                    order_date + datetime.timedelta(days=-1 if mistyped_ship_date else 7)
+                    if shipped
+                    else None
+                ),
                 "Status": _SHIPPED_SALES if shipped else rng.choice((1, 2, 3)),
                 "OnlineOrderFlag": online,
                 "SalesOrderNumber": f"SO{order_id}",

@@ -6,13 +6,15 @@ order lines run in a fraction of a second on Arrow data with no copy, its SQL is
 write, it spills to disk past its memory limit, and sqlglot speaks its dialect. DataFusion and
 Polars SQL would also run the queries; DuckDB is already the project's read-back engine.
 
-Each input is registered as a pyarrow dataset of only the files whose `_partition_date` bounds
-meet the run's days (the files' statistics, no file opened to decide); the view the SQL reads
-filters to those days, and DuckDB pushes the filter and the needed columns into the scan.
+Each input is only the files whose `_partition_date` bounds meet the run's days (the Delta log's
+statistics, no file opened to decide): DuckDB reads them with its own Parquet reader when the lake
+is on this machine, or through a pyarrow dataset of them on object storage; the view the SQL
+reads filters to those days, and DuckDB pushes the filter and the needed columns into the scan.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +44,8 @@ class InputScan:
     # the days read; None: the whole table (an unpartitioned input or layer)
     window: PartitionWindow | None
     files_in_table: int = 0
+    # the files' local paths when the table is on this machine: DuckDB reads them itself
+    local_paths: tuple[str, ...] | None = None
 
     @property
     def schema(self) -> pa.Schema:
@@ -62,6 +66,10 @@ def scan_days(name: str, key: str, table: DeltaTable, window: PartitionWindow | 
     pruned = ds.FileSystemDataset(
         fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem
     )
+    local_paths = None
+    if table.table_uri.startswith("file://"):
+        root = table.table_uri.removeprefix("file://").rstrip("/")
+        local_paths = tuple(f"{root}/{fragment.path}" for fragment in fragments)
     return InputScan(
         name,
         key,
@@ -69,6 +77,7 @@ def scan_days(name: str, key: str, table: DeltaTable, window: PartitionWindow | 
         tuple(fragment.path for fragment in fragments),
         window,
         files_in_table=len(every),
+        local_paths=local_paths,
     )
 
 
@@ -119,6 +128,7 @@ class LayerQuery:
     memory_limit: str | None = None
     threads: int | None = None
     _connection: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
+    _registered: bool = field(default=False, repr=False)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with each input registered as the view the SQL names."""
@@ -129,7 +139,17 @@ class LayerQuery:
             connection.execute(f"SET threads = {int(self.threads)}")
         for scan in self.inputs:
             scanned = f"__scan_{scan.name}"
-            connection.register(scanned, scan.dataset)
+            if scan.local_paths:
+                # DuckDB's own Parquet reader: its threads, no pyarrow scanner left running;
+                # files written before a column was added read it as NULL (union_by_name)
+                files = ", ".join(_literal(path) for path in scan.local_paths)
+                connection.execute(
+                    f"CREATE TEMP VIEW {_quoted(scanned)} AS SELECT * FROM "
+                    f"read_parquet([{files}], union_by_name = true)"
+                )
+            else:
+                connection.register(scanned, scan.dataset)
+                self._registered = True
             where = ""
             if scan.window is not None:
                 where = (
@@ -154,6 +174,11 @@ class LayerQuery:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+        if self._registered:
+            # a pyarrow scan DuckDB did not read to its end keeps background threads until it
+            # is collected; collected now, not while the interpreter exits (which aborts)
+            self._registered = False
+            gc.collect()
 
 
 def held_columns(count: int) -> list[str]:
