@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from dagster import (
     AssetCheckKey,
-    AssetSelection,
     AssetKey,
+    AssetSelection,
     AutomationCondition,
     DailyPartitionsDefinition,
     FreshnessPolicy,

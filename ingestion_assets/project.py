@@ -365,6 +365,11 @@ def _entry_lines(text: str) -> dict[tuple[str, int], int]:
             if isinstance(entries, yaml.SequenceNode):
                 for index, entry in enumerate(entries.value):
                     lines[(str(key.value), index)] = entry.start_mark.line + 1
+    layers = _mapping_value(root, "layers")
+    if isinstance(layers, yaml.SequenceNode):
+        # a source name is never empty: "" keys the layers
+        for index, entry in enumerate(layers.value):
+            lines[("", index)] = entry.start_mark.line + 1
     return lines
 
 

@@ -1706,6 +1706,13 @@ class ProjectSpec(Spec):
         line = self._entry_lines.get((source_name, index))
         return None if line is None else (self._path, line)
 
+    def layer_location(self, layer: LayerSpec) -> tuple[str, int] | None:
+        """The project file and line of a layer's entry; None when not known."""
+        if self._path is None:
+            return None
+        line = self._entry_lines.get(("", self.layers.index(layer)))
+        return None if line is None else (self._path, line)
+
     def io_manager_of(self, source_name: str) -> IoManagerName:
         """The writer of a source's tables: its own `io_manager`, else the lake's."""
         return self.sources[source_name].io_manager or self.lake.io_manager

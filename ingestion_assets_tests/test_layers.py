@@ -372,7 +372,8 @@ def test_a_fail_expectation_commits_nothing_and_records_its_count(
     assert "layer silver/orders, partition 2024-03-13: nothing was committed" in message
     assert "known_customer" in message
     evaluation = _evaluations(result, "known_customer")[day]
-    assert not evaluation.passed and evaluation.metadata["violations"].value == 2
+    assert not evaluation.passed
+    assert evaluation.metadata["violations"].value == 2
     assert layered.table("silver", "orders").version() == version
     assert layered.table("silver", "orders").to_pyarrow_table().sort_by("OrderID").equals(before)
 
@@ -484,7 +485,8 @@ def test_a_one_day_run_reads_only_the_files_that_hold_that_day(
             for action in pa.table(delta.get_add_actions(flatten=True)).to_pylist()
         }
         holding = _files_with_day(delta, day)
-        assert len(every) >= 2 and 0 < len(holding) < len(every)
+        assert len(every) >= 2
+        assert 0 < len(holding) < len(every)
         assert {path.rsplit("/", 1)[-1] for path in read[name]} == {
             path.rsplit("/", 1)[-1] for path in holding
         }

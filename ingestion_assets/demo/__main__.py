@@ -164,9 +164,9 @@ def run_jobs(defs: Definitions, instance: DagsterInstance) -> list[JobSummary]:
         for evaluation in evaluations:
             violations = evaluation.metadata.get("violations")
             if violations is not None:
-                judged = (evaluation.asset_key.to_user_string(), evaluation.check_name)
-                counted = summary.violations.get(judged, 0)
-                summary.violations[judged] = counted + int(str(violations.value))
+                expectation = (evaluation.asset_key.to_user_string(), evaluation.check_name)
+                counted = summary.violations.get(expectation, 0)
+                summary.violations[expectation] = counted + int(str(violations.value))
         by_asset: dict[AssetKey, list[dict[str, Any]]] = {}
         for event in result.get_asset_materialization_events():
             materialization = event.materialization

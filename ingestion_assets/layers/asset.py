@@ -20,8 +20,10 @@ from dagster import (
     AssetSelection,
     AssetSpec,
     BackfillPolicy,
+    CodeReferencesMetadataValue,
     DailyPartitionsDefinition,
     Failure,
+    LocalFileCodeReference,
     MaterializeResult,
     MetadataValue,
     TableColumn,
@@ -191,8 +193,11 @@ def _check_specs(
     return specs
 
 
-def layer_asset(layer: Layer, io_manager_key: str = "io_manager") -> AssetsDefinition:
-    """The asset of one layer, its expectations as checks judged before each commit."""
+def layer_asset(
+    layer: Layer, io_manager_key: str = "io_manager", location: tuple[str, int] | None = None
+) -> AssetsDefinition:
+    """The asset of one layer, its expectations as checks judged before each commit;
+    `location`: its entry's project file and line (the UI links the asset to it)."""
     spec = layer.spec
     asset_key = AssetKey(list(spec.asset_path))
     partitions_def = layer_partitions(layer.days)
@@ -211,6 +216,10 @@ def layer_asset(layer: Layer, io_manager_key: str = "io_manager") -> AssetsDefin
         metadata["dagster/column_lineage"] = lineage
     if spec.primary_key:
         metadata["primary_key"] = ", ".join(spec.primary_key)
+    if location is not None:
+        metadata["dagster/code_references"] = CodeReferencesMetadataValue(
+            code_references=[LocalFileCodeReference(file_path=location[0], line_number=location[1])]
+        )
     condition = None
     if spec.automation is not None:
         condition = (
@@ -401,7 +410,7 @@ class LayerRun:
         started: float,
     ) -> Iterator[Any]:
         context = self.context
-        yield from self._refuse_or_warn(evaluations, staged)
+        yield from self.refuse_or_warn(evaluations, staged)
         quarantine = self._stage_quarantine(split, layer_schema)
         for key, rows in partition_row_counts(
             list(self.partition_keys.values()), staged.plan.rows_by_day
@@ -420,7 +429,7 @@ class LayerRun:
             self.asset_key, evaluations, self.partition_keys, targets, context.assets_def
         )
 
-    def _refuse_or_warn(
+    def refuse_or_warn(
         self, evaluations: list[Evaluation], staged: StagedWrite | None = None
     ) -> Iterator[Any]:
         """Log the failed checks that let the commit go on; when one stops it, remove what was
@@ -482,6 +491,10 @@ class LayerRun:
             ),
             "layer_seconds": round(time.monotonic() - started, 3),
         }
+        lineage = _column_lineage(self.layer)
+        if lineage is not None:
+            # on the materialization too: the UI's column lineage reads the latest one
+            metadata["dagster/column_lineage"] = lineage
         if quarantine is not None:
             metadata["quarantine_table"] = MetadataValue.path(
                 absolute_uri(self.writer.table_uri(quarantine_path(self.layer)))
@@ -510,7 +523,7 @@ class LayerRun:
             Evaluation(PRIMARY_KEY_CHECK, day, verdict, AssetCheckSeverity.ERROR, True)
             for day, verdict in keys_by_day(data, key).items()
         ]
-        yield from self._refuse_or_warn(evaluations)
+        yield from self.refuse_or_warn(evaluations)
         quarantine = self._stage_quarantine(split, layer_schema)
         uri = self.writer.table_uri(self.spec.asset_path)
         options = self.writer.storage_options or None
@@ -641,7 +654,9 @@ def layer_assets(project: ProjectSpec) -> list[AssetsDefinition]:
         return []
     return [
         layer_asset(
-            layer, DATABRICKS_IO_MANAGER_KEY if layer.writer == "databricks" else "io_manager"
+            layer,
+            DATABRICKS_IO_MANAGER_KEY if layer.writer == "databricks" else "io_manager",
+            project.layer_location(layer.spec),
         )
         for layer in LayerGraph(project).layers
     ]

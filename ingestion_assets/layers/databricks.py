@@ -524,7 +524,7 @@ def _audit_and_publish(
             else None
         )
         evaluations.extend(key_evaluations(statements, counts, sample))
-    yield from run._refuse_or_warn(evaluations)
+    yield from run.refuse_or_warn(evaluations)
 
     by_position = (
         "if the layer's columns changed since {table} was created, drop it or alter it to "
