@@ -1597,6 +1597,10 @@ class LayerSpec(Spec):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(f"expectation name(s) {', '.join(twice)} used twice")
+        if self.primary_key and "primary_key" in names:
+            raise ValueError(
+                "expectation name primary_key is the primary key's own check; name it otherwise"
+            )
         return self
 
     @property

@@ -602,6 +602,21 @@ def test_mistakes_in_layers_are_load_time_errors_naming_the_layer(
     ]
     message = _load_error(orders_database, lake, cycle)
     assert "silver/a -> silver/b -> silver/a is a cycle" in message
+    # an expectation over a column the layer does not produce, or that does not parse
+    gold = _layers()[1]
+    message = _load_error(
+        orders_database,
+        lake,
+        [silver, {**gold, "expect": [{"name": "big", "sql": "Revenu > 10"}]}],
+    )
+    assert (
+        "layers[1] (gold/revenue): expectation big: column Revenu is not an output column"
+        in message
+    )
+    message = _load_error(
+        orders_database, lake, [silver, {**gold, "expect": [{"name": "big", "sql": "Revenue >"}]}]
+    )
+    assert "expectation big: `Revenue >` does not parse" in message
     message = _load_error(
         orders_database,
         lake,

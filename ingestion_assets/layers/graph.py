@@ -19,6 +19,7 @@ from ingestion_assets.layers.sql import (
     ColumnSource,
     LayerSqlError,
     check_columns,
+    check_expectation,
     check_inputs,
     column_lineage,
     output_columns,
@@ -154,6 +155,9 @@ class LayerGraph:
                         f"the SQL selects {', '.join(names)}"
                     )
             layer.lineage = column_lineage(query, layer.input_schemas, names)
+        output = [name for name, _ in layer.columns] if layer.columns is not None else None
+        for expectation in spec.expect:
+            check_expectation(expectation.name, expectation.sql, output, where)
         return layer
 
 

@@ -65,6 +65,34 @@ def parse_select(sql: str, where: str) -> exp.Query:
     return statements[0]
 
 
+def check_expectation(name: str, sql: str, output: list[str] | None, where: str) -> None:
+    """An expectation is one boolean expression that parses, over the layer's output columns
+    (checked when they are known)."""
+    try:
+        expression = sqlglot.parse_one(sql, read=DIALECT)
+    except ParseError as error:
+        detail = error.errors[0] if error.errors else {}
+        raise LayerSqlError(
+            f"{where}: expectation {name}: `{sql}` does not parse: "
+            f"{detail.get('description', error)}. Write one boolean SQL expression over the "
+            "layer's output columns."
+        ) from None
+    if isinstance(expression, exp.Query) or expression.find(exp.Subquery) is not None:
+        raise LayerSqlError(
+            f"{where}: expectation {name}: `{sql}` holds a query; an expectation judges one row "
+            "by its own columns (join what it needs in the layer's SQL)."
+        )
+    if output is None:
+        return
+    known = {column.lower() for column in output}
+    for column in expression.find_all(exp.Column):
+        if column.name.lower() not in known:
+            raise LayerSqlError(
+                f"{where}: expectation {name}: column {column.name} is not an output column of "
+                f"the layer; its columns: {', '.join(output)}"
+            )
+
+
 def referenced_tables(query: exp.Query) -> set[str]:
     """The names the query reads as tables (its own CTEs left out), as written."""
     ctes = {cte.alias_or_name.lower() for cte in query.find_all(exp.CTE)}
