@@ -74,7 +74,12 @@ ASSET_GROUPS = {
         "purchase_order_header",
         "purchase_order_detail",
     ],
+    "silver": ["sales_orders"],
+    "gold": ["daily_revenue_by_territory", "daily_sales_by_product"],
 }
+SILVER_PATH = ["silver", "sales_orders"]
+GOLD_PATH = ["gold", "daily_revenue_by_territory"]
+LAYER_SECONDS = 300
 ASSET_PATH = ["adventureworks", "sales_order_header"]
 UI_LOCATION = "ingestion_demo"
 BACKFILL_DAYS = [
@@ -173,8 +178,9 @@ class DagsterUi:
         """Runs carrying all of `tags`."""
         return self.runs({"tags": [{"key": key, "value": value} for key, value in tags.items()]})
 
-    def partition_stats(self) -> dict[str, int]:
-        """How many partitions of `adventureworks/sales_order_header` are materialized, failed."""
+    def partition_stats(self, path: list[str] = ASSET_PATH) -> dict[str, int]:
+        """How many partitions of an asset (`adventureworks/sales_order_header`) are
+        materialized, failed."""
         node: dict[str, Any] = self.graphql(
             """
             query Asset($key: AssetKeyInput!) {
@@ -183,7 +189,7 @@ class DagsterUi:
               }
             }
             """,
-            {"key": {"path": ASSET_PATH}},
+            {"key": {"path": path}},
         )["assetNodeOrError"]
         stats: dict[str, int] = node["partitionStats"]
         return stats
@@ -211,8 +217,10 @@ class DagsterUi:
             for check in node["assetChecksOrError"]["checks"]
         }
 
-    def check_executions(self, check_name: str) -> list[dict[str, Any]]:
-        """The latest executions of a check of `adventureworks/sales_order_header`."""
+    def check_executions(
+        self, check_name: str, path: list[str] = ASSET_PATH
+    ) -> list[dict[str, Any]]:
+        """The latest executions of a check of an asset (`adventureworks/sales_order_header`)."""
         executions: list[dict[str, Any]] = self.graphql(
             """
             query Check($key: AssetKeyInput!, $name: String!) {
@@ -221,7 +229,7 @@ class DagsterUi:
               }
             }
             """,
-            {"key": {"path": ASSET_PATH}, "name": check_name},
+            {"key": {"path": path}, "name": check_name},
         )["assetCheckExecutions"]
         return executions
 
@@ -390,6 +398,11 @@ class Backfill:
 @pytest.fixture(scope="module")
 def backfill(dagster_ui: DagsterUi) -> Backfill:
     """Backfill 2024-01-01..2024-01-30 of `adventureworks/sales_order_header` through GraphQL."""
+    return run_backfill(dagster_ui, ASSET_PATH, BACKFILL_DAYS)
+
+
+def run_backfill(dagster_ui: DagsterUi, path: list[str], days: list[str]) -> Backfill:
+    """Backfill `days` of an asset through GraphQL, as the UI's launch dialog does; wait for it."""
     launched = dagster_ui.graphql(
         """
         mutation Backfill($params: LaunchBackfillParams!) {
@@ -402,7 +415,7 @@ def backfill(dagster_ui: DagsterUi) -> Backfill:
           }
         }
         """,
-        {"params": {"assetSelection": [{"path": ASSET_PATH}], "partitionNames": BACKFILL_DAYS}},
+        {"params": {"assetSelection": [{"path": path}], "partitionNames": days}},
     )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill_id: str = launched["backfillId"]
@@ -542,14 +555,14 @@ def label_shows(label: str, name: str) -> bool:
 
 
 def test_asset_graph_shows_every_demo_asset(dagster_ui: DagsterUi, page: Page) -> None:
-    """The global lineage, groups expanded, shows all 11 assets in the graph and the sidebar."""
+    """The global lineage, groups expanded, shows all 14 assets in the graph and the sidebar."""
     page.goto(f"{dagster_ui.url}/asset-groups")
     expect(page.get_by_text("adventureworks_api", exact=True).last).to_be_visible()
     # the graph's own settings menu (its gear is the only button named just "settings" while the
     # navigation is shown)
     page.get_by_role("button", name="settings", exact=True).click()
     page.get_by_role("menuitem", name="Expand all groups").click()
-    # vertical: assets without edges between them sit side by side, so all 11 fit the width
+    # vertical: assets without edges between them sit side by side, so all 14 fit the width
     page.get_by_role("menuitem", name="Change graph to vertical orientation").click()
     # the menu stays open and its items now offer the opposite
     expect(page.get_by_role("menuitem", name="Collapse all groups")).to_be_visible()
@@ -800,3 +813,94 @@ def test_the_component_loaded_by_dg_shows_its_freshness_policy_and_code_referenc
     expect(page.get_by_text("Passing", exact=True).first).to_be_visible()
     page.mouse.move(VIEWPORT["width"] / 2, 10)
     screenshot(page, "asset-overview.png")
+
+
+def _early_shipment_days(demo_dir: pathlib.Path, days: list[str]) -> set[str]:
+    """The days among `days` with an order line whose order shipped before it was ordered (the
+    demo's mistyped ship dates), as silver joins them: header and line of the same day."""
+    connection = sqlite3.connect(demo_dir / "Sales.db")
+    try:
+        rows = connection.execute(
+            'SELECT DISTINCT substr(h."ModifiedDate", 1, 10) FROM "SalesOrderDetail" AS d '
+            'JOIN "SalesOrderHeader" AS h ON h."SalesOrderID" = d."SalesOrderID" '
+            'WHERE h."ShipDate" < h."OrderDate" '
+            'AND substr(d."ModifiedDate", 1, 10) = substr(h."ModifiedDate", 1, 10)'
+        ).fetchall()
+    finally:
+        connection.close()
+    return {day for (day,) in rows} & set(days)
+
+
+def test_the_layers_follow_their_inputs_and_show_lineage_and_expectations_per_day(
+    dagster_ui: DagsterUi, backfill: Backfill, page: Page
+) -> None:
+    """Once an order day's header, lines and the customers landed, the automation sensor builds
+    its silver and gold days; the lineage shows bronze -> silver -> gold, and an expectation's
+    results are shown per day."""
+    dagster_ui.wait_for_run(launch_asset_run(dagster_ui, ["adventureworks", "customer"]))
+    run_backfill(dagster_ui, ["adventureworks", "sales_order_detail"], BACKFILL_DAYS)
+
+    def layers_built() -> bool:
+        return all(
+            dagster_ui.partition_stats(path)["numMaterialized"] >= len(BACKFILL_DAYS)
+            for path in (SILVER_PATH, GOLD_PATH)
+        )
+
+    wait_until(
+        layers_built,
+        LAYER_SECONDS,
+        lambda: (
+            f"layers: {dagster_ui.partition_stats(SILVER_PATH)}, "
+            f"{dagster_ui.partition_stats(GOLD_PATH)}\n{dagster_ui.log_tail()}"
+        ),
+    )
+    automated = dagster_ui.runs_tagged(
+        {"dagster/sensor_name": "default_automation_condition_sensor"}
+    )
+    assert automated, "the layers were built by the automation sensor"
+
+    # the warn expectation: failed on exactly the days with an early shipment, passed on the rest
+    early = _early_shipment_days(dagster_ui.demo_dir, BACKFILL_DAYS)
+    assert early
+    executions = {
+        execution["partition"]: execution["evaluation"]["success"]
+        for execution in dagster_ui.check_executions("ordered_before_shipped", SILVER_PATH)
+        if execution["evaluation"] and execution["partition"] in BACKFILL_DAYS
+    }
+    assert {day for day, passed in executions.items() if not passed} == early
+    assert len(executions) == len(BACKFILL_DAYS)
+    page.goto(f"{dagster_ui.url}/assets/{'/'.join(SILVER_PATH)}?view=checks")
+    page.get_by_text("ordered_before_shipped", exact=True).first.click()
+    expect(page).to_have_url(re.compile(r"checkDetail=ordered_before_shipped\b"))
+    page.get_by_role("tab", name="Partitions").last.click()
+    expect(page.get_by_text(f"Failed ({len(early)})", exact=True)).to_be_visible()
+    expect(
+        page.get_by_text(f"Passed ({len(BACKFILL_DAYS) - len(early)})", exact=True)
+    ).to_be_visible()
+    screenshot(page, "expectation-partitions.png")
+
+    # the lineage of a gold table: silver, then the three ingested tables it reads
+    page.goto(
+        f"{dagster_ui.url}/assets/{'/'.join(GOLD_PATH)}?view=lineage&lineageScope=upstream"
+        "&lineageDepth=2"
+    )
+    graph = page.get_by_role("img").filter(has_text="sales_orders")
+    expected = ["daily_revenue_by_territory", "sales_orders", "sales_order_header"]
+    expected += ["sales_order_detail", "customer"]
+
+    def lineage_shown() -> bool:
+        # an asset node's text: its name, then its status, checks and kinds
+        labels = graph.locator("foreignObject").all_text_contents()
+        return all(
+            any(label.startswith(name) or label_shows(label, name) for label in labels)
+            for name in expected
+        )
+
+    wait_until(
+        lineage_shown,
+        30,
+        lambda: f"lineage nodes: {graph.locator('foreignObject').all_text_contents()}",
+    )
+    page.wait_for_load_state("networkidle")
+    page.mouse.move(VIEWPORT["width"] / 2, 10)
+    screenshot(page, "layers-lineage.png")
