@@ -714,3 +714,26 @@ def test_a_layer_day_follows_its_inputs_day_once_both_landed(
         defs=layered.defs, instance=instance, cursor=result.cursor
     )
     assert not result.get_requested_partitions(SILVER)
+
+
+def test_a_layer_whose_sql_moves_rows_to_another_day_fails_naming_the_days(
+    orders_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    shifted = {
+        "key": "silver/shifted",
+        "inputs": ["src/orders"],
+        "sql": "SELECT _partition_date + 1 AS _partition_date, OrderID FROM orders",
+    }
+    text = _project_text(orders_database, tmp_path / "lake", [shifted])
+    layered = Layered(parse_project(text, "layers.yaml"), tmp_path / "lake")
+    layered.ingest(instance, FIRST_DAY, FIRST_DAY)
+    result = layered.run(
+        instance, [AssetKey(["silver", "shifted"])], FIRST_DAY, raise_on_error=False
+    )
+    assert (
+        "layer silver/shifted, partition 2024-03-01: the SQL's result has rows for "
+        "2024-03-02..2024-03-02, outside the run's days (2024-03-01..2024-03-01)"
+    ) in failure_message(result)
+    # no table: the staged files were removed before any commit
+    assert not (tmp_path / "lake" / "silver" / "shifted" / "_delta_log").exists()
+    assert not list((tmp_path / "lake" / "silver").rglob("*.parquet"))

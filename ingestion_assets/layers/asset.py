@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -343,7 +344,23 @@ class LayerRun:
                 f"{self.label}: the SQL's result has no column {column}; select the column "
                 "that holds each row's day, or set `partition_column`."
             )
-        return partition_dates(batch.column(column), self.window.timezone)
+        days = partition_dates(batch.column(column), self.window.timezone)
+        if batch.num_rows and days.null_count:
+            raise LayerSqlError(
+                f"{self.label}: {days.null_count} row(s) of the SQL's result have no {column}; "
+                "every row of a daily layer needs its day (select an input's `_partition_date`)."
+            )
+        if batch.num_rows:
+            bounds = pc.min_max(days)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            if low < self.window.first_day or high > self.window.last_day:
+                raise LayerSqlError(
+                    f"{self.label}: the SQL's result has rows for {low}..{high}, outside the "
+                    f"run's days ({self.window.first_day}..{self.window.last_day}); a row keeps "
+                    f"the day of the input rows it comes from: select their `_partition_date` "
+                    f"as {column}, or make the layer unpartitioned."
+                )
+        return days
 
     def publish(self) -> Iterator[Any]:
         """Run, judge, commit; or refuse and fail with nothing committed."""
