@@ -17,6 +17,8 @@ from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Finding, Source
+from ingestion_assets.sources.files.source import FilesSource
+from ingestion_assets.sources.files.spec import FilesSourceSpec
 from ingestion_assets.sources.rest.client import RetryPolicy
 from ingestion_assets.sources.rest.reader import RestStreamReader
 from ingestion_assets.sources.rest.source import RestSource
@@ -406,3 +408,47 @@ class RestSourceResource(SourceResource):
         if pagination is not None:
             stream = stream.model_copy(update={"pagination": pagination})
         return source.reader(stream)
+
+
+class FilesSourceResource(SourceResource):
+    """One landing zone's settings; its Source lists and reads the files in a run."""
+
+    source_class: ClassVar[type[Source]] = FilesSource
+    # repr=False: a root may name a bucket path with credentials resolved from EnvVars
+    root: str = Field(
+        description="Folder or s3:// / gs:// / az:// URI of the landing zone.", repr=False
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description="Object-store settings (credentials, endpoint); take secrets from EnvVar.",
+    )
+    timezone: str = Field("UTC", description="The zone in which the source's days begin.")
+    batch_rows: int = Field(65_536, description="Rows per Arrow record batch.")
+    max_files_per_run: int | None = Field(None, description="Files one run reads at most.")
+
+    @classmethod
+    def from_spec(cls, source_name: str, spec: SourceSpecBase) -> FilesSourceResource:
+        """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
+        assert isinstance(spec, FilesSourceSpec)
+        return cls(
+            source_name=source_name,
+            root=config_value(spec.root),
+            storage_options={
+                key: config_value(value) for key, value in spec.storage_options.items()
+            },
+            timezone=spec.timezone,
+            batch_rows=spec.batch_rows,
+            max_files_per_run=spec.max_files_per_run,
+        )
+
+    def open_source(self) -> FilesSource:
+        """The landing zone as a Source (its filesystem opened on first use)."""
+        return FilesSource(
+            self.source_name,
+            self.root,
+            dict(self.storage_options),
+            self.timezone,
+            self.batch_rows,
+            self.max_files_per_run,
+        )

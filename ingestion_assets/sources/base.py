@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ingestion_assets.sources.files.spec import FilesSourceSpec
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec, RestSourceSpec, SourceSpecBase, SqlSourceSpec
@@ -210,4 +211,7 @@ register_source_kind(
 )
 register_source_kind(
     SourceKind("rest", RestSourceSpec, "ingestion_assets.resources:RestSourceResource")
+)
+register_source_kind(
+    SourceKind("files", FilesSourceSpec, "ingestion_assets.resources:FilesSourceResource")
 )
