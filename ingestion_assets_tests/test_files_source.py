@@ -11,6 +11,7 @@ import decimal
 import gzip
 import os
 import pathlib
+import threading
 import time
 from typing import Any
 
@@ -19,7 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    build_sensor_context,
+    instance_for_test,
+    materialize,
+)
 from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
@@ -336,4 +343,79 @@ def test_a_landing_bucket_on_s3(
     assert [(row[0], row[3], row[4]) for row in _rows(lake)] == [
         (1, "rates/rates_2024-01-01.tsv", datetime.date(2024, 1, 1)),
         (2, "rates/rates_2024-01-02.tsv", datetime.date(2024, 1, 2)),
+    ]
+
+
+def _ledger(lake: pathlib.Path) -> list[tuple[Any, ...]]:
+    table = DeltaTable(str(lake / "landing" / "currency_rate_files")).to_pyarrow_table()
+    return sorted(
+        (row["path"], row["_partition_date"].isoformat(), row["rows"], row["status"])
+        for row in table.to_pylist()
+    )
+
+
+@pytest.mark.parametrize("deleted_files", ["keep", "remove"])
+def test_the_ledger_holds_each_file_once_and_a_deleted_file_is_reported(
+    tmp_path: pathlib.Path, instance: DagsterInstance, deleted_files: str
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    _rates(landing, "2024-01-01", [(1, "EUR", "0.9123"), (2, "GBP", "0.7801")])
+    late = _rates(landing, "2024-01-01", [(4, "JPY", "141.2500")], name="_late")
+    _rates(landing, "2024-01-02", [(3, "EUR", "0.9200")])
+    project = _project(str(landing), lake, {"deleted_files": deleted_files})
+    first = _run(project, instance, "2024-01-01", "2024-01-02")
+    assert _ledger(lake) == [
+        ("rates/rates_2024-01-01.tsv", "2024-01-01", 2, "ingested"),
+        ("rates/rates_2024-01-01_late.tsv", "2024-01-01", 1, "ingested"),
+        ("rates/rates_2024-01-02.tsv", "2024-01-02", 1, "ingested"),
+    ]
+    ledger = DeltaTable(str(lake / "landing" / "currency_rate_files")).to_pyarrow_table()
+    assert set(ledger.column("_run_id").to_pylist()) == {first.run_id}
+    # the same days again: the same ledger, each file once
+    _run(project, instance, "2024-01-01", "2024-01-02")
+    assert len(_ledger(lake)) == 3
+    late.unlink()
+    result = _run(project, instance, "2024-01-01")
+    metadata = result.asset_materializations_for_node("landing__currency_rate")[0].metadata
+    assert metadata["files_gone"].value == 1
+    assert metadata["files_gone_paths"].value == ["rates/rates_2024-01-01_late.tsv"]
+    status = "gone, rows kept" if deleted_files == "keep" else "gone, rows removed"
+    assert _ledger(lake) == [
+        ("rates/rates_2024-01-01.tsv", "2024-01-01", 2, "ingested"),
+        ("rates/rates_2024-01-01_late.tsv", "2024-01-01", 1, status),
+        ("rates/rates_2024-01-02.tsv", "2024-01-02", 1, "ingested"),
+    ]
+    ids = [row[0] for row in _rows(lake)]
+    assert ids == ([1, 2, 3, 4] if deleted_files == "keep" else [1, 2, 3])
+
+
+def test_two_runs_over_the_same_new_files_at_once_land_each_file_once(
+    tmp_path: pathlib.Path,
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    for index in range(6):
+        _rates(
+            landing,
+            "2024-01-01",
+            [(index * 100 + k, "EUR", "0.9") for k in range(50)],
+            name=f"_{index}",
+        )
+    project = _project(str(landing), lake)
+    results: list[Any] = []
+
+    def run() -> None:
+        with instance_for_test() as own:
+            results.append(_run(project, own, "2024-01-01", raise_on_error=False))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert [result.success for result in results] == [True, True]
+    ids = [row[0] for row in _rows(lake)]
+    assert len(ids) == 300
+    assert len(set(ids)) == 300
+    assert [entry[0] for entry in _ledger(lake)] == [
+        f"rates/rates_2024-01-01_{i}.tsv" for i in range(6)
     ]

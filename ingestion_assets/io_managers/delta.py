@@ -7,6 +7,7 @@ the table layout, the replace and its commit live in `ingestion_assets.lake`."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import pathlib
 import time
 from typing import Any
@@ -26,6 +27,13 @@ from ingestion_assets.io_managers.contract import (
     output_reader,
     write_output,
     write_timing_metadata,
+)
+from ingestion_assets.lake.ledger import (
+    gone_files,
+    kept_rows,
+    ledger_files,
+    ledger_uri,
+    write_ledger,
 )
 from ingestion_assets.lake.replace import (
     StagedReplace,
@@ -84,6 +92,9 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             key_columns=request.key_columns,
         )
         existing = self.open_uri(uri)
+        gone = None
+        if source_stream is not None and source_stream.files is not None:
+            reader, gone = self._keep_gone_files(uri, existing, reader, source_stream, plan)
         incoming = plan.target
         table_schema = pa.schema(existing.schema().to_arrow()) if existing is not None else None
         plan.target, schema_mode = fit_schema(
@@ -106,7 +117,30 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         )
         written = DeltaStagedWrite(self, request, staged, source_stream, started)
         written.incoming_schema, written.table_schema = incoming, table_schema
+        written.gone_files = gone
         return written
+
+    def _keep_gone_files(
+        self,
+        uri: str,
+        existing: DeltaTable | None,
+        reader: pa.RecordBatchReader,
+        stream: SourceStream,
+        plan: WritePlan,
+    ) -> tuple[pa.RecordBatchReader, pa.Table]:
+        """The files of the run's days the ledger holds and the read did not find (gone from
+        the landing zone); unless the dataset removes their rows, the stream then carries their
+        committed rows too, so that the replace keeps them."""
+        assert stream.files is not None
+        previous = ledger_files(uri, self.storage_options or None, plan.days)
+        # a files source decodes every file before its stream starts: the entries are complete
+        read = set(stream.files().column("path").to_pylist())
+        gone = gone_files(previous, read)
+        if not gone.num_rows or not stream.keeps_gone_files or existing is None:
+            return reader, gone
+        paths = sorted(set(gone.column("path").to_pylist()))
+        kept = kept_rows(existing, plan.days, paths, reader.schema)
+        return pa.RecordBatchReader.from_batches(reader.schema, itertools.chain(reader, kept)), gone
 
     def committed_rows(
         self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
@@ -199,6 +233,50 @@ class DeltaStagedWrite:
         self.table_name = ".".join(request.asset_path)
         self.incoming_schema: pa.Schema = staged.plan.target
         self.table_schema: pa.Schema | None = None
+        # a files source's ledger rows whose file is gone from the landing zone
+        self.gone_files: pa.Table | None = None
+
+    def _write_ledger(self, uri: str) -> dict[str, Any]:
+        """Replace the run's days of `<table>_files` with the files it read, rejected and found
+        gone; what the materialization reports of them."""
+        stream, plan = self.source_stream, self.plan
+        assert stream is not None
+        assert stream.files is not None
+        entries = stream.files()
+        gone = self.gone_files
+        kept = stream.keeps_gone_files
+        if gone is not None and gone.num_rows:
+            marked = gone.set_column(
+                gone.schema.get_field_index("status"),
+                "status",
+                pa.repeat(
+                    pa.scalar("gone, rows kept" if kept else "gone, rows removed"), gone.num_rows
+                ),
+            )
+            entries = pa.concat_tables(
+                [entries, marked.select(entries.schema.names).cast(entries.schema)]
+            )
+            paths = sorted(set(gone.column("path").to_pylist()))
+            self.request.log.warning(
+                f"{plan.table_label} {plan.partition_label}: {len(paths)} file(s) the table holds "
+                f"rows of are gone from the landing zone ({', '.join(paths[:5])}"
+                + (", ..." if len(paths) > 5 else "")
+                + f"); their rows were {'kept' if kept else 'removed'} (deleted_files)"
+            )
+        write_ledger(
+            uri,
+            self.manager.storage_options or None,
+            entries,
+            plan.predicate,
+            self.request.run_id,
+            plan.ingested_at,
+        )
+        gone_paths = sorted(set(gone.column("path").to_pylist())) if gone is not None else []
+        return {
+            "files_table": MetadataValue.path(absolute_uri(ledger_uri(uri))),
+            "files_gone": len(gone_paths),
+            **({"files_gone_paths": MetadataValue.json(gone_paths[:100])} if gone_paths else {}),
+        }
 
     def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
         """`columns` of the table's rows outside the window, which the commit keeps."""
@@ -237,6 +315,8 @@ class DeltaStagedWrite:
         )
         if self.source_stream is not None:
             metadata.update(self.source_stream.metadata())
+            if self.source_stream.files is not None:
+                metadata.update(self._write_ledger(uri))
             if self.source_stream.quarantine:
                 metadata.update(
                     self.manager.write_rejected(uri, self.source_stream, plan, self.request.log)

@@ -33,13 +33,14 @@ class RejectedRecord:
 class SourceStream:
     """A stream of record batches; `metadata()` and `rejected` are complete once it is consumed.
 
-    `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`);
-    `reported_total` is the count the source itself reported for the window while it was read
-    (an API's filtered total), which the audit reconciles with instead of asking again;
-    `source_types` is each column's type as the source declares it (`DECIMAL(19, 4) NOT NULL`),
-    which the materialization's column descriptions show; `position` is where a change feed's
-    read reached (a version, an LSN) when the source knows it before any row is read, so that
-    a first read of an empty table still leaves a cursor."""
+        `path` says how the source fetches it (`copy`, `odbc bulk fetch`, `rows`, `api pages`);
+        `reported_total` is the count the source itself reported for the window while it was read
+        (an API's filtered total), which the audit reconciles with instead of asking again;
+        `source_types` is each column's type as the source declares it (`DECIMAL(19, 4) NOT NULL`),
+        which the materialization's column descriptions show; `position` is where a change feed's
+        read reached (a version, an LSN) when the source knows it before any row is read, so that
+        a first read of an empty table still leaves a cursor; `files` is what a files source read, for
+    the table's ledger."""
 
     reader: pa.RecordBatchReader
     path: str = "rows"
@@ -49,6 +50,11 @@ class SourceStream:
     reported_total: int | None = None
     source_types: dict[str, str] = field(default_factory=dict)
     position: str | None = None
+    # a files source: the ledger entries of the files the read covered (lake/ledger.py's
+    # columns), complete once `reader` was consumed; and whether the rows of files gone from
+    # the landing zone stay in the table
+    files: Callable[[], pa.Table] | None = None
+    keeps_gone_files: bool = True
 
     def rejected_by_day(self) -> dict[datetime.date | None, int]:
         """How many records of each day were set aside (kept in the rejected table)."""

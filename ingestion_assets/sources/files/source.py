@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ingestion_assets.errors import SourceError, where
+from ingestion_assets.lake.ledger import LEDGER_SCHEMA, SOURCE_FILE
 from ingestion_assets.lake.rows import partition_dates
 from ingestion_assets.sources.base import ChangedDays, DeclaredColumn, Finding, Source
 from ingestion_assets.sources.files.formats import MalformedFileError, ReadReport
@@ -37,7 +38,6 @@ from ingestion_assets.sources.files.listing import (
 from ingestion_assets.sources.files.read import read_batches
 from ingestion_assets.sources.files.spec import (
     ARRIVAL_DATE,
-    SOURCE_FILE,
     ArrivalPartitioning,
     FileDatasetSpec,
 )
@@ -135,11 +135,44 @@ class FilesSource(Source):
             output = self._with_lineage(schema or pa.schema([]), spec)
         batches = self._replay(spills, output)
 
+        def files() -> pa.Table:
+            entries = [
+                {
+                    "path": item["path"],
+                    "size": item["size"],
+                    "modified": item["modified_at"],
+                    "rows": rows,
+                    "status": "ingested",
+                    "reason": None,
+                    "_partition_date": day,
+                }
+                for item in read_files
+                for day, rows in item["days"].items()
+            ]
+            entries += [
+                {
+                    "path": record.record,
+                    "size": None,
+                    "modified": None,
+                    "rows": 0,
+                    "status": "rejected",
+                    "reason": record.reason,
+                    "_partition_date": record.day or (window.first_day if window else None),
+                }
+                for record in rejected
+            ]
+            return pa.Table.from_pylist(entries, schema=LEDGER_SCHEMA)
+
         def metadata() -> dict[str, Any]:
             return {
                 "files_read": len(read_files),
                 "files_rejected": len(rejected),
-                "files": json.dumps(read_files[:100]),
+                "files": json.dumps(
+                    [
+                        {k: v for k, v in item.items() if k not in ("days", "modified_at")}
+                        for item in read_files[:100]
+                    ]
+                ),
             }
 
         return SourceStream(
@@ -148,6 +181,8 @@ class FilesSource(Source):
             metadata=metadata,
             rejected=rejected,
             quarantine=True,
+            files=files,
+            keeps_gone_files=spec.deleted_files == "keep",
         )
 
     def _with_lineage(self, schema: pa.Schema, dataset: FileDatasetSpec) -> pa.Schema:
@@ -178,6 +213,7 @@ class FilesSource(Source):
         os.close(handle)
         report = ReadReport()
         rows = 0
+        by_day: dict[datetime.date, int] = {}
         writer: ipc.RecordBatchFileWriter | None = None
         try:
             with self.zone.filesystem.open_input_file(self.zone.full_path(entry)) as source:
@@ -195,6 +231,7 @@ class FilesSource(Source):
                         writer = ipc.new_file(path, batch.schema)
                     writer.write_batch(batch)
                     rows += batch.num_rows
+                    self._count_days(batch, dataset, day, by_day)
         except MalformedFileError as error:
             if writer is not None:
                 writer.close()
@@ -215,7 +252,15 @@ class FilesSource(Source):
             os.remove(path)
             raise
         read_files.append(
-            {"path": entry.path, "size": entry.size, "modified": entry.stamp, "rows": rows}
+            {
+                "path": entry.path,
+                "size": entry.size,
+                "modified": entry.stamp,
+                "modified_at": entry.modified,
+                "rows": rows,
+                # an empty file is in the ledger too, on its arrival day (or the window's first)
+                "days": by_day or {day or (window.first_day if window else None): 0},
+            }
         )
         if writer is None:
             os.remove(path)
@@ -255,6 +300,29 @@ class FilesSource(Source):
             pc.less_equal(days, pa.scalar(window.last_day, pa.date32())),
         )
         return batch.filter(pc.fill_null(inside, False))
+
+    def _count_days(
+        self,
+        batch: pa.RecordBatch,
+        dataset: FileDatasetSpec,
+        day: datetime.date | None,
+        by_day: dict[datetime.date, int],
+    ) -> None:
+        """Add a batch's rows to its file's rows per day."""
+        if not batch.num_rows:
+            return
+        if day is not None:
+            by_day[day] = by_day.get(day, 0) + batch.num_rows
+            return
+        column = dataset.partition_column
+        if column is None or column not in batch.schema.names:
+            return
+        counts = pc.value_counts(partition_dates(batch.column(column), self.timezone))
+        for value, count in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
+            if value is not None:
+                by_day[value] = by_day.get(value, 0) + count
 
     def _replay(
         self, spills: list[tuple[str, pa.Schema]], output: pa.Schema

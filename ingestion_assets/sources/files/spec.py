@@ -19,8 +19,8 @@ from ingestion_assets.specs import (
     _check_reference_syntax,
 )
 
-# the columns the files source adds to every row
-SOURCE_FILE = "_source_file"
+# the columns the files source adds to every row (the file's path below the root; the ledger
+# names it too)
 ARRIVAL_DATE = "_arrival_date"
 
 
@@ -76,6 +76,11 @@ class FileDatasetSpec(DatasetSpec):
         None,
         description="The declared schema (recommended), column -> type as for a REST stream's "
         f"fields ({FIELD_TYPES_HELP}); without it each file's types are inferred.",
+    )
+    deleted_files: Literal["keep", "remove"] = Field(
+        "keep",
+        description="A file of a day the table holds that is gone from the landing zone when the "
+        "day runs again: keep its rows (the default), or remove them. Either way it is reported.",
     )
     rescue: bool = Field(
         True,
