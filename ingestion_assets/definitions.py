@@ -145,7 +145,14 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
     schedules: list[ScheduleDefinition] = []
     sensors: list[SensorDefinition] = [failure_sensor()]
     for source_name, spec in project.sources.items():
-        resources[source_resource_key(source_name)] = source_resource(source_name, spec)
+        resource = source_resource(source_name, spec)
+        if project.io_manager_of(source_name) == "delta":
+            # a kind that consults the tables' own records (a files source's ledger) reads them
+            resource = resource.with_lake(
+                project.lake.root,
+                {key: config_value(value) for key, value in project.lake.storage_options.items()},
+            )
+        resources[source_resource_key(source_name)] = resource
         if project.io_manager_of(source_name) == "databricks":
             assert project.lake.databricks is not None  # ProjectSpec validates it
             resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)

@@ -360,7 +360,7 @@ def _entry_lines(text: str) -> dict[tuple[str, int], int]:
     if not isinstance(sources, yaml.MappingNode):
         return lines
     for key, source in sources.value:
-        for datasets in ("tables", "streams"):
+        for datasets in ("tables", "streams", "files"):
             entries = _mapping_value(source, datasets)
             if isinstance(entries, yaml.SequenceNode):
                 for index, entry in enumerate(entries.value):

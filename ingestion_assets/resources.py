@@ -60,6 +60,11 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
         """A new Source with this resource's (resolved) settings."""
         raise NotImplementedError(f"{type(self).__name__} does not open a source")
 
+    def with_lake(self, root: str, storage_options: dict[str, Any]) -> SourceResource:
+        """This resource, told where the Delta lake is (for a kind that reads its tables' own
+        records); most kinds need not know."""
+        return self
+
     def source(self) -> Source:
         """The run's Source, opened on first use."""
         if self._source is None:
@@ -426,6 +431,27 @@ class FilesSourceResource(SourceResource):
     timezone: str = Field("UTC", description="The zone in which the source's days begin.")
     batch_rows: int = Field(65_536, description="Rows per Arrow record batch.")
     max_files_per_run: int | None = Field(None, description="Files one run reads at most.")
+    lake_root: str | None = Field(
+        default=None, description="The Delta lake's root, where each table's ledger of files is."
+    )
+    lake_storage_options: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="The lake's storage options."
+    )
+
+    def with_lake(self, root: str, storage_options: dict[str, Any]) -> FilesSourceResource:
+        """This resource, reading each table's ledger under the lake's `root`."""
+        # a new instance, not a model copy: Dagster builds a run's resource from its constructor
+        # arguments
+        return FilesSourceResource(
+            source_name=self.source_name,
+            root=self.root,
+            storage_options=dict(self.storage_options),
+            timezone=self.timezone,
+            batch_rows=self.batch_rows,
+            max_files_per_run=self.max_files_per_run,
+            lake_root=root,
+            lake_storage_options=storage_options,
+        )
 
     @classmethod
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> FilesSourceResource:
@@ -451,4 +477,6 @@ class FilesSourceResource(SourceResource):
             self.timezone,
             self.batch_rows,
             self.max_files_per_run,
+            self.lake_root,
+            dict(self.lake_storage_options),
         )

@@ -42,6 +42,9 @@ DEMO_ASSETS = {f"adventureworks/{name}" for name in DEMO_TABLES + DEMO_ORDERS} |
     f"adventureworks_api/{name}" for name in DEMO_ORDERS
 }
 DEMO_ASSETS |= {
+    "landing/currency_rate",
+    "landing/product_parquet",
+    "landing/product_ndjson",
     "silver/sales_orders",
     "gold/daily_revenue_by_territory",
     "gold/daily_sales_by_product",

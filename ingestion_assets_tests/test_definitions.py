@@ -21,9 +21,14 @@ ORDER_ASSETS = {
     "purchase_order_header",
     "purchase_order_detail",
 }
+# the landing zone's files: daily currency rates, the product export as Parquet and NDJSON
+LANDING_ASSETS = {
+    f"landing/{name}" for name in ("currency_rate", "product_parquet", "product_ndjson")
+}
 ASSET_KEYS = {
     *(f"adventureworks/{name}" for name in {*ORDER_ASSETS, "product", "vendor", "customer"}),
     *(f"adventureworks_api/{name}" for name in ORDER_ASSETS),
+    *LANDING_ASSETS,
 }
 # the demo's silver and gold layers and their checks: their expectations and primary keys
 LAYER_CHECKS = {
@@ -41,6 +46,7 @@ CHECKS = {"schema_contract", "row_count", "primary_key"}
 JOBS = {
     "ingest_adventureworks",
     "ingest_adventureworks_api",
+    "ingest_landing",
     "build_layers",
     "maintain_tables",
     "check_sources",
@@ -48,11 +54,13 @@ JOBS = {
 SCHEDULE_JOBS = {
     "ingest_adventureworks_daily": "ingest_adventureworks",
     "ingest_adventureworks_api_daily": "ingest_adventureworks_api",
+    "ingest_landing_daily": "ingest_landing",
     "maintain_tables_schedule": "maintain_tables",
 }
 SENSORS = {
     "adventureworks_new_data",
     "adventureworks_api_new_data",
+    "landing_new_data",
     "ingestion_run_failures",
     # the layers follow their inputs' days (declarative automation)
     "default_automation_condition_sensor",
@@ -124,24 +132,39 @@ def test_every_demo_job_schedule_and_sensor_resolves_by_name(demo_defs: Definiti
         assert demo_defs.resolve_sensor_def(name).name == name
 
 
+def _assert_links_to_its_entry(demo_defs: Definitions, key: str) -> None:
+    lines = DEMO_PROJECT_FILE.read_text().splitlines()
+    asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
+    metadata = asset.metadata_by_key[asset.key]
+    assert "dagster/code_references" in metadata, key
+    references = metadata["dagster/code_references"].code_references
+    assert len(references) == 1, key
+    reference = references[0]
+    assert reference.file_path == str(DEMO_PROJECT_FILE.resolve())
+    # the line where the table's or stream's own entry begins (`- schema: ...` or
+    # `- name: ...`), its name on it or on one of the next lines
+    assert lines[reference.line_number - 1].lstrip().startswith("- "), key
+    entry = lines[reference.line_number - 1 : reference.line_number + 3]
+    names = [line.split("name:", 1)[1].strip() for line in entry if " name:" in f" {line}"]
+    assert snake_case(names[0]) == key.split("/")[1], (key, entry)
+
+
 def test_every_ingestion_asset_links_to_its_entry_in_the_project_file(
     demo_defs: Definitions,
 ) -> None:
-    lines = DEMO_PROJECT_FILE.read_text().splitlines()
+    for key in ASSET_KEYS - LANDING_ASSETS:
+        _assert_links_to_its_entry(demo_defs, key)
     for key in ASSET_KEYS:
-        asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
-        references = asset.metadata_by_key[asset.key]["dagster/code_references"].code_references
-        assert len(references) == 1, key
-        reference = references[0]
-        assert reference.file_path == str(DEMO_PROJECT_FILE.resolve())
-        # the line where the table's or stream's own entry begins (`- schema: ...` or
-        # `- name: ...`), its name on it or on one of the next lines
-        assert lines[reference.line_number - 1].lstrip().startswith("- "), key
         # and shows who owns it
+        asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
         assert asset.specs_by_key[asset.key].owners == ["team:data-platform"], key
-        entry = lines[reference.line_number - 1 : reference.line_number + 3]
-        names = [line.split("name:", 1)[1].strip() for line in entry if " name:" in f" {line}"]
-        assert snake_case(names[0]) == key.split("/")[1], (key, entry)
+
+
+def test_every_landing_dataset_links_to_its_entry_in_the_project_file(
+    demo_defs: Definitions,
+) -> None:
+    for key in sorted(LANDING_ASSETS):
+        _assert_links_to_its_entry(demo_defs, key)
 
 
 def test_the_demo_tables_carry_a_freshness_policy_and_no_automation_condition(
@@ -153,7 +176,7 @@ def test_the_demo_tables_carry_a_freshness_policy_and_no_automation_condition(
     for key in ASSET_KEYS:
         asset = demo_defs.get_assets_def(AssetKey.from_user_string(key))
         spec = asset.specs_by_key[asset.key]
-        # the SQL source sets one for its tables; the API's streams have none
+        # the SQL source sets one for its tables; the API's streams and the files have none
         assert spec.freshness_policy == (daily if key.startswith("adventureworks/") else None), key
         # the demo runs by its schedules and sensors: no condition, so no automation sensor
         assert spec.automation_condition is None, key

@@ -5,6 +5,8 @@ new-data sensor requests the days `make demo-change` wrote."""
 from __future__ import annotations
 
 import collections
+import datetime
+import functools
 import os
 import pathlib
 import shutil
@@ -107,7 +109,8 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
     # definitions, each job's planning, and each asset's recording of its events
     lines = completed.stdout.splitlines()
     assert _after(lines, "building the demo database in .data/demo", "demo database: ")
-    assert _after(lines, "demo database: ", "loading definitions from ingestion_assets/demo/")
+    assert _after(lines, "demo database: ", "landing zone .data/landing: 120 daily currency-rate")
+    assert _after(lines, "landing zone ", "loading definitions from ingestion_assets/demo/")
     assert _after(
         lines,
         "loading definitions from",
@@ -134,15 +137,15 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
     summary = {
         line.split()[0]: line.split()
         for line in completed.stdout.splitlines()
-        if line.startswith("adventureworks")
+        if line.startswith(("adventureworks", "landing/"))
     }
     # each job's wall time and checks, after the assets
     jobs = {
         line.split()[0]: line.split()
         for line in completed.stdout.splitlines()
-        if line.startswith("ingest_adventureworks")
+        if line.startswith("ingest_")
     }
-    assert set(jobs) == {"ingest_adventureworks", "ingest_adventureworks_api"}
+    assert set(jobs) == {"ingest_adventureworks", "ingest_adventureworks_api", "ingest_landing"}
     for line in jobs.values():
         assert line[2] == "120", line
         assert float(line[3]) > 0, line
@@ -153,12 +156,12 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         "current_keys_unique, current_rows_match_source, history_unbroken"
     )
 
-    demo, lake = checkout / ".data" / "demo", checkout / ".data" / "lake"
+    demo_dir, lake = checkout / ".data" / "demo", checkout / ".data" / "lake"
     for logical in ORDER_TABLES:
         table = DeltaTable(str(lake / "adventureworks" / snake_case(logical.split(".")[1])))
         days = table.to_pyarrow_table(columns=["_partition_date"]).column(0).to_pylist()
         lake_counts = collections.Counter(day.isoformat() for day in days)
-        source_counts = _source_counts(demo, logical)
+        source_counts = _source_counts(demo_dir, logical)
         assert sum(source_counts.values()) > 1000
         assert dict(lake_counts) == source_counts, logical
         # the summary's rows are the run's (not the table's total once per partition)
@@ -170,7 +173,7 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         ), line
     for logical in SNAPSHOT_TABLES:
         schema, name = logical.split(".")
-        connection = sqlite3.connect(demo / f"{schema}.db")
+        connection = sqlite3.connect(demo_dir / f"{schema}.db")
         (expected,) = connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()
         connection.close()
         table = DeltaTable(str(lake / "adventureworks" / snake_case(name)))
@@ -178,8 +181,11 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
 
     # the layers ran last, over every day: silver without the return lines, which are in its
     # quarantine; their expectations counted in the summary
-    assert _after(lines, "job ingest_adventureworks_api: run", "running job build_layers: 3 assets")
-    connection = sqlite3.connect(demo / "Sales.db")
+    assert _after(
+        lines, "job ingest_adventureworks_api: run", "running job ingest_landing: 3 assets"
+    )
+    assert _after(lines, "job ingest_landing: run", "running job build_layers: 3 assets")
+    connection = sqlite3.connect(demo_dir / "Sales.db")
     (returns,) = connection.execute(
         'SELECT count(*) FROM "SalesOrderDetail" WHERE "OrderQty" < 0'
     ).fetchone()
@@ -211,8 +217,37 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
         name = snake_case(logical.split(".")[1])
         from_sql = _content(lake / "adventureworks" / name)
         from_api = _content(lake / "adventureworks_api" / name)
-        assert len(from_api) == sum(_source_counts(demo, logical).values())
+        assert len(from_api) == sum(_source_counts(demo_dir, logical).values())
         assert from_api == from_sql, logical
+
+    # the landing zone's tables hold exactly its files' rows: each rates file in its day, the
+    # product exports (both formats, the same values as the database) in the demo's last day
+    landing = checkout / ".data" / "landing"
+    rates = DeltaTable(str(lake / "landing" / "currency_rate")).to_pyarrow_table()
+    landed = collections.Counter(
+        (row["_source_file"], row["_partition_date"].isoformat()) for row in rates.to_pylist()
+    )
+    files = {
+        (f"currency_rates/{path.name}", path.stem): len(path.read_text().splitlines())
+        for path in sorted((landing / "currency_rates").glob("*.tsv"))
+    }
+    assert len(files) == 120
+    assert dict(landed) == files
+    assert summary["landing/currency_rate"][2] == f"{sum(files.values()):,}"
+    connection = sqlite3.connect(demo_dir / "Production.db")
+    products = [row[0] for row in connection.execute('SELECT "ProductID" FROM "Product"')]
+    connection.close()
+    for name in ("product_parquet", "product_ndjson"):
+        table = DeltaTable(str(lake / "landing" / name)).to_pyarrow_table()
+        assert sorted(table.column("ProductID").to_pylist()) == sorted(products), name
+        assert set(table.column("_partition_date").to_pylist()) == {datetime.date(2024, 4, 29)}
+        assert table.column("_rescued_data").null_count == table.num_rows, name
+    parquet = DeltaTable(str(lake / "landing" / "product_parquet")).to_pyarrow_table()
+    ndjson = DeltaTable(str(lake / "landing" / "product_ndjson")).to_pyarrow_table()
+    exported = [name for name in parquet.column_names if not name.startswith("_")]
+    assert ndjson.select(exported).sort_by("ProductID") == parquet.select(exported).sort_by(
+        "ProductID"
+    )
 
     # the runs are recorded in the local instance that `make ui` opens: the demo's, whose pools
     # have a limit (the UI shows their slots, not a warning)
@@ -220,9 +255,14 @@ def test_make_demo_from_a_fresh_copy_lands_every_row(demo: Demo) -> None:
     assert (home / "dagster.yaml").read_text() == instance_file_text(home)
     with DagsterInstance.from_config(str(home)) as instance:
         runs = sorted(run.job_name for run in instance.get_runs())
-        assert runs == ["build_layers", "ingest_adventureworks", "ingest_adventureworks_api"]
+        assert runs == [
+            "build_layers",
+            "ingest_adventureworks",
+            "ingest_adventureworks_api",
+            "ingest_landing",
+        ]
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
-        for pool in ("adventureworks", "adventureworks_api"):
+        for pool in ("adventureworks", "adventureworks_api", "landing"):
             assert instance.event_log_storage.get_concurrency_info(pool).limit == 2, pool
         assert not instance.telemetry_enabled
 
@@ -235,22 +275,24 @@ def _content(uri: pathlib.Path) -> list[dict[str, object]]:
 
 
 SENSOR = "adventureworks_new_data"
+FILES_SENSOR = "landing_new_data"
 UI_STARTUP_SECONDS = 300
 SENSOR_SECONDS = 180
 RUN_SECONDS = 600
+FINAL_STATUSES = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def _sensor_ticks(instance: DagsterInstance) -> list[Any]:
-    """The demo sensor's ticks, newest first (none before the daemon's first)."""
-    states = [s for s in instance.all_instigator_state() if s.instigator_name == SENSOR]
+def _sensor_ticks(instance: DagsterInstance, sensor: str = SENSOR) -> list[Any]:
+    """A demo sensor's ticks, newest first (none before the daemon's first)."""
+    states = [s for s in instance.all_instigator_state() if s.instigator_name == sensor]
     if not states:
         return []
     (state,) = states
     return list(instance.get_ticks(state.instigator_origin_id, state.selector_id))
 
 
-def _sensor_runs(instance: DagsterInstance) -> list[DagsterRun]:
-    return list(instance.get_runs(RunsFilter(tags={"dagster/sensor_name": SENSOR})))
+def _sensor_runs(instance: DagsterInstance, sensor: str = SENSOR) -> list[DagsterRun]:
+    return list(instance.get_runs(RunsFilter(tags={"dagster/sensor_name": sensor})))
 
 
 @pytest.mark.timeout(1800)
@@ -285,11 +327,12 @@ def test_make_ui_starts_quietly_and_its_sensor_runs_the_days_make_demo_change_wr
         wait_until(answers, UI_STARTUP_SECONDS, lambda: f"no UI on port {port}\n{log_tail()}")
         with DagsterInstance.from_config(str(home)) as instance:
             # the daemon's first tick only marks where the source is
-            wait_until(
-                lambda: _sensor_ticks(instance),
-                SENSOR_SECONDS,
-                lambda: f"no tick of {SENSOR}\n{log_tail()}",
-            )
+            for sensor in (SENSOR, FILES_SENSOR):
+                wait_until(
+                    functools.partial(_sensor_ticks, instance, sensor),
+                    SENSOR_SECONDS,
+                    functools.partial(lambda name: f"no tick of {name}\n{log_tail()}", sensor),
+                )
             assert not _sensor_runs(instance)
             changed = subprocess.run(
                 ["make", "demo-change"],
@@ -311,6 +354,10 @@ def test_make_ui_starts_quietly_and_its_sensor_runs_the_days_make_demo_change_wr
             }
             days = " and ".join(sorted({day for _, day in expected}))
             assert f"should request partitions {days}" in changed.stdout, changed.stdout
+            assert (
+                f"the sensor {FILES_SENSOR} should request partition 2024-04-29 of "
+                "landing/currency_rate"
+            ) in changed.stdout, changed.stdout
             # and one run of the customer merge table, whose source moved past its cursor
             expected.add(("adventureworks/customer", "unpartitioned"))
 
@@ -336,6 +383,25 @@ def test_make_ui_starts_quietly_and_its_sensor_runs_the_days_make_demo_change_wr
                 return statuses == {DagsterRunStatus.SUCCESS}
 
             wait_until(finished, RUN_SECONDS, lambda: f"the sensor's runs not done\n{log_tail()}")
+
+            # the late rates file: one run of its day
+            def files_requested() -> list[tuple[str, str, DagsterRunStatus]] | None:
+                runs = [
+                    (
+                        key.to_user_string(),
+                        run.tags.get("dagster/partition", "unpartitioned"),
+                        run.status,
+                    )
+                    for run in _sensor_runs(instance, FILES_SENSOR)
+                    for key in run.asset_selection or ()
+                ]
+                done = runs and all(status in FINAL_STATUSES for _, _, status in runs)
+                return runs if done else None
+
+            landed = wait_until(
+                files_requested, RUN_SECONDS, lambda: f"{FILES_SENSOR} ran nothing\n{log_tail()}"
+            )
+            assert landed == [("landing/currency_rate", "2024-04-29", DagsterRunStatus.SUCCESS)]
     finally:
         _stop(process)
     text = log.read_text(errors="replace")

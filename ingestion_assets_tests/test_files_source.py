@@ -419,3 +419,70 @@ def test_two_runs_over_the_same_new_files_at_once_land_each_file_once(
     assert [entry[0] for entry in _ledger(lake)] == [
         f"rates/rates_2024-01-01_{i}.tsv" for i in range(6)
     ]
+
+
+def test_touching_one_file_reads_only_it_again_and_the_others_rows_are_carried(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    _rates(landing, "2024-01-01", [(1, "EUR", "0.9123")], name="_a")
+    touched = _rates(landing, "2024-01-01", [(2, "GBP", "0.7801")], name="_b")
+    _rates(landing, "2024-01-01", [(3, "JPY", "141.0000")], name="_c")
+    project = _project(str(landing), lake)
+
+    def files_read() -> tuple[int, int]:
+        result = _run(project, instance, "2024-01-01")
+        metadata = result.asset_materializations_for_node("landing__currency_rate")[0].metadata
+        return metadata["files_read"].value, metadata["files_unchanged"].value
+
+    assert files_read() == (3, 0)
+    before = _rows(lake)
+    # nothing changed: nothing read, every row carried
+    assert files_read() == (0, 3)
+    assert _rows(lake) == before
+    _rates(landing, "2024-01-01", [(2, "GBP", "0.7900")], name="_b")
+    stamp = time.time() + 5
+    os.utime(touched, (stamp, stamp))
+    assert files_read() == (1, 2)
+    assert [(row[0], row[2]) for row in _rows(lake)] == [
+        (1, decimal.Decimal("0.9123")),
+        (2, decimal.Decimal("0.7900")),
+        (3, decimal.Decimal("141.0000")),
+    ]
+    assert [entry[2] for entry in _ledger(lake)] == [1, 1, 1]
+
+
+def test_without_declared_columns_the_files_columns_are_inferred_and_widened(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    exports = landing / "exports"
+    exports.mkdir(parents=True)
+    (exports / "2024-01-01-a.ndjson").write_text(
+        '{"id": 1, "name": "Łódź"}\n{"id": 2, "name": "Müller"}\n', encoding="utf-8"
+    )
+    (exports / "2024-01-01-b.ndjson").write_text(
+        '{"id": 3, "name": "日本", "score": 1.5}\n', encoding="utf-8"
+    )
+    project = _project(
+        str(landing),
+        lake,
+        {
+            "name": "CurrencyRate",
+            "glob": "exports/*.ndjson",
+            "format": {"type": "ndjson"},
+            "partitioning": {"by": "arrival", "day_from": "path"},
+            "primary_key": ["id"],
+            "columns": None,
+        },
+    )
+    _run(project, instance, "2024-01-01")
+    table = DeltaTable(str(lake / "landing" / "currency_rate")).to_pyarrow_table().sort_by("id")
+    assert table.column("name").to_pylist() == ["Łódź", "Müller", "日本"]
+    assert table.column("score").to_pylist() == [None, None, 1.5]
+    # every file unchanged: none read again, the inferred columns kept
+    result = _run(project, instance, "2024-01-01")
+    metadata = result.asset_materializations_for_node("landing__currency_rate")[0].metadata
+    assert (metadata["files_read"].value, metadata["files_unchanged"].value) == (0, 2)
+    again = DeltaTable(str(lake / "landing" / "currency_rate")).to_pyarrow_table().sort_by("id")
+    assert again.select(["id", "name", "score"]).equals(table.select(["id", "name", "score"]))

@@ -278,10 +278,12 @@ def test_the_demo_project_file_loads_and_defines_every_demo_table_stream_and_lay
     assert keys == sorted(
         [f"adventureworks/{name}" for name in [*orders, "customer", "product", "vendor"]]
         + [f"adventureworks_api/{name}" for name in orders]
+        + ["landing/currency_rate", "landing/product_ndjson", "landing/product_parquet"]
         + ["silver/sales_orders", "gold/daily_revenue_by_territory", "gold/daily_sales_by_product"]
     )
     assert defs.resolve_job_def("ingest_adventureworks") is not None
     assert defs.resolve_job_def("ingest_adventureworks_api") is not None
+    assert defs.resolve_job_def("ingest_landing") is not None
 
 
 def test_a_url_with_a_separate_password_connects_with_that_password() -> None:

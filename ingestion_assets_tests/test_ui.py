@@ -34,6 +34,7 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwr
 from ingestion_assets.demo.__main__ import DEMO_INSTANCE_FILE
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.generate import create_demo_sqlite
+from ingestion_assets.demo.landing import write_landing_files
 from ingestion_assets.project import DEMO_PROJECT_FILE
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +75,7 @@ ASSET_GROUPS = {
         "purchase_order_header",
         "purchase_order_detail",
     ],
+    "landing": ["currency_rate", "product_parquet", "product_ndjson"],
     "silver": ["sales_orders"],
     "gold": ["daily_revenue_by_territory", "daily_sales_by_product"],
 }
@@ -340,6 +342,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUi]:
         pytest.fail(f"{dg} is missing: install the dev tools (`make setup-python`) in this venv")
     workdir = tmp_path_factory.mktemp("ui")
     create_demo_sqlite(workdir / ".data" / "demo")
+    write_landing_files(workdir / ".data" / "landing", workdir / ".data" / "demo")
     dagster_home = workdir / "dagster"
     dagster_home.mkdir()
     # the demo's instance, as `make ui` installs it (telemetry off, the sources' pool limit)
@@ -555,14 +558,14 @@ def label_shows(label: str, name: str) -> bool:
 
 
 def test_asset_graph_shows_every_demo_asset(dagster_ui: DagsterUi, page: Page) -> None:
-    """The global lineage, groups expanded, shows all 14 assets in the graph and the sidebar."""
+    """The global lineage, groups expanded, shows all 17 assets in the graph and the sidebar."""
     page.goto(f"{dagster_ui.url}/asset-groups")
     expect(page.get_by_text("adventureworks_api", exact=True).last).to_be_visible()
     # the graph's own settings menu (its gear is the only button named just "settings" while the
     # navigation is shown)
     page.get_by_role("button", name="settings", exact=True).click()
     page.get_by_role("menuitem", name="Expand all groups").click()
-    # vertical: assets without edges between them sit side by side, so all 14 fit the width
+    # vertical: assets without edges between them sit side by side, so all 17 fit the width
     page.get_by_role("menuitem", name="Change graph to vertical orientation").click()
     # the menu stays open and its items now offer the opposite
     expect(page.get_by_role("menuitem", name="Collapse all groups")).to_be_visible()

@@ -1,6 +1,7 @@
 """`python -m ingestion_assets.demo [run | ui [--port N] | change]`: build the demo database and
-ingest every partition (a summary at the end), serve the Dagster UI over it, or change rows of two
-days for the new-data sensor to find. A line is printed before every stretch that takes a while."""
+its landing zone and ingest every partition (a summary at the end), serve the Dagster UI over it,
+or change rows of two days and drop a new file for the new-data sensors to find. A line is printed
+before every stretch that takes a while."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.change import CHANGED_TABLES, change_demo_database
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
+from ingestion_assets.demo.landing import deliver_late_rates, write_landing_files
 from ingestion_assets.layers.asset import LAYER_JOB
 from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets.preflight import CHECK_JOB
@@ -48,6 +50,7 @@ DEMO_INSTANCE_FILE = pathlib.Path(__file__).with_name("dagster.yaml")
 # `dagster dev` says it is superseded by `dg dev`: a notice for Dagster's developers, not the demo's
 DEV_COMMAND_NOTICE = "ignore:Function `dev_command` is superseded:FutureWarning"
 SQL_SOURCE = "adventureworks"
+FILES_SOURCE = "landing"
 # failed check results printed per check; the UI lists them all
 FAILURES_SHOWN = 3
 
@@ -336,6 +339,17 @@ def _prepare(data_dir: pathlib.Path, regenerate: bool) -> pathlib.Path:
             + ", ".join(f"{name} {count:,} rows" for name, count in counts.items()),
             flush=True,
         )
+        landing_dir = data_dir / FILES_SOURCE
+        landed = write_landing_files(landing_dir, demo_dir, DEFAULT_SCALE)
+        rates = [item for item in landed if item.path.endswith(".tsv")]
+        exports = [item for item in landed if not item.path.endswith(".tsv")]
+        print(
+            f"landing zone {landing_dir}: {len(rates)} daily currency-rate files "
+            f"({sum(item.rows for item in rates):,} rows, {rates[0].day}..{rates[-1].day}); "
+            + ", ".join(f"{item.path} {item.rows:,} rows" for item in exports)
+            + f" (arrived {exports[0].day})",
+            flush=True,
+        )
     own_home = (data_dir / "dagster").resolve()
     os.environ.setdefault("DAGSTER_HOME", str(own_home))
     home = pathlib.Path(os.environ["DAGSTER_HOME"])
@@ -366,7 +380,8 @@ def run(data_dir: pathlib.Path) -> int:
         print(format_layers(jobs, project, data_dir / "lake"))
     print(
         f"\nDelta tables under {(data_dir / 'lake').resolve()}; `make ui` shows these runs, and "
-        "`make demo-change` then changes rows of two days for the new-data sensor."
+        "`make demo-change` then changes rows of two days and drops a file for the new-data "
+        "sensors."
     )
     return 0
 
@@ -401,10 +416,12 @@ def _sql_side_of_the_demo_project() -> ProjectSpec:
 
 
 def change(data_dir: pathlib.Path, project: ProjectSpec) -> int:
-    """Change rows of an old and the newest day; print them and what the sensor should request."""
+    """Change rows of an old and the newest day and drop a late rates file; print them and what
+    the sensors should request."""
     demo_dir = data_dir / "demo"
     try:
         changed = change_demo_database(demo_dir)
+        late = deliver_late_rates(data_dir / FILES_SOURCE, DEFAULT_SCALE)
     except (FileNotFoundError, LookupError) as error:
         print(error, file=sys.stderr)
         return 1
@@ -421,6 +438,12 @@ def change(data_dir: pathlib.Path, project: ProjectSpec) -> int:
         f"next tick (every {spec.sensor.interval_seconds} s while `make ui` runs; Automation "
         "in the UI shows its ticks)"
     )
+    files = project.sources[FILES_SOURCE]
+    print(
+        f"dropped {data_dir / FILES_SOURCE / late.path} ({late.rows} late currency rates of "
+        f"{late.day}): the sensor {FILES_SOURCE}_new_data should request partition {late.day} of "
+        f"{FILES_SOURCE}/currency_rate at its next tick (every {files.sensor.interval_seconds} s)"
+    )
     return 0
 
 
@@ -431,14 +454,16 @@ def _parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="serve the Dagster UI over the demo instance")
     ui.add_argument("--port", type=int, default=3000, help="the UI's port (default 3000)")
     commands.add_parser(
-        "change", help="correct and add orders of an old and the newest day (the sensor's demo)"
+        "change",
+        help="correct and add orders of an old and the newest day, drop a late rates file "
+        "(the sensors' demo)",
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`run` (default): build the demo data and ingest it; `ui`: serve the Dagster UI over it;
-    `change`: change rows of two days in the demo database."""
+    `change`: change rows of two days in the demo database and drop a file in its landing zone."""
     # Dagster's notices about its own APIs' maturity say nothing to a demo's user
     for category in (BetaWarning, PreviewWarning, SupersessionWarning):
         warnings.filterwarnings("ignore", category=category)

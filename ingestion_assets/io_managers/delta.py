@@ -10,6 +10,7 @@ import datetime
 import itertools
 import pathlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from ingestion_assets.io_managers.contract import (
     write_timing_metadata,
 )
 from ingestion_assets.lake.ledger import (
+    SOURCE_FILE,
     gone_files,
     kept_rows,
     ledger_files,
@@ -42,7 +44,7 @@ from ingestion_assets.lake.replace import (
     replace_with_writer,
     stage_partitions,
 )
-from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE, WritePlan, lake_schema
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 
@@ -95,6 +97,8 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         gone = None
         if source_stream is not None and source_stream.files is not None:
             reader, gone = self._keep_gone_files(uri, existing, reader, source_stream, plan)
+            # the carried rows may bring the table's columns the files read now lack
+            plan.target = lake_schema(reader.schema, request.nanoseconds)
         incoming = plan.target
         table_schema = pa.schema(existing.schema().to_arrow()) if existing is not None else None
         plan.target, schema_mode = fit_schema(
@@ -136,11 +140,37 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         # a files source decodes every file before its stream starts: the entries are complete
         read = set(stream.files().column("path").to_pylist())
         gone = gone_files(previous, read)
-        if not gone.num_rows or not stream.keeps_gone_files or existing is None:
+        paths = set(stream.carried_files)
+        if stream.keeps_gone_files:
+            paths |= set(gone.column("path").to_pylist())
+        if not paths:
             return reader, gone
-        paths = sorted(set(gone.column("path").to_pylist()))
-        kept = kept_rows(existing, plan.days, paths, reader.schema)
-        return pa.RecordBatchReader.from_batches(reader.schema, itertools.chain(reader, kept)), gone
+        if existing is None and stream.carried_files:
+            raise IngestionError(
+                f"{plan.table_label} {plan.partition_label}: the ledger lists files whose rows "
+                f"the table should hold, but there is no table at {uri}; remove the ledger "
+                f"{ledger_uri(uri)} so that every file is read again, then re-run"
+            )
+        schema = reader.schema
+        batches: Iterator[pa.RecordBatch] = iter(reader)
+        if existing is not None:
+            # the table's columns that the files read now lack (none read, or inferred ones)
+            held = pa.schema(existing.schema().to_arrow())
+            extra = [
+                field
+                for field in held
+                if field.name not in schema.names and field.name not in LINEAGE_COLUMNS
+            ]
+            if extra:
+                schema = pa.schema([*reader.schema, *extra])
+                batches = (_widened(batch, schema) for batch in reader)
+        kept = kept_rows(existing, plan.days, sorted(paths), schema) if existing else iter(())
+        expected = sum(stream.carried_files.values())
+        carried = _counted(kept, set(stream.carried_files), expected, plan.table_label)
+        return (
+            pa.RecordBatchReader.from_batches(schema, itertools.chain(batches, carried)),
+            gone,
+        )
 
     def committed_rows(
         self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
@@ -197,6 +227,37 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 "upstream asset first."
             )
         return table.to_pyarrow_dataset().to_table(filter=_days_of(context_window(context)))
+
+
+def _widened(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch with the columns of `schema` it lacks, as nulls."""
+    arrays = [
+        batch.column(field.name)
+        if field.name in batch.schema.names
+        else pa.nulls(batch.num_rows, field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _counted(
+    batches: Iterator[pa.RecordBatch], carried: set[str], expected: int, label: str
+) -> Iterator[pa.RecordBatch]:
+    """The carried rows, checked at their end against the rows the ledger says the unchanged
+    files gave: a table that lost rows of them fails the run (staged, nothing committed)."""
+    found = 0
+    for batch in batches:
+        if carried:
+            found += int(
+                pc.sum(pc.is_in(batch.column(SOURCE_FILE), pa.array(sorted(carried)))).as_py() or 0
+            )
+        yield batch
+    if found != expected:
+        raise IngestionError(
+            f"{label}: the table holds {found:,} rows of the files unchanged since they were "
+            f"ingested, their ledger {expected:,}; the table was changed outside the project: "
+            "remove its `_files` ledger so that every file is read again, then re-run"
+        )
 
 
 def _days_of(window: PartitionWindow | None) -> pc.Expression | None:

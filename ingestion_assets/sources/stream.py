@@ -55,6 +55,9 @@ class SourceStream:
     # the landing zone stay in the table
     files: Callable[[], pa.Table] | None = None
     keeps_gone_files: bool = True
+    # the files unchanged since the table took them in (path -> rows): not read again, their
+    # committed rows carried over into the replace
+    carried_files: dict[str, int] = field(default_factory=dict)
 
     def rejected_by_day(self) -> dict[datetime.date | None, int]:
         """How many records of each day were set aside (kept in the rejected table)."""

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from ingestion_assets.errors import SourceError, where
-from ingestion_assets.lake.ledger import LEDGER_SCHEMA, SOURCE_FILE
+from ingestion_assets.lake.ledger import LEDGER_SCHEMA, SOURCE_FILE, ledger_files
 from ingestion_assets.lake.rows import partition_dates
 from ingestion_assets.sources.base import ChangedDays, DeclaredColumn, Finding, Source
+from ingestion_assets.sources.files.conform import RESCUED_COLUMN
 from ingestion_assets.sources.files.formats import MalformedFileError, ReadReport
 from ingestion_assets.sources.files.listing import (
     FileEntry,
@@ -67,11 +68,15 @@ class FilesSource(Source):
         timezone: str = "UTC",
         batch_rows: int = 65_536,
         max_files_per_run: int | None = None,
+        lake_root: str | None = None,
+        lake_storage_options: dict[str, str] | None = None,
     ) -> None:
         super().__init__(source_name)
         self.root, self.storage_options = root, storage_options
         self.timezone, self.batch_rows = timezone, batch_rows
         self.max_files_per_run = max_files_per_run
+        # where the tables' ledgers are: files unchanged since they were ingested are not read
+        self.lake_root, self.lake_storage_options = lake_root, lake_storage_options or {}
         self._zone: LandingZone | None = None
 
     @property
@@ -99,18 +104,44 @@ class FilesSource(Source):
         if window is not None and isinstance(partitioning, ArrivalPartitioning):
             days = set(window.days())
             entries = [e for e in entries if arrival_day(e, partitioning, self.timezone) in days]
-        if self.max_files_per_run is not None and len(entries) > self.max_files_per_run:
-            raise SourceError(
-                f"{label}: {len(entries):,} files to read, more than max_files_per_run "
-                f"({self.max_files_per_run:,}); run fewer days at a time (a backfill in smaller "
-                "ranges), or raise max_files_per_run"
-            )
         return entries
+
+    def _unchanged(
+        self, dataset: FileDatasetSpec, window: PartitionWindow | None, entries: list[FileEntry]
+    ) -> pa.Table:
+        """The ledger's rows of the files among `entries` that are as they were when ingested
+        (same size and modification time): their rows are carried over, not read again."""
+        if self.lake_root is None or not entries:
+            return LEDGER_SCHEMA.empty_table()
+        uri = "/".join([self.lake_root.rstrip("/"), self.source_name, dataset.key_name])
+        days = (window.first_day, window.last_day) if window is not None else None
+        previous = ledger_files(uri, self.lake_storage_options or None, days)
+        previous = previous.filter(pc.equal(previous.column("status"), "ingested"))
+        if previous.num_rows == 0:
+            return previous
+        known: dict[str, set[tuple[int, datetime.datetime]]] = {}
+        for row in previous.select(["path", "size", "modified"]).to_pylist():
+            known.setdefault(row["path"], set()).add((row["size"], row["modified"]))
+        same = [
+            entry.path
+            for entry in entries
+            if known.get(entry.path) == {(entry.size, entry.modified.astimezone(datetime.UTC))}
+        ]
+        return previous.filter(pc.is_in(previous.column("path"), pa.array(same, pa.string())))
 
     def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
         """The rows of the window's files, each with `_source_file` (and `_arrival_date`)."""
         spec = self._dataset(dataset)
         entries = self.files_of(spec, window)
+        carried = self._unchanged(spec, window, entries)
+        carried_paths = set(carried.column("path").to_pylist())
+        entries = [entry for entry in entries if entry.path not in carried_paths]
+        if self.max_files_per_run is not None and len(entries) > self.max_files_per_run:
+            raise SourceError(
+                f"{self._label(spec, window)}: {len(entries):,} files to read, more than "
+                f"max_files_per_run ({self.max_files_per_run:,}); run fewer days at a time (a "
+                "backfill in smaller ranges), or raise max_files_per_run"
+            )
         schema = declared_schema(spec)
         rejected: list[RejectedRecord] = []
         read_files: list[dict[str, Any]] = []
@@ -132,7 +163,11 @@ class FilesSource(Source):
                     "declare the dataset's `columns` so that every file is read with one schema"
                 ) from None
         else:
-            output = self._with_lineage(schema or pa.schema([]), spec)
+            # no file read: the columns every file of the dataset would give
+            declared = schema or pa.schema([])
+            if spec.rescue:
+                declared = declared.append(pa.field(RESCUED_COLUMN, pa.string()))
+            output = self._with_lineage(declared, spec)
         batches = self._replay(spills, output)
 
         def files() -> pa.Table:
@@ -161,11 +196,13 @@ class FilesSource(Source):
                 }
                 for record in rejected
             ]
-            return pa.Table.from_pylist(entries, schema=LEDGER_SCHEMA)
+            read = pa.Table.from_pylist(entries, schema=LEDGER_SCHEMA)
+            return pa.concat_tables([read, carried.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)])
 
         def metadata() -> dict[str, Any]:
             return {
                 "files_read": len(read_files),
+                "files_unchanged": len(carried_paths),
                 "files_rejected": len(rejected),
                 "files": json.dumps(
                     [
@@ -183,6 +220,9 @@ class FilesSource(Source):
             quarantine=True,
             files=files,
             keeps_gone_files=spec.deleted_files == "keep",
+            carried_files={
+                row["path"]: row["rows"] for row in carried.select(["path", "rows"]).to_pylist()
+            },
         )
 
     def _with_lineage(self, schema: pa.Schema, dataset: FileDatasetSpec) -> pa.Schema:
