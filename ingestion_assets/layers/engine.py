@@ -126,18 +126,12 @@ class LayerQuery:
     sql: str
     inputs: Sequence[InputScan]
     expectations: Sequence[ExpectationSpec] = ()
-    memory_limit: str | None = None
-    threads: int | None = None
     _connection: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)
     _registered: bool = field(default=False, repr=False)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with each input registered as the view the SQL names."""
         connection = duckdb.connect()
-        if self.memory_limit:
-            connection.execute(f"SET memory_limit = {_literal(self.memory_limit)}")
-        if self.threads:
-            connection.execute(f"SET threads = {int(self.threads)}")
         for scan in self.inputs:
             scanned = f"__scan_{scan.name}"
             if scan.local_paths:

@@ -268,7 +268,8 @@ class FilesSource(Source):
                 ):
                     batch = self._stamped(batch, dataset, entry, day, window)
                     if writer is None:
-                        writer = ipc.new_file(path, batch.schema)
+                        spilled_schema = batch.schema
+                        writer = ipc.new_file(path, spilled_schema)
                     writer.write_batch(batch)
                     rows += batch.num_rows
                     self._count_days(batch, dataset, day, by_day)
@@ -306,7 +307,7 @@ class FilesSource(Source):
             os.remove(path)
             return None
         writer.close()
-        return path, _schema_of(path)
+        return path, spilled_schema
 
     def _stamped(
         self,
@@ -478,11 +479,6 @@ class FilesSource(Source):
                 severity="note",
             )
         ]
-
-
-def _schema_of(path: str) -> pa.Schema:
-    with pa.memory_map(path) as source:
-        return ipc.open_file(source).schema
 
 
 def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
