@@ -19,6 +19,7 @@ from ingestion_assets.demo.__main__ import main
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.change import CORRECTION
 from ingestion_assets.demo.generate import DemoScale, create_demo_sqlite
+from ingestion_assets.demo.landing import write_landing_files
 from ingestion_assets.project import DEMO_PROJECT_FILE, load_project
 
 # the demo's 120 days (its project file's partitions), few orders a day
@@ -34,6 +35,7 @@ def _demo_project(
     monkeypatch.chdir(tmp_path)
     demo = tmp_path / ".data" / "demo"
     create_demo_sqlite(demo, SCALE)
+    write_landing_files(tmp_path / ".data" / "landing", demo, SCALE)
     monkeypatch.setenv("DEMO_API_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("DEMO_API_PASSWORD", "not-used")
     return demo, build_definitions(load_project(DEMO_PROJECT_FILE))
@@ -110,6 +112,10 @@ def test_demo_change_makes_the_sensor_request_exactly_its_two_days_of_the_sales_
         "of adventureworks/sales_order_header and adventureworks/sales_order_detail"
     ) in printed, printed
     assert f"Sales.SalesOrderHeader  {OLD_DAY}: 2 updated, 3 added; {NEW_DAY}: 3 added" in printed
+    late = tmp_path / ".data" / "landing" / "currency_rates" / "2024-04-29_late.tsv"
+    assert f"dropped {late.relative_to(tmp_path)} (" in printed, printed
+    assert "partition 2024-04-29 of landing/currency_rate" in printed, printed
+    assert len(late.read_text().splitlines()) > 0
 
     changed = _tick(defs, instance, unchanged.cursor)
     assert _requested(changed) == {
@@ -149,6 +155,21 @@ def test_demo_change_without_a_demo_database_says_to_build_it(
     monkeypatch.chdir(tmp_path)
     assert main(["change"]) == 1
     assert "build it first with `make demo`" in capsys.readouterr().err
+
+
+def test_demo_change_without_a_landing_zone_changes_nothing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / ".data" / "demo"
+    create_demo_sqlite(demo, SCALE)
+    before = {day: _orders(demo, day) for day in (OLD_DAY, NEW_DAY)}
+    assert main(["change"]) == 1
+    assert "no landing zone in .data/landing: build it first with `make demo`" in (
+        capsys.readouterr().err
+    )
+    # refused before either part changed: the database is as it was
+    assert {day: _orders(demo, day) for day in (OLD_DAY, NEW_DAY)} == before
 
 
 def test_demo_change_moves_customers_in_the_merge_table_and_versions_a_price_in_the_dimension(

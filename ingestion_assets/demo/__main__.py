@@ -35,7 +35,11 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.api import DemoApi
 from ingestion_assets.demo.change import CHANGED_TABLES, change_demo_database
 from ingestion_assets.demo.generate import DEFAULT_SCALE, create_demo_sqlite
-from ingestion_assets.demo.landing import deliver_late_rates, write_landing_files
+from ingestion_assets.demo.landing import (
+    deliver_late_rates,
+    require_landing_zone,
+    write_landing_files,
+)
 from ingestion_assets.layers.asset import LAYER_JOB
 from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets.preflight import CHECK_JOB
@@ -420,6 +424,8 @@ def change(data_dir: pathlib.Path, project: ProjectSpec) -> int:
     the sensors should request."""
     demo_dir = data_dir / "demo"
     try:
+        # both parts are there before either changes: a refused change leaves the demo as it was
+        require_landing_zone(data_dir / FILES_SOURCE)
         changed = change_demo_database(demo_dir)
         late = deliver_late_rates(data_dir / FILES_SOURCE, DEFAULT_SCALE)
     except (FileNotFoundError, LookupError) as error:

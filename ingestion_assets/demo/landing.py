@@ -175,13 +175,18 @@ def write_landing_files(
     return landed
 
 
-def deliver_late_rates(landing_dir: pathlib.Path, scale: DemoScale = DEFAULT_SCALE) -> LandedFile:
-    """A second rates file for the newest day, of the currencies the daily file lacks: the new
-    file the sensor finds. Its keys follow the daily files'; delivered twice, it is replaced."""
+def require_landing_zone(landing_dir: pathlib.Path) -> None:
+    """Raise FileNotFoundError, naming the fix, unless the demo's landing zone is there."""
     if not (landing_dir / RATES_FOLDER).is_dir():
         raise FileNotFoundError(
             f"no landing zone in {landing_dir}: build it first with `make demo`"
         )
+
+
+def deliver_late_rates(landing_dir: pathlib.Path, scale: DemoScale = DEFAULT_SCALE) -> LandedFile:
+    """A second rates file for the newest day, of the currencies the daily file lacks: the new
+    file the sensor finds. Its keys follow the daily files'; delivered twice, it is replaced."""
+    require_landing_zone(landing_dir)
     newest = last_day(scale)
     first_id = scale.days * len(DAILY_CURRENCIES) + 1
     rows = _rate_rows(newest, LATE_CURRENCIES, first_id, scale.seed)
