@@ -421,7 +421,8 @@ def _zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            # a fixed time: the archive's bytes (and the test ids they are in) do not change
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
     return buffer.getvalue()
 
 
@@ -444,6 +445,8 @@ def _zip(members: dict[str, bytes]) -> bytes:
         ("upload.bin", gzip.compress(CSV_CONTENT), CsvFormat(compression="gzip")),
         ("a.csv.gz", CSV_CONTENT, CsvFormat(compression="none")),
     ],
+    # ids of their own: compressed bytes in an id would differ between pytest-xdist workers
+    ids=["gzip", "gzip-members", "zstd", "zip", "zip-member", "gzip-by-option", "none"],
 )
 def test_compressed_files_are_decompressed_while_streaming(
     tmp_path: Path, name: str, data: bytes, spec: CsvFormat
@@ -475,7 +478,7 @@ def test_a_zip_read_from_a_stream_is_spooled_first() -> None:
     [
         (
             "a.csv.gz",
-            gzip.compress(CSV_CONTENT * 100)[:-12],
+            gzip.compress(CSV_CONTENT * 100, mtime=0)[:-12],
             CsvFormat(),
             "the gzip stream ends before its end marker (truncated). Fix: the file was cut "
             "short, e.g. still being uploaded: send it again complete",
@@ -506,6 +509,14 @@ def test_a_zip_read_from_a_stream_is_spooled_first() -> None:
             "the zip has no member 'b.csv' (members: a.csv)",
         ),
         ("a.zip", b"PK not a zip", CsvFormat(), "not a valid zip archive"),
+    ],
+    ids=[
+        "gzip-truncated",
+        "zstd-truncated",
+        "not-gzip",
+        "zip-two-members",
+        "zip-no-member",
+        "not-zip",
     ],
 )
 def test_damaged_archives_raise_a_malformed_file_error(
