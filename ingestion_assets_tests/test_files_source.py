@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import gzip
+import hashlib
 import os
 import pathlib
 import threading
@@ -486,3 +487,98 @@ def test_without_declared_columns_the_files_columns_are_inferred_and_widened(
     assert (metadata["files_read"].value, metadata["files_unchanged"].value) == (0, 2)
     again = DeltaTable(str(lake / "landing" / "currency_rate")).to_pyarrow_table().sort_by("id")
     assert again.select(["id", "name", "score"]).equals(table.select(["id", "name", "score"]))
+
+
+def test_a_file_copied_again_with_the_same_bytes_is_not_read_and_its_hash_is_in_the_ledger(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    path = _rates(landing, "2024-01-01", [(1, "EUR", "0.9123"), (2, "GBP", "0.7801")])
+    project = _project(str(landing), lake)
+
+    def run() -> dict[str, Any]:
+        result = _run(project, instance, "2024-01-01")
+        metadata = result.asset_materializations_for_node("landing__currency_rate")[0].metadata
+        return {name: value.value for name, value in metadata.items()}
+
+    assert run()["files_read"] == 1
+    ledger = DeltaTable(str(lake / "landing" / "currency_rate_files")).to_pyarrow_table()
+    assert ledger.column("sha256").to_pylist() == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    assert ledger.column("file_days").to_pylist() == [[datetime.date(2024, 1, 1)]]
+    # delivered again, byte for byte, with a new modification time: not read, rows kept
+    stamp = time.time() + 60
+    os.utime(path, (stamp, stamp))
+    again = run()
+    assert (again["files_read"], again["files_unchanged"]) == (0, 1)
+    assert [row[0] for row in _rows(lake)] == [1, 2]
+    # the ledger took the new time: the next run does not hash the file again
+    ledger = DeltaTable(str(lake / "landing" / "currency_rate_files")).to_pyarrow_table()
+    assert ledger.column("modified").to_pylist()[0].timestamp() == pytest.approx(stamp, abs=1e-3)
+    # the same size, other bytes: read again
+    path.write_text(path.read_text().replace("0.7801", "0.7802"))
+    os.utime(path, (stamp + 60, stamp + 60))
+    assert run()["files_read"] == 1
+    assert [row[2] for row in _rows(lake)] == [decimal.Decimal("0.9123"), decimal.Decimal("0.7802")]
+
+
+def test_by_column_an_unchanged_file_is_read_only_for_days_the_ledger_does_not_know(
+    tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    exports = landing / "exports"
+    exports.mkdir(parents=True)
+
+    def orders(ids: list[int], days: list[int]) -> pa.Table:
+        return pa.table(
+            {
+                "OrderID": pa.array(ids, pa.int32()),
+                "OrderDate": pa.array([datetime.date(2024, 1, day) for day in days]),
+            }
+        )
+
+    pq.write_table(orders([1, 2], [1, 2]), exports / "part-1.parquet")
+    pq.write_table(orders([3, 4], [2, 3]), exports / "part-2.parquet")
+    project = _project(
+        str(landing),
+        lake,
+        {
+            "name": "Orders",
+            "glob": "exports/*.parquet",
+            "format": {"type": "parquet"},
+            "partitioning": {"by": "column", "column": "OrderDate"},
+            "primary_key": ["OrderID"],
+            "columns": {"OrderID": "int32", "OrderDate": "date"},
+        },
+    )
+    defs = build_definitions(project)
+    asset = defs.get_assets_def(AssetKey(["landing", "orders"]))
+
+    def run(first: str, last: str | None = None) -> tuple[int, int, int]:
+        result = materialize(
+            [asset],
+            instance=instance,
+            resources=defs.resources,
+            tags={RANGE_START_TAG: first, RANGE_END_TAG: last or first},
+        )
+        metadata = result.asset_materializations_for_node("landing__orders")[0].metadata
+        return (
+            metadata["files_read"].value,
+            metadata["files_unchanged"].value,
+            metadata["files_without_rows_of_these_days"].value,
+        )
+
+    def landed() -> list[tuple[int, int]]:
+        table = DeltaTable(str(lake / "landing" / "orders")).to_pyarrow_table()
+        return sorted((row["OrderID"], row["_partition_date"].day) for row in table.to_pylist())
+
+    assert run("2024-01-02") == (2, 0, 0)
+    assert landed() == [(2, 2), (3, 2)]
+    assert run("2024-01-02") == (0, 2, 0)
+    # the ledger knows part-1 has no rows on the 3rd: only part-2 is read
+    assert run("2024-01-03") == (1, 0, 1)
+    assert landed() == [(2, 2), (3, 2), (4, 3)]
+    # a window wider than the runs that read part-1 (its 1st unknown): part-1 is read again
+    assert run("2024-01-01", "2024-01-03") == (1, 1, 0)
+    assert landed() == [(1, 1), (2, 2), (3, 2), (4, 3)]
+    assert run("2024-01-01", "2024-01-03") == (0, 2, 0)
+    assert landed() == [(1, 1), (2, 2), (3, 2), (4, 3)]

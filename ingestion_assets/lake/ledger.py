@@ -1,6 +1,7 @@
 """The ledger of the files a table's rows came from, kept beside it as `<table>_files`: one row per
-file and day (path, size, modification time, rows, the run, and whether it was ingested,
-rejected or has gone from the landing zone), its days replaced by each run like the table's.
+file and day (path, size, modification time, the SHA-256 of its bytes where cheap, rows, every
+day the file's rows fall on, the run, and whether it was ingested, rejected or has gone from the
+landing zone), its days replaced by each run like the table's.
 
 What a run of some days compares with it: the files of those days the ledger holds and the
 landing zone no longer does. Their rows stay in the table (the run copies them over from the
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from ingestion_assets.lake.replace import open_table, replace_with_writer
+from ingestion_assets.lake.replace import SchemaMode, open_table, replace_with_writer
 from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID
 
 LEDGER_SUFFIX = "_files"
@@ -28,7 +29,12 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("path", pa.string()),
         pa.field("size", pa.int64()),
         pa.field("modified", pa.timestamp("us", "UTC")),
+        # hex SHA-256 of the file's bytes (null for files too large to hash cheaply)
+        pa.field("sha256", pa.string()),
         pa.field("rows", pa.int64()),
+        # every day the file's rows fall on, not only this row's: a run of other days knows
+        # without reading it whether the unchanged file has rows for them
+        pa.field("file_days", pa.list_(pa.date32())),
         pa.field("status", pa.string()),
         pa.field("reason", pa.string()),
         pa.field(PARTITION_DATE, pa.date32()),
@@ -57,7 +63,12 @@ def ledger_files(
         return LEDGER_SCHEMA.empty_table()
     rows = ledger.to_pyarrow_dataset().to_table(filter=_days(*days) if days is not None else None)
     landed = pc.is_in(rows.column("status"), pa.array(["ingested", "gone, rows kept"]))
-    return rows.filter(landed)
+    rows = rows.filter(landed)
+    # a ledger written before a column was added has it as nulls
+    for field in LEDGER_SCHEMA:
+        if field.name not in rows.column_names:
+            rows = rows.append_column(field, pa.nulls(rows.num_rows, field.type))
+    return rows
 
 
 def gone_files(previous: pa.Table, read: set[str]) -> pa.Table:
@@ -108,4 +119,12 @@ def write_ledger(
     rows = rows.append_column(
         INGESTED_AT, pa.repeat(pa.scalar(ingested_at, pa.timestamp("us", "UTC")), rows.num_rows)
     ).append_column(RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), rows.num_rows))
-    replace_with_writer(uri, storage_options, rows, open_table(uri, storage_options), predicate)
+    existing = open_table(uri, storage_options)
+    # a ledger of an earlier layout gains the new columns
+    schema_mode: SchemaMode = (
+        "merge"
+        if existing is not None
+        and not set(rows.column_names) <= set(pa.schema(existing.schema().to_arrow()).names)
+        else None
+    )
+    replace_with_writer(uri, storage_options, rows, existing, predicate, schema_mode)

@@ -13,6 +13,7 @@ other files of the run land.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import tempfile
@@ -25,7 +26,7 @@ import pyarrow.ipc as ipc
 
 from ingestion_assets.errors import SourceError, where
 from ingestion_assets.lake.ledger import LEDGER_SCHEMA, SOURCE_FILE, ledger_files
-from ingestion_assets.lake.rows import partition_dates
+from ingestion_assets.lake.rows import PARTITION_DATE, partition_dates
 from ingestion_assets.sources.base import ChangedDays, DeclaredColumn, Finding, Source
 from ingestion_assets.sources.files.conform import RESCUED_COLUMN
 from ingestion_assets.sources.files.formats import MalformedFileError, ReadReport
@@ -46,6 +47,9 @@ from ingestion_assets.sources.rest.records import arrow_field_type
 from ingestion_assets.sources.stream import RejectedRecord, SourceStream
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import DatasetSpec
+
+# a file up to this size is read whole into memory, once, and its SHA-256 kept in the ledger
+HASH_LIMIT = 64 * 1024 * 1024
 
 
 def declared_schema(dataset: FileDatasetSpec) -> pa.Schema | None:
@@ -108,34 +112,74 @@ class FilesSource(Source):
 
     def _unchanged(
         self, dataset: FileDatasetSpec, window: PartitionWindow | None, entries: list[FileEntry]
-    ) -> pa.Table:
-        """The ledger's rows of the files among `entries` that are as they were when ingested
-        (same size and modification time): their rows are carried over, not read again."""
+    ) -> tuple[pa.Table, set[str]]:
+        """Of `entries`, the files as they were when ingested (same size and modification time,
+        or same size and SHA-256): the ledger's rows of those with rows on the window's days,
+        carried over rather than read again, and the paths of those without any (skipped).
+
+        A file is read again when the ledger does not know all of its days in the window: a
+        window wider than the runs that read it, or a ledger without the files' days."""
         if self.lake_root is None or not entries:
-            return LEDGER_SCHEMA.empty_table()
+            return LEDGER_SCHEMA.empty_table(), set()
         uri = "/".join([self.lake_root.rstrip("/"), self.source_name, dataset.key_name])
-        days = (window.first_day, window.last_day) if window is not None else None
+        by_column = not isinstance(dataset.partitioning, ArrivalPartitioning)
+        # by arrival a file's rows are all on its arrival day, in the window's ledger rows; by
+        # column an unchanged file's rows of other days tell which days it has
+        days = None if by_column or window is None else (window.first_day, window.last_day)
         previous = ledger_files(uri, self.lake_storage_options or None, days)
         previous = previous.filter(pc.equal(previous.column("status"), "ingested"))
-        if previous.num_rows == 0:
-            return previous
-        known: dict[str, set[tuple[int, datetime.datetime]]] = {}
-        for row in previous.select(["path", "size", "modified"]).to_pylist():
-            known.setdefault(row["path"], set()).add((row["size"], row["modified"]))
-        same = [
-            entry.path
-            for entry in entries
-            if known.get(entry.path) == {(entry.size, entry.modified.astimezone(datetime.UTC))}
-        ]
-        return previous.filter(pc.is_in(previous.column("path"), pa.array(same, pa.string())))
+        wanted = set(window.days()) if window is not None else None
+        rows_of: dict[str, list[dict[str, Any]]] = {}
+        for row in previous.select(LEDGER_SCHEMA.names).to_pylist():
+            rows_of.setdefault(row["path"], []).append(row)
+        carried: list[dict[str, Any]] = []
+        skipped: set[str] = set()
+        for entry in entries:
+            rows = rows_of.get(entry.path)
+            if not rows or not self._same_file(entry, rows):
+                continue
+            inside = [row for row in rows if wanted is None or row[PARTITION_DATE] in wanted]
+            file_days = rows[0]["file_days"]
+            if file_days is None:
+                # a ledger of an earlier layout: only by arrival are the window's rows all
+                if by_column or not inside:
+                    continue
+            else:
+                needed = set(file_days) if wanted is None else set(file_days) & wanted
+                if needed - {row[PARTITION_DATE] for row in inside}:
+                    continue
+                if not inside:
+                    skipped.add(entry.path)
+                    continue
+            # a file touched but not changed: the ledger takes its new time
+            modified = entry.modified.astimezone(datetime.UTC)
+            carried += [{**row, "modified": modified} for row in inside]
+        return pa.Table.from_pylist(carried, schema=LEDGER_SCHEMA), skipped
+
+    def _same_file(self, entry: FileEntry, rows: list[dict[str, Any]]) -> bool:
+        """Whether a listed file is the one the ledger's rows describe: same size and
+        modification time, or (touched or copied again) same size and bytes."""
+        if {row["size"] for row in rows} != {entry.size}:
+            return False
+        if {row["modified"] for row in rows} == {entry.modified.astimezone(datetime.UTC)}:
+            return True
+        hashes = {row["sha256"] for row in rows}
+        if len(hashes) != 1 or None in hashes or entry.size > HASH_LIMIT:
+            return False
+        with self.zone.filesystem.open_input_file(self.zone.full_path(entry)) as source:
+            return hashlib.sha256(source.read()).hexdigest() in hashes
 
     def read(self, dataset: DatasetSpec, window: PartitionWindow | None) -> SourceStream:
         """The rows of the window's files, each with `_source_file` (and `_arrival_date`)."""
         spec = self._dataset(dataset)
         entries = self.files_of(spec, window)
-        carried = self._unchanged(spec, window, entries)
+        carried, skipped = self._unchanged(spec, window, entries)
         carried_paths = set(carried.column("path").to_pylist())
-        entries = [entry for entry in entries if entry.path not in carried_paths]
+        entries = [
+            entry
+            for entry in entries
+            if entry.path not in carried_paths and entry.path not in skipped
+        ]
         if self.max_files_per_run is not None and len(entries) > self.max_files_per_run:
             raise SourceError(
                 f"{self._label(spec, window)}: {len(entries):,} files to read, more than "
@@ -176,7 +220,9 @@ class FilesSource(Source):
                     "path": item["path"],
                     "size": item["size"],
                     "modified": item["modified_at"],
+                    "sha256": item["sha256"],
                     "rows": rows,
+                    "file_days": item["file_days"],
                     "status": "ingested",
                     "reason": None,
                     "_partition_date": day,
@@ -197,16 +243,21 @@ class FilesSource(Source):
                 for record in rejected
             ]
             read = pa.Table.from_pylist(entries, schema=LEDGER_SCHEMA)
-            return pa.concat_tables([read, carried.select(LEDGER_SCHEMA.names).cast(LEDGER_SCHEMA)])
+            return pa.concat_tables([read, carried])
 
         def metadata() -> dict[str, Any]:
             return {
                 "files_read": len(read_files),
                 "files_unchanged": len(carried_paths),
+                "files_without_rows_of_these_days": len(skipped),
                 "files_rejected": len(rejected),
                 "files": json.dumps(
                     [
-                        {k: v for k, v in item.items() if k not in ("days", "modified_at")}
+                        {
+                            k: v
+                            for k, v in item.items()
+                            if k not in ("days", "modified_at", "file_days")
+                        }
                         for item in read_files[:100]
                     ]
                 ),
@@ -220,9 +271,7 @@ class FilesSource(Source):
             quarantine=True,
             files=files,
             keeps_gone_files=spec.deleted_files == "keep",
-            carried_files={
-                row["path"]: row["rows"] for row in carried.select(["path", "rows"]).to_pylist()
-            },
+            carried_files=_rows_per_file(carried),
         )
 
     def _with_lineage(self, schema: pa.Schema, dataset: FileDatasetSpec) -> pa.Schema:
@@ -254,9 +303,18 @@ class FilesSource(Source):
         report = ReadReport()
         rows = 0
         by_day: dict[datetime.date, int] = {}
+        # every day of the file's rows, those outside the window too
+        file_days: set[datetime.date] = {day} if day is not None else set()
+        digest: str | None = None
         writer: ipc.RecordBatchFileWriter | None = None
         try:
-            with self.zone.filesystem.open_input_file(self.zone.full_path(entry)) as source:
+            with self.zone.filesystem.open_input_file(self.zone.full_path(entry)) as opened:
+                source: pa.NativeFile = opened
+                if entry.size <= HASH_LIMIT:
+                    # a small file is read once, whole: decoded from memory and hashed
+                    data = opened.read()
+                    digest = hashlib.sha256(data).hexdigest()
+                    source = pa.BufferReader(data)
                 for batch in read_batches(
                     source,
                     entry.path,
@@ -266,7 +324,7 @@ class FilesSource(Source):
                     rescue=dataset.rescue,
                     report=report,
                 ):
-                    batch = self._stamped(batch, dataset, entry, day, window)
+                    batch = self._stamped(batch, dataset, entry, day, window, file_days)
                     if writer is None:
                         spilled_schema = batch.schema
                         writer = ipc.new_file(path, spilled_schema)
@@ -298,6 +356,8 @@ class FilesSource(Source):
                 "size": entry.size,
                 "modified": entry.stamp,
                 "modified_at": entry.modified,
+                "sha256": digest,
+                "file_days": sorted(file_days),
                 "rows": rows,
                 # an empty file is in the ledger too, on its arrival day (or the window's first)
                 "days": by_day or {day or (window.first_day if window else None): 0},
@@ -316,9 +376,11 @@ class FilesSource(Source):
         entry: FileEntry,
         day: datetime.date | None,
         window: PartitionWindow | None,
+        file_days: set[datetime.date],
     ) -> pa.RecordBatch:
         """A file's batch with `_source_file` (and `_arrival_date`), cut to the window's days
-        when the rows' own column partitions them."""
+        when the rows' own column partitions them (the days of all its rows added to
+        `file_days`)."""
         columns = [c for c in batch.schema.names if c not in (SOURCE_FILE, ARRIVAL_DATE)]
         batch = batch.select(columns)
         batch = batch.append_column(SOURCE_FILE, pa.repeat(pa.scalar(entry.path), batch.num_rows))
@@ -326,16 +388,19 @@ class FilesSource(Source):
             return batch.append_column(
                 ARRIVAL_DATE, pa.repeat(pa.scalar(day, pa.date32()), batch.num_rows)
             )
-        if window is None:
-            return batch
         column = dataset.partitioning.column
         if column not in batch.schema.names:
+            if window is None:
+                return batch
             raise MalformedFileError(
                 entry.path,
                 f"no column {column}, the dataset's partition column",
                 "declare the column the files carry as `partitioning.column`",
             )
         days = partition_dates(batch.column(column), self.timezone)
+        file_days.update(value for value in pc.unique(days).to_pylist() if value is not None)
+        if window is None:
+            return batch
         inside = pc.and_(
             pc.greater_equal(days, pa.scalar(window.first_day, pa.date32())),
             pc.less_equal(days, pa.scalar(window.last_day, pa.date32())),
@@ -479,6 +544,14 @@ class FilesSource(Source):
                 severity="note",
             )
         ]
+
+
+def _rows_per_file(entries: pa.Table) -> dict[str, int]:
+    """The rows of each file over the ledger entries' days (a file by column has several)."""
+    rows: dict[str, int] = {}
+    for row in entries.select(["path", "rows"]).to_pylist():
+        rows[row["path"]] = rows.get(row["path"], 0) + (row["rows"] or 0)
+    return rows
 
 
 def _conformed(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
