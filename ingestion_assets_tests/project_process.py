@@ -2,9 +2,9 @@
 worker would (used to stop a run with SIGTERM, or to fail its write, in the middle).
 
     python -m ingestion_assets_tests.project_process PROJECT_FILE ASSET FIRST LAST
-        [--file-size-limit BYTES]
+        [--file-size-limit BYTES] [--source NAME]
 
-ASSET is the table's key name under the source `src`. --file-size-limit sets RLIMIT_FSIZE: a file
+ASSET is the table's key name under the source `src` (or --source). --file-size-limit sets RLIMIT_FSIZE: a file
 written past it fails with EFBIG, as on a full disk. Exits 0 when the run succeeded, 1 when it
 failed; prints `run failed` on stderr once the failure is recorded. SIGUSR1 writes every
 thread's stack to stderr (what a test prints when the process outlives its bound)."""
@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("first", type=datetime.date.fromisoformat)
     parser.add_argument("last", type=datetime.date.fromisoformat)
     parser.add_argument("--file-size-limit", type=int)
+    parser.add_argument("--source", default="src")
     args = parser.parse_args(argv)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     spec = parse_project(args.project.read_text(encoding="utf-8"), str(args.project))
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     if args.file_size_limit is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (args.file_size_limit, args.file_size_limit))
     result = materialize(
-        [defs.get_assets_def(AssetKey(["src", args.asset]))],
+        [defs.get_assets_def(AssetKey([args.source, args.asset]))],
         instance=DagsterInstance.ephemeral(),
         resources=defs.resources,
         tags={

@@ -12,7 +12,9 @@ import gzip
 import hashlib
 import os
 import pathlib
-import threading
+import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -25,7 +27,6 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     build_sensor_context,
-    instance_for_test,
     materialize,
 )
 from deltalake import DeltaTable
@@ -62,6 +63,12 @@ def _rates(
 def _project(
     landing: str, lake: pathlib.Path, dataset: dict[str, Any] | None = None, **source: Any
 ) -> ProjectSpec:
+    return parse_project(_project_text(landing, lake, dataset, **source), "files.yaml")
+
+
+def _project_text(
+    landing: str, lake: pathlib.Path, dataset: dict[str, Any] | None = None, **source: Any
+) -> str:
     entry = {
         "name": "CurrencyRate",
         "glob": "rates/*.tsv*",
@@ -71,7 +78,7 @@ def _project(
         "columns": COLUMNS,
         **(dataset or {}),
     }
-    text = yaml.safe_dump(
+    return yaml.safe_dump(
         {
             "lake": {"root": str(lake)},
             "sources": {
@@ -85,7 +92,6 @@ def _project(
             },
         }
     )
-    return parse_project(text, "files.yaml")
 
 
 def _run(
@@ -401,19 +407,34 @@ def test_two_runs_over_the_same_new_files_at_once_land_each_file_once(
             [(index * 100 + k, "EUR", "0.9") for k in range(50)],
             name=f"_{index}",
         )
-    project = _project(str(landing), lake)
-    results: list[Any] = []
-
-    def run() -> None:
-        with instance_for_test() as own:
-            results.append(_run(project, own, "2024-01-01", raise_on_error=False))
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert [result.success for result in results] == [True, True]
+    project_file = tmp_path / "files.yaml"
+    project_file.write_text(_project_text(str(landing), lake), encoding="utf-8")
+    # two run workers, as Dagster starts them: processes of their own
+    command = [
+        sys.executable,
+        "-m",
+        "ingestion_assets_tests.project_process",
+        str(project_file),
+        "currency_rate",
+        "2024-01-01",
+        "2024-01-01",
+        "--source",
+        "landing",
+    ]
+    workers = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = []
+    for worker in workers:
+        try:
+            _, errors = worker.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            # its threads' stacks (project_process registers SIGUSR1), then it is stopped
+            worker.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            worker.kill()
+            _, errors = worker.communicate()
+            pytest.fail(f"a run outlived 300 s:\n{errors[-4000:]}")
+        outcomes.append((worker.returncode, errors[-2000:]))
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
     ids = [row[0] for row in _rows(lake)]
     assert len(ids) == 300
     assert len(set(ids)) == 300
