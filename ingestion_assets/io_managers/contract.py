@@ -28,6 +28,19 @@ from ingestion_assets.specs import DatasetSpec
 
 # the resource key of the Unity Catalog IO manager (the merge asset asks which writer it has)
 DATABRICKS_IO_MANAGER_KEY = "databricks_io_manager"
+# each writer's resource key, and the storage kind its assets show (Dagster draws its icon)
+IO_MANAGER_KEYS = {
+    "delta": "io_manager",
+    "databricks": DATABRICKS_IO_MANAGER_KEY,
+    "iceberg": "iceberg_io_manager",
+    "postgres": "postgres_io_manager",
+}
+STORAGE_KINDS = {
+    "io_manager": "deltalake",
+    DATABRICKS_IO_MANAGER_KEY: "databricks",
+    "iceberg_io_manager": "iceberg",
+    "postgres_io_manager": "postgres",
+}
 
 # keys of the definition metadata through which an asset tells the IO manager how to write it
 PARTITION_COLUMN_KEY = "ingestion/partition_column"
@@ -58,6 +71,19 @@ class WriteRequest:
     schema_policy: str = "evolve"
     nanoseconds: str = "error"
     key_columns: tuple[str, ...] = ()
+
+    def plan(self, target: pa.Schema, table_label: str | None = None) -> WritePlan:
+        """How the rows of `target`'s schema become this table's rows (stamped now)."""
+        return WritePlan(
+            table_label=table_label or f"table {'.'.join(self.asset_path)}",
+            window=self.window,
+            target=target,
+            partition_column=self.partition_column,
+            ingested_at=datetime.datetime.now(datetime.UTC),
+            run_id=self.run_id,
+            nanoseconds=self.nanoseconds,
+            key_columns=self.key_columns,
+        )
 
 
 class StagedWrite(Protocol):

@@ -222,16 +222,7 @@ class DatabricksIOManager(ConfigurableIOManager):
         reader, source_stream = output_reader(data)
         table_name = self.full_table_name(list(request.asset_path))
         target = lake_schema(reader.schema, request.nanoseconds)
-        plan = WritePlan(
-            table_label=f"table {table_name}",
-            window=request.window,
-            target=target,
-            partition_column=request.partition_column,
-            ingested_at=datetime.datetime.now(datetime.UTC),
-            run_id=request.run_id,
-            nanoseconds=request.nanoseconds,
-            key_columns=request.key_columns,
-        )
+        plan = request.plan(target, f"table {table_name}")
         client = self.client()
         staged = StagedFiles(
             client,

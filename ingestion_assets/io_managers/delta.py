@@ -6,7 +6,6 @@ the table layout, the replace and its commit live in `ingestion_assets.lake`."""
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import pathlib
 import time
@@ -83,16 +82,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
         """Write the rows as files no table version refers to yet (see `StagedWrite`)."""
         reader, source_stream = output_reader(data)
         uri = self.table_uri(request.asset_path)
-        plan = WritePlan(
-            table_label=f"table {'.'.join(request.asset_path)}",
-            window=request.window,
-            target=lake_schema(reader.schema, request.nanoseconds),
-            partition_column=request.partition_column,
-            ingested_at=datetime.datetime.now(datetime.UTC),
-            run_id=request.run_id,
-            nanoseconds=request.nanoseconds,
-            key_columns=request.key_columns,
-        )
+        plan = request.plan(lake_schema(reader.schema, request.nanoseconds))
         existing = self.open_uri(uri)
         gone = None
         if source_stream is not None and source_stream.files is not None:

@@ -8,7 +8,6 @@ duplicates."""
 
 from __future__ import annotations
 
-import datetime
 import io
 import time
 import uuid
@@ -179,15 +178,9 @@ class PostgresIOManager(ConfigurableIOManager):
     def stage(self, request: WriteRequest, data: Any) -> PostgresStagedWrite:
         """COPY the rows into a staging table of an open transaction (see `StagedWrite`)."""
         reader, _ = output_reader(data)
-        plan = WritePlan(
-            table_label=f"table {self.table_name(request.asset_path)}",
-            window=request.window,
-            target=lake_schema(reader.schema, request.nanoseconds),
-            partition_column=request.partition_column,
-            ingested_at=datetime.datetime.now(datetime.UTC),
-            run_id=request.run_id,
-            nanoseconds=request.nanoseconds,
-            key_columns=request.key_columns,
+        plan = request.plan(
+            lake_schema(reader.schema, request.nanoseconds),
+            f"table {self.table_name(request.asset_path)}",
         )
         started = time.monotonic()
         connection = self.connect()
