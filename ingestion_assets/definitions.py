@@ -39,7 +39,7 @@ from ingestion_assets.factory import (
     source_resource,
     source_resource_key,
 )
-from ingestion_assets.io_managers.contract import DATABRICKS_IO_MANAGER_KEY
+from ingestion_assets.io_managers.contract import IO_MANAGER_KEYS
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.layers.asset import layer_assets, layer_jobs
@@ -100,6 +100,33 @@ def databricks_io_manager(settings: DatabricksSpec) -> DatabricksIOManager:
     )
 
 
+def writer_io_manager(project: ProjectSpec, writer: str) -> object:
+    """The IO manager of a writer other than the default Delta one (ProjectSpec has checked
+    that its settings are there); `${VAR}`s become EnvVars, read when a run starts."""
+    lake = project.lake
+    if writer == "databricks":
+        assert lake.databricks is not None
+        return databricks_io_manager(lake.databricks)
+    if writer == "iceberg":
+        from ingestion_assets.io_managers.iceberg import IcebergIOManager
+
+        assert lake.iceberg is not None
+        return IcebergIOManager(
+            catalog_uri=config_value(lake.iceberg.catalog_uri),
+            warehouse=config_value(lake.iceberg.warehouse),
+            namespace=lake.iceberg.namespace,
+            partition_by=lake.iceberg.partition_by,
+        )
+    if writer == "postgres":
+        from ingestion_assets.io_managers.postgres import PostgresIOManager
+
+        assert lake.postgres is not None
+        return PostgresIOManager(
+            url=config_value(lake.postgres.url), db_schema=lake.postgres.schema_name
+        )
+    raise ValueError(f"unknown writer {writer}")
+
+
 def transform_definitions(project: ProjectSpec, name: str, settings: Any) -> Definitions:
     """The definitions of one `transforms.<name>` entry, from its extension module."""
     target = TRANSFORMS.get(name)
@@ -153,16 +180,12 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
                 {key: config_value(value) for key, value in project.lake.storage_options.items()},
             )
         resources[source_resource_key(source_name)] = resource
-        if project.io_manager_of(source_name) == "databricks":
-            assert project.lake.databricks is not None  # ProjectSpec validates it
-            resources[DATABRICKS_IO_MANAGER_KEY] = databricks_io_manager(project.lake.databricks)
-            assets.extend(
-                source_assets(source_name, spec, DATABRICKS_IO_MANAGER_KEY, locate(source_name))
-            )
-            checks.extend(source_checks(source_name, spec, DATABRICKS_IO_MANAGER_KEY))
-        else:
-            assets.extend(source_assets(source_name, spec, locate=locate(source_name)))
-            checks.extend(source_checks(source_name, spec))
+        writer = project.io_manager_of(source_name)
+        key = IO_MANAGER_KEYS[writer]
+        if key not in resources:
+            resources[key] = writer_io_manager(project, writer)
+        assets.extend(source_assets(source_name, spec, key, locate(source_name)))
+        checks.extend(source_checks(source_name, spec, key))
         selections = source_job_selections(source_name, spec)
         jobs.extend(
             define_asset_job(

@@ -44,6 +44,7 @@ from ingestion_assets.io_managers.contract import (
     PARTITION_COLUMN_KEY,
     PARTITION_ROW_COUNT,
     SCHEMA_POLICY_KEY,
+    STORAGE_KINDS,
     StagedWrite,
     TableWriter,
     WriteRequest,
@@ -175,8 +176,8 @@ def dataset_asset(
     io_manager_key: str = "io_manager",
     location: tuple[str, int] | None = None,
 ) -> AssetsDefinition:
-    """The asset `[source, table]` that streams one table's (or stream's) days into Delta
-    (delta-rs, or Unity Catalog when `io_manager_key` is the Databricks IO manager's), with its
+    """The asset `[source, table]` that streams one table's (or stream's) days into its writer
+    (delta-rs by default; Unity Catalog, Iceberg or PostgreSQL by `io_manager_key`), with its
     checks judged on the staged rows before the commit (audit before publish)."""
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
@@ -206,9 +207,8 @@ def dataset_asset(
     }
     if table.primary_key:
         metadata["primary_key"] = ", ".join(table.primary_key)
-    metadata["dagster/storage_kind"] = (
-        "databricks" if io_manager_key != "io_manager" else "deltalake"
-    )
+    storage_kind = STORAGE_KINDS.get(io_manager_key, "deltalake")
+    metadata["dagster/storage_kind"] = storage_kind
     if location is not None:
         # the entry of the project file this asset comes from, linked from the asset's page
         metadata["dagster/code_references"] = CodeReferencesMetadataValue(
@@ -219,7 +219,8 @@ def dataset_asset(
         group_name=source_name,
         description=_description(spec, table, kind),
         # `deltalake` is the kind Dagster draws the Delta Lake icon for
-        kinds={kind, "deltalake", *(["databricks"] if io_manager_key != "io_manager" else [])},
+        # Unity Catalog tables are Delta tables too
+        kinds={kind, storage_kind, *(["deltalake"] if storage_kind == "databricks" else [])},
         owners=list(table.owners or spec.owners),
         tags={**spec.tags, **table.tags},
         metadata=metadata,

@@ -1133,7 +1133,7 @@ class StreamSpec(DatasetSpec):
         return self.partition_field
 
 
-IoManagerName = Literal["delta", "databricks"]
+IoManagerName = Literal["delta", "databricks", "iceberg", "postgres"]
 
 
 class SourceSpecBase(Spec):
@@ -1169,7 +1169,9 @@ class SourceSpecBase(Spec):
         None, description="Automation condition of every table or stream: `{on_cron: ...}`."
     )
     io_manager: IoManagerName | None = Field(
-        None, description="`delta` or `databricks`; default: the lake's `io_manager`."
+        None,
+        description="`delta`, `databricks`, `iceberg` or `postgres`; default: the lake's "
+        "`io_manager`.",
     )
 
     @field_validator("timezone")
@@ -1460,6 +1462,64 @@ class DatabricksSpec(Spec):
         return value
 
 
+def _url_without_password(value: str, key: str) -> str:
+    """A URL that holds no literal password: `${VAR}` for the whole URL, or one without it."""
+    _check_reference_syntax(value)
+    if env_reference(value) is None and re.match(r"^[^:/]+://[^/@]*:[^/@]*@", value):
+        raise ValueError(
+            f"the {key} holds a password: put the whole URL in an environment variable and "
+            f"write {key}: ${{WAREHOUSE_URL}}"
+        )
+    return value
+
+
+class IcebergSpec(Spec):
+    """Apache Iceberg tables in a SQL catalog (pyiceberg): one snapshot per run."""
+
+    catalog_uri: str = Field(
+        description="The SQL catalog's SQLAlchemy URL: sqlite:///.data/iceberg/catalog.db on one "
+        "machine, a PostgreSQL URL (as ${VAR} when it holds a password) for a shared one."
+    )
+    warehouse: str = Field(
+        ".data/iceberg", description="Folder or object-store URI of the tables' files."
+    )
+    namespace: str = Field("ingest", description="The catalog namespace of the tables.")
+    partition_by: Literal["day", "month"] = Field(
+        "day", description="The tables' partitioning: day or month of `_partition_date`."
+    )
+
+    @field_validator("catalog_uri")
+    @classmethod
+    def _catalog_uri(cls, value: str) -> str:
+        return _url_without_password(value, "catalog_uri")
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse(cls, value: str) -> str:
+        return _check_reference_syntax(value)
+
+
+class PostgresTargetSpec(Spec):
+    """Tables in a PostgreSQL database: COPY into a staging table, swapped in one transaction."""
+
+    url: str = Field(
+        description="postgresql://user@host:5432/db, or ${VAR} holding a URL with its password."
+    )
+    schema_name: str = Field("ingest", alias="schema", description="The tables' schema.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _url_without_password(value, "url")
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", value):
+            raise ValueError(f"'{value}' is not a plain PostgreSQL schema name: use a-z, 0-9, _")
+        return value
+
+
 class LakeSpec(Spec):
     """Where Delta tables live: a local folder or an object-store URI, or Unity Catalog."""
 
@@ -1469,10 +1529,18 @@ class LakeSpec(Spec):
     )
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
     io_manager: IoManagerName = Field(
-        "delta", description="Default writer: `delta` (delta-rs, under root) or `databricks`."
+        "delta",
+        description="Default writer: `delta` (delta-rs, under root), `databricks`, `iceberg` or "
+        "`postgres`.",
     )
     databricks: DatabricksSpec | None = Field(
         None, description="Unity Catalog settings, needed when any source writes to databricks."
+    )
+    iceberg: IcebergSpec | None = Field(
+        None, description="Iceberg catalog settings, needed when any source writes to iceberg."
+    )
+    postgres: PostgresTargetSpec | None = Field(
+        None, description="The PostgreSQL warehouse, needed when any source writes to postgres."
     )
 
     @field_validator("storage_options")
@@ -1664,6 +1732,24 @@ def validate_sources(value: Any) -> Any:
     return validated
 
 
+def _table_writer_supports(source_name: str, spec: SourceSpecBase, writer: str) -> None:
+    """Refuse what only the Delta writers keep: merged and CDC tables (their key ledgers and
+    history) and a files source's ledger of files."""
+    if spec.type == "files":
+        raise ValueError(
+            f"source {source_name}: a files source keeps its ledger of files beside Delta tables; "
+            f"write it with io_manager: delta (not {writer})"
+        )
+    for dataset in spec.datasets:
+        mode = getattr(dataset, "mode", "replace")
+        if mode != "replace":
+            raise ValueError(
+                f"source {source_name}, table {dataset.qualified_name}: mode {mode} is kept by "
+                f"the Delta writers only; use io_manager: delta (or databricks) for this source, "
+                f"or mode: replace"
+            )
+
+
 class ProjectSpec(Spec):
     """The whole project file."""
 
@@ -1770,4 +1856,19 @@ class ProjectSpec(Spec):
                 "set: add lake: {databricks: {host: ${DATABRICKS_HOST}, token: "
                 "${DATABRICKS_TOKEN}, warehouse_id: ..., catalog: ..., schema: ..., volume: ...}}"
             )
+        for writer, example in (
+            (
+                "iceberg",
+                "{catalog_uri: sqlite:///.data/iceberg/catalog.db, warehouse: .data/iceberg}",
+            ),
+            ("postgres", "{url: ${WAREHOUSE_URL}, schema: ingest}"),
+        ):
+            users = [name for name in self.sources if self.io_manager_of(name) == writer]
+            if users and getattr(self.lake, writer) is None:
+                raise ValueError(
+                    f"source(s) {', '.join(users)} write to {writer} but lake.{writer} is not "
+                    f"set: add lake: {{{writer}: {example}}}"
+                )
+            for name in users:
+                _table_writer_supports(name, self.sources[name], writer)
         return self

@@ -129,6 +129,11 @@ class LayerGraph:
         query = parse_select(spec.sql, where)
         check_inputs(query, spec.inputs, where)
         writer = project.layer_writer(spec)
+        if writer not in ("delta", "databricks"):
+            raise LayerSqlError(
+                f"{where}: layers run over Delta tables (delta-rs or Unity Catalog), not "
+                f"{writer}; set the layer's `io_manager: delta` and keep its inputs on delta"
+            )
         for name, table in inputs.items():
             if table.writer != writer:
                 raise LayerSqlError(

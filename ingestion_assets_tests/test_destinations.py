@@ -1,0 +1,257 @@
+"""The other writers on the same contract: SQL tables landed as Apache Iceberg tables (a SQL
+catalog on SQLite) and as PostgreSQL tables (the local server), read back through the writer and
+compared with the source column by column, and what the project file refuses on them."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+from dagster import AssetKey, DagsterInstance
+
+from ingestion_assets.demo.generate import DemoScale, demo_rows
+from ingestion_assets.demo.schema import ORDER_TABLES
+from ingestion_assets.errors import ConfigError
+from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
+from ingestion_assets.project import parse_project
+from ingestion_assets_tests.conftest import (
+    ORDER_TABLE_KEYS,
+    POSTGRES_URL,
+    SOURCE,
+    TEST_SCALE,
+    IngestProject,
+    SourceDatabase,
+    build_project,
+    failure_message,
+    require_service,
+    table_entry,
+)
+from ingestion_assets_tests.test_sql_source import assert_same_rows, expected_rows
+
+DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
+WRITERS = ("iceberg", "postgres")
+RESOURCE_KEYS = {"iceberg": "iceberg_io_manager", "postgres": "postgres_io_manager"}
+
+
+@pytest.fixture
+def warehouse_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for the postgres writer's tables; its URL."""
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
+    name = f"ia_dest_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(POSTGRES_URL)
+    try:
+        yield f"postgresql://{url.username}@{url.host}:{url.port}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=WRITERS)
+def writer_settings(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> tuple[str, dict[str, Any]]:
+    """(writer, the `lake:` options that select it)."""
+    writer = str(request.param)
+    if writer == "iceberg":
+        warehouse = tmp_path / "iceberg"
+        warehouse.mkdir()
+        settings: dict[str, Any] = {
+            "catalog_uri": f"sqlite:///{warehouse / 'catalog.db'}",
+            "warehouse": str(warehouse),
+        }
+    else:
+        settings = {"url": request.getfixturevalue("warehouse_database"), "schema": "ingest"}
+    return writer, {"io_manager": writer, writer: settings}
+
+
+def read_back(project: IngestProject, writer: str, name: str, columns: list[str]) -> Any:
+    """The committed rows of `[src, name]` as the writer reads them (every day)."""
+    manager = project.defs.resources[RESOURCE_KEYS[writer]]
+    table = manager.committed_rows((SOURCE, name), None, columns)
+    assert table is not None, f"{writer}: no table {name}"
+    return table
+
+
+def test_one_day_of_each_order_table_equals_the_source(
+    source_database: SourceDatabase,
+    writer_settings: tuple[str, dict[str, Any]],
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    writer, lake_options = writer_settings
+    source_database.load_demo()
+    project = build_project(
+        source_database,
+        tmp_path / "lake",
+        [table_entry(source_database, logical) for logical in ORDER_TABLES],
+        lake_options=lake_options,
+    )
+    names = [ORDER_TABLE_KEYS[logical][0] for logical in ORDER_TABLES]
+    result = project.materialize(names, instance, partition=DAY.isoformat())
+    assert result.success, failure_message(result)
+    # the checks judged the staged rows on this writer as on Delta
+    evaluations = result.get_asset_check_evaluations()
+    assert evaluations
+    assert all(evaluation.passed for evaluation in evaluations), evaluations
+    for logical in ORDER_TABLES:
+        name, key = ORDER_TABLE_KEYS[logical]
+        expected = expected_rows(logical, DAY)
+        table = read_back(project, writer, name, [*expected[0], *LINEAGE_COLUMNS])
+        assert set(table.column(PARTITION_DATE).to_pylist()) == {DAY}
+        assert_same_rows(
+            table,
+            expected,
+            key,
+            f"{writer} from {source_database.dialect}: {logical}",
+        )
+        materialization = result.asset_materializations_for_node(f"src__{name}")[0]
+        assert materialization.metadata["dagster/row_count"].value == table.num_rows
+
+
+def test_a_backfill_is_one_run_equal_to_its_single_days_and_a_changed_day_is_replaced(
+    writer_settings: tuple[str, dict[str, Any]],
+    sqlite_database: SourceDatabase,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    writer, lake_options = writer_settings
+    scale = DemoScale(days=60, orders_per_day=2)
+    sqlite_database.load_demo(scale)
+    entry = table_entry(sqlite_database, "Sales.SalesOrderHeader")
+    project = build_project(sqlite_database, tmp_path / "lake", [entry], lake_options=lake_options)
+    first = scale.start_date
+    last = first + datetime.timedelta(days=scale.days - 1)
+    columns = ["SalesOrderID", "TotalDue", "ModifiedDate"]
+
+    def landed() -> list[tuple[Any, ...]]:
+        table = read_back(project, writer, "sales_order_header", columns)
+        return sorted(tuple(row.values()) for row in table.to_pylist())
+
+    backfill = project.materialize(
+        ["sales_order_header"], instance, partition_range=(first.isoformat(), last.isoformat())
+    )
+    assert backfill.success, failure_message(backfill)
+    assert len(backfill.asset_materializations_for_node("src__sales_order_header")) == scale.days
+    once = landed()
+    assert len(once) == sum(1 for row in demo_rows(scale)["Sales.SalesOrderHeader"])
+    # the same days one by one: the same rows
+    for offset in range(0, scale.days, 7):
+        day = (first + datetime.timedelta(days=offset)).isoformat()
+        assert project.materialize(["sales_order_header"], instance, partition=day).success
+    assert landed() == once
+
+    # the source changes one day: re-materializing it replaces exactly that day
+    changed_day = first + datetime.timedelta(days=10)
+    sales = pathlib.Path(sqlite_database.sqlite_attach["Sales"])
+    with sqlite3.connect(sales) as connection:
+        connection.execute(
+            'UPDATE "SalesOrderHeader" SET "TotalDue" = "TotalDue" + 1 '
+            'WHERE substr("ModifiedDate", 1, 10) = ?',
+            (changed_day.isoformat(),),
+        )
+    assert project.materialize(
+        ["sales_order_header"], instance, partition=changed_day.isoformat()
+    ).success
+    after = landed()
+    assert len(after) == len(once)
+    differ = {old[-1] for old, new in zip(once, after, strict=True) if old != new}
+    # each row ends with its _partition_date
+    assert differ == {changed_day}
+
+
+def _project_text(**lake: Any) -> dict[str, Any]:
+    return {
+        "lake": {"root": ".data/lake", **lake},
+        "sources": {
+            "erp": {
+                "type": "sql",
+                "connection": {"url": "sqlite:///erp.db"},
+                "start_date": "2024-01-01",
+                "tables": [
+                    {"schema": "main", "name": "orders", "partition_column": "ModifiedDate"}
+                ],
+            }
+        },
+    }
+
+
+ICEBERG = {"catalog_uri": "sqlite:///catalog.db", "warehouse": ".data/iceberg"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda text: text["lake"].update(io_manager="postgres"),
+            "source(s) erp write to postgres but lake.postgres is not set",
+        ),
+        (
+            lambda text: text["lake"].update(
+                io_manager="postgres", postgres={"url": "postgresql://u:secret@host/db"}
+            ),
+            "the url holds a password: put the whole URL in an environment variable",
+        ),
+        (
+            lambda text: (
+                text["lake"].update(io_manager="iceberg", iceberg=ICEBERG),
+                text["sources"]["erp"]["tables"][0].pop("partition_column"),
+                text["sources"]["erp"]["tables"][0].update(mode="merge", primary_key=["id"]),
+            ),
+            "table main.orders: mode merge is kept by the Delta writers only",
+        ),
+        (
+            lambda text: (
+                text["lake"].update(io_manager="iceberg", iceberg=ICEBERG),
+                text["sources"].update(
+                    landing={
+                        "type": "files",
+                        "root": "landing",
+                        "start_date": "2024-01-01",
+                        "files": [
+                            {
+                                "name": "rates",
+                                "glob": "*.csv",
+                                "format": {"type": "csv"},
+                                "partitioning": {"by": "arrival"},
+                            }
+                        ],
+                    }
+                ),
+            ),
+            "source landing: a files source keeps its ledger of files beside Delta tables",
+        ),
+    ],
+    ids=["no-settings", "literal-password", "merge-mode", "files-source"],
+)
+def test_what_only_delta_keeps_is_refused_on_the_other_writers(change: Any, message: str) -> None:
+    text = _project_text()
+    change(text)
+    with pytest.raises(ConfigError) as raised:
+        parse_project(yaml.safe_dump(text), "project.yaml")
+    assert message in str(raised.value)
+    assert "secret" not in str(raised.value)
+
+
+def test_the_assets_show_their_writer_and_use_its_resource(tmp_path: pathlib.Path) -> None:
+    text = _project_text(io_manager="iceberg", iceberg=ICEBERG)
+    text["sources"]["erp"]["io_manager"] = "iceberg"
+    from ingestion_assets.definitions import build_definitions
+
+    defs = build_definitions(parse_project(yaml.safe_dump(text), "project.yaml"))
+    asset = defs.get_assets_def(AssetKey(["erp", "orders"]))
+    spec = next(iter(asset.specs))
+    assert "iceberg" in spec.kinds
+    assert "deltalake" not in spec.kinds
+    assert spec.metadata["dagster/storage_kind"] == "iceberg"
+    assert asset.get_io_manager_key_for_asset_key(spec.key) == "iceberg_io_manager"
+    assert type(defs.resources["iceberg_io_manager"]).__name__ == "IcebergIOManager"
