@@ -67,7 +67,7 @@ format: setup-python
 # every test, spread over the cores; a file's tests stay on one worker, so the module-scoped
 # servers (dg dev, the demo, the Docker builds) start once
 test: setup-dev lint
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=20
 
 # markers in pyproject.toml; --dialects (conftest.py) runs the dialect-parametrized tests on one
 FAST_MARKERS := not (slow or e2e or spark or s3 or mssql or mariadb)

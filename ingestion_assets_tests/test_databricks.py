@@ -23,8 +23,8 @@ from pytest_httpserver import HTTPServer
 from sqlglot import exp
 from werkzeug import Request, Response
 
-from ingestion_assets.definitions import DATABRICKS_IO_MANAGER_KEY
 from ingestion_assets.errors import ConfigError
+from ingestion_assets.io_managers.contract import DATABRICKS_IO_MANAGER_KEY
 from ingestion_assets.io_managers.databricks import (
     DatabricksIOManager,
     create_table_sql,
