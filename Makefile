@@ -71,7 +71,9 @@ test: setup-dev lint
 
 # markers in pyproject.toml; --dialects (conftest.py) runs the dialect-parametrized tests on one
 FAST_MARKERS := not (slow or e2e or spark or s3 or mssql or mariadb)
-PYTEST_WORKERS ?= auto
+# one worker more than the cores: about half of the suite's time is spent waiting (on servers
+# starting, sensors ticking, subprocesses), during which another file's tests can use the core
+PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 test-fast: lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dialects=postgresql -m "$(FAST_MARKERS)"
 
