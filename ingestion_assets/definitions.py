@@ -116,6 +116,7 @@ def writer_io_manager(project: ProjectSpec, writer: str) -> object:
             warehouse=config_value(lake.iceberg.warehouse),
             namespace=lake.iceberg.namespace,
             partition_by=lake.iceberg.partition_by,
+            rows_per_file=lake.iceberg.rows_per_file,
         )
     if writer == "postgres":
         from ingestion_assets.io_managers.postgres import PostgresIOManager

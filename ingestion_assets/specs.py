@@ -1487,6 +1487,11 @@ class IcebergSpec(Spec):
     partition_by: Literal["day", "month"] = Field(
         "day", description="The tables' partitioning: day or month of `_partition_date`."
     )
+    rows_per_file: int = Field(
+        1_000_000,
+        gt=0,
+        description="Rows a run holds before it writes them out as data files: bounds its memory.",
+    )
 
     @field_validator("catalog_uri")
     @classmethod

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
+from pyiceberg.transforms import MonthTransform
 
 from ingestion_assets.errors import IngestionError
 from ingestion_assets.io_managers.contract import WriteRequest
@@ -161,8 +162,10 @@ def test_rematerializing_a_day_replaces_exactly_that_day_in_one_catalog_commit(
     metadata = _write(sqlite_manager, _window("2024-03-02"), _rows("2024-03-02", 2, 100))
     after = _snapshots(sqlite_manager)
     new = [s for s in after if s not in before]
-    # pyiceberg's overwrite: a delete and an append snapshot, published by one metadata swap
-    assert len(new) == 2
+    # one overwrite snapshot: the day's file out, the new one in
+    assert len(new) == 1
+    assert metadata["iceberg_snapshot_id"] == new[0]
+    assert metadata["iceberg_operation"] == "overwrite"
     assert metadata["iceberg_deleted_records"] == 4
     assert metadata["iceberg_added_records"] == 2
     table = sqlite_manager.open_table(("shop", "orders"))
@@ -171,6 +174,63 @@ def test_rematerializing_a_day_replaces_exactly_that_day_in_one_catalog_commit(
     rows = sqlite_manager.committed_rows(("shop", "orders"), None, ["id"])
     assert rows is not None
     assert sorted(rows.column("id").to_pylist()) == [0, 1, 2, 20, 21, 22, 23, 24, 100, 101]
+
+
+def _data_files(manager: IcebergIOManager) -> set[str]:
+    table = manager.open_table(("shop", "orders"))
+    assert table is not None
+    return {task.file.file_path for task in table.scan().plan_files()}
+
+
+def _stored_files(tmp_path: Any) -> set[str]:
+    return {f"file://{path}" for path in (tmp_path / "warehouse").rglob("*.parquet")}
+
+
+def test_under_month_partitioning_a_day_is_replaced_and_the_months_other_days_kept(
+    tmp_path: Any,
+) -> None:
+    manager = IcebergIOManager(
+        catalog_uri=f"sqlite:///{tmp_path}/catalog.db",
+        warehouse=f"file://{tmp_path}/warehouse",
+        partition_by="month",
+        rows_per_file=3,
+    )
+    days = [_rows("2024-03-01", 3), _rows("2024-03-02", 4, 10), _rows("2024-03-03", 5, 20)]
+    _write(manager, _window("2024-03-01", 3), pa.concat_tables(days))
+    # a chunk goes out once 3 rows are held: the batches of 3, 4 and 5 rows are 3 files of March
+    assert len(_data_files(manager)) == 3
+    before = _snapshots(manager)
+    metadata = _write(manager, _window("2024-03-02"), _rows("2024-03-02", 2, 100))
+    assert len(_snapshots(manager)) == len(before) + 1
+    assert metadata["dagster/row_count"] == 10
+    rows = manager.committed_rows(("shop", "orders"), None, ["id"])
+    assert rows is not None
+    assert sorted(rows.column("id").to_pylist()) == [0, 1, 2, 20, 21, 22, 23, 24, 100, 101]
+    table = manager.open_table(("shop", "orders"))
+    assert table is not None
+    assert [f.transform for f in table.spec().fields] == [MonthTransform()]
+
+
+def test_kept_rows_are_the_tables_rows_outside_the_window_and_an_abort_deletes_its_files(
+    tmp_path: Any, sqlite_manager: IcebergIOManager
+) -> None:
+    _write(
+        sqlite_manager,
+        _window("2024-03-01", 2),
+        pa.concat_tables([_rows("2024-03-01", 3), _rows("2024-03-02", 4, 10)]),
+    )
+    committed = _data_files(sqlite_manager)
+    staged = sqlite_manager.stage(_request(_window("2024-03-02")), _rows("2024-03-02", 2, 1))
+    kept = staged.kept_rows(["id", "note"])
+    assert sorted(kept.column("id").to_pylist()) == [0, 1, 2]
+    assert kept.schema.names == ["id", "note"]
+    among = staged.kept_rows(["id"], pa.array([1, 2, 11], pa.int64()))
+    assert sorted(among.column("id").to_pylist()) == [1, 2]
+    # staged, not committed: the files exist and no snapshot names them
+    assert _stored_files(tmp_path) - committed
+    staged.abort()
+    assert _stored_files(tmp_path) == committed
+    assert _data_files(sqlite_manager) == committed
 
 
 def _failing(table: pa.Table) -> Iterator[pa.RecordBatch]:

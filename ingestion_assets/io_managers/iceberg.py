@@ -1,54 +1,93 @@
 """Apache Iceberg IO manager (pyiceberg, SQL catalog): the Delta writer's contract on Iceberg.
 
 Each asset is the table `<namespace>.<asset path joined by "__">` of a SQL catalog (SQLite or
-PostgreSQL), partitioned by day (or month) of `_partition_date`. A commit is one catalog
-transaction: the window's days are overwritten (`overwrite_filter` on `_partition_date`) and any
-schema change under policy `evolve` applied, so a reader sees the old rows or the new ones, never
-a mix; an abort or a failed stream leaves the table at its previous snapshot. pyiceberg records
-the overwrite as two snapshots (a delete, then an append) published by one metadata swap: the
-intermediate delete snapshot is never a table's current state.
+PostgreSQL), partitioned by day (or month) of `_partition_date`.
+
+`stage()` writes the run's rows as Parquet data files of the table (a chunk of `rows_per_file`
+rows at a time, so memory stays bounded by the chunk, not the run) that no snapshot references
+yet. `commit()` is one catalog commit of one `overwrite` snapshot: it removes the window's data
+files (a file that also holds days outside the window, as under month partitioning, is rewritten
+without the window's rows), adds the staged files and applies any schema change under policy
+`evolve`, so a reader sees the old rows or the new ones, never a mix. When another writer
+committed first the change is planned again on the new snapshot (bounded attempts), so runs of
+different days all land and two runs of one day leave one copy. A run killed before its commit
+leaves the table at its previous snapshot; its data files are orphans no snapshot names (abort
+deletes them when it gets the chance).
 
 Types: the Arrow schema the lake writes (`lake_schema`) maps one to one: decimals keep precision
 and scale, timestamps with a zone become `timestamptz`, without one `timestamp` (microseconds).
 UUIDs are stored as strings (the sources give them as text; Iceberg's `uuid` type would be a
 fixed(16) that DuckDB and pyarrow readers show as bytes).
 
-Limit: pyiceberg's overwrite takes an Arrow table, so `stage()` holds the converted window in
-memory until the commit (a multi-day backfill needs its rows' size in RAM)."""
+pyiceberg's public writes (`overwrite`) take the whole window in memory and publish a delete and
+an append snapshot; the writer uses its data-file writer and overwrite snapshot producer instead
+(pyiceberg internals, hence the upper bound on its version in pyproject.toml)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import itertools
+import random
 import time
+import uuid
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+    ValidationException,
+)
 from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
     GreaterThanOrEqual,
     LessThanOrEqual,
+    Not,
 )
-from pyiceberg.table import Table
+from pyiceberg.expressions.visitors import _StrictMetricsEvaluator
+from pyiceberg.io.pyarrow import (
+    ArrowScan,
+    _check_pyarrow_schema_compatible,
+    _dataframe_to_data_files,
+)
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema, assign_fresh_schema_ids
+from pyiceberg.table import CreateTableTransaction, Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, MonthTransform, Transform
 
-from ingestion_assets.errors import IngestionError
+from ingestion_assets.errors import IngestionError, SchemaDriftError
 from ingestion_assets.io_managers.contract import (
     WriteRequest,
     column_schema,
     context_window,
     output_reader,
+    partitions_text,
     write_output,
     write_timing_metadata,
 )
+from ingestion_assets.lake.files import conform
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
 from ingestion_assets.sources.window import PartitionWindow
+
+# commits planned again after another writer committed first (each waits a little longer)
+MAX_COMMIT_ATTEMPTS = 20
+# pyiceberg retries a failed commit itself with the files to delete planned on the old snapshot,
+# which could keep a concurrent run's rows of the window: the writer's tables retry here instead
+NO_CATALOG_RETRIES = {"commit.retry.num-retries": "0"}
+# the first partition field id of a table's spec (Iceberg's convention)
+PARTITION_FIELD_ID = 1000
 
 # Iceberg has no 8- or 16-bit integers, nor unsigned ones, nor half floats: the narrowest
 # type of its own that holds every value
@@ -87,8 +126,13 @@ class IcebergIOManager(ConfigurableIOManager):
     partition_by: Literal["day", "month"] = Field(
         default="day", description="`day` or `month`: the transform of `_partition_date`."
     )
+    rows_per_file: int = Field(
+        default=1_000_000,
+        gt=0,
+        description="Rows a run holds before it writes them as data files (bounds its memory).",
+    )
 
-    def catalog(self) -> Catalog:
+    def catalog(self) -> SqlCatalog:
         """The SQL catalog, its namespace created on first use."""
         catalog = SqlCatalog("ingestion", uri=self.catalog_uri, warehouse=self.warehouse)
         catalog.create_namespace_if_not_exists(self.namespace)
@@ -106,12 +150,16 @@ class IcebergIOManager(ConfigurableIOManager):
             return None
 
     def stage(self, request: WriteRequest, data: Any) -> IcebergStagedWrite:
-        """Convert and count the rows, held until the commit (see the module's limit)."""
+        """Write the rows as data files no snapshot references yet (see the module)."""
         reader, _ = output_reader(data)
         plan = request.plan(iceberg_types(lake_schema(reader.schema, request.nanoseconds)))
-        existing = self.open_table(request.asset_path)
-        table_schema = existing.schema().as_arrow() if existing is not None else None
+        catalog = self.catalog()
         identifier = self.identifier(request.asset_path)
+        try:
+            existing: Table | None = catalog.load_table(identifier)
+        except NoSuchTableError:
+            existing = None
+        table_schema = existing.schema().as_arrow() if existing is not None else None
         if table_schema is not None and request.schema_policy == "freeze":
             added = [name for name in plan.target.names if name not in table_schema.names]
             if added:
@@ -120,12 +168,16 @@ class IcebergIOManager(ConfigurableIOManager):
                     f"has no column(s) {', '.join(added)} and its schema policy is `freeze`; set "
                     "`schema_policy: evolve` on the table to add them, or drop them at the source"
                 )
-        started = time.monotonic()
-        batches = list(plan.stream(reader, request.log.info))
-        rows = pa.Table.from_batches(batches, schema=plan.target)
-        written = IcebergStagedWrite(self, request, plan, rows, started)
-        written.table_schema = table_schema
-        return written
+        staged = IcebergStagedWrite(self, request, plan, time.monotonic())
+        staged.table_schema = table_schema
+        try:
+            staged.write(catalog, existing, plan.stream(reader, request.log.info))
+        except BaseException:
+            staged.abort()
+            if plan.source_error is not None:
+                raise plan.source_error from None
+            raise
+        return staged
 
     def committed_rows(
         self, asset_path: tuple[str, ...], window: PartitionWindow | None, columns: list[str]
@@ -187,67 +239,257 @@ def days_filter(window: PartitionWindow | None) -> BooleanExpression:
     )
 
 
+def _partition_spec(schema: Schema, partition_by: str) -> PartitionSpec:
+    """The spec of a new table: `day` or `month` of `_partition_date`."""
+    transform: Transform[Any, Any] = MonthTransform() if partition_by == "month" else DayTransform()
+    return PartitionSpec(
+        PartitionField(
+            source_id=schema.find_field(PARTITION_DATE).field_id,
+            field_id=PARTITION_FIELD_ID,
+            transform=transform,
+            name=f"{PARTITION_DATE}_{partition_by}",
+        )
+    )
+
+
+def _same_fields(written: Schema, current: Schema) -> bool:
+    """Whether every column the files were written with has the same id and type in `current`."""
+    for field in written.fields:
+        try:
+            now = current.find_field(field.field_id)
+        except ValueError:
+            return False
+        if now.name != field.name or now.field_type != field.field_type:
+            return False
+    return True
+
+
 class IcebergStagedWrite:
-    """A staged replace of one Iceberg table's window (see `StagedWrite`)."""
+    """A staged replace of one Iceberg table's window (see `StagedWrite`): data files written,
+    not yet named by a snapshot."""
 
     def __init__(
-        self,
-        manager: IcebergIOManager,
-        request: WriteRequest,
-        plan: WritePlan,
-        rows: pa.Table,
-        started: float,
+        self, manager: IcebergIOManager, request: WriteRequest, plan: WritePlan, started: float
     ) -> None:
         self.manager, self.request, self.plan = manager, request, plan
-        self.rows: pa.Table | None = rows
         self.started = started
         self.table_name = manager.identifier(request.asset_path)
         self.incoming_schema: pa.Schema = plan.target
         self.table_schema: pa.Schema | None = None
+        self.data_files: list[DataFile] = []
+        self.written_schema: Schema | None = None
+        self.written_spec: PartitionSpec | None = None
+        self.create: CreateTableTransaction | None = None
+        self.existing: Table | None = None
+        self.io: Any = None
+        self.aborted = False
 
-    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table | None:
-        """Unknown here (the audit's key check across the window does not apply)."""
-        return None
+    def _metadata(self, catalog: SqlCatalog, existing: Table | None) -> TableMetadata:
+        """The table's metadata as the commit will make it (a new table, or the columns added
+        under `evolve`), without publishing anything."""
+        target = self.plan.target
+        if existing is None:
+            schema = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(target))
+            # a table's metadata before the catalog has it (no public equivalent)
+            staged_table = catalog._create_staged_table(
+                self.table_name,
+                schema,
+                partition_spec=_partition_spec(schema, self.manager.partition_by),
+                properties=NO_CATALOG_RETRIES,
+            )
+            self.create = CreateTableTransaction(staged_table)
+            self.io = staged_table.io
+            return self.create.table_metadata
+        self.io = existing.io
+        transaction = existing.transaction()
+        if set(target.names) - set(existing.schema().column_names):
+            with transaction.update_schema() as update:
+                update.union_by_name(target)
+        return transaction.table_metadata
+
+    def write(
+        self, catalog: SqlCatalog, existing: Table | None, batches: Iterable[pa.RecordBatch]
+    ) -> None:
+        """Write the batches as data files, `rows_per_file` rows at a time."""
+        self.existing = existing
+        metadata = self._metadata(catalog, existing)
+        try:
+            _check_pyarrow_schema_compatible(
+                metadata.schema(),
+                provided_schema=self.plan.target,
+                format_version=metadata.format_version,
+            )
+        except ValueError as error:
+            raise SchemaDriftError(
+                f"{self.plan.table_label} ({self.plan.partition_label}): the rows do not fit "
+                f"Iceberg table {self.table_name}: {error}. Change the column back at the "
+                "source, or write to a new table (asset_name)."
+            ) from None
+        self.written_schema, self.written_spec = metadata.schema(), metadata.spec()
+        write_uuid, counter = uuid.uuid4(), itertools.count(0)
+        chunk: list[pa.RecordBatch] = []
+        rows = 0
+
+        def flush() -> None:
+            table = pa.Table.from_batches(chunk, schema=self.plan.target)
+            chunk.clear()
+            if table.num_rows:
+                table = table.sort_by(PARTITION_DATE)
+                self.data_files.extend(
+                    _dataframe_to_data_files(metadata, table, self.io, write_uuid, counter)
+                )
+
+        for batch in batches:
+            chunk.append(batch)
+            rows += batch.num_rows
+            if rows >= self.manager.rows_per_file:
+                flush()
+                rows = 0
+        flush()
+
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
+        """`columns` of the table's rows outside the window, which the commit keeps (none for a
+        snapshot); with `among`, only those whose first column holds one of its values. Read
+        a batch at a time; a column the table lacks comes back as nulls."""
+        schema = pa.schema([self.plan.target.field(name) for name in columns])
+        table = self.existing
+        if table is None or self.plan.window is None or table.current_snapshot() is None:
+            return schema.empty_table()
+        present = set(table.schema().column_names)
+        if among is not None and columns[0] not in present:
+            return schema.empty_table()
+        scan = table.scan(
+            row_filter=Not(days_filter(self.plan.window)),
+            selected_fields=tuple(name for name in columns if name in present),
+        )
+        kept = []
+        reader = scan.to_arrow_batch_reader()
+        for batch in reader:
+            if among is not None:
+                batch = batch.filter(pc.is_in(batch.column(columns[0]), value_set=among))
+            kept.append(batch)
+        return conform(pa.Table.from_batches(kept, schema=reader.schema), schema)
 
     def abort(self) -> None:
-        """Drop the held rows; nothing reached the table."""
-        self.rows = None
+        """Delete the written data files (best effort: no snapshot names them either way)."""
+        self.aborted = True
+        self._delete(self.data_files)
+        self.data_files = []
+
+    def _delete(self, files: Iterable[DataFile]) -> None:
+        for data_file in files:
+            # best effort: an orphan left behind is harmless
+            with contextlib.suppress(OSError):
+                self.io.delete(data_file.file_path)
 
     def commit(self) -> dict[str, Any]:
-        """Overwrite the window's days with the staged rows in one catalog transaction."""
-        if self.rows is None:
+        """One overwrite snapshot: the window's files out, the staged files in (planned again
+        when another writer committed first)."""
+        if self.aborted:
             raise IngestionError(f"{self.plan.table_label}: the staged write was aborted")
-        manager, plan, rows = self.manager, self.plan, self.rows
-        catalog = manager.catalog()
-        table = manager.open_table(self.request.asset_path)
-        if table is None:
-            table = catalog.create_table(self.table_name, schema=rows.schema)
-            transform: Transform[Any, Any] = (
-                MonthTransform() if manager.partition_by == "month" else DayTransform()
-            )
-            with table.update_spec() as spec:
-                spec.add_field(
-                    PARTITION_DATE, transform, f"{PARTITION_DATE}_{manager.partition_by}"
+        plan = self.plan
+        catalog = self.manager.catalog()
+        committed: Table | None = None
+        for number in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            rewritten: list[DataFile] = []
+            try:
+                transaction, base = self._transaction(catalog, first=number == 1)
+                rewritten = self._overwrite(transaction, base)
+                committed = transaction.commit_transaction()
+                break
+            except (CommitFailedException, TableAlreadyExistsError, ValidationException):
+                self._delete(rewritten)
+                if number == MAX_COMMIT_ATTEMPTS:
+                    self.abort()
+                    raise
+                self.request.log.info(
+                    f"{plan.table_label} {plan.partition_label}: another run committed to "
+                    f"{self.table_name} first; planning again on its snapshot (attempt "
+                    f"{number + 1} of {MAX_COMMIT_ATTEMPTS})"
                 )
-        before = {snapshot.snapshot_id for snapshot in table.snapshots()}
-        with table.transaction() as transaction:
-            if set(rows.schema.names) - set(table.schema().column_names):
-                with transaction.update_schema() as update:
-                    update.union_by_name(rows.schema)
-            overwrite = days_filter(plan.window)
-            transaction.overwrite(rows, overwrite_filter=overwrite)
-        self.rows = None
-        table = manager.open_table(self.request.asset_path)
-        assert table is not None
+                time.sleep(random.uniform(0.05, 0.25) * number)
+            except BaseException:
+                self._delete(rewritten)
+                self.abort()
+                raise
+        assert committed is not None
+        self.data_files = []
+        return self._metadata_of(committed)
+
+    def _transaction(self, catalog: SqlCatalog, first: bool) -> tuple[Transaction, Table | None]:
+        """A transaction on the table's current snapshot with the staged schema applied, and the
+        table it starts from (None: the table is created by it)."""
+        if first and self.create is not None:
+            return self.create, None
+        table = catalog.load_table(self.table_name)
+        if table.properties.get("commit.retry.num-retries") != "0":
+            with table.transaction() as settings:
+                settings.set_properties(NO_CATALOG_RETRIES)
+            table = catalog.load_table(self.table_name)
+        transaction = table.transaction()
+        if set(self.plan.target.names) - set(table.schema().column_names):
+            with transaction.update_schema() as update:
+                update.union_by_name(self.plan.target)
+        assert self.written_schema is not None
+        metadata = transaction.table_metadata
+        if not _same_fields(self.written_schema, metadata.schema()) or (
+            self.written_spec is not None and not metadata.spec().compatible_with(self.written_spec)
+        ):
+            raise IngestionError(
+                f"{self.plan.table_label} ({self.plan.partition_label}): Iceberg table "
+                f"{self.table_name} changed its schema or partitioning while this run wrote; "
+                "nothing was committed: run it again"
+            )
+        return transaction, table
+
+    def _overwrite(self, transaction: Transaction, table: Table | None) -> list[DataFile]:
+        """Stage the snapshot in `transaction`; the files it wrote to keep the rows outside the
+        window of files it removes."""
+        window = days_filter(self.plan.window)
+        removed: list[DataFile] = []
+        rewritten: list[DataFile] = []
+        if table is not None and table.current_snapshot() is not None:
+            strict = _StrictMetricsEvaluator(table.schema(), window)
+            counter = itertools.count(0)
+            for task in table.scan(row_filter=window).plan_files():
+                removed.append(task.file)
+                if self.plan.window is None or (not task.delete_files and strict.eval(task.file)):
+                    continue
+                # the file also holds rows outside the window: write those again
+                kept = ArrowScan(
+                    table_metadata=table.metadata,
+                    io=table.io,
+                    projected_schema=table.schema(),
+                    row_filter=Not(window),
+                ).to_table(tasks=[task])
+                if kept.num_rows:
+                    rewritten.extend(
+                        _dataframe_to_data_files(
+                            transaction.table_metadata, kept, table.io, uuid.uuid4(), counter
+                        )
+                    )
+        properties = {
+            "ingestion.run-id": self.request.run_id,
+            "ingestion.partitions": partitions_text(self.plan),
+        }
+        with transaction.update_snapshot(snapshot_properties=properties).overwrite() as snapshot:
+            for data_file in removed:
+                snapshot.delete_data_file(data_file)
+            for data_file in [*rewritten, *self.data_files]:
+                snapshot.append_data_file(data_file)
+        return rewritten
+
+    def _metadata_of(self, table: Table) -> dict[str, Any]:
+        plan = self.plan
         snapshot = table.current_snapshot()
-        # pyiceberg's overwrite is a delete snapshot and an append snapshot, in one catalog commit
-        new = [s for s in table.snapshots() if s.snapshot_id not in before]
-        summaries = [dict(s.summary.additional_properties) for s in new if s.summary]
-        summary = summaries[-1] if summaries else {}
+        summary = (
+            dict(snapshot.summary.additional_properties) if snapshot and snapshot.summary else {}
+        )
         elapsed = time.monotonic() - self.started
         self.request.log.info(
-            f"{plan.table_label} {plan.partition_label}: wrote {plan.rows:,} rows as Iceberg "
-            f"snapshot {snapshot.snapshot_id if snapshot else None} in {elapsed:.2f} s"
+            f"{plan.table_label} {plan.partition_label}: wrote {plan.rows:,} rows in "
+            f"{len(self.data_files):,} data files as Iceberg snapshot "
+            f"{snapshot.snapshot_id if snapshot else None} in {elapsed:.2f} s"
         )
         return {
             "dagster/row_count": int(summary.get("total-records", plan.rows)),
@@ -256,9 +498,12 @@ class IcebergStagedWrite:
             "dagster/table_name": self.table_name,
             **write_timing_metadata(plan, elapsed),
             "iceberg_snapshot_id": snapshot.snapshot_id if snapshot else None,
-            "iceberg_snapshot_ids": MetadataValue.json([s.snapshot_id for s in new]),
-            "iceberg_added_records": sum(int(s.get("added-records", 0)) for s in summaries),
-            "iceberg_deleted_records": sum(int(s.get("deleted-records", 0)) for s in summaries),
+            "iceberg_operation": str(snapshot.summary.operation.value)
+            if snapshot and snapshot.summary
+            else None,
+            "iceberg_summary": MetadataValue.json(summary),
+            "iceberg_added_records": int(summary.get("added-records", 0)),
+            "iceberg_deleted_records": int(summary.get("deleted-records", 0)),
             "partition_row_counts": MetadataValue.json(
                 {str(day): n for day, n in sorted(plan.rows_by_day.items())}
             ),
