@@ -116,6 +116,29 @@ def test_rewriting_a_day_replaces_exactly_that_day(manager: PostgresIOManager) -
     assert one_day.num_rows == 1
 
 
+def test_kept_rows_are_the_rows_outside_the_window_matched_by_the_first_key_column(
+    manager: PostgresIOManager,
+) -> None:
+    days = ["2024-01-01", "2024-01-02", "2024-01-03", "2024-01-03"]
+    first = _orders(days).append_column("id", pa.array([1, 2, 3, 4], pa.int64()))
+    _write(manager, _request("2024-01-01", "2024-01-03"), first)
+    staged = manager.stage(
+        _request("2024-01-02", "2024-01-02"),
+        _orders(["2024-01-02"], "b").append_column("id", pa.array([9], pa.int64())),
+    )
+    try:
+        kept = staged.kept_rows(["id", "tag"])
+        assert kept.schema.names == ["id", "tag"]
+        assert sorted(kept.column("id").to_pylist()) == [1, 3, 4]
+        among = staged.kept_rows(["id"], pa.array([3, 2, 9], pa.int64()))
+        assert among.column("id").to_pylist() == [3]
+        # a column the table does not have yet comes back as nulls
+        staged.plan.target = staged.plan.target.append(pa.field("extra", pa.string()))
+        assert staged.kept_rows(["id", "extra"]).column("extra").null_count == 3
+    finally:
+        staged.abort()
+
+
 def test_abort_and_a_failure_mid_stream_leave_the_previous_rows(manager: PostgresIOManager) -> None:
     _write(manager, _request("2024-01-01", "2024-01-02"), _orders(["2024-01-01", "2024-01-02"]))
     manager.stage(_request("2024-01-01", "2024-01-02"), _orders(["2024-01-01"], "b")).abort()

@@ -28,6 +28,7 @@ from ingestion_assets.io_managers.contract import (
     write_output,
     write_timing_metadata,
 )
+from ingestion_assets.lake.files import conform
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema, schema_diff
 from ingestion_assets.sources.window import PartitionWindow
 
@@ -100,17 +101,49 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _hex(values: pa.Array) -> pa.Array:
+    """Binary values as lowercase hex text, built from the data buffer in one step (no Python
+    object per value); nulls stay null."""
+    kind, count = values.type, len(values)
+    if pa.types.is_fixed_size_binary(kind):
+        width = kind.byte_width
+        raw = values.buffers()[1].to_pybytes()[
+            values.offset * width : (values.offset + count) * width
+        ]
+        text = (
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(2 * width), count, [None, pa.py_buffer(raw.hex().encode())]
+            )
+            .cast(pa.large_binary())
+            .cast(pa.large_string())
+        )
+    else:
+        offset_type = pa.int64() if pa.types.is_large_binary(kind) else pa.int32()
+        offsets = pa.Array.from_buffers(
+            offset_type, count + 1, [None, values.buffers()[1]], offset=values.offset
+        ).cast(pa.int64())
+        first, last = offsets[0].as_py(), offsets[-1].as_py()
+        data = values.buffers()[2]
+        raw = b"" if data is None else data.to_pybytes()[first:last]
+        doubled = pc.multiply(pc.subtract(offsets, first), 2)
+        text = pa.Array.from_buffers(
+            pa.large_string(),
+            count,
+            [None, doubled.buffers()[1], pa.py_buffer(raw.hex().encode())],
+            offset=doubled.offset,
+        )
+    return pc.if_else(values.is_valid(), text, pa.scalar(None, pa.large_string()))
+
+
 def _csv_column(values: pa.Array) -> pa.Array:
-    """A column as COPY CSV text: binary as `\\x` hex, uuid as its canonical form."""
+    """A column as COPY CSV text: binary as `\\x` hex, uuid as its 32 hex digits."""
     kind = values.type
     if pa.types.is_fixed_size_binary(kind) and kind.byte_width == 16:
-        return pa.array(
-            [None if v is None else str(uuid.UUID(bytes=v)) for v in values.to_pylist()],
-            pa.string(),
-        )
+        # PostgreSQL reads a uuid written as 32 hex digits without dashes
+        return _hex(values)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return pa.array(
-            [None if v is None else "\\x" + v.hex() for v in values.to_pylist()], pa.string()
+        return pc.binary_join_element_wise(
+            pa.scalar("\\x", pa.large_string()), _hex(values), pa.scalar("", pa.large_string())
         )
     if pa.types.is_timestamp(kind) and kind.tz is not None:
         values = values.cast(pa.timestamp(kind.unit, "UTC"))
@@ -130,6 +163,19 @@ def _csv_bytes(batch: pa.RecordBatch) -> bytes:
         table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
     )
     return sink.getvalue()
+
+
+def _arrow_rows(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Rows psycopg2 fetched, as Arrow of `schema`."""
+    arrays = []
+    for index, field in enumerate(schema):
+        values = [row[index] for row in rows]
+        if pa.types.is_fixed_size_binary(field.type):
+            values = [None if v is None else uuid.UUID(str(v)).bytes for v in values]
+        elif pa.types.is_binary(field.type):
+            values = [None if v is None else bytes(v) for v in values]
+        arrays.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class PostgresIOManager(ConfigurableIOManager):
@@ -274,15 +320,7 @@ class PostgresIOManager(ConfigurableIOManager):
             connection.rollback()
         finally:
             connection.close()
-        arrays = []
-        for index, field in enumerate(schema):
-            values = [row[index] for row in rows]
-            if pa.types.is_fixed_size_binary(field.type):
-                values = [None if v is None else uuid.UUID(str(v)).bytes for v in values]
-            elif pa.types.is_binary(field.type):
-                values = [None if v is None else bytes(v) for v in values]
-            arrays.append(pa.array(values, field.type))
-        return pa.Table.from_arrays(arrays, schema=schema)
+        return _arrow_rows(rows, schema)
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         """Write an asset's Arrow data: replace its partitions (or the whole table) at once."""
@@ -318,9 +356,42 @@ class PostgresStagedWrite:
         self.incoming_schema: pa.Schema = plan.target
         self.table_schema: pa.Schema | None = None
 
-    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table | None:
-        """Unknown here: the audit judges the staged rows only."""
-        return None
+    def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
+        """`columns` of the table's rows outside the window, which the commit keeps (none for a
+        snapshot); with `among`, only those whose first column holds one of its values (matched
+        in the database against a temporary table of them). Read in the staging transaction; a
+        column the table lacks comes back as nulls."""
+        schema = pa.schema([self.plan.target.field(name) for name in columns])
+        existing = self.table_schema
+        if existing is None or self.plan.window is None:
+            return schema.empty_table()
+        present = [name for name in columns if name in existing.names]
+        if not present or (among is not None and columns[0] not in existing.names):
+            return schema.empty_table()
+        target = self.manager._qualified(self.request.asset_path)
+        cursor = self.connection.cursor()
+        day = quoted(PARTITION_DATE)
+        query = (
+            f"SELECT {', '.join(quoted(name) for name in present)} FROM {target} "
+            f"WHERE ({day} < %s OR {day} > %s)"
+        )
+        if among is not None:
+            first = schema.field(columns[0])
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS _among (value {postgres_type(first.type)}) "
+                "ON COMMIT DROP"
+            )
+            cursor.execute("TRUNCATE _among")
+            if isinstance(among, pa.ChunkedArray):
+                among = among.combine_chunks()
+            values = pa.RecordBatch.from_arrays([among.cast(first.type)], names=["value"])
+            cursor.copy_expert(
+                "COPY _among (value) FROM STDIN WITH (FORMAT csv)", io.BytesIO(_csv_bytes(values))
+            )
+            query += f" AND {quoted(columns[0])} IN (SELECT value FROM _among)"
+        cursor.execute(query, self.plan.days)
+        fetched = _arrow_rows(cursor.fetchall(), pa.schema([existing.field(n) for n in present]))
+        return conform(fetched, schema)
 
     def abort(self) -> None:
         """Roll back: the staging table goes, the table keeps its rows."""
