@@ -55,9 +55,13 @@ def _writer(
 
 
 def _race(
-    lake: pathlib.Path | str, work: pathlib.Path, windows: list[tuple[datetime.date, str]]
+    lake: pathlib.Path | str,
+    work: pathlib.Path,
+    windows: list[tuple[datetime.date, str]],
+    *options: str,
 ) -> None:
-    """Start one process per (day, tag), release them at the same moment, wait for all."""
+    """Start one process per (day, tag) (with the writer `options`), release them at the same
+    moment, wait for all."""
     go = work / "go"
     go.unlink(missing_ok=True)
     processes = []
@@ -80,6 +84,7 @@ def _race(
                     str(go),
                     "--delay-per-day",
                     "0.5",
+                    *options,
                 ),
             )
         )

@@ -2,11 +2,13 @@
 writers against each other and to kill one in the middle of a write).
 
     python -m ingestion_assets_tests.writer_process LAKE FIRST LAST TAG [--ready F --go F]
-        [--rows-per-day N] [--delay-per-day S]
+        [--rows-per-day N] [--delay-per-day S] [--writer delta|iceberg|postgres]
 
 Each day gets ids 0..N-1 with `value` = TAG, one batch per day. With --ready/--go the process
 imports everything, creates the ready file, and starts only once the go file exists. LAKE may be
-an s3:// URI, with the delta-rs storage options as JSON in INGEST_TEST_STORAGE_OPTIONS."""
+an s3:// URI, with the delta-rs storage options as JSON in INGEST_TEST_STORAGE_OPTIONS. With
+--writer iceberg, LAKE is a folder holding the SQLite catalog and the warehouse (data files of
+--rows-per-file rows); with --writer postgres, LAKE is a libpq URL and --db-schema the schema."""
 
 from __future__ import annotations
 
@@ -20,9 +22,17 @@ import time
 from collections.abc import Iterator
 
 import pyarrow as pa
-from dagster import DagsterInstance, DailyPartitionsDefinition, asset, materialize
+from dagster import (
+    ConfigurableIOManager,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    asset,
+    materialize,
+)
 
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
+from ingestion_assets.io_managers.iceberg import IcebergIOManager
+from ingestion_assets.io_managers.postgres import PostgresIOManager
 
 FIRST_DAY = datetime.date(2024, 1, 1)
 DAYS = DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-05-01")
@@ -43,6 +53,21 @@ def rows_of(day: datetime.date, tag: str, rows_per_day: int) -> pa.RecordBatch:
     )
 
 
+def _writer(args: argparse.Namespace) -> ConfigurableIOManager:
+    if args.writer == "iceberg":
+        return IcebergIOManager(
+            catalog_uri=f"sqlite:///{args.lake}/catalog.db",
+            warehouse=f"file://{args.lake}/warehouse",
+            rows_per_file=args.rows_per_file,
+        )
+    if args.writer == "postgres":
+        return PostgresIOManager(url=args.lake, db_schema=args.db_schema)
+    return DeltaLakeIOManager(
+        root_uri=args.lake,
+        storage_options=json.loads(os.environ.get(STORAGE_OPTIONS_VARIABLE, "{}")),
+    )
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("lake")
@@ -53,6 +78,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--go", type=pathlib.Path)
     parser.add_argument("--rows-per-day", type=int, default=500)
     parser.add_argument("--delay-per-day", type=float, default=0.0)
+    parser.add_argument("--writer", choices=["delta", "iceberg", "postgres"], default="delta")
+    parser.add_argument("--rows-per-file", type=int, default=1_000_000)
+    parser.add_argument("--db-schema", default="ingest")
     args = parser.parse_args(argv)
     days = [
         args.first + datetime.timedelta(days=offset)
@@ -79,12 +107,7 @@ def main(argv: list[str]) -> int:
     result = materialize(
         [events],
         instance=DagsterInstance.ephemeral(),
-        resources={
-            "io_manager": DeltaLakeIOManager(
-                root_uri=args.lake,
-                storage_options=json.loads(os.environ.get(STORAGE_OPTIONS_VARIABLE, "{}")),
-            )
-        },
+        resources={"io_manager": _writer(args)},
         tags={
             "dagster/asset_partition_range_start": args.first.isoformat(),
             "dagster/asset_partition_range_end": args.last.isoformat(),
