@@ -626,6 +626,35 @@ def test_mistakes_in_layers_are_load_time_errors_naming_the_layer(
     assert "the SQL does not select _partition_date" in message
 
 
+def test_layers_are_refused_on_writers_without_delta_tables_naming_the_fix(
+    orders_database: SourceDatabase, tmp_path: pathlib.Path
+) -> None:
+    text = yaml.safe_load(_project_text(orders_database, tmp_path / "lake", _layers()))
+    iceberg = {"catalog_uri": f"sqlite:///{tmp_path}/catalog.db", "warehouse": str(tmp_path)}
+    text["lake"].update(io_manager="iceberg", iceberg=iceberg)
+    with pytest.raises(ConfigError) as raised:
+        parse_project(yaml.safe_dump(text), "layers.yaml")
+    assert (
+        "layers[0] (silver/orders): layers run over Delta tables (delta-rs or Unity Catalog), "
+        "not iceberg; set the layer's `io_manager: delta`" in str(raised.value)
+    )
+    # the layer on delta, its inputs still on iceberg: the input is named
+    for layer in text["layers"]:
+        layer["io_manager"] = "delta"
+    with pytest.raises(ConfigError) as raised:
+        parse_project(yaml.safe_dump(text), "layers.yaml")
+    message = str(raised.value)
+    assert "layers[0] (silver/orders): input " in message
+    assert (
+        "is written by iceberg, the layer by delta; a layer reads inputs of its own writer. "
+        "Write the input's source with `io_manager: delta`." in message
+    )
+    # with the source on delta too, the same project loads
+    text["sources"]["src"]["io_manager"] = "delta"
+    del text["lake"]["io_manager"]
+    assert parse_project(yaml.safe_dump(text), "layers.yaml").layers
+
+
 def test_a_column_missing_from_an_undeclared_input_fails_the_run_before_reading(
     orders_database: SourceDatabase, tmp_path: pathlib.Path, instance: DagsterInstance
 ) -> None:

@@ -136,10 +136,14 @@ class LayerGraph:
             )
         for name, table in inputs.items():
             if table.writer != writer:
+                fix = (
+                    f"Set the layer's `io_manager: {table.writer}`."
+                    if table.writer in ("delta", "databricks")
+                    else f"Write the input's source with `io_manager: {writer}`."
+                )
                 raise LayerSqlError(
                     f"{where}: input {name} ({table.key}) is written by {table.writer}, the "
-                    f"layer by {writer}; a layer reads inputs of its own writer. Set the layer's "
-                    f"`io_manager: {table.writer}`."
+                    f"layer by {writer}; a layer reads inputs of its own writer. {fix}"
                 )
         days = _layer_days(spec, inputs, where)
         layer = Layer(spec, where, query, inputs, days, writer)
