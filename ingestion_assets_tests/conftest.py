@@ -44,6 +44,24 @@ SOURCE = "src"
 # small enough to build per test, large enough to have several batches and an empty day
 TEST_SCALE = DemoScale(days=20, orders_per_day=12)
 
+# the test files that take longest (`make test` prints the slowest tests), longest first
+LONGEST_FILES = (
+    "test_ui.py",
+    "test_component.py",
+    "test_demo.py",
+    "test_layers.py",
+    "test_concurrency.py",
+    "test_soak.py",
+    "test_delta_io.py",
+    "test_destination_faults.py",
+    "test_layout.py",
+    "test_destinations.py",
+    "test_schema_evolution.py",
+    "test_s3.py",
+    "test_stopping.py",
+    "test_cli.py",
+)
+
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -86,7 +104,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (left_out if dialect is not None and dialect not in chosen else kept).append(item)
     if left_out:
         config.hook.pytest_deselected(items=left_out)
-        items[:] = kept
+    # the longest files first: `--dist loadfile` hands files to workers in this order, so a
+    # long file taken last would leave the other workers idle at the end of the run
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    items[:] = sorted(kept, key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def require_service(
