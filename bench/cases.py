@@ -455,6 +455,22 @@ CASES: tuple[Case, ...] = (
         _project("project-backfill-postgres-project-storage"),
     ),
     Case(
+        "project-backfill-iceberg",
+        "  same, written to Iceberg (SQLite catalog, one snapshot)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-backfill-iceberg"),
+    ),
+    Case(
+        "project-backfill-postgres-writer",
+        "  same, written to a PostgreSQL table (COPY, one transaction)",
+        "sql",
+        "project",
+        _all("postgres"),
+        _project("project-backfill-postgres-writer"),
+    ),
+    Case(
         "project-cli-backfill",
         "project: CLI `dagster asset materialize --partition-range`",
         "sql",

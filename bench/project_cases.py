@@ -110,11 +110,51 @@ ORDER_TABLES = {
 }
 
 
+def _libpq_url(settings: CaseSettings) -> str:
+    """The benchmark's PostgreSQL as the PostgreSQL writer's libpq URL."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(settings.postgres_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def _writer_lake(settings: CaseSettings, lake: pathlib.Path, writer: str) -> dict[str, Any]:
+    """The `lake:` of a project writing through `writer` (delta, iceberg or postgres)."""
+    if writer == "iceberg":
+        warehouse = pathlib.Path(settings.work_dir) / "iceberg"
+        warehouse.mkdir(parents=True, exist_ok=True)
+        return {
+            "root": str(lake),
+            "io_manager": "iceberg",
+            "iceberg": {
+                "catalog_uri": f"sqlite:///{warehouse / 'catalog.db'}",
+                "warehouse": str(warehouse),
+            },
+        }
+    if writer == "postgres":
+        return {
+            "root": str(lake),
+            "io_manager": "postgres",
+            "postgres": {"url": _libpq_url(settings), "schema": _writer_schema(settings)},
+        }
+    return {"root": str(lake)}
+
+
+def _writer_schema(settings: CaseSettings) -> str:
+    """The schema the PostgreSQL writer's case lands in (dropped by the case)."""
+    return f"{settings.schema}_writer"
+
+
 def _sql_project(
-    settings: CaseSettings, lake: pathlib.Path, sqlite: bool, all_tables: bool = False
+    settings: CaseSettings,
+    lake: pathlib.Path,
+    sqlite: bool,
+    all_tables: bool = False,
+    writer: str = "delta",
 ) -> str:
     """The project file of the SQL cases: one partitioned table, as the README documents (with
-    `all_tables`, the four order tables of the source, each partitioned alike)."""
+    `all_tables`, the four order tables of the source, each partitioned alike), written by
+    `writer`."""
     import yaml
 
     connection: dict[str, Any] = {"url": settings.postgres_url}
@@ -143,7 +183,8 @@ def _sql_project(
         "timezone": "UTC",
         "tables": tables,
     }
-    return yaml.safe_dump({"lake": {"root": str(lake)}, "sources": {SQL_SOURCE: source}})
+    lake_settings = _writer_lake(settings, lake, writer)
+    return yaml.safe_dump({"lake": lake_settings, "sources": {SQL_SOURCE: source}})
 
 
 def _rest_project(settings: CaseSettings, lake: pathlib.Path) -> str:
@@ -192,6 +233,8 @@ class _Run:
     partition_range: tuple[str, str] | None = None
     partition_key: str | None = None
     sqlite_storage: bool = False
+    # (rows, bytes) landed, read from the definitions' writer (None: the Delta tables' files)
+    landed: Callable[[Any], tuple[int, int]] | None = None
 
 
 def _dagster_run(settings: CaseSettings, project_text: str, run: _Run) -> CaseResult:
@@ -250,12 +293,67 @@ def _dagster_run(settings: CaseSettings, project_text: str, run: _Run) -> CaseRe
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     note = "; ".join(f"check {e.check_name} failed: {e.description}" for e in failed)
     materializations = result.get_asset_materialization_events()
+    if run.landed is not None:
+        rows, written = run.landed(defs)
+        return CaseResult(rows, seconds, written, note)
     uris = {str(event.materialization.metadata["dagster/uri"].value) for event in materializations}
     rows = written = 0
     for uri in sorted(uris):
         landed_rows, landed_bytes = delta_landed(pathlib.Path(uri))
         rows, written = rows + landed_rows, written + landed_bytes
     return CaseResult(rows, seconds, written, note)
+
+
+def _iceberg_landed(defs: Any) -> tuple[int, int]:
+    """Rows and data-file bytes of the Iceberg table, counted from its current snapshot."""
+    manager = defs.resources["iceberg_io_manager"]
+    table = manager.open_table((SQL_SOURCE, "sales_order_detail"))
+    files = list(table.scan().plan_files())
+    return sum(f.file.record_count for f in files), sum(f.file.file_size_in_bytes for f in files)
+
+
+def _postgres_landed(settings: CaseSettings) -> Callable[[Any], tuple[int, int]]:
+    def landed(defs: Any) -> tuple[int, int]:
+        """Rows of the PostgreSQL table, counted by the server, and its size on disk."""
+        import psycopg2
+
+        table = f'"{_writer_schema(settings)}"."{SQL_SOURCE}__sales_order_detail"'
+        with psycopg2.connect(_libpq_url(settings)) as connection:
+            cursor = connection.cursor()
+            cursor.execute(f"SELECT count(*), pg_table_size('{table}') FROM {table}")
+            rows, size = cursor.fetchone()
+        return int(rows), int(size)
+
+    return landed
+
+
+def project_backfill_iceberg(settings: CaseSettings) -> CaseResult:
+    """The full backfill of the source's job (asset and checks) into an Iceberg table of a
+    SQLite catalog: one overwrite snapshot."""
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(SQL_SOURCE, True, (settings.first_day, settings.last_day), landed=_iceberg_landed)
+    return _dagster_run(settings, _sql_project(settings, lake, False, writer="iceberg"), run)
+
+
+def project_backfill_postgres_writer(settings: CaseSettings) -> CaseResult:
+    """The full backfill of the source's job into a table of the local PostgreSQL (COPY into a
+    staging table, one transaction); the schema is dropped afterwards."""
+    import psycopg2
+
+    lake = pathlib.Path(settings.work_dir) / "lake"
+    run = _Run(
+        SQL_SOURCE,
+        True,
+        (settings.first_day, settings.last_day),
+        landed=_postgres_landed(settings),
+    )
+    try:
+        return _dagster_run(settings, _sql_project(settings, lake, False, writer="postgres"), run)
+    finally:
+        connection = psycopg2.connect(_libpq_url(settings))
+        connection.autocommit = True
+        connection.cursor().execute(f'DROP SCHEMA IF EXISTS "{_writer_schema(settings)}" CASCADE')
+        connection.close()
 
 
 def project_backfill(settings: CaseSettings) -> CaseResult:
@@ -557,6 +655,8 @@ CASES: dict[str, Callable[[CaseSettings], CaseResult]] = {
     "project-backfill-four": project_backfill_four,
     "project-backfill-sqlite-storage": project_backfill_sqlite_storage,
     "project-backfill-asset": project_backfill_asset,
+    "project-backfill-iceberg": project_backfill_iceberg,
+    "project-backfill-postgres-writer": project_backfill_postgres_writer,
     "project-one-day": project_one_day,
     "project-sqlite": project_sqlite,
     "project-extract": project_extract,
