@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
+from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.transforms import MonthTransform
 
 from ingestion_assets.errors import IngestionError
@@ -19,6 +21,7 @@ from ingestion_assets.io_managers.contract import WriteRequest
 from ingestion_assets.io_managers.iceberg import IcebergIOManager
 from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.sources.window import PartitionWindow
+from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
 
 ZONE = ZoneInfo("UTC")
 
@@ -78,24 +81,20 @@ def sqlite_manager(tmp_path: Any) -> IcebergIOManager:
 
 @pytest.fixture
 def postgres_manager(tmp_path: Any) -> Iterator[IcebergIOManager]:
-    psycopg2 = pytest.importorskip("psycopg2")
+    """A manager whose catalog is a new database on the local PostgreSQL (dropped after)."""
+    admin = require_service(POSTGRES_URL, "PostgreSQL")
     name = f"iceberg_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    except psycopg2.OperationalError:
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         yield IcebergIOManager(
-            catalog_uri=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}",
+            catalog_uri=sa.make_url(POSTGRES_URL).set(database=name).render_as_string(),
             warehouse=f"file://{tmp_path}/warehouse",
         )
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.close()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _write(
@@ -287,3 +286,29 @@ def test_expire_snapshots_keeps_the_current_one(sqlite_manager: IcebergIOManager
     rows = sqlite_manager.committed_rows(("shop", "orders"), None, ["id"])
     assert rows is not None
     assert rows.num_rows == 3
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+def test_a_run_that_loses_the_race_to_create_the_namespace_opens_the_catalog_again(
+    catalog: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # two runs on a new catalog both find the namespace missing and both insert it: the loser's
+    # insert breaks the catalog's unique key. Here the first check answers "missing" once while
+    # the namespace is there, so the insert fails as the loser's does
+    manager: IcebergIOManager = request.getfixturevalue(f"{catalog}_manager")
+    manager.catalog()
+    checks: list[bool] = []
+    answer = SqlCatalog.namespace_exists
+
+    def lost_race(self: SqlCatalog, namespace: Any) -> bool:
+        checks.append(answer(self, namespace))
+        return len(checks) > 1 and checks[-1]
+
+    monkeypatch.setattr(SqlCatalog, "namespace_exists", lost_race)
+    _write(manager, _window("2024-03-01"), _rows("2024-03-01", 2))
+    assert checks[:2] == [True, True]
+    rows = manager.committed_rows(("shop", "orders"), None, ["id"])
+    assert rows is not None
+    assert rows.num_rows == 2

@@ -66,6 +66,8 @@ from pyiceberg.schema import Schema, assign_fresh_schema_ids
 from pyiceberg.table import CreateTableTransaction, Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, MonthTransform, Transform
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from ingestion_assets.errors import IngestionError, SchemaDriftError
 from ingestion_assets.io_managers.contract import (
@@ -83,6 +85,8 @@ from ingestion_assets.sources.window import PartitionWindow
 
 # commits planned again after another writer committed first (each waits a little longer)
 MAX_COMMIT_ATTEMPTS = 20
+# Opening the catalog: retried when a concurrent run created its tables or namespace first.
+CATALOG_OPEN_ATTEMPTS = 5
 # pyiceberg retries a failed commit itself with the files to delete planned on the old snapshot,
 # which could keep a concurrent run's rows of the window: the writer's tables retry here instead
 NO_CATALOG_RETRIES = {"commit.retry.num-retries": "0"}
@@ -133,10 +137,28 @@ class IcebergIOManager(ConfigurableIOManager):
     )
 
     def catalog(self) -> SqlCatalog:
-        """The SQL catalog, its namespace created on first use."""
-        catalog = SqlCatalog("ingestion", uri=self.catalog_uri, warehouse=self.warehouse)
-        catalog.create_namespace_if_not_exists(self.namespace)
-        return catalog
+        """The SQL catalog, its tables and namespace created on first use.
+
+        Two runs that start on a new catalog both find its tables (or the namespace) missing and
+        both create them; the one that loses gets an integrity or "already exists" error from the
+        database. Opening again finds what the other created, so the open is retried (bounded)."""
+        for number in range(1, CATALOG_OPEN_ATTEMPTS + 1):
+            try:
+                catalog = SqlCatalog("ingestion", uri=self.catalog_uri, warehouse=self.warehouse)
+                catalog.create_namespace_if_not_exists(self.namespace)
+                return catalog
+            except (IntegrityError, OperationalError, ProgrammingError) as error:
+                if number == CATALOG_OPEN_ATTEMPTS:
+                    url = make_url(self.catalog_uri).render_as_string(hide_password=True)
+                    raise IngestionError(
+                        f"Iceberg SQL catalog {url}: cannot open it or create namespace "
+                        f"{self.namespace} after {number} attempts "
+                        f"({type(error.orig).__name__}: {str(error.orig).splitlines()[0]}); "
+                        "check that the database is reachable and writable "
+                        "(`lake.iceberg.catalog_uri`)"
+                    ) from None
+                time.sleep(random.uniform(0.05, 0.2) * number)
+        raise AssertionError("unreachable")
 
     def identifier(self, asset_path: tuple[str, ...] | list[str]) -> str:
         """`<namespace>.<asset path joined by __>`."""
