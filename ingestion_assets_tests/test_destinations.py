@@ -5,17 +5,30 @@ compared with the source column by column, and what the project file refuses on 
 from __future__ import annotations
 
 import datetime
+import json
 import pathlib
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 import yaml
-from dagster import AssetKey, DagsterInstance
+from dagster import (
+    AssetIn,
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    asset,
+    build_sensor_context,
+    materialize,
+    mem_io_manager,
+)
 
+from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.generate import DemoScale, demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES
 from ingestion_assets.errors import ConfigError
@@ -24,6 +37,8 @@ from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
     ORDER_TABLE_KEYS,
     POSTGRES_URL,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
     SOURCE,
     TEST_SCALE,
     IngestProject,
@@ -33,10 +48,13 @@ from ingestion_assets_tests.conftest import (
     require_service,
     table_entry,
 )
+from ingestion_assets_tests.memory_source import FIRST_DAY, LOST, ROWS, memory_kind
+from ingestion_assets_tests.memory_source import KEY as MEMORY_KEY
 from ingestion_assets_tests.test_sql_source import assert_same_rows, expected_rows
 
 DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
 WRITERS = ("iceberg", "postgres")
+__all__ = ["memory_kind"]  # the fixture, used by name
 RESOURCE_KEYS = {"iceberg": "iceberg_io_manager", "postgres": "postgres_io_manager"}
 
 
@@ -245,8 +263,6 @@ def test_what_only_delta_keeps_is_refused_on_the_other_writers(change: Any, mess
 def test_the_assets_show_their_writer_and_use_its_resource(tmp_path: pathlib.Path) -> None:
     text = _project_text(io_manager="iceberg", iceberg=ICEBERG)
     text["sources"]["erp"]["io_manager"] = "iceberg"
-    from ingestion_assets.definitions import build_definitions
-
     defs = build_definitions(parse_project(yaml.safe_dump(text), "project.yaml"))
     asset = defs.get_assets_def(AssetKey(["erp", "orders"]))
     spec = next(iter(asset.specs))
@@ -255,3 +271,159 @@ def test_the_assets_show_their_writer_and_use_its_resource(tmp_path: pathlib.Pat
     assert spec.metadata["dagster/storage_kind"] == "iceberg"
     assert asset.get_io_manager_key_for_asset_key(spec.key) == "iceberg_io_manager"
     assert type(defs.resources["iceberg_io_manager"]).__name__ == "IcebergIOManager"
+
+
+def _memory_defs(lake: pathlib.Path, lake_options: dict[str, Any]) -> Definitions:
+    """The in-memory source's `orders` (key `id`, days from FIRST_DAY) on the given writer."""
+    project = {
+        "lake": {"root": str(lake), **lake_options},
+        "sources": {
+            "mem": {
+                "type": "memory",
+                "start_date": FIRST_DAY.isoformat(),
+                "end_date": (FIRST_DAY + datetime.timedelta(days=5)).isoformat(),
+                "tables": [{"name": "Orders", "primary_key": ["id"]}],
+            }
+        },
+    }
+    return build_definitions(parse_project(json.dumps(project), "memory.yaml"))
+
+
+def _landed_ids(defs: Definitions, writer: str) -> dict[str, list[int]]:
+    """The committed ids of mem.orders by day, as the writer reads them."""
+    table = defs.resources[RESOURCE_KEYS[writer]].committed_rows(("mem", "orders"), None, ["id"])
+    days: dict[str, list[int]] = {}
+    for row in [] if table is None else table.to_pylist():
+        days.setdefault(row[PARTITION_DATE].isoformat(), []).append(row["id"])
+    return {day: sorted(ids) for day, ids in sorted(days.items())}
+
+
+def _materialize(
+    defs: Definitions, instance: DagsterInstance, *assets: Any, **options: Any
+) -> ExecuteInProcessResult:
+    return materialize(
+        [defs.get_assets_def(MEMORY_KEY), *assets],
+        resources=defs.resources,
+        instance=instance,
+        raise_on_error=False,
+        **options,
+    )
+
+
+def test_rows_a_blocking_check_rejects_are_never_published_on_either_writer(
+    memory_kind: None,
+    writer_settings: tuple[str, dict[str, Any]],
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    writer, lake_options = writer_settings
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    day, next_day = FIRST_DAY.isoformat(), (FIRST_DAY + datetime.timedelta(days=1)).isoformat()
+    assert _materialize(defs, instance, partition_key=day).success
+    before = _landed_ids(defs, writer)
+    assert before == {day: [0, 1, 2, 3]}
+
+    # the read loses a row the source still counts: row_count rejects the day
+    ROWS[2]["changed"] = 2
+    LOST["Orders"] = {2}
+    short = _materialize(defs, instance, partition_key=day)
+    assert not short.success
+    assert "nothing was committed, the table is unchanged" in failure_message(short)
+    assert "row_count failed on 1 partition(s): 2024-03-01: 3 rows, the source has 4" in (
+        failure_message(short)
+    )
+    assert _landed_ids(defs, writer) == before
+    LOST.clear()
+
+    # a row of the next day carries the key of a row the table keeps on the first day: the key
+    # audit sees the kept rows through the writer and rejects the day
+    ROWS[100] = {"id": 1, "day": FIRST_DAY + datetime.timedelta(days=1), "changed": 1}
+    colliding = _materialize(defs, instance, partition_key=next_day)
+    assert not colliding.success
+    evaluation = next(
+        e for e in colliding.get_asset_check_evaluations() if e.check_name == "primary_key"
+    )
+    assert (evaluation.passed, evaluation.partition) == (False, next_day)
+    assert evaluation.metadata["duplicate_keys"].value == 1
+    assert _landed_ids(defs, writer) == before
+    del ROWS[100]
+    assert _materialize(defs, instance, partition_key=next_day).success
+    assert _landed_ids(defs, writer) == {day: [0, 1, 2, 3], next_day: [4, 5, 6, 7]}
+
+
+def test_a_downstream_asset_loads_the_days_it_runs_for_from_either_writer(
+    memory_kind: None,
+    writer_settings: tuple[str, dict[str, Any]],
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    writer, lake_options = writer_settings
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    orders = defs.get_assets_def(MEMORY_KEY)
+    first, last = FIRST_DAY.isoformat(), (FIRST_DAY + datetime.timedelta(days=2)).isoformat()
+    assert _materialize(defs, instance, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}).success
+    seen: dict[str, list[tuple[int, datetime.date]]] = {}
+
+    @asset(
+        key=["report", "orders_seen"],
+        partitions_def=orders.partitions_def,
+        ins={"orders": AssetIn(key=MEMORY_KEY)},
+        io_manager_key="mem_io_manager",
+    )
+    def orders_seen(context, orders: pa.Table) -> None:  # type: ignore[no-untyped-def]
+        seen[context.partition_key] = sorted(
+            zip(
+                orders.column("id").to_pylist(),
+                orders.column(PARTITION_DATE).to_pylist(),
+                strict=True,
+            )
+        )
+
+    middle = (FIRST_DAY + datetime.timedelta(days=1)).isoformat()
+    result = materialize(
+        [orders.to_source_asset(), orders_seen],
+        resources={**defs.resources, "mem_io_manager": mem_io_manager},
+        instance=instance,
+        partition_key=middle,
+    )
+    assert result.success
+    day = FIRST_DAY + datetime.timedelta(days=1)
+    assert seen == {middle: [(4, day), (5, day), (6, day), (7, day)]}, writer
+
+
+def test_the_new_data_sensors_runs_replace_the_changed_days_on_either_writer(
+    memory_kind: None,
+    writer_settings: tuple[str, dict[str, Any]],
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    writer, lake_options = writer_settings
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    first, last = FIRST_DAY.isoformat(), (FIRST_DAY + datetime.timedelta(days=2)).isoformat()
+    assert _materialize(defs, instance, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}).success
+    sensor = defs.get_sensor_def("mem_new_data")
+
+    def tick(cursor: str | None) -> Any:
+        with build_sensor_context(
+            instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
+        ) as context:
+            return sensor.evaluate_tick(context)
+
+    marked = tick(None)
+    assert not marked.run_requests
+    # a row of the third day moves to the second; another arrives on the third
+    moved = FIRST_DAY + datetime.timedelta(days=1)
+    ROWS[9].update(day=moved, changed=2)
+    ROWS[50] = {"id": 50, "day": FIRST_DAY + datetime.timedelta(days=2), "changed": 2}
+    result = tick(marked.cursor)
+    # the two adjacent days are asked for as one range run
+    (request,) = result.run_requests
+    assert (request.tags[RANGE_START_TAG], request.tags[RANGE_END_TAG]) == (moved.isoformat(), last)
+    run = _materialize(defs, instance, tags=request.tags)
+    assert run.success, failure_message(run)
+    assert _landed_ids(defs, writer) == {
+        first: [0, 1, 2, 3],
+        moved.isoformat(): [4, 5, 6, 7, 9],
+        last: [8, 10, 11, 50],
+    }
+    assert not tick(result.cursor).run_requests
