@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import random
 import uuid
 from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from pyiceberg.catalog.sql import SqlCatalog
@@ -312,3 +314,41 @@ def test_a_run_that_loses_the_race_to_create_the_namespace_opens_the_catalog_aga
     rows = manager.committed_rows(("shop", "orders"), None, ["id"])
     assert rows is not None
     assert rows.num_rows == 2
+
+
+@pytest.mark.parametrize(("partition_by", "files"), [("day", 40), ("month", 2)])
+def test_rows_in_any_order_land_as_one_file_per_partition_holding_only_its_rows(
+    tmp_path: Any, partition_by: str, files: int
+) -> None:
+    manager = IcebergIOManager(
+        catalog_uri=f"sqlite:///{tmp_path}/catalog.db",
+        warehouse=f"file://{tmp_path}/warehouse",
+        partition_by=partition_by,
+    )
+    first = datetime.date(2024, 3, 1)
+    rows = pa.concat_tables(
+        [_rows((first + datetime.timedelta(days=d)).isoformat(), 3, 10 * d) for d in range(40)]
+    )
+    order = random.Random(7).sample(range(rows.num_rows), rows.num_rows)
+    metadata = _write(manager, _window(first.isoformat(), 40), rows.take(pa.array(order)))
+    assert metadata["data_files_written"] == files
+    table = manager.open_table(("shop", "orders"))
+    assert table is not None
+    tasks = list(table.scan().plan_files())
+    assert len(tasks) == files
+    epoch = datetime.date(1970, 1, 1)
+    for task in tasks:
+        days = set(pq.read_table(task.file.file_path.removeprefix("file://"))[PARTITION_DATE])
+        (value,) = task.file.partition
+        if partition_by == "day":
+            assert [(day.as_py() - epoch).days for day in days] == [value]
+        else:
+            months = {(day.as_py().year - 1970) * 12 + day.as_py().month - 1 for day in days}
+            assert months == {value}
+    landed = manager.committed_rows(("shop", "orders"), None, ["id", "amount"])
+    assert landed is not None
+    landed = landed.sort_by("id")
+    assert landed.select(["id", "amount"]).equals(rows.select(["id", "amount"]).sort_by("id"))
+    assert landed[PARTITION_DATE].to_pylist() == [
+        first + datetime.timedelta(days=row_id // 10) for row_id in landed["id"].to_pylist()
+    ]

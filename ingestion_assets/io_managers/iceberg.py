@@ -59,13 +59,17 @@ from pyiceberg.io.pyarrow import (
     ArrowScan,
     _check_pyarrow_schema_compatible,
     _dataframe_to_data_files,
+    bin_pack_arrow_table,
+    pyarrow_to_schema,
+    write_file,
 )
 from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema, assign_fresh_schema_ids
-from pyiceberg.table import CreateTableTransaction, Table, Transaction
+from pyiceberg.table import CreateTableTransaction, Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, MonthTransform, Transform
+from pyiceberg.utils.properties import property_as_int
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -85,6 +89,9 @@ from ingestion_assets.sources.window import PartitionWindow
 
 # commits planned again after another writer committed first (each waits a little longer)
 MAX_COMMIT_ATTEMPTS = 20
+# a run's rows are written as data files once it holds this much Arrow data (or `rows_per_file`
+# rows), whichever comes first: the bound on the rows a run holds, whatever their width
+STAGE_BYTES = 64 << 20
 # Opening the catalog: retried when a concurrent run created its tables or namespace first.
 CATALOG_OPEN_ATTEMPTS = 5
 # pyiceberg retries a failed commit itself with the files to delete planned on the old snapshot,
@@ -286,6 +293,65 @@ def _same_fields(written: Schema, current: Schema) -> bool:
     return True
 
 
+def data_files(
+    metadata: TableMetadata,
+    table: pa.Table,
+    io: Any,
+    write_uuid: uuid.UUID,
+    counter: itertools.count[int],
+) -> list[DataFile]:
+    """`table`'s rows written as data files of the table `metadata` describes, a file (or
+    several, of the table's target size) per partition.
+
+    pyiceberg's own split (`_dataframe_to_data_files`) filters the whole table once per partition
+    and hands every partition's copy to its thread pool at once: for a chunk over hundreds of
+    days that is hundreds of full scans and a second copy of the chunk in memory. Sorted by
+    `_partition_date`, the rows of a partition are one run, and each file is written from a
+    zero-copy slice of it."""
+    spec, schema = metadata.spec(), metadata.schema()
+    fields = spec.fields
+    source = schema.find_column_name(fields[0].source_id) if len(fields) == 1 else None
+    if source != PARTITION_DATE:  # a spec the writer did not make: pyiceberg's general path
+        return list(_dataframe_to_data_files(metadata, table, io, write_uuid, counter))
+    days = table.column(PARTITION_DATE)
+    if len(days) > 1 and not pc.all(pc.greater_equal(days[1:], days[:-1])).as_py():
+        table = table.sort_by(PARTITION_DATE)
+        days = table.column(PARTITION_DATE)
+    field = fields[0]
+    values = field.transform.pyarrow_transform(schema.find_field(field.source_id).field_type)(
+        days.combine_chunks()
+    )
+    changes = pc.indices_nonzero(pc.not_equal(values[1:], values[:-1]))
+    starts = [0, *pc.add(changes, 1).to_pylist()]
+    task_schema = pyarrow_to_schema(
+        table.schema, name_mapping=schema.name_mapping, format_version=metadata.format_version
+    )
+    target = property_as_int(
+        metadata.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    tasks = []
+    for start, end in zip(starts, [*starts[1:], table.num_rows], strict=True):
+        key = PartitionKey(
+            field_values=[PartitionFieldValue(field=field, value=values[start].as_py())],
+            partition_spec=spec,
+            schema=schema,
+        )
+        part = table.slice(start, end - start)
+        tasks += [
+            WriteTask(
+                write_uuid=write_uuid,
+                task_id=next(counter),
+                schema=task_schema,
+                record_batches=batches,
+                partition_key=key,
+            )
+            for batches in bin_pack_arrow_table(part, target or 1)
+        ]
+    return list(write_file(io, metadata, iter(tasks)))
+
+
 class IcebergStagedWrite:
     """A staged replace of one Iceberg table's window (see `StagedWrite`): data files written,
     not yet named by a snapshot."""
@@ -352,21 +418,21 @@ class IcebergStagedWrite:
         chunk: list[pa.RecordBatch] = []
         rows = 0
 
+        held = 0
+
         def flush() -> None:
             table = pa.Table.from_batches(chunk, schema=self.plan.target)
             chunk.clear()
             if table.num_rows:
-                table = table.sort_by(PARTITION_DATE)
-                self.data_files.extend(
-                    _dataframe_to_data_files(metadata, table, self.io, write_uuid, counter)
-                )
+                self.data_files.extend(data_files(metadata, table, self.io, write_uuid, counter))
 
         for batch in batches:
             chunk.append(batch)
             rows += batch.num_rows
-            if rows >= self.manager.rows_per_file:
+            held += batch.nbytes
+            if rows >= self.manager.rows_per_file or held >= STAGE_BYTES:
                 flush()
-                rows = 0
+                rows = held = 0
         flush()
 
     def kept_rows(self, columns: list[str], among: pa.Array | None = None) -> pa.Table:
@@ -435,8 +501,8 @@ class IcebergStagedWrite:
                 self.abort()
                 raise
         assert committed is not None
-        self.data_files = []
-        return self._metadata_of(committed)
+        written, self.data_files = len(self.data_files), []
+        return self._metadata_of(committed, written)
 
     def _transaction(self, catalog: SqlCatalog, first: bool) -> tuple[Transaction, Table | None]:
         """A transaction on the table's current snapshot with the staged schema applied, and the
@@ -486,7 +552,7 @@ class IcebergStagedWrite:
                 ).to_table(tasks=[task])
                 if kept.num_rows:
                     rewritten.extend(
-                        _dataframe_to_data_files(
+                        data_files(
                             transaction.table_metadata, kept, table.io, uuid.uuid4(), counter
                         )
                     )
@@ -501,7 +567,7 @@ class IcebergStagedWrite:
                 snapshot.append_data_file(data_file)
         return rewritten
 
-    def _metadata_of(self, table: Table) -> dict[str, Any]:
+    def _metadata_of(self, table: Table, written: int) -> dict[str, Any]:
         plan = self.plan
         snapshot = table.current_snapshot()
         summary = (
@@ -510,7 +576,7 @@ class IcebergStagedWrite:
         elapsed = time.monotonic() - self.started
         self.request.log.info(
             f"{plan.table_label} {plan.partition_label}: wrote {plan.rows:,} rows in "
-            f"{len(self.data_files):,} data files as Iceberg snapshot "
+            f"{written:,} data files as Iceberg snapshot "
             f"{snapshot.snapshot_id if snapshot else None} in {elapsed:.2f} s"
         )
         return {
@@ -519,6 +585,7 @@ class IcebergStagedWrite:
             "dagster/column_schema": column_schema(table.schema().as_arrow()),
             "dagster/table_name": self.table_name,
             **write_timing_metadata(plan, elapsed),
+            "data_files_written": written,
             "iceberg_snapshot_id": snapshot.snapshot_id if snapshot else None,
             "iceberg_operation": str(snapshot.summary.operation.value)
             if snapshot and snapshot.summary
