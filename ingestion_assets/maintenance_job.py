@@ -1,8 +1,10 @@
-"""The table maintenance job: one op per Delta table (compact, vacuum, checkpoint), on a schedule."""
+"""The table maintenance job: one op per Delta table (compact, vacuum, checkpoint) and per Iceberg
+table (expire snapshots, delete unnamed files), on a schedule."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 from dagster import (
     AssetKey,
@@ -19,6 +21,9 @@ from dagster import (
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.lake.compaction import maintain_table
 from ingestion_assets.specs import MaintenanceSpec, ProjectSpec
+
+if TYPE_CHECKING:  # pyiceberg is imported only by projects that write Iceberg
+    from ingestion_assets.io_managers.iceberg import IcebergIOManager
 
 MAINTENANCE_JOB = "maintain_tables"
 
@@ -68,14 +73,54 @@ def _table_op(source_name: str, key_name: str, settings: MaintenanceSpec) -> OpD
     return _maintain
 
 
+def _iceberg_table_op(source_name: str, key_name: str, settings: MaintenanceSpec) -> OpDefinition:
+    asset_key = AssetKey([source_name, key_name])
+
+    @op(
+        name=f"maintain__{source_name}__{key_name}",
+        required_resource_keys={"iceberg_io_manager"},
+        description=f"Expire old snapshots of the Iceberg table of {source_name}/{key_name} and "
+        "delete the files none names.",
+        tags={"ingestion/table": f"{source_name}/{key_name}"},
+    )
+    def _maintain(context) -> None:  # type: ignore[no-untyped-def]
+        # Dagster reads the annotation at run time: `context` stays bare
+        context = cast(OpExecutionContext, context)
+        manager = cast("IcebergIOManager", context.resources.iceberg_io_manager)
+        retention = datetime.timedelta(hours=settings.vacuum_retention_hours)
+        report = manager.maintain(tuple(asset_key.path), retention)
+        if report is None:
+            context.log.info(
+                f"{manager.identifier(tuple(asset_key.path))}: no Iceberg table yet; nothing to maintain"
+            )
+            return
+        context.log.info(
+            f"{report.table}: {report.snapshots_expired} snapshot(s) older than "
+            f"{settings.vacuum_retention_hours} h expired ({report.snapshots_kept} kept), "
+            f"{report.files_removed} file(s) no snapshot names removed "
+            f"({report.bytes_removed:,} bytes; {report.files_kept} kept)"
+        )
+        context.log_event(
+            AssetObservation(
+                asset_key=asset_key, description="table maintenance", metadata=report.metadata()
+            )
+        )
+
+    return _maintain
+
+
+# the writers whose tables the job maintains, and each one's op (Databricks tables are kept by
+# Unity Catalog, e.g. predictive optimization; PostgreSQL tables by the server's autovacuum)
+TABLE_OPS = {"delta": _table_op, "iceberg": _iceberg_table_op}
+
+
 def maintenance_job(project: ProjectSpec) -> JobDefinition | None:
-    """A job with one independent op per Delta table of every source (tables written to
-    Databricks are maintained by Unity Catalog, e.g. predictive optimization)."""
+    """A job with one independent op per Delta or Iceberg table of every source."""
     settings = project.lake.maintenance
     ops = [
-        _table_op(source_name, dataset.key_name, settings)
+        TABLE_OPS[writer](source_name, dataset.key_name, settings)
         for source_name, spec in project.sources.items()
-        if project.io_manager_of(source_name) == "delta"
+        if (writer := project.io_manager_of(source_name)) in TABLE_OPS
         for dataset in spec.datasets
     ]
     if not ops:
@@ -83,8 +128,10 @@ def maintenance_job(project: ProjectSpec) -> JobDefinition | None:
     graph = GraphDefinition(
         name=MAINTENANCE_JOB,
         node_defs=ops,
-        description="Table maintenance: merge each month's small files, vacuum files no "
-        f"version needs for {settings.vacuum_retention_hours} h, checkpoint the log.",
+        description="Table maintenance: on Delta, merge each month's small files, vacuum files "
+        f"no version needs for {settings.vacuum_retention_hours} h, checkpoint the log; on "
+        f"Iceberg, expire snapshots older than {settings.vacuum_retention_hours} h and delete the "
+        "files none names.",
     )
     return graph.to_job()
 
@@ -100,5 +147,6 @@ def maintenance_schedule(project: ProjectSpec, job: Any) -> ScheduleDefinition |
         execution_timezone=settings.timezone,
         job=job,
         default_status=DefaultScheduleStatus.RUNNING,
-        description="Compacts, vacuums and checkpoints every Delta table of the lake.",
+        description="Compacts, vacuums and checkpoints every Delta table of the lake; expires "
+        "the snapshots of every Iceberg table and deletes the files none names.",
     )

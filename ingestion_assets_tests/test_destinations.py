@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -427,3 +429,59 @@ def test_the_new_data_sensors_runs_replace_the_changed_days_on_either_writer(
         last: [8, 10, 11, 50],
     }
     assert not tick(result.cursor).run_requests
+
+
+def test_iceberg_maintenance_expires_old_snapshots_and_deletes_only_old_unnamed_files(
+    memory_kind: None, tmp_path: pathlib.Path, instance: DagsterInstance
+) -> None:
+    warehouse = tmp_path / "iceberg"
+    warehouse.mkdir()
+    lake_options = {
+        "io_manager": "iceberg",
+        "iceberg": {"catalog_uri": f"sqlite:///{warehouse / 'c.db'}", "warehouse": str(warehouse)},
+        "maintenance": {"vacuum_retention_hours": 0},
+    }
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    day = FIRST_DAY.isoformat()
+    for changed in (1, 2, 3):  # three snapshots, each replacing the day's file
+        ROWS[0]["changed"] = changed
+        assert _materialize(defs, instance, partition_key=day).success
+    manager = defs.resources["iceberg_io_manager"]
+    table = manager.open_table(("mem", "orders"))
+    assert len(table.snapshots()) == 3
+    (current,) = [task.file.file_path for task in table.scan().plan_files()]
+    data = pathlib.Path(current.removeprefix("file://")).parent
+    # a killed run's file two hours old, and one a run is writing now
+    stale, running = data / "00000-0-killed.parquet", data / "00000-0-running.parquet"
+    for orphan in (stale, running):
+        orphan.write_bytes(pathlib.Path(current.removeprefix("file://")).read_bytes())
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+
+    # an hour of retention: the young snapshots and the running write's file stay
+    report = manager.maintain(("mem", "orders"), datetime.timedelta(hours=1))
+    assert (report.snapshots_expired, report.files_removed) == (0, 1)
+    assert not stale.exists()
+    assert running.exists()
+
+    # no retention, as the job is configured: the replaced snapshots go, and their files
+    running.unlink()
+    files_before = {path for path in warehouse.rglob("*") if path.is_file()}
+    result = defs.resolve_job_def("maintain_tables").execute_in_process(
+        instance=instance, resources=defs.resources
+    )
+    assert result.success
+    (observation,) = [
+        event.event_specific_data.asset_observation
+        for event in result.all_events
+        if event.event_type_value == "ASSET_OBSERVATION"
+    ]
+    metadata = {name: value.value for name, value in observation.metadata.items()}
+    assert (metadata["snapshots_expired"], metadata["snapshots_kept"]) == (2, 1)
+    files_after = {path for path in warehouse.rglob("*") if path.is_file()}
+    assert metadata["files_removed"] == len(files_before - files_after) > 2
+    assert pathlib.Path(current.removeprefix("file://")).exists()
+    # the table reads as before, in a catalog opened anew
+    assert _landed_ids(_memory_defs(tmp_path / "lake", lake_options), "iceberg") == {
+        day: [0, 1, 2, 3]
+    }

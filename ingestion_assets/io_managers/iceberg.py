@@ -28,14 +28,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import itertools
+import os
 import random
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pa_fs
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 from pyiceberg.catalog import Catalog
@@ -256,6 +259,108 @@ class IcebergIOManager(ConfigurableIOManager):
         if old:
             table.maintenance.expire_snapshots().by_ids(old).commit()
         return len(old)
+
+    def maintain(
+        self, asset_path: tuple[str, ...], retention: datetime.timedelta
+    ) -> IcebergMaintenance | None:
+        """Expire the snapshots older than `retention` (never the current one), then delete the
+        table's files no snapshot or metadata file left names, once they are older than
+        `retention`: the data files of expired snapshots, a killed run's data files, old
+        manifests and metadata files. None when the table does not exist yet.
+
+        pyiceberg expires snapshots in the metadata only and has no orphan-file removal nor a
+        rewrite of small files (0.12); the files are listed and compared here. A file younger
+        than `retention` is kept whatever names it: a running write's files are unnamed until
+        its commit, so `retention` must be longer than the longest run."""
+        table = self.open_table(asset_path)
+        if table is None:
+            return None
+        cutoff = datetime.datetime.now(datetime.UTC) - retention
+        expired = self.expire_snapshots(asset_path, cutoff)
+        table = self.open_table(asset_path)
+        assert table is not None
+        named = _named_files(table)
+        filesystem, root = _table_filesystem(table.location())
+        removed, removed_bytes, kept = 0, 0, 0
+        for folder in ("data", "metadata"):
+            selector = pa_fs.FileSelector(f"{root}/{folder}", allow_not_found=True, recursive=True)
+            for info in filesystem.get_file_info(selector):
+                if info.type != pa_fs.FileType.File:
+                    continue
+                if info.path in named or info.mtime is None or info.mtime >= cutoff:
+                    kept += 1
+                    continue
+                filesystem.delete_file(info.path)
+                removed, removed_bytes = removed + 1, removed_bytes + (info.size or 0)
+        snapshot = table.current_snapshot()
+        return IcebergMaintenance(
+            table=self.identifier(asset_path),
+            snapshots_expired=expired,
+            snapshots_kept=len(table.snapshots()),
+            files_removed=removed,
+            bytes_removed=removed_bytes,
+            files_kept=kept,
+            snapshot_id=None if snapshot is None else snapshot.snapshot_id,
+        )
+
+
+@dataclass(frozen=True)
+class IcebergMaintenance:
+    """What a maintenance pass did to one Iceberg table."""
+
+    table: str
+    snapshots_expired: int
+    snapshots_kept: int
+    files_removed: int
+    bytes_removed: int
+    files_kept: int
+    snapshot_id: int | None
+
+    def metadata(self) -> dict[str, Any]:
+        """As an observation's metadata."""
+        return {
+            "dagster/table_name": self.table,
+            "snapshots_expired": self.snapshots_expired,
+            "snapshots_kept": self.snapshots_kept,
+            "files_removed": self.files_removed,
+            "bytes_removed": self.bytes_removed,
+            "files_kept": self.files_kept,
+            "iceberg_snapshot_id": self.snapshot_id,
+        }
+
+
+def _named_files(table: Table) -> set[str]:
+    """The paths (as the table's filesystem lists them) of every file the table's metadata names:
+    its metadata files, each snapshot's manifest list, manifests and data and delete files, and
+    statistics files."""
+    metadata = table.metadata
+    uris = {table.metadata_location, *(entry.metadata_file for entry in metadata.metadata_log)}
+    uris.update(snapshot.manifest_list for snapshot in table.snapshots())
+    if table.snapshots():
+        uris.update(table.inspect.all_manifests().column("path").to_pylist())
+        uris.update(table.inspect.all_files().column("file_path").to_pylist())
+    uris.update(statistics.statistics_path for statistics in metadata.statistics)
+    uris.update(statistics.statistics_path for statistics in metadata.partition_statistics)
+    return {_listed_path(uri) for uri in uris if uri}
+
+
+def _table_filesystem(location: str) -> tuple[pa_fs.FileSystem, str]:
+    """The filesystem of a table's location and the location's path on it (a warehouse given as
+    a plain path, relative or not, is a local folder)."""
+    if "://" in location:
+        filesystem, path = pa_fs.FileSystem.from_uri(location)
+        return filesystem, str(path)
+    return pa_fs.LocalFileSystem(), _listed_path(location)
+
+
+def _listed_path(uri: str) -> str:
+    """A file URI as pyarrow's filesystems list it (`/tmp/x` for file:///tmp/x or a local path,
+    `bucket/key` for s3://bucket/key)."""
+    if uri.startswith("file:"):
+        return "/" + uri.removeprefix("file:").lstrip("/")
+    if "://" in uri:
+        return uri.split("://", 1)[1]
+    return os.path.abspath(uri)
 
 
 def days_filter(window: PartitionWindow | None) -> BooleanExpression:
