@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from ingestion_assets.errors import SchemaDriftError
+from ingestion_assets.io_managers import postgres as postgres_writer
 from ingestion_assets.io_managers.contract import WriteRequest
 from ingestion_assets.io_managers.postgres import PostgresIOManager
 from ingestion_assets.sources.window import PartitionWindow
@@ -59,35 +60,63 @@ def _write(manager: PostgresIOManager, request: WriteRequest, data: Any) -> dict
     return manager.stage(request, data).commit()
 
 
-def test_every_type_round_trips_exactly_with_nulls(manager: PostgresIOManager) -> None:
+def test_every_type_round_trips_exactly_with_nulls(
+    manager: PostgresIOManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = uuid.uuid4()
     table = pa.table(
         {
-            "order_date": pa.array([datetime.date(2024, 1, 2)] * 2, pa.date32()),
+            "order_date": pa.array([datetime.date(2024, 1, 2)] * 3, pa.date32()),
             "amount": pa.array(
-                [decimal.Decimal("123456789012345.6789"), None], pa.decimal128(19, 4)
+                [decimal.Decimal("123456789012345.6789"), None, decimal.Decimal("-0.0001")],
+                pa.decimal128(19, 4),
             ),
             "zoned": pa.array(
-                [datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, datetime.UTC), None],
+                [
+                    datetime.datetime(2024, 1, 2, 3, 4, 5, 123456, datetime.UTC),
+                    None,
+                    datetime.datetime(1, 1, 1, tzinfo=datetime.UTC),
+                ],
                 pa.timestamp("us", "UTC"),
             ),
             "naive": pa.array(
-                [datetime.datetime(2024, 1, 2, 23, 59, 59, 999999), None], pa.timestamp("us")
+                [
+                    datetime.datetime(2024, 1, 2, 23, 59, 59, 999999),
+                    None,
+                    datetime.datetime(1970, 1, 1),
+                ],
+                pa.timestamp("us"),
             ),
-            "key": pa.array([key.bytes, None], pa.binary(16)),
-            "payload": pa.array([b"\x00\xff\x10", None], pa.binary()),
-            "flag": pa.array([True, None]),
-            "small": pa.array([-32768, None], pa.int16()),
-            "big": pa.array([2**63 - 1, None], pa.int64()),
-            "ratio": pa.array([0.1, None], pa.float64()),
-            "text": pa.array(['a,"b"\n', ""]),
+            "key": pa.array([key.bytes, None, bytes(16)], pa.binary(16)),
+            "payload": pa.array([b"\x00\xff\x10", None, b""], pa.binary()),
+            "flag": pa.array([True, None, False]),
+            "small": pa.array([-32768, None, 32767], pa.int16()),
+            "big": pa.array([2**63 - 1, None, -(2**63)], pa.int64()),
+            "ratio": pa.array([0.1, None, float("-inf")], pa.float64()),
+            "text": pa.array(['a,"b"\n', "", "\\N NULL \u00e9\U0001f600\r\n"]),
         }
     )
     metadata = _write(manager, _request("2024-01-02", "2024-01-02"), table)
-    assert metadata["rows_written"] == 2
+    assert metadata["rows_written"] == 3
+    copied = []
+    original = postgres_writer.copy_batches
+
+    def counted(*args: Any) -> Any:
+        copied.append(args[1])
+        return original(*args)
+
+    monkeypatch.setattr(postgres_writer, "copy_batches", counted)
+    # with the binary columns the rows are fetched one by one; without them through COPY
     back = manager.committed_rows(PATH, None, table.column_names)
     assert back is not None
     assert back.select(table.column_names).equals(table)
+    assert not copied
+    text_columns = [name for name in table.column_names if name not in ("key", "payload")]
+    copied_back = manager.committed_rows(PATH, None, text_columns)
+    assert copied_back is not None
+    assert copied_back.select(text_columns).equals(table.select(text_columns))
+    assert len(copied) == 1
+    assert copied[0].startswith("COPY (SELECT")
     schema = manager.committed_schema(PATH)
     assert schema is not None
     assert schema.field("amount").type == pa.decimal128(19, 4)

@@ -30,9 +30,12 @@ from ingestion_assets.io_managers.contract import (
 )
 from ingestion_assets.lake.files import conform
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema, schema_diff
+from ingestion_assets.sources.postgres import copy_batches, copy_statement_of, copy_supported
 from ingestion_assets.sources.window import PartitionWindow
 
 INSTALL_HINT = "pip install 'ingestion_assets[postgres]'"
+# rows per Arrow batch when a table is read back through COPY
+READ_BATCH_ROWS = 65_536
 
 
 def _psycopg2() -> Any:
@@ -163,6 +166,15 @@ def _csv_bytes(batch: pa.RecordBatch) -> bytes:
         table, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
     )
     return sink.getvalue()
+
+
+def _selected(field: pa.Field, columnar: bool) -> str:
+    """A column in the read's select list; for COPY, a zoned timestamp as UTC wall time (the
+    text parser reads it as UTC)."""
+    name = quoted(field.name)
+    if columnar and pa.types.is_timestamp(field.type) and field.type.tz is not None:
+        return f"timezone('UTC', {name}) AS {name}"
+    return name
 
 
 def _arrow_rows(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
@@ -309,12 +321,21 @@ class PostgresIOManager(ConfigurableIOManager):
             if columns is not None:
                 wanted = [n for n in dict.fromkeys([*columns, PARTITION_DATE]) if n in schema.names]
                 schema = pa.schema([schema.field(n) for n in wanted])
-            select = ", ".join(quoted(n) for n in schema.names)
+            columnar = copy_supported(schema)
+            select = ", ".join(_selected(field, columnar) for field in schema)
             query = f"SELECT {select} FROM {self._qualified(asset_path)}"
             parameters: tuple[Any, ...] = ()
             if window is not None:
                 query += f" WHERE {quoted(PARTITION_DATE)} BETWEEN %s AND %s"
                 parameters = (window.first_day, window.last_day)
+            if columnar:
+                # COPY's text parsed by Arrow, as the PostgreSQL source reads: no Python object
+                # per value (binary and uuid columns, which the text cannot carry exactly, take
+                # the row path below)
+                statement = copy_statement_of(cursor.mogrify(query, parameters).decode())
+                batches = list(copy_batches(connection, statement, schema, READ_BATCH_ROWS))
+                connection.rollback()
+                return pa.Table.from_batches(batches, schema=schema)
             cursor.execute(query, parameters)
             rows = cursor.fetchall()
             connection.rollback()

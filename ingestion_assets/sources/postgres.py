@@ -106,7 +106,11 @@ def copy_statement(dbapi_cursor: Any, query: sa.Select[Any], dialect: sa.Dialect
     """`COPY (<query>) TO STDOUT` with the query's values bound by the driver's own quoting."""
     compiled = query.compile(dialect=dialect)
     params: Mapping[str, Any] = compiled.params
-    select = dbapi_cursor.mogrify(str(compiled), params).decode()
+    return copy_statement_of(dbapi_cursor.mogrify(str(compiled), params).decode())
+
+
+def copy_statement_of(select: str) -> str:
+    """`COPY (<select>) TO STDOUT` as CSV, the text `copy_batches` parses."""
     return f"COPY ({select}) TO STDOUT WITH (FORMAT csv, ENCODING 'UTF8')"
 
 
