@@ -114,6 +114,7 @@ def writer_io_manager(project: ProjectSpec, writer: str) -> object:
         return IcebergIOManager(
             catalog_uri=config_value(lake.iceberg.catalog_uri),
             warehouse=config_value(lake.iceberg.warehouse),
+            token=None if lake.iceberg.token is None else config_value(lake.iceberg.token),
             namespace=lake.iceberg.namespace,
             partition_by=lake.iceberg.partition_by,
             rows_per_file=lake.iceberg.rows_per_file,

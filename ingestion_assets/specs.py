@@ -1477,11 +1477,17 @@ class IcebergSpec(Spec):
     """Apache Iceberg tables in a SQL catalog (pyiceberg): one snapshot per run."""
 
     catalog_uri: str = Field(
-        description="The SQL catalog's SQLAlchemy URL: sqlite:///.data/iceberg/catalog.db on one "
-        "machine, a PostgreSQL URL (as ${VAR} when it holds a password) for a shared one."
+        description="A SQL catalog's SQLAlchemy URL: sqlite:///.data/iceberg/catalog.db on one "
+        "machine, a PostgreSQL URL (as ${VAR} when it holds a password) for a shared one; or a "
+        "REST catalog's http(s):// URI."
     )
     warehouse: str = Field(
-        ".data/iceberg", description="Folder or object-store URI of the tables' files."
+        ".data/iceberg",
+        description="Folder or object-store URI of the tables' files (a REST catalog is asked "
+        "for this warehouse: a location or a name it knows).",
+    )
+    token: str | None = Field(
+        None, description="A REST catalog's bearer token: always a `${VAR}` reference."
     )
     namespace: str = Field("ingest", description="The catalog namespace of the tables.")
     partition_by: Literal["day", "month"] = Field(
@@ -1497,6 +1503,11 @@ class IcebergSpec(Spec):
     @classmethod
     def _catalog_uri(cls, value: str) -> str:
         return _url_without_password(value, "catalog_uri")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        return _secret(value, "token")
 
     @field_validator("warehouse")
     @classmethod

@@ -34,6 +34,7 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.demo.generate import DemoScale, demo_rows
 from ingestion_assets.demo.schema import ORDER_TABLES
 from ingestion_assets.errors import ConfigError
+from ingestion_assets.io_managers.iceberg import IcebergIOManager
 from ingestion_assets.lake.rows import LINEAGE_COLUMNS, PARTITION_DATE
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import (
@@ -50,13 +51,14 @@ from ingestion_assets_tests.conftest import (
     require_service,
     table_entry,
 )
+from ingestion_assets_tests.iceberg_rest import REST_TOKEN, RestCatalogServer, rest_server
 from ingestion_assets_tests.memory_source import FIRST_DAY, LOST, ROWS, memory_kind
 from ingestion_assets_tests.memory_source import KEY as MEMORY_KEY
 from ingestion_assets_tests.test_sql_source import assert_same_rows, expected_rows
 
 DAY = TEST_SCALE.start_date + datetime.timedelta(days=3)
 WRITERS = ("iceberg", "postgres")
-__all__ = ["memory_kind"]  # the fixture, used by name
+__all__ = ["memory_kind", "rest_server"]  # the fixtures, used by name
 RESOURCE_KEYS = {"iceberg": "iceberg_io_manager", "postgres": "postgres_io_manager"}
 
 
@@ -291,9 +293,10 @@ def _memory_defs(lake: pathlib.Path, lake_options: dict[str, Any]) -> Definition
     return build_definitions(parse_project(json.dumps(project), "memory.yaml"))
 
 
-def _landed_ids(defs: Definitions, writer: str) -> dict[str, list[int]]:
-    """The committed ids of mem.orders by day, as the writer reads them."""
-    table = defs.resources[RESOURCE_KEYS[writer]].committed_rows(("mem", "orders"), None, ["id"])
+def _landed_ids(defs: Definitions, writer: str, manager: Any = None) -> dict[str, list[int]]:
+    """The committed ids of mem.orders by day, as the writer (or `manager`) reads them."""
+    manager = manager or defs.resources[RESOURCE_KEYS[writer]]
+    table = manager.committed_rows(("mem", "orders"), None, ["id"])
     days: dict[str, list[int]] = {}
     for row in [] if table is None else table.to_pylist():
         days.setdefault(row[PARTITION_DATE].isoformat(), []).append(row["id"])
@@ -485,3 +488,39 @@ def test_iceberg_maintenance_expires_old_snapshots_and_deletes_only_old_unnamed_
     assert _landed_ids(_memory_defs(tmp_path / "lake", lake_options), "iceberg") == {
         day: [0, 1, 2, 3]
     }
+
+
+def test_a_project_on_a_rest_catalog_lands_its_days_with_the_token_from_the_environment(
+    memory_kind: None,
+    rest_server: RestCatalogServer,
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ICEBERG_TOKEN", REST_TOKEN)
+    lake_options = {
+        "io_manager": "iceberg",
+        "iceberg": {
+            "catalog_uri": rest_server.uri,
+            "warehouse": f"file://{tmp_path}/warehouse",
+            "token": "${ICEBERG_TOKEN}",
+        },
+    }
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    first, last = FIRST_DAY.isoformat(), (FIRST_DAY + datetime.timedelta(days=1)).isoformat()
+    result = _materialize(defs, instance, tags={RANGE_START_TAG: first, RANGE_END_TAG: last})
+    assert result.success, failure_message(result)
+    reader = IcebergIOManager(
+        catalog_uri=rest_server.uri, warehouse=f"file://{tmp_path}/warehouse", token=REST_TOKEN
+    )
+    assert _landed_ids(defs, "iceberg", reader) == {first: [0, 1, 2, 3], last: [4, 5, 6, 7]}
+    assert set(rest_server.authorizations) == {f"Bearer {REST_TOKEN}"}
+    # the token is in no event of the run
+    logged = [str(event) for event in instance.all_logs(result.run_id)]
+    assert logged
+    assert not [line for line in logged if REST_TOKEN in line]
+    with pytest.raises(ConfigError, match="token must come from the environment"):
+        _memory_defs(
+            tmp_path / "lake",
+            {**lake_options, "iceberg": {**lake_options["iceberg"], "token": REST_TOKEN}},
+        )

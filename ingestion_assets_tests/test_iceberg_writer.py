@@ -24,8 +24,10 @@ from ingestion_assets.io_managers.iceberg import IcebergIOManager
 from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
+from ingestion_assets_tests.iceberg_rest import REST_TOKEN, RestCatalogServer, rest_server
 
 ZONE = ZoneInfo("UTC")
+__all__ = ["rest_server"]  # the fixture, used by name
 
 
 class _Log:
@@ -82,6 +84,13 @@ def sqlite_manager(tmp_path: Any) -> IcebergIOManager:
 
 
 @pytest.fixture
+def rest_manager(rest_server: RestCatalogServer, tmp_path: Any) -> IcebergIOManager:
+    return IcebergIOManager(
+        catalog_uri=rest_server.uri, warehouse=f"file://{tmp_path}/warehouse", token=REST_TOKEN
+    )
+
+
+@pytest.fixture
 def postgres_manager(tmp_path: Any) -> Iterator[IcebergIOManager]:
     """A manager whose catalog is a new database on the local PostgreSQL (dropped after)."""
     admin = require_service(POSTGRES_URL, "PostgreSQL")
@@ -112,7 +121,7 @@ def _snapshots(manager: IcebergIOManager) -> list[int]:
     return [snapshot.snapshot_id for snapshot in table.snapshots()]
 
 
-@pytest.mark.parametrize("catalog", ["sqlite", "postgres"])
+@pytest.mark.parametrize("catalog", ["sqlite", "postgres", "rest"])
 def test_rows_round_trip_exactly_and_a_second_reader_sees_them(
     catalog: str, request: pytest.FixtureRequest
 ) -> None:
@@ -137,16 +146,20 @@ def test_rows_round_trip_exactly_and_a_second_reader_sees_them(
     assert read.column("amount")[0].as_py() == decimal.Decimal("012345678901234.1234")
     assert read.column(PARTITION_DATE).to_pylist() == [datetime.date(2024, 3, 1)] * 5
     # a second reader: a fresh catalog over the same snapshot
-    fresh = IcebergIOManager(catalog_uri=manager.catalog_uri, warehouse=manager.warehouse)
+    fresh = IcebergIOManager(
+        catalog_uri=manager.catalog_uri, warehouse=manager.warehouse, token=manager.token
+    )
     table = fresh.open_table(("shop", "orders"))
     assert table is not None
     again = table.scan().to_arrow().sort_by("id")
     assert again.select(written.column_names).to_pylist() == written.to_pylist()
 
 
+@pytest.mark.parametrize("catalog", ["sqlite", "rest"])
 def test_rematerializing_a_day_replaces_exactly_that_day_in_one_catalog_commit(
-    sqlite_manager: IcebergIOManager,
+    catalog: str, request: pytest.FixtureRequest
 ) -> None:
+    sqlite_manager: IcebergIOManager = request.getfixturevalue(f"{catalog}_manager")
     _write(
         sqlite_manager,
         _window("2024-03-01", 3),
@@ -352,3 +365,54 @@ def test_rows_in_any_order_land_as_one_file_per_partition_holding_only_its_rows(
     assert landed[PARTITION_DATE].to_pylist() == [
         first + datetime.timedelta(days=row_id // 10) for row_id in landed["id"].to_pylist()
     ]
+
+
+@pytest.mark.parametrize("catalog", ["sqlite", "rest"])
+def test_a_commit_planned_on_an_old_snapshot_is_planned_again_and_keeps_the_other_runs_rows(
+    catalog: str, request: pytest.FixtureRequest
+) -> None:
+    manager: IcebergIOManager = request.getfixturevalue(f"{catalog}_manager")
+    _write(
+        manager,
+        _window("2024-03-01", 2),
+        pa.concat_tables([_rows("2024-03-01", 2), _rows("2024-03-02", 2, 10)]),
+    )
+    # three runs staged on the same snapshot: two of the first day, one of the second
+    first_a = manager.stage(_request(_window("2024-03-01")), _rows("2024-03-01", 3, 100))
+    first_b = manager.stage(_request(_window("2024-03-01")), _rows("2024-03-01", 4, 200))
+    second = manager.stage(_request(_window("2024-03-02")), _rows("2024-03-02", 1, 300))
+    for staged in (first_a, second, first_b):  # each later commit finds a newer snapshot
+        staged.commit()
+    rows = manager.committed_rows(("shop", "orders"), None, ["id"])
+    assert rows is not None
+    by_day: dict[str, list[int]] = {}
+    for row in rows.to_pylist():
+        by_day.setdefault(row[PARTITION_DATE].isoformat(), []).append(row["id"])
+    # the first day holds the last run's rows alone; the second day's run was kept
+    assert {day: sorted(ids) for day, ids in by_day.items()} == {
+        "2024-03-01": [200, 201, 202, 203],
+        "2024-03-02": [300],
+    }
+    assert len(_snapshots(manager)) == 4
+
+
+def test_the_rest_catalog_gets_the_token_and_a_wrong_one_fails_naming_the_catalog(
+    rest_server: RestCatalogServer, rest_manager: IcebergIOManager, tmp_path: Any
+) -> None:
+    _write(rest_manager, _window("2024-03-01"), _rows("2024-03-01", 2))
+    assert set(rest_server.authorizations) == {f"Bearer {REST_TOKEN}"}
+    # the protocol's own endpoints: a staged create and its commit, then loads and commits
+    assert ("POST", "/v1/namespaces/ingest/tables") in rest_server.requests
+    assert ("POST", "/v1/namespaces/ingest/tables/shop__orders") in rest_server.requests
+    wrong = IcebergIOManager(
+        catalog_uri=rest_server.uri,
+        warehouse=f"file://{tmp_path}/warehouse",
+        token="not-the-token-77",
+    )
+    with pytest.raises(IngestionError) as raised:
+        wrong.open_table(("shop", "orders"))
+    message = str(raised.value)
+    assert message.startswith(f"Iceberg REST catalog {rest_server.uri}: cannot open it")
+    assert "lake.iceberg.token" in message
+    assert "not-the-token-77" not in message
+    assert "not-the-token-77" not in repr(wrong)

@@ -42,10 +42,12 @@ import pyarrow.fs as pa_fs
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import Field
 from pyiceberg.catalog import Catalog
+from pyiceberg.catalog.rest import RestCatalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
     CommitFailedException,
     NoSuchTableError,
+    RESTError,
     TableAlreadyExistsError,
     ValidationException,
 )
@@ -73,6 +75,7 @@ from pyiceberg.table import CreateTableTransaction, Table, TableProperties, Tran
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.transforms import DayTransform, MonthTransform, Transform
 from pyiceberg.utils.properties import property_as_int
+from requests import RequestException
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -88,6 +91,7 @@ from ingestion_assets.io_managers.contract import (
 )
 from ingestion_assets.lake.files import conform
 from ingestion_assets.lake.rows import PARTITION_DATE, WritePlan, lake_schema
+from ingestion_assets.sources.rest.redaction import redact
 from ingestion_assets.sources.window import PartitionWindow
 
 # commits planned again after another writer committed first (each waits a little longer)
@@ -130,11 +134,18 @@ class IcebergIOManager(ConfigurableIOManager):
     # repr=False: a PostgreSQL URI may carry a password (take it from EnvVar)
     catalog_uri: str = Field(
         repr=False,
-        description="SQLAlchemy URI of the SQL catalog: sqlite:///path/catalog.db or "
-        "postgresql+psycopg2://user:password@host/db; take secrets from EnvVar.",
+        description="SQLAlchemy URI of a SQL catalog (sqlite:///path/catalog.db or "
+        "postgresql+psycopg2://user:password@host/db), or the http(s):// URI of a REST catalog; "
+        "take secrets from EnvVar.",
     )
     warehouse: str = Field(
-        description="Folder or object-store URI where the tables' data and metadata files live."
+        description="Folder or object-store URI where the tables' data and metadata files live "
+        "(for a REST catalog: the warehouse it is asked for, a location or a name it knows)."
+    )
+    token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer token for a REST catalog (sent to the catalog's URI only); EnvVar.",
     )
     namespace: str = Field(default="ingest", description="The catalog namespace of the tables.")
     partition_by: Literal["day", "month"] = Field(
@@ -146,12 +157,19 @@ class IcebergIOManager(ConfigurableIOManager):
         description="Rows a run holds before it writes them as data files (bounds its memory).",
     )
 
-    def catalog(self) -> SqlCatalog:
-        """The SQL catalog, its tables and namespace created on first use.
+    @property
+    def rest(self) -> bool:
+        """Whether the catalog is a REST catalog (else a SQL catalog)."""
+        return self.catalog_uri.startswith(("http://", "https://"))
+
+    def catalog(self) -> Catalog:
+        """The catalog, its namespace created on first use (for a SQL catalog, its tables too).
 
         Two runs that start on a new catalog both find its tables (or the namespace) missing and
         both create them; the one that loses gets an integrity or "already exists" error from the
         database. Opening again finds what the other created, so the open is retried (bounded)."""
+        if self.rest:
+            return self._rest_catalog()
         for number in range(1, CATALOG_OPEN_ATTEMPTS + 1):
             try:
                 catalog = SqlCatalog("ingestion", uri=self.catalog_uri, warehouse=self.warehouse)
@@ -169,6 +187,25 @@ class IcebergIOManager(ConfigurableIOManager):
                     ) from None
                 time.sleep(random.uniform(0.05, 0.2) * number)
         raise AssertionError("unreachable")
+
+    def _rest_catalog(self) -> Catalog:
+        """The REST catalog at `catalog_uri` (pyiceberg's client, which retries a failed request
+        a bounded number of times), its namespace created on first use."""
+        properties = {"uri": self.catalog_uri, "warehouse": self.warehouse}
+        if self.token:
+            properties["token"] = self.token
+        try:
+            catalog = RestCatalog("ingestion", **properties)
+            catalog.create_namespace_if_not_exists(self.namespace)
+        except (RESTError, RequestException, OSError) as error:
+            # the message names the catalog and the error's kind, never the token
+            reason = redact(str(error).splitlines()[0] if str(error) else "", [self.token or ""])
+            raise IngestionError(
+                f"Iceberg REST catalog {self.catalog_uri}: cannot open it or create namespace "
+                f"{self.namespace} ({type(error).__name__}: {reason}); check that the catalog "
+                "is reachable, `lake.iceberg.catalog_uri` and `lake.iceberg.token`"
+            ) from None
+        return catalog
 
     def identifier(self, asset_path: tuple[str, ...] | list[str]) -> str:
         """`<namespace>.<asset path joined by __>`."""
@@ -477,21 +514,21 @@ class IcebergStagedWrite:
         self.io: Any = None
         self.aborted = False
 
-    def _metadata(self, catalog: SqlCatalog, existing: Table | None) -> TableMetadata:
+    def _metadata(self, catalog: Catalog, existing: Table | None) -> TableMetadata:
         """The table's metadata as the commit will make it (a new table, or the columns added
         under `evolve`), without publishing anything."""
         target = self.plan.target
         if existing is None:
             schema = assign_fresh_schema_ids(Catalog._convert_schema_if_needed(target))
-            # a table's metadata before the catalog has it (no public equivalent)
-            staged_table = catalog._create_staged_table(
+            # a table's metadata before the catalog has it (a REST catalog stages it without
+            # creating it); the commit creates it, or fails when another run created it first
+            self.create = catalog.create_table_transaction(
                 self.table_name,
                 schema,
                 partition_spec=_partition_spec(schema, self.manager.partition_by),
                 properties=NO_CATALOG_RETRIES,
             )
-            self.create = CreateTableTransaction(staged_table)
-            self.io = staged_table.io
+            self.io = self.create._table.io
             return self.create.table_metadata
         self.io = existing.io
         transaction = existing.transaction()
@@ -501,7 +538,7 @@ class IcebergStagedWrite:
         return transaction.table_metadata
 
     def write(
-        self, catalog: SqlCatalog, existing: Table | None, batches: Iterable[pa.RecordBatch]
+        self, catalog: Catalog, existing: Table | None, batches: Iterable[pa.RecordBatch]
     ) -> None:
         """Write the batches as data files, `rows_per_file` rows at a time."""
         self.existing = existing
@@ -609,7 +646,7 @@ class IcebergStagedWrite:
         written, self.data_files = len(self.data_files), []
         return self._metadata_of(committed, written)
 
-    def _transaction(self, catalog: SqlCatalog, first: bool) -> tuple[Transaction, Table | None]:
+    def _transaction(self, catalog: Catalog, first: bool) -> tuple[Transaction, Table | None]:
         """A transaction on the table's current snapshot with the staged schema applied, and the
         table it starts from (None: the table is created by it)."""
         if first and self.create is not None:
