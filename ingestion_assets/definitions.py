@@ -115,6 +115,9 @@ def writer_io_manager(project: ProjectSpec, writer: str) -> object:
             catalog_uri=config_value(lake.iceberg.catalog_uri),
             warehouse=config_value(lake.iceberg.warehouse),
             token=None if lake.iceberg.token is None else config_value(lake.iceberg.token),
+            storage_options={
+                key: config_value(value) for key, value in lake.storage_options.items()
+            },
             namespace=lake.iceberg.namespace,
             partition_by=lake.iceberg.partition_by,
             rows_per_file=lake.iceberg.rows_per_file,

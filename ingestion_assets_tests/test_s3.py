@@ -20,10 +20,14 @@ from deltalake.exceptions import CommitFailedError
 
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
 from ingestion_assets.lake.compaction import maintain_table
+from ingestion_assets_tests.conftest import RANGE_END_TAG, RANGE_START_TAG
+from ingestion_assets_tests.memory_source import FIRST_DAY, ROWS, memory_kind
 from ingestion_assets_tests.test_concurrency import RACE_DAYS, _assert_table_is, _race
+from ingestion_assets_tests.test_destinations import _landed_ids, _materialize, _memory_defs
 from ingestion_assets_tests.writer_process import DAYS, STORAGE_OPTIONS_VARIABLE, main
 
 pytestmark = pytest.mark.s3
+__all__ = ["memory_kind"]  # the fixture, used by name
 
 BUCKET = "lake"
 START_SECONDS = 30
@@ -181,3 +185,48 @@ def test_a_downstream_asset_loads_its_days_from_s3(s3_lake: tuple[str, dict[str,
     # the IO manager read exactly the run's day from S3
     assert set(table.column("_partition_date").to_pylist()) == {RACE_DAYS[1]}
     assert sorted(table.column("id").to_pylist()) == list(range(500))
+
+
+def test_iceberg_tables_on_s3_land_replace_and_are_maintained_with_the_lakes_options(
+    memory_kind: None,
+    s3_lake: tuple[str, dict[str, str]],
+    tmp_path: pathlib.Path,
+    instance: DagsterInstance,
+) -> None:
+    warehouse, options = s3_lake
+    lake_options = {
+        "io_manager": "iceberg",
+        "storage_options": options,
+        "iceberg": {"catalog_uri": f"sqlite:///{tmp_path / 'catalog.db'}", "warehouse": warehouse},
+        "maintenance": {"vacuum_retention_hours": 0},
+    }
+    defs = _memory_defs(tmp_path / "lake", lake_options)
+    first, last = FIRST_DAY.isoformat(), (FIRST_DAY + datetime.timedelta(days=1)).isoformat()
+    assert _materialize(defs, instance, tags={RANGE_START_TAG: first, RANGE_END_TAG: last}).success
+    ROWS[100] = {"id": 100, "day": FIRST_DAY, "changed": 2}  # a late row: the day runs again
+    assert _materialize(defs, instance, partition_key=first).success
+    assert _landed_ids(defs, "iceberg") == {first: [0, 1, 2, 3, 100], last: [4, 5, 6, 7]}
+
+    bucket, prefix = warehouse.removeprefix("s3://").split("/", 1)
+    client = boto3.client(
+        "s3",
+        endpoint_url=options["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+    def stored() -> set[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+    before = stored()
+    assert any(key.endswith(".parquet") for key in before)
+    result = defs.resolve_job_def("maintain_tables").execute_in_process(
+        instance=instance, resources=defs.resources
+    )
+    assert result.success
+    removed = before - stored()
+    # the first snapshot's file of the first day, and what only expired snapshots named
+    assert any(key.endswith(".parquet") for key in removed)
+    assert _landed_ids(defs, "iceberg") == {first: [0, 1, 2, 3, 100], last: [4, 5, 6, 7]}

@@ -62,6 +62,7 @@ from pyiceberg.expressions import (
 from pyiceberg.expressions.visitors import _StrictMetricsEvaluator
 from pyiceberg.io.pyarrow import (
     ArrowScan,
+    PyArrowFileIO,
     _check_pyarrow_schema_compatible,
     _dataframe_to_data_files,
     bin_pack_arrow_table,
@@ -147,6 +148,13 @@ class IcebergIOManager(ConfigurableIOManager):
         repr=False,
         description="Bearer token for a REST catalog (sent to the catalog's URI only); EnvVar.",
     )
+    # repr=False: the options may carry keys
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        repr=False,
+        description="The lake's object-store options (AWS_*, AZURE_STORAGE_* keys, as for "
+        "delta-rs), given to pyiceberg's file IO for the warehouse's files.",
+    )
     namespace: str = Field(default="ingest", description="The catalog namespace of the tables.")
     partition_by: Literal["day", "month"] = Field(
         default="day", description="`day` or `month`: the transform of `_partition_date`."
@@ -172,7 +180,12 @@ class IcebergIOManager(ConfigurableIOManager):
             return self._rest_catalog()
         for number in range(1, CATALOG_OPEN_ATTEMPTS + 1):
             try:
-                catalog = SqlCatalog("ingestion", uri=self.catalog_uri, warehouse=self.warehouse)
+                catalog = SqlCatalog(
+                    "ingestion",
+                    uri=self.catalog_uri,
+                    warehouse=self.warehouse,
+                    **file_io_properties(self.storage_options),
+                )
                 catalog.create_namespace_if_not_exists(self.namespace)
                 return catalog
             except (IntegrityError, OperationalError, ProgrammingError) as error:
@@ -191,7 +204,11 @@ class IcebergIOManager(ConfigurableIOManager):
     def _rest_catalog(self) -> Catalog:
         """The REST catalog at `catalog_uri` (pyiceberg's client, which retries a failed request
         a bounded number of times), its namespace created on first use."""
-        properties = {"uri": self.catalog_uri, "warehouse": self.warehouse}
+        properties = {
+            "uri": self.catalog_uri,
+            "warehouse": self.warehouse,
+            **file_io_properties(self.storage_options),
+        }
         if self.token:
             properties["token"] = self.token
         try:
@@ -317,7 +334,7 @@ class IcebergIOManager(ConfigurableIOManager):
         table = self.open_table(asset_path)
         assert table is not None
         named = _named_files(table)
-        filesystem, root = _table_filesystem(table.location())
+        filesystem, root = _table_filesystem(table)
         removed, removed_bytes, kept = 0, 0, 0
         for folder in ("data", "metadata"):
             selector = pa_fs.FileSelector(f"{root}/{folder}", allow_not_found=True, recursive=True)
@@ -381,13 +398,53 @@ def _named_files(table: Table) -> set[str]:
     return {_listed_path(uri) for uri in uris if uri}
 
 
-def _table_filesystem(location: str) -> tuple[pa_fs.FileSystem, str]:
-    """The filesystem of a table's location and the location's path on it (a warehouse given as
-    a plain path, relative or not, is a local folder)."""
-    if "://" in location:
-        filesystem, path = pa_fs.FileSystem.from_uri(location)
-        return filesystem, str(path)
-    return pa_fs.LocalFileSystem(), _listed_path(location)
+def _table_filesystem(table: Table) -> tuple[pa_fs.FileSystem, str]:
+    """The filesystem of a table's location, as its file IO reaches it (credentials and endpoint
+    included), and the location's path on it (a warehouse given as a plain path, relative or
+    not, is a local folder)."""
+    location = table.location()
+    if "://" not in location:
+        return pa_fs.LocalFileSystem(), _listed_path(location)
+    if isinstance(table.io, PyArrowFileIO):
+        scheme, netloc, path = PyArrowFileIO.parse_location(location)
+        return table.io.fs_by_scheme(scheme, netloc), path
+    filesystem, path = pa_fs.FileSystem.from_uri(location)
+    return filesystem, str(path)
+
+
+# the lake's storage options (delta-rs keys, any case) as pyiceberg's file IO properties
+_FILE_IO_KEYS = {
+    "aws_endpoint_url": "s3.endpoint",
+    "aws_endpoint": "s3.endpoint",
+    "endpoint": "s3.endpoint",
+    "aws_access_key_id": "s3.access-key-id",
+    "access_key_id": "s3.access-key-id",
+    "aws_secret_access_key": "s3.secret-access-key",
+    "secret_access_key": "s3.secret-access-key",
+    "aws_session_token": "s3.session-token",
+    "session_token": "s3.session-token",
+    "aws_region": "s3.region",
+    "aws_default_region": "s3.region",
+    "region": "s3.region",
+    "azure_storage_account_name": "adls.account-name",
+    "account_name": "adls.account-name",
+    "azure_storage_account_key": "adls.account-key",
+    "account_key": "adls.account-key",
+}
+
+
+def file_io_properties(storage_options: dict[str, str]) -> dict[str, str]:
+    """pyiceberg file IO properties for the lake's storage options (other keys are delta-rs's
+    own and left out). An S3 endpoint without a region gets us-east-1: pyiceberg would otherwise
+    ask AWS for the bucket's region, a request to another origin."""
+    properties = {
+        _FILE_IO_KEYS[key.lower()]: value
+        for key, value in storage_options.items()
+        if key.lower() in _FILE_IO_KEYS
+    }
+    if "s3.endpoint" in properties:
+        properties.setdefault("s3.region", "us-east-1")
+    return properties
 
 
 def _listed_path(uri: str) -> str:
