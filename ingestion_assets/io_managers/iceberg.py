@@ -213,7 +213,10 @@ class IcebergIOManager(ConfigurableIOManager):
             properties["token"] = self.token
         try:
             catalog = RestCatalog("ingestion", **properties)
-            catalog.create_namespace_if_not_exists(self.namespace)
+            # asked first: a writer may load and commit tables without the right to create
+            # namespaces, and a create of one that exists is refused by some catalogs
+            if not catalog.namespace_exists(self.namespace):
+                catalog.create_namespace_if_not_exists(self.namespace)
         except (RESTError, RequestException, OSError) as error:
             # the message names the catalog and the error's kind, never the token
             reason = redact(str(error).splitlines()[0] if str(error) else "", [self.token or ""])
