@@ -42,7 +42,6 @@ from ingestion_assets.factory import (
 from ingestion_assets.io_managers.contract import IO_MANAGER_KEYS
 from ingestion_assets.io_managers.databricks import DatabricksIOManager
 from ingestion_assets.io_managers.delta import DeltaLakeIOManager
-from ingestion_assets.layers.asset import layer_assets, layer_jobs
 from ingestion_assets.maintenance_job import maintenance_job, maintenance_schedule
 from ingestion_assets.preflight import check_sources_job
 from ingestion_assets.project import (
@@ -203,9 +202,14 @@ def _build_definitions(project: ProjectSpec) -> Definitions:
         source_schedules, source_sensors = source_automation(source_name, spec, selections)
         schedules.extend(source_schedules)
         sensors.extend(source_sensors)
-    layers = layer_assets(project)
-    assets.extend(layers)
-    jobs.extend(layer_jobs(layers))
+    if project.layers:
+        # the layers parse SQL (sqlglot) and run DuckDB: imported only by projects that have them,
+        # which keeps a run worker's start shorter for the others
+        from ingestion_assets.layers.asset import layer_assets, layer_jobs
+
+        layers = layer_assets(project)
+        assets.extend(layers)
+        jobs.extend(layer_jobs(layers))
     jobs.append(check_sources_job(project))
     maintenance = maintenance_job(project)
     if maintenance is not None:

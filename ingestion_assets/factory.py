@@ -104,13 +104,13 @@ def partitions_definition(
 
 def _declared_source_types(spec: SourceSpecBase, dataset: DatasetSpec) -> dict[str, str]:
     """The source types the spec declares (a stream's `fields`), by column."""
-    declared = source_resource_class(spec).source_class.declared_columns(dataset)
+    declared = source_resource_class(spec).declared_columns(dataset)
     return {column.name: column.source_type for column in declared if column.source_type}
 
 
 def _definition_column_schema(spec: SourceSpecBase, dataset: DatasetSpec) -> TableSchema:
     """The column schema the UI shows before the first run: the columns the spec names."""
-    declared = source_resource_class(spec).source_class.declared_columns(dataset)
+    declared = source_resource_class(spec).declared_columns(dataset)
     columns = [(column.name, column.type) for column in declared]
     columns += [
         (PARTITION_DATE, "date"),
@@ -182,7 +182,7 @@ def dataset_asset(
     resource_key = source_resource_key(source_name)
     partitions_def = partitions_definition(spec, table)
     asset_key = AssetKey([source_name, table.key_name])
-    source_class = source_resource_class(spec).source_class
+    source_class = source_resource_class(spec).source_type()
     checks = DatasetChecks(
         asset_key,
         table,

@@ -17,11 +17,7 @@ from pydantic import Field, PrivateAttr
 
 from ingestion_assets.project import config_value
 from ingestion_assets.sources.base import ChangedDays, Finding, Source
-from ingestion_assets.sources.files.source import FilesSource
 from ingestion_assets.sources.files.spec import FilesSourceSpec
-from ingestion_assets.sources.rest.client import RetryPolicy
-from ingestion_assets.sources.rest.reader import RestStreamReader
-from ingestion_assets.sources.rest.source import RestSource
 from ingestion_assets.sources.sql import SessionLimits, SqlSource, SqlTableReader, source_url
 from ingestion_assets.sources.stream import SourceStream
 from ingestion_assets.sources.window import PartitionWindow
@@ -44,7 +40,8 @@ from ingestion_assets.specs import (
 class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
     """Base of every source kind's resource: the Source interface, opened lazily in a run."""
 
-    # the kind's Source class (its declared columns are asked for while definitions load)
+    # the kind's Source class (its declared columns are asked for while definitions load); a
+    # kind whose Source is imported lazily overrides `source_type` instead
     source_class: ClassVar[type[Source]]
 
     source_name: str = Field(description="The source's name in the project file.")
@@ -55,6 +52,16 @@ class SourceResource(ConfigurableResource):  # type: ignore[type-arg]
     def from_spec(cls, source_name: str, spec: SourceSpecBase) -> SourceResource:
         """Resource config from a spec: `${VAR}` values become EnvVars, read when a run starts."""
         raise NotImplementedError(f"{cls.__name__} does not build itself from a spec")
+
+    @classmethod
+    def source_type(cls) -> type[Source]:
+        """The kind's Source class (a kind that imports it lazily overrides this)."""
+        return cls.source_class
+
+    @classmethod
+    def declared_columns(cls, dataset: DatasetSpec) -> Any:
+        """The columns the spec declares for `dataset`, as the kind's Source reads them."""
+        return cls.source_type().declared_columns(dataset)
 
     def open_source(self) -> Source:
         """A new Source with this resource's (resolved) settings."""
@@ -313,6 +320,12 @@ class OAuth2ClientCredentialsConfig(Config):
 
 AuthConfig = BasicAuthConfig | BearerAuthConfig | ApiKeyAuthConfig | OAuth2ClientCredentialsConfig
 if TYPE_CHECKING:
+    # the REST and files sources (requests, their readers) are imported when one is used: a
+    # project without them starts its processes without that import
+    from ingestion_assets.sources.files.source import FilesSource
+    from ingestion_assets.sources.rest.reader import RestStreamReader
+    from ingestion_assets.sources.rest.source import RestSource
+
     OptionalAuthConfig = AuthConfig | None
 else:
     # Dagster's config schema has no optional discriminated union (None is no Config class, and an
@@ -341,7 +354,6 @@ def _auth_config(auth: Spec) -> AuthConfig:
 class RestSourceResource(SourceResource):
     """One REST source's settings; its Source makes one HTTP session per run, on first use."""
 
-    source_class: ClassVar[type[Source]] = RestSource
     # repr=False: once a run reads the EnvVars these hold secrets (a URL may carry credentials)
     base_url: str = Field(description="Base URL of the API.", repr=False)
     auth: OptionalAuthConfig = Field(
@@ -385,8 +397,18 @@ class RestSourceResource(SourceResource):
             **auth,
         )
 
+    @classmethod
+    def source_type(cls) -> type[Source]:
+        """The REST Source class, imported on first use."""
+        from ingestion_assets.sources.rest.source import RestSource
+
+        return RestSource
+
     def open_source(self) -> RestSource:
         """The API as a Source (its session is made on the first request)."""
+        from ingestion_assets.sources.rest.client import RetryPolicy
+        from ingestion_assets.sources.rest.source import RestSource
+
         return RestSource(
             self.source_name,
             self.base_url,
@@ -408,6 +430,8 @@ class RestSourceResource(SourceResource):
 
     def reader(self, stream: StreamSpec, pagination: Pagination | None = None) -> RestStreamReader:
         """A reader for one of the source's streams (with another pagination when given)."""
+        from ingestion_assets.sources.rest.source import RestSource
+
         source = self.source()
         assert isinstance(source, RestSource)
         if pagination is not None:
@@ -418,7 +442,6 @@ class RestSourceResource(SourceResource):
 class FilesSourceResource(SourceResource):
     """One landing zone's settings; its Source lists and reads the files in a run."""
 
-    source_class: ClassVar[type[Source]] = FilesSource
     # repr=False: a root may name a bucket path with credentials resolved from EnvVars
     root: str = Field(
         description="Folder or s3:// / gs:// / az:// URI of the landing zone.", repr=False
@@ -468,8 +491,17 @@ class FilesSourceResource(SourceResource):
             max_files_per_run=spec.max_files_per_run,
         )
 
+    @classmethod
+    def source_type(cls) -> type[Source]:
+        """The files Source class, imported on first use."""
+        from ingestion_assets.sources.files.source import FilesSource
+
+        return FilesSource
+
     def open_source(self) -> FilesSource:
         """The landing zone as a Source (its filesystem opened on first use)."""
+        from ingestion_assets.sources.files.source import FilesSource
+
         return FilesSource(
             self.source_name,
             self.root,

@@ -177,7 +177,7 @@ def _dataset_columns(source: SourceSpecBase, dataset: DatasetSpec) -> dict[str, 
 
     if not dataset.declares_every_column:
         return None
-    declared = source_kind(source.type).resource_class().source_class.declared_columns(dataset)
+    declared = source_kind(source.type).resource_class().declared_columns(dataset)
     columns = {column.name: sql_type(column.type) for column in declared}
     return {**columns, **LINEAGE_SQL_TYPES}
 
