@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import random
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -416,3 +417,22 @@ def test_the_rest_catalog_gets_the_token_and_a_wrong_one_fails_naming_the_catalo
     assert "lake.iceberg.token" in message
     assert "not-the-token-77" not in message
     assert "not-the-token-77" not in repr(wrong)
+
+
+def test_an_unreachable_rest_catalog_fails_naming_it_without_its_credentials(
+    tmp_path: Any,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    manager = IcebergIOManager(
+        catalog_uri=f"http://writer:s3cr3t-pw@127.0.0.1:{port}",
+        warehouse=f"file://{tmp_path}/warehouse",
+        token="tok-9a8b7c",
+    )
+    with pytest.raises(IngestionError) as raised:
+        manager.open_table(("shop", "orders"))
+    message = str(raised.value)
+    assert message.startswith(f"Iceberg REST catalog http://127.0.0.1:{port}: cannot open it")
+    assert "s3cr3t-pw" not in message
+    assert "tok-9a8b7c" not in message

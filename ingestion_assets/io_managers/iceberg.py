@@ -30,6 +30,7 @@ import datetime
 import itertools
 import os
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -220,8 +221,10 @@ class IcebergIOManager(ConfigurableIOManager):
         except (RESTError, RequestException, OSError) as error:
             # the message names the catalog and the error's kind, never the token
             reason = redact(str(error).splitlines()[0] if str(error) else "", [self.token or ""])
+            # user:password@ in the URI (from an EnvVar) is never shown
+            shown = re.sub(r"^([a-z]+://)[^/@]*@", r"\1", self.catalog_uri)
             raise IngestionError(
-                f"Iceberg REST catalog {self.catalog_uri}: cannot open it or create namespace "
+                f"Iceberg REST catalog {shown}: cannot open it or create namespace "
                 f"{self.namespace} ({type(error).__name__}: {reason}); check that the catalog "
                 "is reachable, `lake.iceberg.catalog_uri` and `lake.iceberg.token`"
             ) from None
@@ -618,9 +621,7 @@ class IcebergStagedWrite:
         self.written_schema, self.written_spec = metadata.schema(), metadata.spec()
         write_uuid, counter = uuid.uuid4(), itertools.count(0)
         chunk: list[pa.RecordBatch] = []
-        rows = 0
-
-        held = 0
+        rows = held = 0
 
         def flush() -> None:
             table = pa.Table.from_batches(chunk, schema=self.plan.target)
