@@ -22,6 +22,7 @@ from dagster import DagsterInstance
 from deltalake.exceptions import TableNotFoundError
 
 from ingestion_assets.errors import SourceError
+from ingestion_assets.sources.postgres import send_cancel
 from ingestion_assets.sources.sql import SessionLimits, SqlTableReader, create_source_engine
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import TableSpec
@@ -611,3 +612,20 @@ def test_a_driver_that_is_not_installed_fails_the_run_naming_the_source_and_the_
     assert "No module named 'MySQLdb'" in message
     assert "--extra mysql" in message
     assert "'mysql+pymysql://...'" in message
+
+
+def test_a_cancel_the_server_never_answers_does_not_hold_the_reader_that_stops() -> None:
+    # PQcancel waits, without a limit, for the server to close its cancel connection: a stalled
+    # server held a stopping COPY there for good. The cancel goes out from a thread of its own.
+    answered, asked = threading.Event(), threading.Event()
+
+    class StalledConnection:
+        def cancel(self) -> None:
+            asked.set()
+            answered.wait(30)
+
+    started = time.monotonic()
+    send_cancel(StalledConnection())
+    assert time.monotonic() - started < 1
+    assert asked.wait(5), "the cancel was never sent"
+    answered.set()

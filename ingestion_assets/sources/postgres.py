@@ -158,6 +158,21 @@ class _PipeWriter:
             os.close(fd)
 
 
+def send_cancel(dbapi_connection: Any) -> None:
+    """Ask the server to cancel the connection's query, without waiting for its answer.
+
+    PQcancel opens a connection of its own and waits until the server closes it, with no time
+    limit: a server (or a network path) that stopped answering, the very case a stall timeout
+    is for, would hold the caller there for good. The request goes out from a daemon thread,
+    and whoever stops the read goes on (the COPY thread is then joined with its own bound)."""
+
+    def cancel() -> None:
+        with contextlib.suppress(Exception):
+            dbapi_connection.cancel()
+
+    threading.Thread(target=cancel, name="postgres-cancel", daemon=True).start()
+
+
 def copy_batches(
     dbapi_connection: Any, statement: str, schema: pa.Schema, batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
@@ -187,8 +202,7 @@ def copy_batches(
         # both are safe from any thread: PQcancel ends a COPY waiting on the server, the
         # stopped pipe a COPY waiting for room in it
         writer_file.stop()
-        with contextlib.suppress(Exception):
-            dbapi_connection.cancel()
+        send_cancel(dbapi_connection)
 
     producer = threading.Thread(target=produce, name="postgres-copy", daemon=True)
     producer.start()
