@@ -4,7 +4,9 @@ with faults a test can switch on: rows the read loses or repeats while the count
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+import json
+import pathlib
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -123,3 +125,25 @@ def memory_kind(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ROWS[index] = {"id": index, "day": day, "changed": 1}
     yield
     ROWS.clear()
+
+
+def memory_project(
+    lake: pathlib.Path, lake_options: Mapping[str, Any] | None = None, **source: Any
+) -> str:
+    """A project file (JSON) with the memory source `mem`: its table Orders keyed by `id`, days
+    from FIRST_DAY to five days later, on the lake `lake` (with `lake_options`); `source`
+    adds or replaces keys of the source."""
+    return json.dumps(
+        {
+            "lake": {"root": str(lake), **(lake_options or {})},
+            "sources": {
+                "mem": {
+                    "type": "memory",
+                    "start_date": FIRST_DAY.isoformat(),
+                    "end_date": (FIRST_DAY + datetime.timedelta(days=5)).isoformat(),
+                    "tables": [{"name": "Orders", "primary_key": ["id"]}],
+                    **source,
+                }
+            },
+        }
+    )

@@ -4,7 +4,6 @@ readers never see what a check rejected; every check records one evaluation per 
 from __future__ import annotations
 
 import datetime
-import json
 import pathlib
 import re
 import tempfile
@@ -26,7 +25,15 @@ from ingestion_assets.definitions import build_definitions
 from ingestion_assets.lake import keys
 from ingestion_assets.project import parse_project
 from ingestion_assets_tests.conftest import RANGE_END_TAG, RANGE_START_TAG
-from ingestion_assets_tests.memory_source import FIRST_DAY, KEY, LOST, REPEATED, ROWS, memory_kind
+from ingestion_assets_tests.memory_source import (
+    FIRST_DAY,
+    KEY,
+    LOST,
+    REPEATED,
+    ROWS,
+    memory_kind,
+    memory_project,
+)
 
 __all__ = ["memory_kind"]  # the fixture, used by name
 
@@ -36,19 +43,8 @@ NEXT_DAY = (FIRST_DAY + datetime.timedelta(days=1)).isoformat()  # ids 4..7
 
 
 def _defs(lake: pathlib.Path, *tables: dict[str, Any]) -> Definitions:
-    entries = list(tables) or [{"name": "Orders", "primary_key": ["id"]}]
-    project = {
-        "lake": {"root": str(lake)},
-        "sources": {
-            "mem": {
-                "type": "memory",
-                "start_date": DAY,
-                "end_date": (FIRST_DAY + datetime.timedelta(days=5)).isoformat(),
-                "tables": entries,
-            }
-        },
-    }
-    return build_definitions(parse_project(json.dumps(project), "memory.yaml"))
+    source = {"tables": list(tables)} if tables else {}
+    return build_definitions(parse_project(memory_project(lake, **source), "memory.yaml"))
 
 
 def _run(

@@ -5,7 +5,6 @@ compared with the source column by column, and what the project file refuses on 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import pathlib
 import sqlite3
@@ -53,7 +52,13 @@ from ingestion_assets_tests.conftest import (
     table_entry,
 )
 from ingestion_assets_tests.iceberg_rest import REST_TOKEN, RestCatalogServer, rest_server
-from ingestion_assets_tests.memory_source import FIRST_DAY, LOST, ROWS, memory_kind
+from ingestion_assets_tests.memory_source import (
+    FIRST_DAY,
+    LOST,
+    ROWS,
+    memory_kind,
+    memory_project,
+)
 from ingestion_assets_tests.memory_source import KEY as MEMORY_KEY
 from ingestion_assets_tests.test_sql_source import assert_same_rows, expected_rows
 
@@ -315,18 +320,7 @@ def test_the_assets_show_their_writer_and_use_its_resource(tmp_path: pathlib.Pat
 
 def _memory_defs(lake: pathlib.Path, lake_options: dict[str, Any]) -> Definitions:
     """The in-memory source's `orders` (key `id`, days from FIRST_DAY) on the given writer."""
-    project = {
-        "lake": {"root": str(lake), **lake_options},
-        "sources": {
-            "mem": {
-                "type": "memory",
-                "start_date": FIRST_DAY.isoformat(),
-                "end_date": (FIRST_DAY + datetime.timedelta(days=5)).isoformat(),
-                "tables": [{"name": "Orders", "primary_key": ["id"]}],
-            }
-        },
-    }
-    return build_definitions(parse_project(json.dumps(project), "memory.yaml"))
+    return build_definitions(parse_project(memory_project(lake, lake_options), "memory.yaml"))
 
 
 def _landed_ids(defs: Definitions, writer: str, manager: Any = None) -> dict[str, list[int]]:

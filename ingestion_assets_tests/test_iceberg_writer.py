@@ -160,22 +160,22 @@ def test_rows_round_trip_exactly_and_a_second_reader_sees_them(
 def test_rematerializing_a_day_replaces_exactly_that_day_in_one_catalog_commit(
     catalog: str, request: pytest.FixtureRequest
 ) -> None:
-    sqlite_manager: IcebergIOManager = request.getfixturevalue(f"{catalog}_manager")
+    manager: IcebergIOManager = request.getfixturevalue(f"{catalog}_manager")
     _write(
-        sqlite_manager,
+        manager,
         _window("2024-03-01", 3),
         pa.concat_tables(
             [_rows("2024-03-01", 3), _rows("2024-03-02", 4, 10), _rows("2024-03-03", 5, 20)]
         ),
     )
     # the 3-day window: one append snapshot
-    assert len(_snapshots(sqlite_manager)) == 1
-    before = _snapshots(sqlite_manager)
-    table = sqlite_manager.open_table(("shop", "orders"))
+    assert len(_snapshots(manager)) == 1
+    before = _snapshots(manager)
+    table = manager.open_table(("shop", "orders"))
     assert table is not None
     commits = len(table.metadata.metadata_log)
-    metadata = _write(sqlite_manager, _window("2024-03-02"), _rows("2024-03-02", 2, 100))
-    after = _snapshots(sqlite_manager)
+    metadata = _write(manager, _window("2024-03-02"), _rows("2024-03-02", 2, 100))
+    after = _snapshots(manager)
     new = [s for s in after if s not in before]
     # one overwrite snapshot: the day's file out, the new one in
     assert len(new) == 1
@@ -183,10 +183,10 @@ def test_rematerializing_a_day_replaces_exactly_that_day_in_one_catalog_commit(
     assert metadata["iceberg_operation"] == "overwrite"
     assert metadata["iceberg_deleted_records"] == 4
     assert metadata["iceberg_added_records"] == 2
-    table = sqlite_manager.open_table(("shop", "orders"))
+    table = manager.open_table(("shop", "orders"))
     assert table is not None
     assert len(table.metadata.metadata_log) == commits + 1
-    rows = sqlite_manager.committed_rows(("shop", "orders"), None, ["id"])
+    rows = manager.committed_rows(("shop", "orders"), None, ["id"])
     assert rows is not None
     assert sorted(rows.column("id").to_pylist()) == [0, 1, 2, 20, 21, 22, 23, 24, 100, 101]
 

@@ -5,7 +5,6 @@ about it."""
 from __future__ import annotations
 
 import datetime
-import json
 import pathlib
 from typing import Any
 
@@ -20,27 +19,13 @@ from deltalake import DeltaTable
 
 from ingestion_assets.definitions import build_definitions
 from ingestion_assets.project import parse_project
-from ingestion_assets_tests.memory_source import FIRST_DAY, KEY, ROWS, memory_kind
+from ingestion_assets_tests.memory_source import FIRST_DAY, KEY, ROWS, memory_kind, memory_project
 
 __all__ = ["memory_kind"]  # the fixture, used by name
 
 
 def _project(lake: pathlib.Path, **source: Any) -> str:
-    return json.dumps(
-        {
-            "lake": {"root": str(lake)},
-            "sources": {
-                "mem": {
-                    "type": "memory",
-                    "start_date": FIRST_DAY.isoformat(),
-                    "end_date": (FIRST_DAY + datetime.timedelta(days=5)).isoformat(),
-                    "tables": [{"name": "Orders", "primary_key": ["id"]}],
-                    "sensor": {"enabled": True},
-                    **source,
-                }
-            },
-        }
-    )
+    return memory_project(lake, sensor={"enabled": True}, **source)
 
 
 def test_a_kind_defined_in_a_test_becomes_assets_checks_and_a_sensor(
