@@ -344,9 +344,12 @@ mutation Launch($params: ExecutionParams!) {
 RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
 
-def ui_launch_days(settings: Any, home: pathlib.Path, days: list[str]) -> list[float]:
+def ui_launch_days(
+    settings: Any, home: pathlib.Path, days: list[str], run_ids: list[str] | None = None
+) -> list[float]:
     """Seconds from the UI's launch request to the run's success, for one-day runs of the bench
-    table's asset (with its checks) launched through `dagster dev`'s GraphQL API, one at a time."""
+    table's asset (with its checks) launched through `dagster dev`'s GraphQL API, one at a time.
+    The runs' ids are appended to `run_ids` when it is given."""
     workdir = pathlib.Path(settings.work_dir) / "ui-launch"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -399,6 +402,8 @@ def ui_launch_days(settings: Any, home: pathlib.Path, days: list[str]) -> list[f
             if launched["__typename"] != "LaunchRunSuccess":
                 raise RuntimeError(f"the launch failed: {json.dumps(launched)[:500]}")
             run_id = launched["run"]["runId"]
+            if run_ids is not None:
+                run_ids.append(run_id)
             deadline = time.monotonic() + LAUNCH_DEADLINE_SECONDS
             status = "QUEUED"
             while time.monotonic() < deadline:
@@ -413,6 +418,43 @@ def ui_launch_days(settings: Any, home: pathlib.Path, days: list[str]) -> list[f
     finally:
         server.stop()
     return seconds
+
+
+# the moments of a launched run, in its order: (label, event type, engine message prefix)
+LAUNCH_MOMENTS = (
+    ("dequeued", "RUN_STARTING", None),
+    ("worker", "ENGINE_EVENT", "Started process for run"),
+    ("run", "RUN_START", None),
+    ("step", "STEP_START", None),
+    ("done", "RUN_SUCCESS", None),
+)
+
+
+def launch_phases(home: pathlib.Path, run_id: str) -> str:
+    """Where one launched run spent its time, from its events: seconds from the run's creation
+    (the launch request) to its dequeue, from there to the worker's first event, to RUN_START, to
+    the first step and to the run's success."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        run_record = instance.get_run_record_by_id(run_id)
+        if run_record is None:
+            return f"{run_id}: no record"
+        moments = {"created": run_record.create_timestamp.timestamp()}
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            for label, event_type, prefix in LAUNCH_MOMENTS:
+                if label in moments or event is None or event.event_type.name != event_type:
+                    continue
+                if prefix is None or (entry.message or "").startswith(prefix):
+                    moments[label] = entry.timestamp
+    parts, previous = [], "created"
+    for label, _, _ in LAUNCH_MOMENTS:
+        if label in moments:
+            parts.append(f"{label} +{moments[label] - moments[previous]:.2f}")
+            previous = label
+    return " ".join(parts)
 
 
 def _check_keys(server: _DagsterDev, asset_key: dict[str, Any]) -> list[dict[str, Any]]:
@@ -467,10 +509,12 @@ def ui_launch_day(settings: Any) -> dict[str, Any]:
 
     work = pathlib.Path(settings.work_dir)
     home = project_instance_home(work, "dagster-ui")
-    seconds = ui_launch_days(settings, home, [settings.one_day] * LAUNCHES)
+    run_ids: list[str] = []
+    seconds = ui_launch_days(settings, home, [settings.one_day] * LAUNCHES, run_ids)
     lake = work / "ui-launch" / "lake"
     rows = sum(delta_landed(path)[0] for path in sorted(lake.glob("bench/*")) if path.is_dir())
     note = "launch to success: " + ", ".join(f"{s:.1f} s" for s in seconds)
+    note += "; " + "; ".join(launch_phases(home, run_id) for run_id in run_ids)
     return {"rows": rows, "seconds": statistics.median(seconds), "note": note}
 
 
