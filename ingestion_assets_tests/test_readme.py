@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from dagster._core.test_utils import instance_for_test
 
 from ingestion_assets.component import IngestionComponent
 from ingestion_assets.project import parse_project
@@ -41,6 +42,8 @@ INLINE = [
     for example in _flow_mappings(comment)
     if ": " in example
 ]
+# the sections of a Dagster instance file a README block may show
+INSTANCE_SECTIONS = {"run_launcher", "run_coordinator", "event_log_storage"}
 SOURCE = {"type": "sql", "connection": {"url": "sqlite://"}, "start_date": "2024-01-01"}
 TABLE = {"schema": "Sales", "name": "Orders", "partition_column": "ModifiedDate"}
 
@@ -75,6 +78,11 @@ def _validate(data: Any, text: str) -> None:
                 sources[name] = {**SOURCE, "tables": [TABLE], **source}
         project = {**data}
         parse_project(yaml.safe_dump(project), "README.md", environment)
+        return
+    if set(data) <= INSTANCE_SECTIONS:
+        # a block of a Dagster instance's dagster.yaml: the classes load with their config
+        with instance_for_test(overrides=data) as instance:
+            assert instance.run_launcher is not None
         return
     if set(data) == {"lake"}:
         LakeSpec.model_validate(data["lake"])
