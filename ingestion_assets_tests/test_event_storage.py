@@ -32,6 +32,7 @@ from dagster import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage as DagsterSqliteEventLogStorage,
 )
@@ -348,3 +349,29 @@ def test_two_storages_writing_one_run_keep_every_event_in_order(tmp_path: pathli
     finally:
         storage.dispose()
     assert messages == ["before", "from another writer", "after"]
+
+
+def test_the_asset_keys_table_is_reflected_once_not_per_event(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's SQLite storage asks the database for the asset_keys table's columns at every
+    asset event; the project's asks until the column is there, then remembers it (dagster-postgres
+    does not ask)."""
+    monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
+    asked: list[str] = []
+    dagsters = SqlEventLogStorage._has_asset_key_col_on_connection
+
+    def counted(self: Any, conn: Any, column_name: str) -> bool:
+        asked.append(column_name)
+        return dagsters(self, conn, column_name)
+
+    monkeypatch.setattr(SqlEventLogStorage, "_has_asset_key_col_on_connection", counted)
+    instance = DagsterInstance.from_config(str(_home(tmp_path, "once", "sqlite-project")))
+    try:
+        result = materialize([_orders_asset()], instance=instance, tags=RANGE_TAGS)
+        assert result.success
+        records = _records(instance, result.run_id)
+    finally:
+        instance.dispose()
+    assert len(records["materialized"]) == DAYS
+    assert Counter(asked) == {"last_materialization_timestamp": 1}, Counter(asked)
