@@ -32,11 +32,14 @@ from dagster import (
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage as DagsterSqliteEventLogStorage,
 )
+from dagster._serdes import deserialize_value
 
+from ingestion_assets.checks import materialization_targets
 from ingestion_assets.event_storage import sqlite as event_storage
 from ingestion_assets.event_storage.sqlite import SqliteEventLogStorage
 from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
@@ -67,6 +70,11 @@ def _orders_asset() -> Any:
         for key in context.partition_keys:
             context.add_asset_metadata({"rows": int(key[-2:])}, partition_key=key)
         yield MaterializeResult(asset_key=KEY, metadata={"table": "shop.orders"})
+        # each day's result names the materialization it judged, as the project's checks do
+        targets = materialization_targets(
+            context.instance, KEY, context.partition_keys, context.run_id
+        )
+        assert len(targets) == DAYS + 1
         for name in CHECKS:
             check_key = AssetCheckKey(KEY, name)
             # as the project's assets do: the check's (empty) output, then a result per day
@@ -77,6 +85,7 @@ def _orders_asset() -> Any:
                     check_name=name,
                     passed=not (name == "key_unique" and key.endswith("07")),
                     partition=key,
+                    target_materialization_data=targets[key],
                 )
 
     return orders
@@ -173,7 +182,29 @@ def _records(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
         )
         checks[name] = sorted((record.partition, record.status.value) for record in history)
     events = [record.dagster_event.event_type_value for record in instance.all_logs(run_id)]
+    # the check rows as stored: which events they point at, and what each result says
+    table = AssetCheckExecutionsTable.c
+    storage: Any = instance.event_log_storage
+    with storage.index_connection() as connection:
+        stored = connection.execute(
+            sa.select(
+                table.check_name,
+                table.partition,
+                table.execution_status,
+                table.evaluation_event_storage_id,
+                table.materialization_event_storage_id,
+                table.evaluation_event,
+            )
+        ).all()
+    check_rows = []
+    for name, partition, status, event_id, materialization_id, serialized in stored:
+        evaluation = deserialize_value(serialized, EventLogEntry).get_dagster_event()
+        data = evaluation.event_specific_data
+        check_rows.append(
+            (name, partition, status, event_id, materialization_id, data.passed, data.partition)
+        )
     return {
+        "check_rows": sorted(check_rows, key=repr),
         "event_types": sorted(event for event in events if event is not None),
         "materialized": sorted(instance.get_materialized_partitions(KEY)),
         "checks": checks,
@@ -207,6 +238,8 @@ def test_a_range_run_records_exactly_what_dagsters_own_storage_records(
         # Dagster's storage turns no batching on; the project's does, for its process
         monkeypatch.delenv(event_storage.EVENT_BATCH_SIZE_VARIABLE, raising=False)
     assert seen["project"] == seen["dagster"]
+    # on this Dagster the project's storage writes through its prebuilt statements, not Dagster's
+    assert event_storage.MIRRORS_DAGSTER
     assert type(instance.event_log_storage).__module__.startswith("ingestion_assets.")
     assert len(seen["project"]["materialized"]) == DAYS
     statuses = dict(seen["project"]["checks"]["key_unique"])
