@@ -136,11 +136,14 @@ def finished(instance: DagsterInstance, run_id: str) -> str:
     return wait_for(instance, run_id, done)
 
 
-def marker(probe: pathlib.Path) -> dict[str, object]:
+def run_marker(instance: DagsterInstance, code: pathlib.Path) -> tuple[str, dict[str, object]]:
+    """Launch the marker job, wait for its success; its run id and what its asset wrote."""
+    run_id = launch(instance, code, "marker_job")
+    assert finished(instance, run_id) == "SUCCESS"
     facts: dict[str, object] = json.loads(
         (pathlib.Path(os.environ["WARM_PROBE_OUT"]) / "marker.json").read_text()
     )
-    return facts
+    return run_id, facts
 
 
 def warm_pid(instance: DagsterInstance) -> int:
@@ -152,9 +155,7 @@ def warm_pid(instance: DagsterInstance) -> int:
 def test_runs_are_forked_from_one_warm_process_and_load_the_code_as_it_is(
     instance: DagsterInstance, probe: pathlib.Path
 ) -> None:
-    first = launch(instance, probe, "marker_job")
-    assert finished(instance, first) == "SUCCESS"
-    facts = marker(probe)
+    first, facts = run_marker(instance, probe)
     assert facts["value"] == "first"
     assert facts["lib"] == 1
     # the run's process is a child of the warm process, not of this one
@@ -167,9 +168,7 @@ def test_runs_are_forked_from_one_warm_process_and_load_the_code_as_it_is(
 
     # the code location's file changes: the next run, from the same warm process, runs the new code
     write_probe(probe, "second", 1)
-    second = launch(instance, probe, "marker_job")
-    assert finished(instance, second) == "SUCCESS"
-    facts = marker(probe)
+    _, facts = run_marker(instance, probe)
     assert facts["value"] == "second"
     assert facts["lib"] == 1
     assert facts["ppid"] == warm_pid(instance)
@@ -178,15 +177,11 @@ def test_runs_are_forked_from_one_warm_process_and_load_the_code_as_it_is(
 def test_a_changed_library_restarts_the_warm_process(
     instance: DagsterInstance, probe: pathlib.Path
 ) -> None:
-    first = launch(instance, probe, "marker_job")
-    assert finished(instance, first) == "SUCCESS"
-    before = marker(probe)
+    _, before = run_marker(instance, probe)
     assert before["lib"] == 1
     # a preloaded library upgraded while the daemon runs: a stale warm process would keep 1
     write_probe(probe, "first", 2)
-    second = launch(instance, probe, "marker_job")
-    assert finished(instance, second) == "SUCCESS"
-    after = marker(probe)
+    _, after = run_marker(instance, probe)
     assert after["lib"] == 2
     assert after["ppid"] == warm_pid(instance) != before["ppid"]
 
@@ -242,9 +237,8 @@ def test_a_run_that_cannot_start_fails_its_launch_and_the_warm_process_goes_on(
     with pytest.raises(RunStartError, match="run not-a-run is not in the instance's run storage"):
         warm.start_run("not-a-run", serialize_value(args), 60)
     # the same warm process launches the next run
-    run_id = launch(instance, probe, "marker_job")
-    assert finished(instance, run_id) == "SUCCESS"
-    assert marker(probe)["ppid"] == warm.process.pid
+    _, facts = run_marker(instance, probe)
+    assert facts["ppid"] == warm.process.pid
 
 
 def test_a_run_whose_code_is_not_here_goes_to_the_default_launcher(probe: pathlib.Path) -> None:
