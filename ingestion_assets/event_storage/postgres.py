@@ -10,8 +10,9 @@ instance.
 This subclass keeps one connection per process (a pool of one, recycled hourly and checked
 before use) and writes each event, or each batch Dagster hands it (`DAGSTER_EVENT_BATCH_SIZE`,
 which it turns on unless the environment sets it), in one transaction with Dagster's own
-statements. What it writes is unchanged: Dagster's webserver, daemon and `dagster-postgres` read
-it as before.
+statements, but for a check result: that completes its planned row by a prebuilt statement with
+the event serialized once (`rows.py`, as the SQLite storage does). What it writes is unchanged:
+Dagster's webserver, daemon and `dagster-postgres` read it as before.
 
     event_log_storage:
       module: ingestion_assets.event_storage.postgres
@@ -42,6 +43,7 @@ from dagster_postgres.utils import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
+from ingestion_assets.event_storage.rows import CheckResultWrites
 from ingestion_assets.event_storage.sqlite import (
     DEFAULT_EVENT_BATCH_SIZE,
     EVENT_BATCH_SIZE_VARIABLE,
@@ -51,7 +53,7 @@ from ingestion_assets.event_storage.sqlite import (
 RECYCLE_SECONDS = 3600
 
 
-class PostgresEventLogStorage(DagsterPostgresEventLogStorage):
+class PostgresEventLogStorage(CheckResultWrites, DagsterPostgresEventLogStorage):
     """dagster-postgres's event log storage with a kept connection and a transaction per event
     or batch."""
 

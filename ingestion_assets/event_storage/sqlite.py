@@ -24,13 +24,16 @@ This subclass changes how it connects, never what it writes:
   (`DAGSTER_EVENT_BATCH_SIZE`, unless the environment sets it), so the planned and materialized
   events of a range are a few transactions instead of thousands;
 - an event's row is inserted by one prebuilt statement executed with the row's values, and a
-  check result updates its planned row by another, with the event serialized once. Dagster builds
-  a new statement for every event, with the values in it, and serializes a check result twice:
-  that building was half the cost of recording a check result, and check results are most of a
-  backfill's events (19,140 of about 32,000 in a four-table, 1,595-day backfill). The SQL and the
-  rows are Dagster's. The two Dagster methods this mirrors (`store_event` of its SQLite storage,
-  `_update_asset_check_evaluation`) are fingerprinted: on a Dagster whose code differs from the
-  one mirrored, the storage uses Dagster's methods as they are.
+  check result completes its planned row with the event serialized once (`rows.py`, shared with
+  the PostgreSQL storage). Dagster builds a new statement for every event, with the values in
+  it, and serializes a check result twice: that building was half the cost of recording a check
+  result, and check results are most of a backfill's events (19,140 of about 32,000 in a
+  four-table, 1,595-day backfill);
+- in a batch, a run of events of one type for one asset updates the asset's `asset_keys` row
+  once, with the last of them (`sets_same_asset_row`): Dagster upserted it for every event.
+The rows are Dagster's. The Dagster methods mirrored (this storage's `store_event`,
+`_store_asset_event`, `_get_asset_entry_values`, and `rows.py`'s) are fingerprinted: on a Dagster
+whose code differs from the one mirrored, the storage uses Dagster's methods as they are.
 
 Configured in an instance's `dagster.yaml` (`deploy/dagster.yaml`, the demo's):
 
@@ -43,9 +46,6 @@ Configured in an instance's `dagster.yaml` (`deploy/dagster.yaml`, the demo's):
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import inspect
 import os
 import threading
 from collections import OrderedDict
@@ -60,11 +60,6 @@ from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.event_api import EventHandlerFn
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from dagster._core.storage.event_log.schema import (
-    AssetCheckExecutionsTable,
-    SqlEventLogStorageTable,
-)
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage as DagsterSqliteEventLogStorage,
@@ -74,11 +69,18 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 )
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData, serialize_value
+from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
+
+from ingestion_assets.event_storage.rows import (
+    CHECK_WRITES_MIRROR_DAGSTER,
+    INSERT_EVENT,
+    CheckResultWrites,
+    mirrors,
+)
 
 INDEX_SHARD = "index"
 EVENT_BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -87,42 +89,20 @@ DEFAULT_EVENT_BATCH_SIZE = "1000"
 # a webserver reads many runs' databases: engines of the least recently used ones are let go
 KEPT_RUN_ENGINES = 8
 
-# the Dagster code the prebuilt statements mirror, by the sha256 of its source (first 16 digits)
+# the Dagster code this storage's own writes mirror, by the sha256 of its source (16 digits)
 MIRRORED = {
     "SqliteEventLogStorage.store_event": "f89aed40602438b9",
-    "SqlEventLogStorage._update_asset_check_evaluation": "961fd6041447b07a",
     "SqlEventLogStorage._store_asset_event": "fdb9340b9eef1c9b",
     "SqlEventLogStorage._get_asset_entry_values": "bb3b9df2c6c371fe",
 }
-# an event's row, its values given at execution (Dagster builds `insert().values(**row)` each time)
-INSERT_EVENT = SqlEventLogStorageTable.insert()
-_CHECKS = AssetCheckExecutionsTable.c
-_CHECK_RESULT: dict[str, Any] = {
-    "execution_status": sa.bindparam("v_status"),
-    "evaluation_event": sa.bindparam("v_event"),
-    "evaluation_event_timestamp": sa.bindparam("v_timestamp"),
-    "evaluation_event_storage_id": sa.bindparam("v_event_id"),
-    "materialization_event_storage_id": sa.bindparam("v_materialization_id"),
-    "partition": sa.bindparam("v_partition"),
-}
-_PLANNED_ROW = (
-    _CHECKS.asset_key == sa.bindparam("w_asset_key"),
-    _CHECKS.check_name == sa.bindparam("w_check_name"),
-    _CHECKS.run_id == sa.bindparam("w_run_id"),
+MIRRORS_DAGSTER = CHECK_WRITES_MIRROR_DAGSTER and mirrors(
+    MIRRORED,
+    {
+        "SqliteEventLogStorage.store_event": DagsterSqliteEventLogStorage.store_event,
+        "SqlEventLogStorage._store_asset_event": SqlEventLogStorage._store_asset_event,
+        "SqlEventLogStorage._get_asset_entry_values": SqlEventLogStorage._get_asset_entry_values,
+    },
 )
-# a check result completes the row its planned event made: one statement for a partition, one
-# for none (`partition IS NULL`), as Dagster's update
-UPDATE_CHECK = (
-    AssetCheckExecutionsTable.update()
-    .where(*_PLANNED_ROW, _CHECKS.partition == sa.bindparam("w_partition"))
-    .values(**_CHECK_RESULT)
-)
-UPDATE_CHECK_NO_PARTITION = (
-    AssetCheckExecutionsTable.update()
-    .where(*_PLANNED_ROW, _CHECKS.partition.is_(None))
-    .values(**_CHECK_RESULT)
-)
-INSERT_CHECK = AssetCheckExecutionsTable.insert()
 
 
 def sets_same_asset_row(event: EventLogEntry, following: EventLogEntry | None) -> bool:
@@ -145,30 +125,7 @@ def _inserted_id(result: Any) -> Any:
     return result.inserted_primary_key[0]
 
 
-def _fingerprint(method: Any) -> str | None:
-    try:
-        return hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
-    except (OSError, TypeError):
-        return None
-
-
-def mirrors_dagster() -> bool:
-    """Whether this Dagster's methods are the ones the prebuilt statements mirror."""
-    methods = {
-        "SqliteEventLogStorage.store_event": DagsterSqliteEventLogStorage.store_event,
-        "SqlEventLogStorage._update_asset_check_evaluation": (
-            SqlEventLogStorage._update_asset_check_evaluation
-        ),
-        "SqlEventLogStorage._store_asset_event": SqlEventLogStorage._store_asset_event,
-        "SqlEventLogStorage._get_asset_entry_values": SqlEventLogStorage._get_asset_entry_values,
-    }
-    return all(_fingerprint(method) == MIRRORED[name] for name, method in methods.items())
-
-
-MIRRORS_DAGSTER = mirrors_dagster()
-
-
-class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
+class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
     """Dagster's SQLite event log storage with kept engines, a kept index connection, WAL commits
     without a disk wait and batched writes in one transaction per database file."""
 
@@ -176,8 +133,6 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
         self._open = threading.local()
-        # the event a check result is being stored for, with its serialized form (per thread)
-        self._serialized = threading.local()
         self._tables: set[str] = set()
         super().__init__(base_dir, inst_data)
         # nested writes of one batch reenter from the same thread
@@ -295,75 +250,10 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
         if event_type in ASSET_CHECK_EVENTS:
             with self.index_connection() as conn:
                 event_id = _inserted_id(conn.execute(INSERT_EVENT, row))
-            self._serialized.event = (event, row["event"])
-            try:
-                self.store_asset_check_event(event, event_id)
-            finally:
-                self._serialized.event = None
+            self.store_asset_check_event(event, event_id)
         if event_type in EVENT_TYPE_TO_PIPELINE_RUN_STATUS:
             with self.index_connection() as conn:
                 conn.execute(INSERT_EVENT, row)
-
-    def _update_asset_check_evaluation(self, event: EventLogEntry, event_id: int | None) -> None:
-        """Dagster's: the check result completes its planned row (or is inserted when there is
-        none), by prebuilt statements and with the event serialized once."""
-        if not MIRRORS_DAGSTER:
-            super()._update_asset_check_evaluation(event, event_id)
-            return
-        evaluation: Any = event.get_dagster_event().event_specific_data
-        memo = getattr(self._serialized, "event", None)
-        serialized = memo[1] if memo is not None and memo[0] is event else serialize_value(event)
-        status = (
-            AssetCheckExecutionRecordStatus.SUCCEEDED.value
-            if evaluation.passed
-            else AssetCheckExecutionRecordStatus.FAILED.value
-        )
-        target = evaluation.target_materialization_data
-        result = {
-            "v_status": status,
-            "v_event": serialized,
-            "v_event_id": event_id,
-            "v_materialization_id": target.storage_id if target else None,
-            "v_partition": evaluation.partition,
-        }
-        where = {
-            "w_asset_key": evaluation.asset_key.to_string(),
-            "w_check_name": evaluation.check_name,
-            "w_run_id": event.run_id,
-        }
-        with self.index_connection() as conn:
-            if evaluation.partition is None:
-                statement = UPDATE_CHECK_NO_PARTITION
-            else:
-                statement = UPDATE_CHECK
-                where["w_partition"] = evaluation.partition
-            rows_updated = conn.execute(
-                statement,
-                {**where, **result, "v_timestamp": self._event_insert_timestamp(event)},  # type: ignore[no-untyped-call]
-            ).rowcount
-            # no planned row (a step launcher's external instance): Dagster inserts one
-            if rows_updated == 0:
-                rows_updated = conn.execute(
-                    INSERT_CHECK,
-                    {
-                        "asset_key": where["w_asset_key"],
-                        "check_name": evaluation.check_name,
-                        "run_id": event.run_id,
-                        "execution_status": status,
-                        "evaluation_event": serialized,
-                        "evaluation_event_timestamp": datetime.datetime.fromtimestamp(
-                            event.timestamp, datetime.UTC
-                        ).replace(tzinfo=None),
-                        "evaluation_event_storage_id": event_id,
-                        "materialization_event_storage_id": result["v_materialization_id"],
-                        "partition": evaluation.partition,
-                    },
-                ).rowcount
-        if rows_updated > 1:
-            raise DagsterInvariantViolationError(
-                f"Updated {rows_updated} rows for asset check evaluation "
-                f"{evaluation.asset_check_key} as a result of duplicate AssetCheckPlanned events."
-            )
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would, in one transaction per database file."""

@@ -1,0 +1,155 @@
+"""What both of the project's event log storages write Dagster's rows with: prebuilt
+statements, executed with each row's values (Dagster builds a new statement for every event, with
+the values in it), and a check result written with its event serialized once (Dagster serializes
+it twice). The rows are Dagster's. The Dagster code mirrored is fingerprinted by a hash of its
+source: on a Dagster whose code differs, its own methods are used."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    SqlEventLogStorageTable,
+)
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._serdes import serialize_value
+
+# an event's row, its values given at execution (Dagster builds `insert().values(**row)` each time)
+INSERT_EVENT = SqlEventLogStorageTable.insert()
+_CHECKS = AssetCheckExecutionsTable.c
+_CHECK_RESULT: dict[str, Any] = {
+    "execution_status": sa.bindparam("v_status"),
+    "evaluation_event": sa.bindparam("v_event"),
+    "evaluation_event_timestamp": sa.bindparam("v_timestamp"),
+    "evaluation_event_storage_id": sa.bindparam("v_event_id"),
+    "materialization_event_storage_id": sa.bindparam("v_materialization_id"),
+    "partition": sa.bindparam("v_partition"),
+}
+_PLANNED_ROW = (
+    _CHECKS.asset_key == sa.bindparam("w_asset_key"),
+    _CHECKS.check_name == sa.bindparam("w_check_name"),
+    _CHECKS.run_id == sa.bindparam("w_run_id"),
+)
+# a check result completes the row its planned event made: one statement for a partition, one
+# for none (`partition IS NULL`), as Dagster's update
+UPDATE_CHECK = (
+    AssetCheckExecutionsTable.update()
+    .where(*_PLANNED_ROW, _CHECKS.partition == sa.bindparam("w_partition"))
+    .values(**_CHECK_RESULT)
+)
+UPDATE_CHECK_NO_PARTITION = (
+    AssetCheckExecutionsTable.update()
+    .where(*_PLANNED_ROW, _CHECKS.partition.is_(None))
+    .values(**_CHECK_RESULT)
+)
+INSERT_CHECK = AssetCheckExecutionsTable.insert()
+
+
+def fingerprint(method: Callable[..., Any]) -> str | None:
+    """The first 16 hex digits of the sha256 of the method's source (None without a source)."""
+    try:
+        return hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+
+
+def mirrors(expected: Mapping[str, str], methods: Mapping[str, Callable[..., Any]]) -> bool:
+    """Whether each of this Dagster's methods is the code that was mirrored."""
+    return all(fingerprint(method) == expected[name] for name, method in methods.items())
+
+
+CHECK_WRITES_MIRROR_DAGSTER = mirrors(
+    {"SqlEventLogStorage._update_asset_check_evaluation": "961fd6041447b07a"},
+    {
+        "SqlEventLogStorage._update_asset_check_evaluation": (
+            SqlEventLogStorage._update_asset_check_evaluation
+        )
+    },
+)
+
+
+class CheckResultWrites:
+    """Mixed in before a Dagster `SqlEventLogStorage` class: a check result completes its planned
+    row by a prebuilt statement, with the event's serialized form from its event log row."""
+
+    def _serialized_events(self) -> threading.local:
+        """The last event this thread serialized for a row, with its serialized form."""
+        memo: threading.local = self.__dict__.setdefault("_serialized", threading.local())
+        return memo
+
+    def _event_to_row(self, event: EventLogEntry) -> dict[str, Any]:
+        row: dict[str, Any] = super()._event_to_row(event)  # type: ignore[misc]
+        self._serialized_events().last = (event, row["event"])
+        return row
+
+    def _update_asset_check_evaluation(self, event: EventLogEntry, event_id: int | None) -> None:
+        """Dagster's: the check result completes its planned row (or is inserted when there is
+        none), by prebuilt statements and with the event serialized once."""
+        if not CHECK_WRITES_MIRROR_DAGSTER:
+            super()._update_asset_check_evaluation(event, event_id)  # type: ignore[misc]
+            return
+        evaluation: Any = event.get_dagster_event().event_specific_data
+        memo = getattr(self._serialized_events(), "last", None)
+        serialized = memo[1] if memo is not None and memo[0] is event else serialize_value(event)
+        status = (
+            AssetCheckExecutionRecordStatus.SUCCEEDED.value
+            if evaluation.passed
+            else AssetCheckExecutionRecordStatus.FAILED.value
+        )
+        target = evaluation.target_materialization_data
+        result = {
+            "v_status": status,
+            "v_event": serialized,
+            "v_event_id": event_id,
+            "v_materialization_id": target.storage_id if target else None,
+            "v_partition": evaluation.partition,
+        }
+        where = {
+            "w_asset_key": evaluation.asset_key.to_string(),
+            "w_check_name": evaluation.check_name,
+            "w_run_id": event.run_id,
+        }
+        storage: Any = self  # a SqlEventLogStorage, which this is mixed into
+        with storage.index_connection() as conn:
+            if evaluation.partition is None:
+                statement = UPDATE_CHECK_NO_PARTITION
+            else:
+                statement = UPDATE_CHECK
+                where["w_partition"] = evaluation.partition
+            rows_updated = conn.execute(
+                statement,
+                {**where, **result, "v_timestamp": storage._event_insert_timestamp(event)},
+            ).rowcount
+            # no planned row (a step launcher's external instance): Dagster inserts one
+            if rows_updated == 0:
+                rows_updated = conn.execute(
+                    INSERT_CHECK,
+                    {
+                        "asset_key": where["w_asset_key"],
+                        "check_name": evaluation.check_name,
+                        "run_id": event.run_id,
+                        "execution_status": status,
+                        "evaluation_event": serialized,
+                        "evaluation_event_timestamp": datetime.datetime.fromtimestamp(
+                            event.timestamp, datetime.UTC
+                        ).replace(tzinfo=None),
+                        "evaluation_event_storage_id": event_id,
+                        "materialization_event_storage_id": result["v_materialization_id"],
+                        "partition": evaluation.partition,
+                    },
+                ).rowcount
+        if rows_updated > 1:
+            raise DagsterInvariantViolationError(
+                f"Updated {rows_updated} rows for asset check evaluation "
+                f"{evaluation.asset_check_key} as a result of duplicate AssetCheckPlanned events."
+            )
