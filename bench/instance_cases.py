@@ -434,10 +434,9 @@ def launch_phases(home: pathlib.Path, run_id: str) -> str:
     """Where one launched run spent its time, from its events: seconds from the run's creation
     (the launch request) to its dequeue, from there to the worker's first event, to RUN_START, to
     the first step and to the run's success."""
-    os.environ["DAGSTER_HOME"] = str(home)
     from dagster import DagsterInstance
 
-    with DagsterInstance.get() as instance:
+    with DagsterInstance.from_config(str(home)) as instance:
         run_record = instance.get_run_record_by_id(run_id)
         if run_record is None:
             return f"{run_id}: no record"
