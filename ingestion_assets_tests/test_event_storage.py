@@ -30,6 +30,10 @@ from dagster import (
     materialize,
     multi_asset,
 )
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+)
+from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.base import EventLogRecord
@@ -264,6 +268,63 @@ def test_a_range_run_records_exactly_what_dagsters_own_storage_records(
     assert sum(s == AssetCheckExecutionRecordStatus.SUCCEEDED.value for s in statuses.values()) == (
         DAYS - 1
     )
+
+
+def _planned_check(run_id: str, partitions: list[str] | None) -> EventLogEntry:
+    """A check's planned event, as Dagster writes it when a run is made: one for the run's days
+    (None: an unpartitioned check)."""
+    subset = (
+        None
+        if partitions is None
+        else PARTITIONS.subset_with_partition_keys(partitions).to_serializable_subset()
+    )
+    return EventLogEntry(
+        error_info=None,
+        level=logging.DEBUG,
+        user_message="",
+        run_id=run_id,
+        timestamp=time.time(),
+        step_key="orders",
+        job_name="orders_job",
+        dagster_event=DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value,
+            job_name="orders_job",
+            message="orders_job intends to execute asset check rows_match on asset shop/orders",
+            event_specific_data=AssetCheckEvaluationPlanned(
+                asset_key=KEY, check_name="rows_match", partitions_subset=subset
+            ),
+            step_key="orders",
+        ),
+    )
+
+
+@pytest.mark.usefixtures("_postgres_databases")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_planned_checks_rows_are_dagsters_rows(database: str, tmp_path: pathlib.Path) -> None:
+    days = PARTITIONS.get_partition_keys()[:DAYS]
+    events = [_planned_check("run-a", days), _planned_check("run-b", None)]
+    table = AssetCheckExecutionsTable
+    stored = {}
+    for name in ("dagster", "project"):
+        storage = database if name == "dagster" else f"{database}-project"
+        instance = DagsterInstance.from_config(str(_home(tmp_path, name, storage)))
+        try:
+            for event in events:
+                instance.event_log_storage.store_event(event)
+            event_storage_: Any = instance.event_log_storage
+            with event_storage_.index_connection() as connection:
+                rows = connection.execute(
+                    sa.select(*(c for c in table.c if c.name != "create_timestamp")).order_by(
+                        table.c.id
+                    )
+                ).all()
+            stored[name] = [tuple(row) for row in rows]
+        finally:
+            instance.dispose()
+    assert stored["project"] == stored["dagster"]
+    assert len(stored["project"]) == DAYS + 1
+    partitions = [row[table.c.keys().index("partition")] for row in stored["project"]]
+    assert partitions == [*days, None]
 
 
 class _CountingStorage(SqliteEventLogStorage):

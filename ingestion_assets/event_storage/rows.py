@@ -69,11 +69,17 @@ def mirrors(expected: Mapping[str, str], methods: Mapping[str, Callable[..., Any
 
 
 CHECK_WRITES_MIRROR_DAGSTER = mirrors(
-    {"SqlEventLogStorage._update_asset_check_evaluation": "961fd6041447b07a"},
+    {
+        "SqlEventLogStorage._update_asset_check_evaluation": "961fd6041447b07a",
+        "SqlEventLogStorage._store_asset_check_evaluation_planned": "bbecef7ab5ce9d01",
+    },
     {
         "SqlEventLogStorage._update_asset_check_evaluation": (
             SqlEventLogStorage._update_asset_check_evaluation
-        )
+        ),
+        "SqlEventLogStorage._store_asset_check_evaluation_planned": (
+            SqlEventLogStorage._store_asset_check_evaluation_planned
+        ),
     },
 )
 
@@ -92,6 +98,40 @@ class CheckResultWrites:
         self._serialized_events().last = (event, row["event"])
         return row
 
+    def _serialized_form(self, event: EventLogEntry) -> str:
+        """The event's serialized form: the one its event log row was written with, when this
+        thread just wrote that row."""
+        memo = getattr(self._serialized_events(), "last", None)
+        return memo[1] if memo is not None and memo[0] is event else serialize_value(event)
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """Dagster's: a planned check makes a row per partition of its run. Dagster builds one
+        multi-row insert with the event serialized again for every row, compiled anew each time
+        (a range run of 1,595 days and 12 checks: 19,140 rows before the run starts, 75% of
+        planning it); here the rows are one `executemany` of a prebuilt insert, the event
+        serialized once."""
+        planned: Any = event.get_dagster_event().event_specific_data
+        partition_keys = (
+            planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        )
+        if not CHECK_WRITES_MIRROR_DAGSTER or not partition_keys:
+            super()._store_asset_check_evaluation_planned(event, event_id)  # type: ignore[misc]
+            return
+        storage: Any = self  # a SqlEventLogStorage, which this is mixed into
+        shared = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": self._serialized_form(event),
+            "evaluation_event_timestamp": storage._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with storage.index_connection() as conn:
+            conn.execute(INSERT_CHECK, [{**shared, "partition": key} for key in partition_keys])
+
     def _update_asset_check_evaluation(self, event: EventLogEntry, event_id: int | None) -> None:
         """Dagster's: the check result completes its planned row (or is inserted when there is
         none), by prebuilt statements and with the event serialized once."""
@@ -99,8 +139,7 @@ class CheckResultWrites:
             super()._update_asset_check_evaluation(event, event_id)  # type: ignore[misc]
             return
         evaluation: Any = event.get_dagster_event().event_specific_data
-        memo = getattr(self._serialized_events(), "last", None)
-        serialized = memo[1] if memo is not None and memo[0] is event else serialize_value(event)
+        serialized = self._serialized_form(event)
         status = (
             AssetCheckExecutionRecordStatus.SUCCEEDED.value
             if evaluation.passed
