@@ -10,8 +10,10 @@ instance.
 This subclass keeps one connection per process (a pool of one, recycled hourly and checked
 before use) and writes each event, or each batch Dagster hands it (`DAGSTER_EVENT_BATCH_SIZE`,
 which it turns on unless the environment sets it), in one transaction with Dagster's own
-statements, but for a check result: that completes its planned row by a prebuilt statement with
-the event serialized once (`rows.py`, as the SQLite storage does). What it writes is unchanged:
+statements, but for a check's rows: a planned check's rows (one per partition of the run) are
+one `executemany` of a prebuilt insert, and a check result completes its planned row by a prebuilt
+statement, each with the event serialized once (`rows.py`, as the SQLite storage does). What it
+writes is unchanged:
 Dagster's webserver, daemon and `dagster-postgres` read it as before.
 
     event_log_storage:
