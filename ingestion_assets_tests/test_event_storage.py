@@ -6,6 +6,8 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -37,7 +39,11 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.base import EventLogRecord
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, AssetKeyTable
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage as DagsterSqliteEventLogStorage,
@@ -488,3 +494,154 @@ def test_the_asset_keys_table_is_reflected_once_not_per_event(
     # each column asked about once (the reads ask about others than the writes)
     assert Counter(asked)["last_materialization_timestamp"] == 1, Counter(asked)
     assert set(Counter(asked).values()) == {1}, Counter(asked)
+
+
+def _check_result(run_id: str, day: str, passed: bool = True) -> EventLogEntry:
+    """A check's result on one day, as the asset's step reports it."""
+    return EventLogEntry(
+        error_info=None,
+        level=logging.DEBUG,
+        user_message="",
+        run_id=run_id,
+        timestamp=time.time(),
+        step_key="orders",
+        job_name="orders_job",
+        dagster_event=DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION.value,
+            job_name="orders_job",
+            message=f"rows_match on {day}",
+            event_specific_data=AssetCheckEvaluation(
+                asset_key=KEY, check_name="rows_match", passed=passed, partition=day
+            ),
+            step_key="orders",
+        ),
+    )
+
+
+def _statuses(storage: Any) -> dict[str, str]:
+    """Each day's status of the check, as the UI reads it."""
+    history = storage.get_asset_check_execution_history(AssetCheckKey(KEY, "rows_match"), limit=100)
+    return {record.partition: record.status.value for record in history}
+
+
+def _stored_results(base_dir: pathlib.Path) -> int:
+    """The check results in the index's event log, counted by a storage of its own."""
+    reader = SqliteEventLogStorage(str(base_dir))
+    try:
+        with reader.index_connection() as connection:
+            table = SqlEventLogStorageTable.c
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count()).where(
+                        table.dagster_event_type == DagsterEventType.ASSET_CHECK_EVALUATION.value
+                    )
+                ).scalar_one()
+            )
+    finally:
+        reader.dispose()
+
+
+SUCCEEDED = AssetCheckExecutionRecordStatus.SUCCEEDED.value
+
+
+def test_held_back_check_results_are_read_by_their_own_storage_and_written_soon(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A check result is written with the ones that follow it, yet its own storage reads it at
+    once, and another process's storage sees it within the hold, with nothing else written."""
+    base_dir = tmp_path / "events"
+    run_id = "3f6b1d2e-0000-4000-8000-000000000004"
+    days = PARTITIONS.get_partition_keys()[:3]
+    storage = SqliteEventLogStorage(str(base_dir))
+    other = SqliteEventLogStorage(str(base_dir))
+    try:
+        storage.store_event(_planned_check(run_id, days))
+        for day in days:
+            storage.store_event(_check_result(run_id, day, passed=day != days[1]))
+        # the writer's next read writes what it holds first
+        assert _statuses(storage) == {
+            days[0]: SUCCEEDED,
+            days[1]: AssetCheckExecutionRecordStatus.FAILED.value,
+            days[2]: SUCCEEDED,
+        }
+        storage.store_event(_check_result(run_id, days[2]))
+        deadline = time.monotonic() + 30
+        while _stored_results(base_dir) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # another reader: the latest result of each day, written by the hold's timer alone
+        assert _stored_results(base_dir) == 4
+        assert _statuses(other)[days[2]] == SUCCEEDED
+    finally:
+        other.dispose()
+        storage.dispose()
+    reader = SqliteEventLogStorage(str(base_dir))
+    try:
+        kinds = Counter(
+            entry.dagster_event.event_type_value
+            for entry in reader.get_logs_for_run(run_id)
+            if entry.dagster_event is not None
+        )
+    finally:
+        reader.dispose()
+    assert kinds["ASSET_CHECK_EVALUATION"] == 4
+
+
+def test_held_back_check_results_are_written_at_the_batch_size_at_dispose_and_once_after_a_fork(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_storage, "CHECK_RESULT_HOLD_SECONDS", 600.0)
+    monkeypatch.setattr(event_storage, "CHECK_RESULT_BATCH", 3)
+    base_dir = tmp_path / "events"
+    run_id = "3f6b1d2e-0000-4000-8000-000000000005"
+    days = PARTITIONS.get_partition_keys()[:5]
+    storage = SqliteEventLogStorage(str(base_dir))
+    try:
+        storage.store_event(_planned_check(run_id, days[:4]))
+        for day in days[:4]:
+            storage.store_event(_check_result(run_id, day))
+        # three made a batch, written; the fourth is held (the timer would take ten minutes)
+        assert _stored_results(base_dir) == 3
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child ends here
+            # a forked child holds its parent's list: it writes its own result, not the parent's
+            storage.store_event(_check_result(run_id, days[4]))
+            storage.write_held_check_results()
+            os._exit(0)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _stored_results(base_dir) == 4
+    finally:
+        storage.dispose()
+    assert _stored_results(base_dir) == 5
+    reader = SqliteEventLogStorage(str(base_dir))
+    try:
+        assert set(_statuses(reader)) == set(days)
+        kinds = Counter(
+            entry.dagster_event.event_type_value
+            for entry in reader.get_logs_for_run(run_id)
+            if entry.dagster_event is not None
+        )
+    finally:
+        reader.dispose()
+    assert kinds["ASSET_CHECK_EVALUATION"] == 5
+
+
+def test_a_process_that_ends_without_disposing_still_writes_its_check_results(
+    tmp_path: pathlib.Path,
+) -> None:
+    base_dir = tmp_path / "events"
+    script = f"""
+import sys
+sys.path.insert(0, {str(REPOSITORY)!r})
+from ingestion_assets.event_storage import sqlite
+from ingestion_assets_tests.test_event_storage import _check_result, _planned_check
+sqlite.CHECK_RESULT_HOLD_SECONDS = 600.0
+storage = sqlite.SqliteEventLogStorage({str(base_dir)!r})
+storage.store_event(_planned_check("run-c", ["2024-01-01"]))
+storage.store_event(_check_result("run-c", "2024-01-01"))
+"""
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert _stored_results(base_dir) == 1

@@ -50,8 +50,11 @@ Configured in an instance's `dagster.yaml` (`deploy/dagster.yaml`, the demo's):
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -62,7 +65,12 @@ from dagster import Field, StringSource
 from dagster._config.config_schema import UserConfigSchema
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.event_api import EventHandlerFn
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -92,6 +100,10 @@ EVENT_BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 DEFAULT_EVENT_BATCH_SIZE = "1000"
 # a webserver reads many runs' databases: engines of the least recently used ones are let go
 KEPT_RUN_ENGINES = 8
+# check results held back at most, and for at most this long, then written together in one
+# transaction per database file
+CHECK_RESULT_BATCH = 500
+CHECK_RESULT_HOLD_SECONDS = 0.5
 
 # the Dagster code this storage's own writes mirror, by the sha256 of its source (16 digits)
 MIRRORED = {
@@ -124,6 +136,22 @@ def sets_same_asset_row(event: EventLogEntry, following: EventLogEntry | None) -
     )
 
 
+def held_back(event: EventLogEntry) -> bool:
+    """Whether the event is a run's check result, which the storage may write with the ones
+    that follow it (Dagster hands them over one by one, never as a batch)."""
+    return bool(
+        event.run_id
+        and event.dagster_event is not None
+        and event.dagster_event.event_type_value == DagsterEventType.ASSET_CHECK_EVALUATION.value
+    )
+
+
+def _write_held(reference: weakref.ref[SqliteEventLogStorage]) -> None:
+    storage = reference()
+    if storage is not None:
+        storage.write_held_check_results()
+
+
 def _inserted_id(result: Any) -> Any:
     """The id SQLite gave the row just inserted."""
     return result.inserted_primary_key[0]
@@ -139,6 +167,11 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
         self._open = threading.local()
         self._tables: set[str] = set()
         self._asset_key_columns: set[str] = set()
+        # check results not written yet, and the process that received them
+        self._held: list[EventLogEntry] = []
+        self._held_pid = os.getpid()
+        # a process that ends without disposing of its instance still writes them
+        atexit.register(_write_held, weakref.ref(self))
         super().__init__(base_dir, inst_data)
         # nested writes of one batch reenter from the same thread
         self._db_lock = threading.RLock()  # type: ignore[assignment]
@@ -202,6 +235,9 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             # inside this thread's transaction on the same file (a batch): join it
             yield current
             return
+        if self._held and not opened:
+            # whatever reads or writes next sees the check results received before it
+            self.write_held_check_results()
         with self._db_lock:
             engine = self._engine(shard)
             with engine.connect() as connection, connection.begin():
@@ -233,7 +269,25 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
         return found
 
     def store_event(self, event: EventLogEntry) -> None:
-        """Store the event as Dagster does, its index writes in one transaction."""
+        """Store the event as Dagster does, its index writes in one transaction. A run's check
+        result is held back and written with the ones that follow it: before anything else is
+        read or written through this storage, within `CHECK_RESULT_HOLD_SECONDS`, at
+        `CHECK_RESULT_BATCH` results, at `dispose` and at the process's exit."""
+        if MIRRORS_DAGSTER and held_back(event):
+            with self._db_lock:
+                self._forget_held_of_parent()
+                if not self._held:
+                    # the last of a burst is written soon, whatever follows it
+                    timer = threading.Timer(
+                        CHECK_RESULT_HOLD_SECONDS, _write_held, (weakref.ref(self),)
+                    )
+                    timer.daemon = True
+                    timer.start()
+                self._held.append(event)
+                full = len(self._held) >= CHECK_RESULT_BATCH
+            if full:
+                self.write_held_check_results()
+            return
         # the index commits after the run's file, as in Dagster's `store_event`
         with self.index_connection(), self.run_connection(event.run_id):
             if MIRRORS_DAGSTER:
@@ -267,17 +321,53 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             with self.index_connection() as conn:
                 conn.execute(INSERT_EVENT, row)
 
+    def _forget_held_of_parent(self) -> None:
+        """In a forked child, drop the check results its parent held: the parent writes them."""
+        if self._held_pid != os.getpid():
+            self._held, self._held_pid = [], os.getpid()
+
+    def write_held_check_results(self) -> None:
+        """Write the check results held back, in one transaction per database file (each as
+        `store_event` would, one by one, if that fails)."""
+        with self._db_lock:
+            self._forget_held_of_parent()
+            held, self._held = self._held, []
+            by_run: dict[str, list[EventLogEntry]] = {}
+            for event in held:
+                by_run.setdefault(event.run_id, []).append(event)
+            for run_events in by_run.values():
+                # as Dagster falls back from a batch that failed
+                try:
+                    self._write_rows(run_events)
+                except Exception as error:
+                    sys.stderr.write(
+                        f"Exception while storing {len(run_events)} check results in one "
+                        f"transaction: {error}; storing them one by one\n"
+                    )
+                    for event in run_events:
+                        with self.index_connection(), self.run_connection(event.run_id):
+                            self._store_event_rows(event)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would, in one transaction per database file."""
+        if MIRRORS_DAGSTER:
+            self._write_rows(events)
+            return
         by_run: dict[str, list[EventLogEntry]] = {}
         for event in events:
             by_run.setdefault(event.run_id, []).append(event)
         for run_id, run_events in by_run.items():
             with self.index_connection(), self.run_connection(run_id):
-                if not MIRRORS_DAGSTER:
-                    for event in run_events:
-                        self.store_event(event)
-                    continue
+                for event in run_events:
+                    self.store_event(event)
+
+    def _write_rows(self, events: Sequence[EventLogEntry]) -> None:
+        """The events' rows, in one transaction per database file."""
+        by_run: dict[str, list[EventLogEntry]] = {}
+        for event in events:
+            by_run.setdefault(event.run_id, []).append(event)
+        for run_id, run_events in by_run.items():
+            with self.index_connection(), self.run_connection(run_id):
                 for event, following in zip(run_events, [*run_events[1:], None], strict=True):
                     self._store_event_rows(
                         event, asset_row=not sets_same_asset_row(event, following)
@@ -296,7 +386,8 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
         )
 
     def dispose(self) -> None:
-        """Close the kept connections with the instance."""
+        """Write the check results held back, then close the kept connections."""
+        self.write_held_check_results()
         super().dispose()
         for engine in self._engines.values():
             engine.dispose()
