@@ -359,16 +359,7 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would, in one transaction per database file."""
-        if MIRRORS_DAGSTER:
-            self._write_rows(events)
-            return
-        by_run: dict[str, list[EventLogEntry]] = {}
-        for event in events:
-            by_run.setdefault(event.run_id, []).append(event)
-        for run_id, run_events in by_run.items():
-            with self.index_connection(), self.run_connection(run_id):
-                for event in run_events:
-                    self.store_event(event)
+        self._write_rows(events)
 
     def _write_rows(self, events: Sequence[EventLogEntry]) -> None:
         """The events' rows, in one transaction per database file."""
@@ -377,6 +368,10 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             by_run.setdefault(event.run_id, []).append(event)
         for run_id, run_events in by_run.items():
             with self.index_connection(), self.run_connection(run_id):
+                if not MIRRORS_DAGSTER:
+                    for event in run_events:
+                        self.store_event(event)
+                    continue
                 for event, following in zip(run_events, [*run_events[1:], None], strict=True):
                     self._store_event_rows(
                         event, asset_row=not sets_same_asset_row(event, following)
