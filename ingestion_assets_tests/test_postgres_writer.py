@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -206,3 +208,49 @@ def test_an_added_column_evolves_or_is_refused_under_freeze(manager: PostgresIOM
     back = manager.committed_rows(PATH, None, ["order_date", "extra"])
     assert back is not None
     assert sorted(back.column("extra").to_pylist(), key=str) == [7, None]
+
+
+def test_two_first_writes_that_both_create_the_schema_both_commit(
+    manager: PostgresIOManager,
+) -> None:
+    # the second CREATE SCHEMA IF NOT EXISTS waits on the first's uncommitted row, then fails on
+    # pg_namespace's unique index: losing that race must not fail the write
+    first, second = psycopg2.connect(SERVER), psycopg2.connect(SERVER)
+    outcome: list[BaseException | None] = []
+    try:
+        postgres_writer._ensure_schema(first.cursor(), manager.db_schema)
+        waiter = threading.Thread(
+            target=lambda: outcome.append(_ensure_schema_or_error(second, manager.db_schema))
+        )
+        waiter.start()
+        watcher = first.cursor()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            watcher.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                (second.get_backend_pid(),),
+            )
+            if watcher.fetchone()[0] == "Lock":
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the second CREATE SCHEMA never waited on the first")
+        first.commit()
+        waiter.join(10)
+        assert outcome == [None]
+        second.commit()
+    finally:
+        first.close()
+        second.close()
+    _write(manager, _request("2024-01-01", "2024-01-01"), _orders(["2024-01-01"]))
+    back = manager.committed_rows(PATH, None, ["tag"])
+    assert back is not None
+    assert back.column("tag").to_pylist() == ["a"]
+
+
+def _ensure_schema_or_error(connection: Any, schema: str) -> BaseException | None:
+    try:
+        postgres_writer._ensure_schema(connection.cursor(), schema)
+    except BaseException as error:  # handed to the test's thread
+        return error
+    return None

@@ -104,6 +104,23 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _ensure_schema(cursor: Any, schema: str) -> None:
+    """Create `schema` unless it is there. Two transactions that both find it missing race in
+    `CREATE SCHEMA IF NOT EXISTS` (the second fails on pg_namespace's unique index once the first
+    commits), so the create runs in a savepoint and losing that race is no error. An existing
+    schema needs no CREATE privilege on the database."""
+    cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+    if cursor.fetchone() is not None:
+        return
+    cursor.execute("SAVEPOINT ensure_schema")
+    try:
+        cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted(schema)}")
+    except _psycopg2().errors.UniqueViolation:
+        cursor.execute("ROLLBACK TO SAVEPOINT ensure_schema")
+    else:
+        cursor.execute("RELEASE SAVEPOINT ensure_schema")
+
+
 def _hex(values: pa.Array) -> pa.Array:
     """Binary values as lowercase hex text, built from the data buffer in one step (no Python
     object per value); nulls stay null."""
@@ -426,7 +443,7 @@ class PostgresStagedWrite:
         plan, target = self.plan, self.manager._qualified(self.request.asset_path)
         try:
             cursor = self.connection.cursor()
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted(self.manager.db_schema)}")
+            _ensure_schema(cursor, self.manager.db_schema)
             # one lock per table: concurrent runs of one day replace in turn, never interleave
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table_name,))
             columns = ", ".join(f"{quoted(f.name)} {postgres_type(f.type)}" for f in plan.target)
