@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -51,7 +51,9 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
 from dagster._serdes import deserialize_value
 
 from ingestion_assets.checks import materialization_targets
+from ingestion_assets.event_storage import held
 from ingestion_assets.event_storage import sqlite as event_storage
+from ingestion_assets.event_storage.postgres import PostgresEventLogStorage
 from ingestion_assets.event_storage.sqlite import SqliteEventLogStorage
 from ingestion_assets_tests.conftest import POSTGRES_URL, require_service
 
@@ -524,9 +526,19 @@ def _statuses(storage: Any) -> dict[str, str]:
     return {record.partition: record.status.value for record in history}
 
 
-def _stored_results(base_dir: pathlib.Path) -> int:
+def _storages(database: str, tmp_path: pathlib.Path) -> Callable[[], Any]:
+    """Makes a new storage of the project's on one place: SQLite files, or a new database of
+    the local PostgreSQL (`_postgres_databases` drops it)."""
+    if database == "sqlite":
+        base_dir = str(tmp_path / "events")
+        return lambda: SqliteEventLogStorage(base_dir)
+    url = sa.make_url(POSTGRES_URL).set(database=_postgres_database("held"))
+    return lambda: PostgresEventLogStorage(url.render_as_string(hide_password=False))
+
+
+def _stored_results(new_storage: Callable[[], Any]) -> int:
     """The check results in the index's event log, counted by a storage of its own."""
-    reader = SqliteEventLogStorage(str(base_dir))
+    reader = new_storage()
     try:
         with reader.index_connection() as connection:
             table = SqlEventLogStorageTable.c
@@ -541,9 +553,10 @@ def _stored_results(base_dir: pathlib.Path) -> int:
         reader.dispose()
 
 
-def _results_in_run_file(base_dir: pathlib.Path, run_id: str) -> int:
-    """The check results in the run's own database file, counted by a storage of its own."""
-    reader = SqliteEventLogStorage(str(base_dir))
+def _results_of_run(new_storage: Callable[[], Any], run_id: str) -> int:
+    """The check results among the run's events (in SQLite, its own database file), counted by
+    a storage of its own."""
+    reader = new_storage()
     try:
         return sum(
             entry.dagster_event is not None
@@ -558,16 +571,17 @@ def _results_in_run_file(base_dir: pathlib.Path, run_id: str) -> int:
 SUCCEEDED = AssetCheckExecutionRecordStatus.SUCCEEDED.value
 
 
+@pytest.mark.usefixtures("_postgres_databases")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_held_back_check_results_are_read_by_their_own_storage_and_written_soon(
-    tmp_path: pathlib.Path,
+    database: str, tmp_path: pathlib.Path
 ) -> None:
     """A check result is written with the ones that follow it, yet its own storage reads it at
     once, and another process's storage sees it within the hold, with nothing else written."""
-    base_dir = tmp_path / "events"
+    new_storage = _storages(database, tmp_path)
     run_id = "3f6b1d2e-0000-4000-8000-000000000004"
     days = PARTITIONS.get_partition_keys()[:3]
-    storage = SqliteEventLogStorage(str(base_dir))
-    other = SqliteEventLogStorage(str(base_dir))
+    storage, other = new_storage(), new_storage()
     try:
         storage.store_event(_planned_check(run_id, days))
         for day in days:
@@ -580,63 +594,83 @@ def test_held_back_check_results_are_read_by_their_own_storage_and_written_soon(
         }
         storage.store_event(_check_result(run_id, days[2]))
         deadline = time.monotonic() + 30
-        while _stored_results(base_dir) < 4 and time.monotonic() < deadline:
+        while _stored_results(new_storage) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         # another reader: the latest result of each day, written by the hold's timer alone
-        assert _stored_results(base_dir) == 4
+        assert _stored_results(new_storage) == 4
         assert _statuses(other)[days[2]] == SUCCEEDED
     finally:
         other.dispose()
         storage.dispose()
-    assert _results_in_run_file(base_dir, run_id) == 4
+    assert _results_of_run(new_storage, run_id) == 4
 
 
+@pytest.mark.usefixtures("_postgres_databases")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_held_back_check_results_are_written_at_the_batch_size_at_dispose_and_once_after_a_fork(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(event_storage, "CHECK_RESULT_HOLD_SECONDS", 600.0)
-    monkeypatch.setattr(event_storage, "CHECK_RESULT_BATCH", 3)
-    base_dir = tmp_path / "events"
+    monkeypatch.setattr(held, "CHECK_RESULT_HOLD_SECONDS", 600.0)
+    monkeypatch.setattr(held, "CHECK_RESULT_BATCH", 3)
+    new_storage = _storages(database, tmp_path)
     run_id = "3f6b1d2e-0000-4000-8000-000000000005"
     days = PARTITIONS.get_partition_keys()[:5]
-    storage = SqliteEventLogStorage(str(base_dir))
+    storage = new_storage()
     try:
         storage.store_event(_planned_check(run_id, days[:4]))
         for day in days[:4]:
             storage.store_event(_check_result(run_id, day))
         # three made a batch, written; the fourth is held (the timer would take ten minutes)
-        assert _stored_results(base_dir) == 3
+        assert _stored_results(new_storage) == 3
         child = os.fork()
         if child == 0:  # pragma: no cover - the child ends here
             # a forked child holds its parent's list: it writes its own result, not the parent's
-            storage.store_event(_check_result(run_id, days[4]))
-            storage.write_held_check_results()
-            os._exit(0)
+            code = 0
+            try:
+                storage.store_event(_check_result(run_id, days[4]))
+                storage.write_held_check_results()
+            except BaseException:
+                code = 1
+            os._exit(code)
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert _stored_results(base_dir) == 4
+        assert _stored_results(new_storage) == 4
     finally:
         storage.dispose()
-    assert _stored_results(base_dir) == 5
-    reader = SqliteEventLogStorage(str(base_dir))
+    assert _stored_results(new_storage) == 5
+    reader = new_storage()
     try:
         assert set(_statuses(reader)) == set(days)
     finally:
         reader.dispose()
-    assert _results_in_run_file(base_dir, run_id) == 5
+    assert _results_of_run(new_storage, run_id) == 5
 
 
+@pytest.mark.usefixtures("_postgres_databases")
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_a_process_that_ends_without_disposing_still_writes_its_check_results(
-    tmp_path: pathlib.Path,
+    database: str, tmp_path: pathlib.Path
 ) -> None:
-    base_dir = tmp_path / "events"
+    new_storage = _storages(database, tmp_path)
+    # the storage made in the child process: the same place as `new_storage`'s
+    place = new_storage()
+    try:
+        made = (
+            f"SqliteEventLogStorage({place._base_dir!r})"
+            if database == "sqlite"
+            else f"PostgresEventLogStorage({place.postgres_url!r})"
+        )
+    finally:
+        place.dispose()
     script = f"""
 import sys
 sys.path.insert(0, {str(REPOSITORY)!r})
-from ingestion_assets.event_storage import sqlite
+from ingestion_assets.event_storage import held
+from ingestion_assets.event_storage.postgres import PostgresEventLogStorage
+from ingestion_assets.event_storage.sqlite import SqliteEventLogStorage
 from ingestion_assets_tests.test_event_storage import _check_result, _planned_check
-sqlite.CHECK_RESULT_HOLD_SECONDS = 600.0
-storage = sqlite.SqliteEventLogStorage({str(base_dir)!r})
+held.CHECK_RESULT_HOLD_SECONDS = 600.0
+storage = {made}
 storage.store_event(_planned_check("run-c", ["2024-01-01"]))
 storage.store_event(_check_result("run-c", "2024-01-01"))
 """
@@ -644,4 +678,4 @@ storage.store_event(_check_result("run-c", "2024-01-01"))
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert finished.returncode == 0, finished.stderr
-    assert _stored_results(base_dir) == 1
+    assert _stored_results(new_storage) == 1

@@ -36,14 +36,11 @@ This subclass changes how it connects, never what it writes:
 - in a batch, a run of events of one type for one asset updates the asset's `asset_keys` row
   once, with the last of them (`sets_same_asset_row`): Dagster upserted it for every event;
 - a run's check results, which Dagster hands over one at a time (it batches only planned and
-  materialized events), are held back and written together, one transaction per database file:
-  before anything else is read or written through this storage (so the process itself always
-  reads them), within `CHECK_RESULT_HOLD_SECONDS` (0.5 s) of the first, at `CHECK_RESULT_BATCH`
-  (500) of them, at `dispose` and at the process's exit. A range run's step reports thousands
-  in a burst; written one by one, each took the write lock of two files, and parallel steps
-  waited on each other's locks (a four-table, 1,595-day backfill: 57.7-64.0 s, then
-  39.5-42.5 s). A process killed in that half-second loses the results it held, as it would
-  lose the ones it had not reported yet; its run fails either way.
+  materialized events), are held back and written together, one transaction per database file
+  (`held.py`: before anything else is read or written through this storage, within 0.5 s, at
+  500 of them, at `dispose` and at exit). Written one by one, each took the write lock of two
+  files, and parallel steps waited on each other's locks (a four-table, 1,595-day backfill:
+  57.7-64.0 s, then 39.5-42.5 s).
 The rows are Dagster's. The Dagster methods mirrored (this storage's `store_event`,
 `_store_asset_event`, `_get_asset_entry_values`, and `rows.py`'s) are fingerprinted: on a Dagster
 whose code differs from the one mirrored, the storage uses Dagster's methods as they are.
@@ -59,11 +56,8 @@ Configured in an instance's `dagster.yaml` (`deploy/dagster.yaml`, the demo's):
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -78,7 +72,6 @@ from dagster._core.events import (
     ASSET_CHECK_EVENTS,
     ASSET_EVENTS,
     EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
-    DagsterEventType,
 )
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
@@ -96,6 +89,7 @@ from sqlalchemy.pool import QueuePool
 from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
 
+from ingestion_assets.event_storage.held import HeldCheckResults
 from ingestion_assets.event_storage.rows import (
     CHECK_WRITES_MIRROR_DAGSTER,
     INSERT_EVENT,
@@ -109,11 +103,6 @@ EVENT_BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 DEFAULT_EVENT_BATCH_SIZE = "1000"
 # a webserver reads many runs' databases: engines of the least recently used ones are let go
 KEPT_RUN_ENGINES = 8
-# check results held back at most, and for at most this long, then written together in one
-# transaction per database file
-CHECK_RESULT_BATCH = 500
-CHECK_RESULT_HOLD_SECONDS = 0.5
-
 # the Dagster code this storage's own writes mirror, by the sha256 of its source (16 digits)
 MIRRORED = {
     "SqliteEventLogStorage.store_event": "f89aed40602438b9",
@@ -145,28 +134,12 @@ def sets_same_asset_row(event: EventLogEntry, following: EventLogEntry | None) -
     )
 
 
-def held_back(event: EventLogEntry) -> bool:
-    """Whether the event is a run's check result, which the storage may write with the ones
-    that follow it (Dagster hands them over one by one, never as a batch)."""
-    return bool(
-        event.run_id
-        and event.dagster_event is not None
-        and event.dagster_event.event_type_value == DagsterEventType.ASSET_CHECK_EVALUATION.value
-    )
-
-
-def _write_held(reference: weakref.ref[SqliteEventLogStorage]) -> None:
-    storage = reference()
-    if storage is not None:
-        storage.write_held_check_results()
-
-
 def _inserted_id(result: Any) -> Any:
     """The id SQLite gave the row just inserted."""
     return result.inserted_primary_key[0]
 
 
-class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
+class SqliteEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterSqliteEventLogStorage):
     """Dagster's SQLite event log storage with kept engines, a kept index connection, WAL commits
     without a disk wait and batched writes in one transaction per database file."""
 
@@ -174,13 +147,8 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
         self._open = threading.local()
-        self._tables: set[str] = set()
         self._asset_key_columns: set[str] = set()
-        # check results not written yet, and the process that received them
-        self._held: list[EventLogEntry] = []
-        self._held_pid = os.getpid()
-        # a process that ends without disposing of its instance still writes them
-        atexit.register(_write_held, weakref.ref(self))
+        self.start_holding()
         super().__init__(base_dir, inst_data)
         # nested writes of one batch reenter from the same thread
         self._db_lock = threading.RLock()  # type: ignore[assignment]
@@ -244,9 +212,9 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             # inside this thread's transaction on the same file (a batch): join it
             yield current
             return
-        if self._held and not opened:
+        if not opened:
             # whatever reads or writes next sees the check results received before it
-            self.write_held_check_results()
+            self.write_held_first()
         with self._db_lock:
             engine = self._engine(shard)
             with engine.connect() as connection, connection.begin():
@@ -256,15 +224,10 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
                 finally:
                     del opened[shard]
 
-    def has_table(self, table_name: str) -> bool:
-        """Whether the index database has the table; a table once there stays (asked per event)."""
-        if table_name in self._tables:
-            return True
+    def _table_in_database(self, table_name: str) -> bool:
+        """Whether the index database has the table, asked on the kept connection."""
         with self.index_connection() as connection:
-            found = bool(sa.inspect(connection).has_table(table_name))
-        if found:
-            self._tables.add(table_name)
-        return found
+            return bool(sa.inspect(connection).has_table(table_name))
 
     def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
         """Whether asset_keys has the column, asked of the database until it is there: Dagster
@@ -279,25 +242,14 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
 
     def store_event(self, event: EventLogEntry) -> None:
         """Store the event as Dagster does, its index writes in one transaction. A run's check
-        result is held back and written with the ones that follow it: before anything else is
-        read or written through this storage, within `CHECK_RESULT_HOLD_SECONDS`, at
-        `CHECK_RESULT_BATCH` results, at `dispose` and at the process's exit."""
-        if MIRRORS_DAGSTER and held_back(event):
-            with self._db_lock:
-                self._forget_held_of_parent()
-                if not self._held:
-                    # the last of a burst is written soon, whatever follows it
-                    timer = threading.Timer(
-                        CHECK_RESULT_HOLD_SECONDS, _write_held, (weakref.ref(self),)
-                    )
-                    timer.daemon = True
-                    timer.start()
-                self._held.append(event)
-                full = len(self._held) >= CHECK_RESULT_BATCH
-            if full:
-                self.write_held_check_results()
+        result is held back and written with the ones that follow it (`held.py`)."""
+        if MIRRORS_DAGSTER and self.hold(event):
             return
-        # the index commits after the run's file, as in Dagster's `store_event`
+        self.write_one_event(event)
+
+    def write_one_event(self, event: EventLogEntry) -> None:
+        """The event's writes, the index committing after the run's file (as in Dagster's
+        `store_event`)."""
         with self.index_connection(), self.run_connection(event.run_id):
             if MIRRORS_DAGSTER:
                 self._store_event_rows(event)
@@ -330,38 +282,11 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             with self.index_connection() as conn:
                 conn.execute(INSERT_EVENT, row)
 
-    def _forget_held_of_parent(self) -> None:
-        """In a forked child, drop the check results its parent held: the parent writes them."""
-        if self._held_pid != os.getpid():
-            self._held, self._held_pid = [], os.getpid()
-
-    def write_held_check_results(self) -> None:
-        """Write the check results held back, in one transaction per database file (each as
-        `store_event` would, one by one, if that fails)."""
-        with self._db_lock:
-            self._forget_held_of_parent()
-            held, self._held = self._held, []
-            by_run: dict[str, list[EventLogEntry]] = {}
-            for event in held:
-                by_run.setdefault(event.run_id, []).append(event)
-            for run_events in by_run.values():
-                # as Dagster falls back from a batch that failed
-                try:
-                    self._write_rows(run_events)
-                except Exception as error:
-                    sys.stderr.write(
-                        f"Exception while storing {len(run_events)} check results in one "
-                        f"transaction: {error}; storing them one by one\n"
-                    )
-                    for event in run_events:
-                        with self.index_connection(), self.run_connection(event.run_id):
-                            self._store_event_rows(event)
-
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the events as `store_event` would, in one transaction per database file."""
-        self._write_rows(events)
+        self.write_run_events(events)
 
-    def _write_rows(self, events: Sequence[EventLogEntry]) -> None:
+    def write_run_events(self, events: Sequence[EventLogEntry]) -> None:
         """The events' rows, in one transaction per database file."""
         by_run: dict[str, list[EventLogEntry]] = {}
         for event in events:
@@ -370,7 +295,7 @@ class SqliteEventLogStorage(CheckResultWrites, DagsterSqliteEventLogStorage):
             with self.index_connection(), self.run_connection(run_id):
                 if not MIRRORS_DAGSTER:
                     for event in run_events:
-                        self.store_event(event)
+                        self.write_one_event(event)
                     continue
                 for event, following in zip(run_events, [*run_events[1:], None], strict=True):
                     self._store_event_rows(
