@@ -52,6 +52,7 @@ from dagster._serdes import deserialize_value
 
 from ingestion_assets.checks import materialization_targets
 from ingestion_assets.event_storage import held
+from ingestion_assets.event_storage import postgres as postgres_storage
 from ingestion_assets.event_storage import sqlite as event_storage
 from ingestion_assets.event_storage.postgres import PostgresEventLogStorage
 from ingestion_assets.event_storage.sqlite import SqliteEventLogStorage
@@ -269,6 +270,8 @@ def test_a_range_run_records_exactly_what_dagsters_own_storage_records(
     assert seen["project"] == seen["dagster"]
     # on this Dagster the project's storage writes through its prebuilt statements, not Dagster's
     assert event_storage.MIRRORS_DAGSTER
+    # and the PostgreSQL storage writes a run's held check results as one insert
+    assert postgres_storage.MIRRORS_DAGSTER
     assert type(instance.event_log_storage).__module__.startswith("ingestion_assets.")
     assert len(seen["project"]["materialized"]) == DAYS
     statuses = dict(seen["project"]["checks"]["key_unique"])

@@ -15,7 +15,10 @@ one `executemany` of a prebuilt insert, and a check result completes its planned
 statement, each with the event serialized once (`rows.py`, as the SQLite storage does); a run's check
 results, which Dagster hands over one by one, are held back and written together in one
 transaction (`held.py`: before anything else is read or written through this storage, within
-0.5 s, at 500 of them, at `dispose` and at exit). What it writes is unchanged:
+0.5 s, at 500 of them, at `dispose` and at exit), their event log rows as one multi-row insert
+without a `NOTIFY` each, as dagster-postgres writes a batch of materializations (its comment:
+LISTEN/NOTIFY is no longer used to watch events, kept for older readers). What it writes is
+unchanged:
 Dagster's webserver, daemon and `dagster-postgres` read it as before.
 
     event_log_storage:
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log.event_log import (
     PostgresEventLogStorage as DagsterPostgresEventLogStorage,
@@ -47,8 +51,13 @@ from dagster_postgres.utils import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
-from ingestion_assets.event_storage.held import HeldCheckResults
-from ingestion_assets.event_storage.rows import CHECK_WRITES_MIRROR_DAGSTER, CheckResultWrites
+from ingestion_assets.event_storage.held import HeldCheckResults, held_back
+from ingestion_assets.event_storage.rows import (
+    CHECK_WRITES_MIRROR_DAGSTER,
+    INSERT_EVENT,
+    CheckResultWrites,
+    mirrors,
+)
 from ingestion_assets.event_storage.sqlite import (
     DEFAULT_EVENT_BATCH_SIZE,
     EVENT_BATCH_SIZE_VARIABLE,
@@ -56,6 +65,16 @@ from ingestion_assets.event_storage.sqlite import (
 
 # a connection kept longer than this is replaced (servers and proxies drop idle ones)
 RECYCLE_SECONDS = 3600
+# the dagster-postgres code `write_run_events` mirrors for check results, by the sha256 of its
+# source (16 digits): on a dagster-postgres whose code differs, each is stored as it stores it
+MIRRORS_DAGSTER = CHECK_WRITES_MIRROR_DAGSTER and mirrors(
+    {"PostgresEventLogStorage.store_event": "4a2e37e5871bf2c8"},
+    {"PostgresEventLogStorage.store_event": DagsterPostgresEventLogStorage.store_event},
+)
+# the events' rows in one statement, their ids back in the order of the rows
+INSERT_EVENTS_RETURNING_IDS = INSERT_EVENT.returning(
+    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+)
 
 
 class PostgresEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterPostgresEventLogStorage):
@@ -143,11 +162,22 @@ class PostgresEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterPostgr
             super().store_event(event)
 
     def write_run_events(self, events: Sequence[EventLogEntry]) -> None:
-        """A run's events (check results), each as dagster-postgres stores it, in one
-        transaction."""
+        """A run's check results in one transaction: their event log rows one insert, then
+        each result's check row, as dagster-postgres's `store_event` writes them but for the
+        `NOTIFY` of each (see the module's docstring)."""
         with self._transaction():
-            for event in events:
-                self.write_one_event(event)
+            if not (MIRRORS_DAGSTER and all(held_back(event) for event in events)):
+                for event in events:
+                    self.write_one_event(event)
+                return
+            rows = [self._event_to_row(event) for event in events]
+            with self._connection() as connection:
+                ids = [int(row[0]) for row in connection.execute(INSERT_EVENTS_RETURNING_IDS, rows)]
+            memo = self._serialized_events()
+            for event, row, event_id in zip(events, rows, ids, strict=True):
+                # each check row is written with the serialized form its event's row has
+                memo.last = (event, row["event"])
+                self.store_asset_check_event(event, event_id)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the batch as dagster-postgres does, in one transaction."""
