@@ -15,10 +15,12 @@ one `executemany` of a prebuilt insert, and a check result completes its planned
 statement, each with the event serialized once (`rows.py`, as the SQLite storage does); a run's check
 results, which Dagster hands over one by one, are held back and written together in one
 transaction (`held.py`: before anything else is read or written through this storage, within
-0.5 s, at 500 of them, at `dispose` and at exit), their event log rows as one multi-row insert
-without a `NOTIFY` each, as dagster-postgres writes a batch of materializations (its comment:
-LISTEN/NOTIFY is no longer used to watch events, kept for older readers). What it writes is
-unchanged:
+0.5 s, at 500 of them, at `dispose` and at exit). A batch dagster-postgres stores event by
+event (a range's planned events, the held check results) has its event log rows inserted by one
+statement without a `NOTIFY` each, as dagster-postgres writes a batch of materializations (its
+comment: LISTEN/NOTIFY is no longer used to watch events, kept for older readers), and a run of
+events of one type for one asset updates the asset's row once, with the last of them. What it
+writes is unchanged:
 Dagster's webserver, daemon and `dagster-postgres` read it as before.
 
     event_log_storage:
@@ -36,6 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
@@ -51,12 +54,13 @@ from dagster_postgres.utils import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
-from ingestion_assets.event_storage.held import HeldCheckResults, held_back
+from ingestion_assets.event_storage.held import HeldCheckResults
 from ingestion_assets.event_storage.rows import (
     CHECK_WRITES_MIRROR_DAGSTER,
     INSERT_EVENT,
     CheckResultWrites,
     mirrors,
+    sets_same_asset_row,
 )
 from ingestion_assets.event_storage.sqlite import (
     DEFAULT_EVENT_BATCH_SIZE,
@@ -65,11 +69,24 @@ from ingestion_assets.event_storage.sqlite import (
 
 # a connection kept longer than this is replaced (servers and proxies drop idle ones)
 RECYCLE_SECONDS = 3600
-# the dagster-postgres code `write_run_events` mirrors for check results, by the sha256 of its
-# source (16 digits): on a dagster-postgres whose code differs, each is stored as it stores it
+# the dagster-postgres code `write_run_events` mirrors, by the sha256 of its source (16
+# digits): on a dagster-postgres whose code differs, each event is stored as it stores it
 MIRRORS_DAGSTER = CHECK_WRITES_MIRROR_DAGSTER and mirrors(
-    {"PostgresEventLogStorage.store_event": "4a2e37e5871bf2c8"},
-    {"PostgresEventLogStorage.store_event": DagsterPostgresEventLogStorage.store_event},
+    {
+        "PostgresEventLogStorage.store_event": "4a2e37e5871bf2c8",
+        "PostgresEventLogStorage.store_event_batch": "ff147ed514ba9786",
+    },
+    {
+        "PostgresEventLogStorage.store_event": DagsterPostgresEventLogStorage.store_event,
+        "PostgresEventLogStorage.store_event_batch": (
+            DagsterPostgresEventLogStorage.store_event_batch
+        ),
+    },
+)
+# the batches dagster-postgres writes as batches; it stores any other event by event
+_BATCHED_TYPES = (
+    {DagsterEventType.ASSET_MATERIALIZATION},
+    {DagsterEventType.ASSET_OBSERVATION},
 )
 # the events' rows in one statement, their ids back in the order of the rows
 INSERT_EVENTS_RETURNING_IDS = INSERT_EVENT.returning(
@@ -162,11 +179,11 @@ class PostgresEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterPostgr
             super().store_event(event)
 
     def write_run_events(self, events: Sequence[EventLogEntry]) -> None:
-        """A run's check results in one transaction: their event log rows one insert, then
-        each result's check row, as dagster-postgres's `store_event` writes them but for the
-        `NOTIFY` of each (see the module's docstring)."""
+        """Events in one transaction, as dagster-postgres's `store_event` writes each, but their
+        event log rows are one insert without a `NOTIFY` each, and a run of events of one type
+        for one asset updates the asset's row once (see the module's docstring)."""
         with self._transaction():
-            if not (MIRRORS_DAGSTER and all(held_back(event) for event in events)):
+            if not MIRRORS_DAGSTER:
                 for event in events:
                     self.write_one_event(event)
                 return
@@ -174,13 +191,27 @@ class PostgresEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterPostgr
             with self._connection() as connection:
                 ids = [int(row[0]) for row in connection.execute(INSERT_EVENTS_RETURNING_IDS, rows)]
             memo = self._serialized_events()
-            for event, row, event_id in zip(events, rows, ids, strict=True):
-                # each check row is written with the serialized form its event's row has
-                memo.last = (event, row["event"])
-                self.store_asset_check_event(event, event_id)
+            following = [*events[1:], None]
+            with self.index_transaction() as connection:
+                for event, row, event_id, after in zip(events, rows, ids, following, strict=True):
+                    event_type = event.dagster_event_type if event.is_dagster_event else None
+                    asset_key = event.dagster_event.asset_key if event.dagster_event else None
+                    if event_type in ASSET_EVENTS and asset_key:
+                        self._store_asset_event_tags(connection, [event], [event_id])
+                        if not sets_same_asset_row(event, after):
+                            self._store_asset_event(connection, event, event_id)
+                    if event_type in ASSET_CHECK_EVENTS:
+                        # the check row is written with the serialized form of the event's row
+                        memo.last = (event, row["event"])
+                        self.store_asset_check_event(event, event_id)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Store the batch as dagster-postgres does, in one transaction."""
+        """Store the batch as dagster-postgres does, in one transaction; one it would store
+        event by event (a range's planned events) by `write_run_events`."""
+        types = {event.get_dagster_event().event_type for event in events}
+        if MIRRORS_DAGSTER and events and types not in _BATCHED_TYPES:
+            self.write_run_events(events)
+            return
         with self._transaction():
             super().store_event_batch(events)
 
