@@ -40,6 +40,7 @@ from ingestion_assets.demo.landing import (
     require_landing_zone,
     write_landing_files,
 )
+from ingestion_assets.lake.files import delta_dataset
 from ingestion_assets.layers.asset import LAYER_JOB
 from ingestion_assets.maintenance_job import MAINTENANCE_JOB
 from ingestion_assets.preflight import CHECK_JOB
@@ -279,7 +280,7 @@ def format_layers(jobs: Sequence[JobSummary], project: ProjectSpec, lake: pathli
         uri = lake.joinpath(*layer.asset_path)
         if not uri.exists():
             continue
-        table = DeltaTable(str(uri)).to_pyarrow_table()
+        table = delta_dataset(DeltaTable(str(uri))).to_table()
         columns = ["_partition_date"] + [
             name
             for name in table.column_names

@@ -28,6 +28,7 @@ from ingestion_assets.io_managers.contract import (
     write_output,
     write_timing_metadata,
 )
+from ingestion_assets.lake.files import delta_dataset
 from ingestion_assets.lake.ledger import (
     SOURCE_FILE,
     gone_files,
@@ -171,7 +172,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
             return None
         present = set(pa.schema(table.schema().to_arrow()).names)
         wanted = [name for name in dict.fromkeys([*columns, PARTITION_DATE]) if name in present]
-        return table.to_pyarrow_dataset().to_table(columns=wanted, filter=_days_of(window))
+        return delta_dataset(table).to_table(columns=wanted, filter=_days_of(window))
 
     def committed_schema(self, asset_path: tuple[str, ...]) -> pa.Schema | None:
         """The Delta table's schema; None before its first write."""
@@ -216,7 +217,7 @@ class DeltaLakeIOManager(ConfigurableIOManager):
                 f"table {'.'.join(asset_path)}: no Delta table at {uri}; materialize the "
                 "upstream asset first."
             )
-        return table.to_pyarrow_dataset().to_table(filter=_days_of(context_window(context)))
+        return delta_dataset(table).to_table(filter=_days_of(context_window(context)))
 
 
 def _widened(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

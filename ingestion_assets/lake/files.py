@@ -18,8 +18,11 @@ import contextlib
 import datetime
 import pathlib
 import queue
+import re
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -28,8 +31,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 import pyarrow.parquet as pq
+from deltalake import DeltaTable
 from deltalake.fs import DeltaStorageHandler
 from deltalake.transaction import AddAction
 
@@ -210,6 +215,40 @@ def table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.
         pathlib.Path(root).mkdir(parents=True, exist_ok=True)
         return pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
     return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+
+
+# a data file path Arrow's local filesystem opens as it stands (delta-rs writes a partition
+# value's escapes into the folder name as they are in the log; other writers may not)
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._=/-]+")
+
+
+def delta_dataset(table: DeltaTable) -> ds.Dataset:
+    """`table.to_pyarrow_dataset()`, its files read through Arrow's own filesystem when the
+    table is a local folder whose file paths are plain. delta-rs's default reads each file
+    through a Python file object (its storage handler): every read then takes the GIL, and a
+    scan still in flight when the interpreter exits aborts the process (the file object's
+    destructor waits for the GIL on an Arrow I/O thread; seen at the end of `make demo` on a
+    loaded machine). Object stores keep delta-rs's handler (the table's credentials)."""
+    dataset = table.to_pyarrow_dataset()
+    parts = urllib.parse.urlparse(table.table_uri)
+    if parts.scheme not in ("", "file"):
+        return dataset
+    fragments = list(dataset.get_fragments())
+    if not all(_PLAIN_PATH.fullmatch(fragment.path) for fragment in fragments):
+        return dataset
+    root = urllib.request.url2pathname(parts.path) if parts.scheme else table.table_uri
+    native = pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
+    return ds.FileSystemDataset(
+        [
+            dataset.format.make_fragment(
+                fragment.path, filesystem=native, partition_expression=fragment.partition_expression
+            )
+            for fragment in fragments
+        ],
+        dataset.schema,
+        dataset.format,
+        native,
+    )
 
 
 _END = object()

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
+from ingestion_assets.lake.files import delta_dataset
 from ingestion_assets.lake.replace import SchemaMode, open_table, replace_with_writer
 from ingestion_assets.lake.rows import INGESTED_AT, PARTITION_DATE, RUN_ID
 
@@ -61,7 +62,7 @@ def ledger_files(
     ledger = open_table(ledger_uri(table_uri), storage_options)
     if ledger is None:
         return LEDGER_SCHEMA.empty_table()
-    rows = ledger.to_pyarrow_dataset().to_table(filter=_days(*days) if days is not None else None)
+    rows = delta_dataset(ledger).to_table(filter=_days(*days) if days is not None else None)
     landed = pc.is_in(rows.column("status"), pa.array(["ingested", "gone, rows kept"]))
     rows = rows.filter(landed)
     # a ledger written before a column was added has it as nulls
@@ -94,7 +95,7 @@ def kept_rows(
     if days is not None:
         where = where & _days(*days)
     present = set(pa.schema(table.schema().to_arrow()).names)
-    for batch in table.to_pyarrow_dataset().to_batches(filter=where):
+    for batch in delta_dataset(table).to_batches(filter=where):
         arrays = [
             batch.column(field.name).cast(field.type)
             if field.name in present

@@ -27,6 +27,7 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from ingestion_assets.errors import IngestionError, WriteConflictError
+from ingestion_assets.lake.files import delta_dataset
 from ingestion_assets.lake.key_scan import gone_keys
 from ingestion_assets.lake.replace import (
     MAX_COMMIT_ATTEMPTS,
@@ -209,7 +210,7 @@ def planned_table(table: DeltaTable, source: pa.Table, rules: MergeRules) -> pa.
     if table.version() < 1:
         held = pa.schema(table.schema().to_arrow()).empty_table().select(columns)
     else:
-        held = table.to_pyarrow_dataset().to_table(columns=columns)
+        held = delta_dataset(table).to_table(columns=columns)
     if source.num_rows == 0:
         return held
     identity = list(rules.identity)
@@ -256,7 +257,7 @@ def _current_rows(table: DeltaTable, rows: pa.Table, rules: MergeRules, label: s
     """The table's rows (every version, with history) that may share a key with `rows`."""
     if table.version() < 1 or rows.num_rows == 0:
         return pa.schema(table.schema().to_arrow()).empty_table()
-    dataset = table.to_pyarrow_dataset()
+    dataset = delta_dataset(table)
     condition: ds.Expression | None = None
     for key in rules.keys:
         kind = dataset.schema.field(key).type
@@ -293,7 +294,7 @@ def held_keys(table: DeltaTable, rules: MergeRules) -> Iterator[pa.Table]:
     flags = [name for name in (IS_CURRENT, DELETED) if name in names]
     # one row group read at a time: the scanner's default read-ahead held 16 batches and 4
     # files at once (394 MB for 30,000,000 int64 keys, against 147 MB so)
-    batches = table.to_pyarrow_dataset().to_batches(
+    batches = delta_dataset(table).to_batches(
         columns=[*rules.keys, *flags],
         batch_readahead=1,
         fragment_readahead=1,

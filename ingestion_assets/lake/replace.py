@@ -32,6 +32,7 @@ from ingestion_assets.lake.files import (
     DEFAULT_MAX_FILE_BYTES,
     ClusteredFileWriter,
     conform,
+    delta_dataset,
     read_ahead,
     table_filesystem,
 )
@@ -290,7 +291,7 @@ class StagedReplace:
         outside = (day < first) | (day > last)
         if among is not None:
             outside = outside & pc.field(columns[0]).isin(among)
-        rows = self.existing.to_pyarrow_dataset().to_table(
+        rows = delta_dataset(self.existing).to_table(
             columns=[name for name in columns if name in present], filter=outside
         )
         return conform(rows, schema)

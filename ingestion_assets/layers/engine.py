@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
+from ingestion_assets.lake.files import delta_dataset
 from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import ExpectationSpec
@@ -57,7 +58,7 @@ class InputScan:
 def scan_days(name: str, key: str, table: DeltaTable, window: PartitionWindow | None) -> InputScan:
     """The input's files that may hold rows of `window` (by their `_partition_date` statistics;
     every file without a window or without the column)."""
-    dataset = table.to_pyarrow_dataset()
+    dataset = delta_dataset(table)
     every = list(dataset.get_fragments())
     if window is None or PARTITION_DATE not in dataset.schema.names:
         fragments = every
