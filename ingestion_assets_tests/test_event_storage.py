@@ -41,6 +41,7 @@ from dagster._core.storage.asset_check_execution_record import AssetCheckExecuti
 from dagster._core.storage.event_log.base import EventLogRecord
 from dagster._core.storage.event_log.schema import (
     AssetCheckExecutionsTable,
+    AssetEventTagsTable,
     AssetKeyTable,
     SqlEventLogStorageTable,
 )
@@ -226,7 +227,24 @@ def _records(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
             ).where(keys.asset_key == KEY.to_string())
         ).one()
     last_record = deserialize_value(last, EventLogRecord)
+    # the asset events' tags as stored (their data versions, which Dagster derives from the
+    # run), with the ids of their events
+    tag = AssetEventTagsTable.c
+    with storage.index_connection() as connection:
+        tags = sorted(
+            (
+                row.id,
+                row.event_id,
+                row.asset_key,
+                row.key,
+                row.key == "dagster/data_version" or row.value,
+            )
+            for row in connection.execute(
+                sa.select(tag.id, tag.event_id, tag.asset_key, tag.key, tag.value)
+            ).all()
+        )
     return {
+        "tags": tags,
         "asset_row": (
             last_record.storage_id,
             last_record.event_log_entry.get_dagster_event().partition,
@@ -274,6 +292,8 @@ def test_a_range_run_records_exactly_what_dagsters_own_storage_records(
     assert postgres_storage.MIRRORS_DAGSTER
     assert type(instance.event_log_storage).__module__.startswith("ingestion_assets.")
     assert len(seen["project"]["materialized"]) == DAYS
+    # the data version tag of each day's materialization, pointing at the same event rows
+    assert len(seen["project"]["tags"]) == DAYS
     statuses = dict(seen["project"]["checks"]["key_unique"])
     assert statuses["2024-01-07"] == AssetCheckExecutionRecordStatus.FAILED.value
     assert sum(s == AssetCheckExecutionRecordStatus.SUCCEEDED.value for s in statuses.values()) == (

@@ -38,9 +38,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
+from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres.event_log.event_log import (
     PostgresEventLogStorage as DagsterPostgresEventLogStorage,
@@ -57,10 +56,10 @@ from sqlalchemy.pool import QueuePool
 from ingestion_assets.event_storage.held import HeldCheckResults
 from ingestion_assets.event_storage.rows import (
     CHECK_WRITES_MIRROR_DAGSTER,
-    INSERT_EVENT,
+    INSERT_EVENTS_RETURNING_IDS,
     CheckResultWrites,
     mirrors,
-    sets_same_asset_row,
+    write_index_rows,
 )
 from ingestion_assets.event_storage.sqlite import (
     DEFAULT_EVENT_BATCH_SIZE,
@@ -87,10 +86,6 @@ MIRRORS_DAGSTER = CHECK_WRITES_MIRROR_DAGSTER and mirrors(
 _BATCHED_TYPES = (
     {DagsterEventType.ASSET_MATERIALIZATION},
     {DagsterEventType.ASSET_OBSERVATION},
-)
-# the events' rows in one statement, their ids back in the order of the rows
-INSERT_EVENTS_RETURNING_IDS = INSERT_EVENT.returning(
-    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
 )
 
 
@@ -190,20 +185,8 @@ class PostgresEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterPostgr
             rows = [self._event_to_row(event) for event in events]
             with self._connection() as connection:
                 ids = [int(row[0]) for row in connection.execute(INSERT_EVENTS_RETURNING_IDS, rows)]
-            memo = self._serialized_events()
-            following = [*events[1:], None]
             with self.index_transaction() as connection:
-                for event, row, event_id, after in zip(events, rows, ids, following, strict=True):
-                    event_type = event.dagster_event_type if event.is_dagster_event else None
-                    asset_key = event.dagster_event.asset_key if event.dagster_event else None
-                    if event_type in ASSET_EVENTS and asset_key:
-                        self._store_asset_event_tags(connection, [event], [event_id])
-                        if not sets_same_asset_row(event, after):
-                            self._store_asset_event(connection, event, event_id)
-                    if event_type in ASSET_CHECK_EVENTS:
-                        # the check row is written with the serialized form of the event's row
-                        memo.last = (event, row["event"])
-                        self.store_asset_check_event(event, event_id)
+                write_index_rows(self, connection, events, rows, ids, keyed_assets_only=True)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store the batch as dagster-postgres does, in one transaction; one it would store

@@ -10,11 +10,12 @@ import datetime
 import hashlib
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from dagster._core.errors import DagsterInvariantViolationError
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import (
@@ -26,6 +27,10 @@ from dagster._serdes import serialize_value
 
 # an event's row, its values given at execution (Dagster builds `insert().values(**row)` each time)
 INSERT_EVENT = SqlEventLogStorageTable.insert()
+# events' rows in one statement, their ids back in the order of the rows
+INSERT_EVENTS_RETURNING_IDS = INSERT_EVENT.returning(
+    SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+)
 _CHECKS = AssetCheckExecutionsTable.c
 _CHECK_RESULT: dict[str, Any] = {
     "execution_status": sa.bindparam("v_status"),
@@ -68,6 +73,33 @@ def sets_same_asset_row(event: EventLogEntry, following: EventLogEntry | None) -
         and event.dagster_event.asset_key == following.dagster_event.asset_key
         and event.dagster_event.event_type_value == following.dagster_event.event_type_value
     )
+
+
+def write_index_rows(
+    storage: Any,
+    connection: sa.Connection,
+    events: Sequence[EventLogEntry],
+    rows: Sequence[dict[str, Any]],
+    ids: Sequence[int],
+    keyed_assets_only: bool = False,
+) -> None:
+    """What a batch of events writes in the index besides their event rows (inserted, with
+    these `ids`), in their order, as Dagster's `store_event` writes it for each: an asset
+    event's tags and the asset's row (once for a run of events that set the same row,
+    `sets_same_asset_row`; with `keyed_assets_only`, as dagster-postgres, only for an event
+    that names its asset), a check event's row with the event's serialized form."""
+    memo = storage._serialized_events()
+    following = [*events[1:], None]
+    for event, row, event_id, after in zip(events, rows, ids, following, strict=True):
+        event_type = event.dagster_event_type if event.is_dagster_event else None
+        keyed = event.dagster_event is not None and bool(event.dagster_event.asset_key)
+        if event_type in ASSET_EVENTS and (keyed or not keyed_assets_only):
+            storage._store_asset_event_tags(connection, [event], [event_id])
+            if not sets_same_asset_row(event, after):
+                storage._store_asset_event(connection, event, event_id)
+        if event_type in ASSET_CHECK_EVENTS:
+            memo.last = (event, row["event"])
+            storage.store_asset_check_event(event, event_id)
 
 
 def fingerprint(method: Callable[..., Any]) -> str | None:

@@ -93,12 +93,17 @@ from ingestion_assets.event_storage.held import HeldCheckResults
 from ingestion_assets.event_storage.rows import (
     CHECK_WRITES_MIRROR_DAGSTER,
     INSERT_EVENT,
+    INSERT_EVENTS_RETURNING_IDS,
     CheckResultWrites,
     mirrors,
-    sets_same_asset_row,
+    write_index_rows,
 )
 
 INDEX_SHARD = "index"
+# the events Dagster's `store_event` copies into the index database
+_INDEXED_TYPES = frozenset(
+    ASSET_EVENTS | ASSET_CHECK_EVENTS | set(EVENT_TYPE_TO_PIPELINE_RUN_STATUS)
+)
 EVENT_BATCH_SIZE_VARIABLE = "DAGSTER_EVENT_BATCH_SIZE"
 # Dagster flushes a batch at this size or at its end; a range's events come in one batch each
 DEFAULT_EVENT_BATCH_SIZE = "1000"
@@ -242,10 +247,9 @@ class SqliteEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterSqliteEv
             else:
                 super().store_event(event)
 
-    def _store_event_rows(self, event: EventLogEntry, asset_row: bool = True) -> None:
+    def _store_event_rows(self, event: EventLogEntry) -> None:
         """Dagster's SQLite `store_event` (the run's file, and the index for asset, check and run
-        status events), each insert the prebuilt statement with the event's row. Without
-        `asset_row`, the asset's row in `asset_keys` is left to a later event of the batch."""
+        status events), each insert the prebuilt statement with the event's row."""
         row = self._event_to_row(event)
         with self.run_connection(event.run_id) as conn:
             conn.execute(INSERT_EVENT, row)
@@ -258,8 +262,7 @@ class SqliteEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterSqliteEv
                         "Cannot store asset event tags for null event id."
                     )
                 self._store_asset_event_tags(conn, [event], [event_id])
-                if asset_row:
-                    self._store_asset_event(conn, event, event_id)
+                self._store_asset_event(conn, event, event_id)
         if event_type in ASSET_CHECK_EVENTS:
             with self.index_connection() as conn:
                 event_id = _inserted_id(conn.execute(INSERT_EVENT, row))
@@ -283,10 +286,30 @@ class SqliteEventLogStorage(HeldCheckResults, CheckResultWrites, DagsterSqliteEv
                     for event in run_events:
                         self.write_one_event(event)
                     continue
-                for event, following in zip(run_events, [*run_events[1:], None], strict=True):
-                    self._store_event_rows(
-                        event, asset_row=not sets_same_asset_row(event, following)
-                    )
+                self._store_batch_rows(run_id, run_events)
+
+    def _store_batch_rows(self, run_id: str, events: Sequence[EventLogEntry]) -> None:
+        """One run's events as `_store_event_rows` writes each, but with their rows inserted by
+        one statement per file (in the index, those of asset, check and run status events,
+        their ids returned in order), then the index's other rows (`write_index_rows`)."""
+        rows = [self._event_to_row(event) for event in events]
+        with self.run_connection(run_id) as conn:
+            conn.execute(INSERT_EVENT, rows)
+        indexed = [
+            (event, row)
+            for event, row in zip(events, rows, strict=True)
+            if event.is_dagster_event and event.dagster_event_type in _INDEXED_TYPES
+        ]
+        if not indexed:
+            return
+        with self.index_transaction() as conn:
+            ids = [
+                int(found[0])
+                for found in conn.execute(INSERT_EVENTS_RETURNING_IDS, [row for _, row in indexed])
+            ]
+            write_index_rows(
+                self, conn, [event for event, _ in indexed], [row for _, row in indexed], ids
+            )
 
     def watch(self, run_id: str, cursor: str | None, callback: EventHandlerFn) -> None:
         """Call back with the run's new events as they are written (the live run log)."""
