@@ -28,7 +28,9 @@ This subclass changes how it connects, never what it writes:
   the PostgreSQL storage). Dagster builds a new statement for every event, with the values in
   it, and serializes a check result twice: that building was half the cost of recording a check
   result, and check results are most of a backfill's events (19,140 of about 32,000 in a
-  four-table, 1,595-day backfill);
+  four-table, 1,595-day backfill); a batch's rows (of a range's planned events, of its
+  materializations, of the held check results) are one `executemany` per file, the index's
+  returning their ids in order (200,000 rows over 1,096 days: 4.84 -> 4.47 s);
 - a planned check's rows, one per partition of the run, are one `executemany` of a prebuilt
   insert with the event serialized once (`rows.py`). Dagster compiles a new insert of all of them
   for each check, serializing the event again for every row: 75% of making a range run, before
