@@ -207,14 +207,29 @@ def conform(rows: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def local_root(uri: str) -> pathlib.Path | None:
+    """The folder of a local table (a path, or a `file://` URL, whose escapes are decoded as
+    delta-rs decodes them); None for an object store."""
+    parts = urllib.parse.urlparse(uri)
+    if parts.scheme == "file":
+        return pathlib.Path(urllib.request.url2pathname(parts.path)).resolve()
+    if "://" in uri:
+        return None
+    return pathlib.Path(uri).resolve()
+
+
+def _native_filesystem(root: pathlib.Path) -> pa_fs.FileSystem:
+    return pa_fs.SubTreeFileSystem(str(root), pa_fs.LocalFileSystem())
+
+
 def table_filesystem(uri: str, storage_options: dict[str, str] | None) -> pa_fs.FileSystem:
     """A filesystem rooted at the table: Arrow's native one for a local folder (fast), delta-rs's
     object-store handler (same credentials as the table) for s3://, az://, gs://."""
-    if "://" not in uri or uri.startswith("file://"):
-        root = uri.removeprefix("file://")
-        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
-        return pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
-    return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+    root = local_root(uri)
+    if root is None:
+        return pa_fs.PyFileSystem(DeltaStorageHandler(uri, storage_options))
+    root.mkdir(parents=True, exist_ok=True)
+    return _native_filesystem(root)
 
 
 # a data file path Arrow's local filesystem opens as it stands (delta-rs writes a partition
@@ -230,14 +245,13 @@ def delta_dataset(table: DeltaTable) -> ds.Dataset:
     destructor waits for the GIL on an Arrow I/O thread; seen at the end of `make demo` on a
     loaded machine). Object stores keep delta-rs's handler (the table's credentials)."""
     dataset = table.to_pyarrow_dataset()
-    parts = urllib.parse.urlparse(table.table_uri)
-    if parts.scheme not in ("", "file"):
+    root = local_root(table.table_uri)
+    if root is None:
         return dataset
     fragments = list(dataset.get_fragments())
     if not all(_PLAIN_PATH.fullmatch(fragment.path) for fragment in fragments):
         return dataset
-    root = urllib.request.url2pathname(parts.path) if parts.scheme else table.table_uri
-    native = pa_fs.SubTreeFileSystem(str(pathlib.Path(root).resolve()), pa_fs.LocalFileSystem())
+    native = _native_filesystem(root)
     return ds.FileSystemDataset(
         [
             dataset.format.make_fragment(

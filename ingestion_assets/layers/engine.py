@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 
-from ingestion_assets.lake.files import delta_dataset
+from ingestion_assets.lake.files import delta_dataset, local_root
 from ingestion_assets.lake.rows import PARTITION_DATE
 from ingestion_assets.sources.window import PartitionWindow
 from ingestion_assets.specs import ExpectationSpec
@@ -68,10 +68,10 @@ def scan_days(name: str, key: str, table: DeltaTable, window: PartitionWindow | 
     pruned = ds.FileSystemDataset(
         fragments, dataset.schema, dataset.format, filesystem=dataset.filesystem
     )
-    local_paths = None
-    if table.table_uri.startswith("file://"):
-        root = table.table_uri.removeprefix("file://").rstrip("/")
-        local_paths = tuple(f"{root}/{fragment.path}" for fragment in fragments)
+    root = local_root(table.table_uri)
+    local_paths = (
+        None if root is None else tuple(str(root / fragment.path) for fragment in fragments)
+    )
     return InputScan(
         name,
         key,
